@@ -1,0 +1,113 @@
+"""`expert.json`: the bundle manifest, as a strict pydantic model (unknown fields rejected)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+
+from etr_hub import __version__
+from etr_hub.models.refs import ModelRef
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "expert.json"
+TOKEN_TENSOR = "expert_token"  # the one tensor inside token.safetensors
+
+Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+RelPath = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MetaInfo(Strict):
+    """The meta model the token was trained against; a token only fits that model."""
+
+    reference: str
+    hidden_size: PositiveInt
+    vocab_size: PositiveInt
+    fingerprint: Sha256  # sha256 of the meta model's output-embedding matrix (float32)
+
+
+class TokenInfo(Strict):
+    file: RelPath = "token.safetensors"
+    sha256: Sha256
+    shape: tuple[PositiveInt, PositiveInt]
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+
+class DatasetInfo(Strict):
+    name: str
+    sha256: Sha256
+    n_pairs: PositiveInt
+
+
+class LossGapStats(Strict):
+    """loss_meta - loss_expert (summed response NLL, nats) over the whole dataset."""
+
+    n: PositiveInt
+    mean: float
+    min: float
+    max: float
+    quantiles: dict[str, float] = {}
+
+
+class QuerySetInfo(Strict):
+    file: RelPath = "query_set.jsonl"
+    sha256: Sha256
+    size: PositiveInt
+    tau: float | None = None
+    selection_rule: str = "loss_meta - loss_expert > tau"
+    seed: int = 0
+    source: DatasetInfo | None = None
+    loss_gap: LossGapStats | None = None
+    label: str | None = None
+    purity: float | None = None
+
+
+class TrainingInfo(Strict):
+    objective: str = "-log P(expert token | query)"
+    init: str = "mean of output-embedding rows"
+    optimizer: str = "AdamW"
+    lr: float
+    weight_decay: float
+    epochs: int
+    batch_size: PositiveInt
+    schedule: str = "cosine, 5 warm-up steps"
+    steps: int
+    final_loss: float
+    stopped: str = "epochs"
+    negatives: list[str] = []
+
+
+class Manifest(Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: Slug
+    version: Annotated[str, Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}$")] = "0.1.0"
+    description: str = ""
+    license: str
+    provider: str
+    label: str | None = None  # the domain this expert answers for, e.g. an MMLU subject
+    expert: ModelRef
+    meta: MetaInfo
+    token: TokenInfo
+    query_set: QuerySetInfo | None = None
+    training: TrainingInfo | None = None
+    model_card: RelPath | None = None
+    etr_hub_version: str = __version__
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+def first_error(exc: ValidationError) -> tuple[str, str]:
+    """(problem, fix) for the first pydantic error, in one line."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"unknown field '{where}'", "remove it; the manifest schema has no such field"
+    if kind == "missing":
+        return f"missing field '{where}'", "add it to expert.json"
+    return f"field '{where}': {err['msg']}", "correct the value in expert.json"

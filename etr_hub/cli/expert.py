@@ -1,0 +1,147 @@
+"""`etr-hub expert …`: add, list, show, enable, disable, remove and export bundles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from etr_hub.cli.output import err, out, print_json, short
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _registry():
+    from etr_hub.registry import Registry
+
+    return Registry.open()
+
+
+def _summary(row) -> dict:
+    m = row.manifest
+    return {
+        "name": row.name,
+        "version": row.version,
+        "enabled": row.enabled,
+        "label": row.label,
+        "description": row.description,
+        "expert": row.expert_ref,
+        "meta_fingerprint": row.meta_fingerprint,
+        "token_sha256": row.token_sha256,
+        "tau": row.tau,
+        "query_set_size": (m.get("query_set") or {}).get("size"),
+        "created_at": row.created_at.isoformat(),
+    }
+
+
+def _ref_text(ref: dict) -> str:
+    from etr_hub.models.refs import ModelRef
+
+    return ModelRef.model_validate(ref).display()
+
+
+@app.command("add")
+def add(
+    path: Path = typer.Argument(..., help="Bundle directory (holds expert.json)."),
+    replace: bool = typer.Option(False, "--replace", help="Overwrite an expert with the same name and version."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Validate a bundle and register it (files are copied into the registry's store)."""
+    row = _registry().add_expert(path, replace=replace)
+    if json_out:
+        print_json(_summary(row))
+    else:
+        err.print(f"registered [bold]{row.name}[/bold] {row.version} (token {short(row.token_sha256)})", highlight=False)
+
+
+@app.command("list")
+def list_(json_out: bool = typer.Option(False, "--json", help="Print a JSON array.")) -> None:
+    """List registered experts."""
+    rows = _registry().list_experts()
+    if json_out:
+        print_json([_summary(r) for r in rows])
+        return
+    if not rows:
+        err.print("no experts registered — add one with `etr-hub expert add PATH`")
+        return
+    from rich.table import Table
+
+    table = Table(title="experts")
+    for col in ("name", "version", "enabled", "label", "expert", "τ", "query set", "token", "meta"):
+        table.add_column(col)
+    for r in rows:
+        s = _summary(r)
+        table.add_row(r.name, r.version, "yes" if r.enabled else "[dim]no[/dim]", r.label or "-", _ref_text(r.expert_ref),
+                      "-" if r.tau is None else f"{r.tau:g}", str(s["query_set_size"] or "-"), short(r.token_sha256), short(r.meta_fingerprint))
+    out.print(table)
+
+
+@app.command("show")
+def show(name: str = typer.Argument(..., help="NAME or NAME@VERSION."), json_out: bool = typer.Option(False, "--json", help="Print the full manifest.")) -> None:
+    """Show one expert's manifest and where its files live."""
+    reg = _registry()
+    row = reg.get_expert(name)
+    if json_out:
+        print_json(row.manifest)
+        return
+    from rich.table import Table
+
+    m = row.manifest
+    table = Table(show_header=False, title=f"{row.name} {row.version}")
+    table.add_column(style="bold")
+    table.add_column()
+    qs = m.get("query_set") or {}
+    tr = m.get("training") or {}
+    for k, v in [
+        ("enabled", "yes" if row.enabled else "no"), ("description", row.description or "-"), ("label", row.label or "-"),
+        ("provider", m["provider"]), ("license", m["license"]), ("expert model", _ref_text(row.expert_ref)),
+        ("meta model", f"{m['meta']['reference']} ({short(row.meta_fingerprint)})"),
+        ("token", f"{short(row.token_sha256)} {tuple(m['token']['shape'])} {m['token']['dtype']}"),
+        ("query set", f"{qs.get('size', '-')} queries, τ={qs.get('tau')}, rule: {qs.get('selection_rule', '-')}" if qs else "-"),
+        ("training", f"{tr.get('epochs')} epochs, lr {tr.get('lr')}, final loss {tr.get('final_loss')}" if tr else "-"),
+        ("token file", str(reg.abspath(row.token_path))), ("created", m.get("created_at", "-")),
+    ]:
+        table.add_row(k, str(v))
+    out.print(table)
+
+
+@app.command("remove")
+def remove(name: str = typer.Argument(..., help="NAME (every version) or NAME@VERSION."), yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
+    """Unregister an expert and delete its stored files (unless shared)."""
+    reg = _registry()
+    reg.get_expert(name)
+    if not yes:
+        import sys
+
+        if not sys.stdin.isatty():
+            from etr_hub.errors import EtrHubError
+
+            raise EtrHubError(f"refusing to remove '{name}' without confirmation", "pass --yes")
+        typer.confirm(f"remove expert '{name}'?", abort=True, err=True)
+    removed = reg.remove_expert(name)
+    err.print(f"removed {', '.join(f'{r.name}@{r.version}' for r in removed)}", highlight=False)
+
+
+@app.command("enable")
+def enable(name: str = typer.Argument(..., help="NAME or NAME@VERSION.")) -> None:
+    """Enable an expert (its token joins W_E at the next load); other versions are disabled."""
+    row = _registry().set_enabled(name, True)
+    err.print(f"enabled {row.name}@{row.version}", highlight=False)
+
+
+@app.command("disable")
+def disable(name: str = typer.Argument(..., help="NAME or NAME@VERSION.")) -> None:
+    """Disable an expert (its token leaves W_E at the next load)."""
+    row = _registry().set_enabled(name, False)
+    err.print(f"disabled {row.name}", highlight=False)
+
+
+@app.command("export")
+def export(
+    name: str = typer.Argument(..., help="NAME or NAME@VERSION."),
+    out_dir: Path = typer.Argument(..., help="Directory to write the bundle to."),
+    replace: bool = typer.Option(False, "--replace", help="Overwrite an existing directory."),
+) -> None:
+    """Write a registered expert back out as a bundle (byte-identical token file)."""
+    bundle = _registry().export_expert(name, out_dir, replace=replace)
+    err.print(f"wrote {bundle.root}", highlight=False)

@@ -1,0 +1,31 @@
+"""`etr-hub init`: create the home and the registry, prepare and register the meta model."""
+
+from __future__ import annotations
+
+import typer
+
+from etr_hub.cli.output import err, note, print_json
+
+
+def init(
+    meta: str = typer.Option(None, "--meta", help="Meta model reference: a local model dir, a .gguf file, hf:ORG/NAME@REVISION, or embedded:smollm2-135m-instruct (default)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the registered meta model as JSON."),
+) -> None:
+    """Create $ETR_HUB_HOME and the registry, and register the meta model (idempotent)."""
+    from etr_hub.models.refs import ModelRef
+    from etr_hub.registry import Registry
+    from etr_hub.registry.meta import DEFAULT_META, register_meta_model
+
+    reg = Registry.open()
+    current = reg.active_meta()
+    ref = ModelRef.parse(meta or DEFAULT_META)
+    if current is not None and meta is None:
+        row = current  # already initialised: keep the active meta model
+    else:
+        with err.status("preparing the meta model…") as status:
+            row = register_meta_model(reg, ref, progress=lambda msg: status.update(msg))
+    if json_out:
+        print_json({"home": str(reg.settings.home), "meta_model": row.display, "fingerprint": row.fingerprint, "hidden_size": row.hidden_size, "vocab_size": row.vocab_size})
+        return
+    note(f"home: {reg.settings.home}")
+    err.print(f"meta model [bold]{row.display}[/bold]  hidden {row.hidden_size}  vocab {row.vocab_size}  fingerprint {row.fingerprint[:12]}…", highlight=False)

@@ -1,0 +1,66 @@
+"""`etr-hub`: the root command. Library imports happen inside commands to keep --help fast."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from typer.core import TyperGroup
+
+from etr_hub.errors import EtrHubError
+
+
+class ErrorHandlingGroup(TyperGroup):
+    """Turn library errors into one line on stderr and a non-zero exit, no traceback."""
+
+    def invoke(self, ctx):
+        from etr_hub.config import debug
+
+        try:
+            return super().invoke(ctx)
+        except EtrHubError as e:
+            if debug():
+                raise
+            one_line = str(e).replace("\n", " ")
+            print(f"error: {one_line}", file=sys.stderr)
+            sys.stderr.flush()
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            ctx.exit(130)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as e:  # a bug: still no traceback unless asked for
+            if debug() or e.__class__.__module__.startswith("click"):
+                raise
+            print(f"error: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} — rerun with ETR_HUB_DEBUG=1 for a traceback and report it", file=sys.stderr)
+            ctx.exit(70)
+
+
+app = typer.Typer(
+    cls=ErrorHandlingGroup,
+    name="etr-hub",
+    help="Plug expert LLMs into a frozen generalist LLM as one learned token each (Expert Token Routing).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+
+def _register() -> None:
+    from etr_hub.cli import expert, init
+
+    app.command("init")(init.init)
+    app.add_typer(expert.app, name="expert", help="Register, list, inspect and export expert bundles.")
+
+
+_register()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

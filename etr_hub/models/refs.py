@@ -1,0 +1,198 @@
+"""`ModelRef`: where a model comes from (a local folder, a pinned Hub revision, a GGUF file, ...).
+
+Stored inside bundle manifests and the registry, so it is a strict pydantic model. This module
+must stay importable without torch: the CLI parses references before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from etr_hub.errors import ModelLoadError
+
+Kind = Literal["hf", "local", "gguf", "peft", "embedded", "openai"]
+
+DEFAULT_EMBEDDED = "smollm2-135m-instruct"
+EMBEDDED_ALIASES = {DEFAULT_EMBEDDED: DEFAULT_EMBEDDED, "smollm2": DEFAULT_EMBEDDED, "default": DEFAULT_EMBEDDED}
+
+# Fields each kind requires / may carry; anything else set is a mistake worth reporting.
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "hf": ("repo_id", "revision"),
+    "local": ("path",),
+    "gguf": ("path",),
+    "peft": ("path",),
+    "embedded": ("name",),
+    "openai": ("url", "model"),
+}
+_OPTIONAL: dict[str, tuple[str, ...]] = {"gguf": ("gguf_file",), "peft": ("base",), "openai": ("timeout_s",)}
+_FIELDS = ("repo_id", "revision", "path", "gguf_file", "base", "name", "url", "model", "timeout_s")
+
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_HF_FIX = "write hf:ORG/NAME@COMMIT with the full 40-character commit hash (a branch name is not pinned)"
+_FORMS = "use embedded:smollm2-135m-instruct, hf:ORG/NAME@COMMIT, openai:URL#MODEL, a model folder, a .gguf file or a PEFT adapter folder"
+
+
+class ModelRef(BaseModel):
+    """A reference to a model. `base=None` on a peft ref means "the meta model"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Kind
+    repo_id: str | None = None  # hf
+    revision: str | None = None  # hf: a pinned 40-hex commit
+    path: str | None = None  # local dir / gguf file (or dir) / peft adapter dir
+    gguf_file: str | None = None  # gguf: file name inside `path` when `path` is a dir
+    base: ModelRef | None = None  # peft: the base model; None = the meta model
+    name: str | None = None  # embedded
+    url: str | None = None  # openai: base URL, e.g. http://host:8000/v1
+    model: str | None = None  # openai: model name sent to the endpoint
+    timeout_s: float | None = None  # openai
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> ModelRef:
+        allowed = set(_REQUIRED[self.kind]) | set(_OPTIONAL.get(self.kind, ()))
+        for field in _FIELDS:
+            value = getattr(self, field)
+            if field in _REQUIRED[self.kind] and value in (None, ""):
+                raise ValueError(f"a {self.kind} reference needs '{field}'")
+            if field not in allowed and value is not None:
+                raise ValueError(f"'{field}' does not apply to a {self.kind} reference")
+        if self.kind == "hf" and not _SHA_RE.match(self.revision or ""):
+            raise ValueError(f"revision '{self.revision}' is not a 40-character commit hash")
+        if self.kind == "embedded" and self.name not in EMBEDDED_ALIASES.values():
+            raise ValueError(f"unknown embedded model '{self.name}' (known: {DEFAULT_EMBEDDED})")
+        if self.kind == "openai" and not str(self.url).startswith(("http://", "https://")):
+            raise ValueError(f"url '{self.url}' must start with http:// or https://")
+        return self
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        """Parse a CLI string; raises ModelLoadError with a one-line fix."""
+        text = text.strip()
+        if not text:
+            raise ModelLoadError("empty model reference", _FORMS)
+        prefix, sep, rest = text.partition(":")
+        if sep and prefix in _PARSERS:
+            return _PARSERS[prefix](rest)
+        if text in EMBEDDED_ALIASES:
+            return _parse_embedded(text)
+        return _parse_path(text)
+
+    def display(self) -> str:
+        """A short human string, e.g. `hf:org/name@1a2b3c4d5e6f` or `peft:/x/adapter (on meta)`."""
+        if self.kind == "hf":
+            return f"hf:{self.repo_id}@{(self.revision or '')[:12]}"
+        if self.kind == "embedded":
+            return f"embedded:{self.name}"
+        if self.kind == "openai":
+            return f"openai:{self.url}#{self.model}"
+        if self.kind == "gguf" and self.gguf_file:
+            return f"gguf:{Path(self.path or '') / self.gguf_file}"
+        if self.kind == "peft":
+            on = "meta" if self.base is None else self.base.display()
+            return f"peft:{self.path} (on {on})"
+        return f"{self.kind}:{self.path}"
+
+    def __str__(self) -> str:
+        return self.display()
+
+
+def _parse_embedded(rest: str) -> ModelRef:
+    name = EMBEDDED_ALIASES.get(rest.strip().lower())
+    if name is None:
+        raise ModelLoadError(f"unknown embedded model '{rest}'", f"use embedded:{DEFAULT_EMBEDDED}")
+    return ModelRef(kind="embedded", name=name)
+
+
+def _parse_hf(rest: str) -> ModelRef:
+    repo_id, sep, revision = rest.partition("@")
+    if not _REPO_RE.match(repo_id):
+        raise ModelLoadError(f"'{repo_id}' is not a Hugging Face repo id (ORG/NAME)", _HF_FIX)
+    if not sep or not revision:
+        raise ModelLoadError(f"hf:{repo_id} has no revision", _HF_FIX)
+    if not _SHA_RE.match(revision.lower()):
+        raise ModelLoadError(f"revision '{revision}' of hf:{repo_id} is not a full commit hash", _HF_FIX)
+    return ModelRef(kind="hf", repo_id=repo_id, revision=revision.lower())
+
+
+def _parse_openai(rest: str) -> ModelRef:
+    url, _, model = rest.partition("#")
+    fix = "write openai:http://HOST:PORT/v1#MODEL-NAME"
+    if not url.startswith(("http://", "https://")):
+        raise ModelLoadError(f"'{url}' is not an http(s) URL", fix)
+    if not model:
+        raise ModelLoadError(f"openai:{url} names no model", fix)
+    return ModelRef(kind="openai", url=url.rstrip("/"), model=model)
+
+
+def _parse_peft(rest: str) -> ModelRef:
+    path = _existing(rest)
+    config = path / "adapter_config.json"
+    if not config.is_file():
+        raise ModelLoadError(f"{path} is not a PEFT adapter (no adapter_config.json)", "point at the folder written by PeftModel.save_pretrained")
+    return ModelRef(kind="peft", path=str(path), base=_adapter_base(config))
+
+
+def _adapter_base(config: Path) -> ModelRef | None:
+    """The adapter's base when it names a local model folder; else None (= the meta model)."""
+    try:
+        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {config}: {exc}", "fix or re-save the adapter") from None
+    if base and (Path(base).expanduser() / "config.json").is_file():
+        return ModelRef(kind="local", path=str(Path(base).expanduser().resolve()))
+    return None
+
+
+def _parse_gguf(rest: str) -> ModelRef:
+    path = _existing(rest)
+    if path.is_file():
+        return ModelRef(kind="gguf", path=str(path))
+    found = sorted(p.name for p in path.glob("*.gguf"))
+    if len(found) != 1:
+        raise ModelLoadError(f"{path} holds {len(found)} .gguf files", "name the .gguf file itself")
+    return ModelRef(kind="gguf", path=str(path), gguf_file=found[0])
+
+
+def _parse_local(rest: str) -> ModelRef:
+    path = _existing(rest)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} has no config.json", "point at a transformers model folder (save_pretrained output)")
+    return ModelRef(kind="local", path=str(path))
+
+
+def _parse_path(text: str) -> ModelRef:
+    """A bare path: guess the kind from what is there."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"unknown model reference '{text}' (no such file or folder)", _FORMS)
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        return _parse_peft(text)
+    if path.is_dir() and (path / "config.json").is_file():
+        return _parse_local(text)
+    if path.suffix == ".gguf" or (path.is_dir() and any(path.glob("*.gguf"))):
+        return _parse_gguf(text)
+    raise ModelLoadError(f"cannot tell what kind of model {path} is", _FORMS)
+
+
+def _existing(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"no such file or folder: {text}", "check the path")
+    return path.resolve()  # absolute, so the ref still works from another working directory
+
+
+_PARSERS = {
+    "embedded": _parse_embedded,
+    "hf": _parse_hf,
+    "openai": _parse_openai,
+    "peft": _parse_peft,
+    "gguf": _parse_gguf,
+    "local": _parse_local,
+}

@@ -1,0 +1,237 @@
+"""Registry operations. Files go to the content-addressed store first, then one transaction
+records them, so a process killed mid-way leaves no half-registered expert."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session, select
+
+from etr_hub.bundle import Bundle, Manifest, load_bundle, write_bundle
+from etr_hub.config import Settings, settings as current_settings
+from etr_hub.errors import RegistryError
+from etr_hub.registry.db import engine_for, migrate
+from etr_hub.registry.tables import Expert, MetaModel, QuerySet
+from etr_hub.store import Store
+
+
+class Registry:
+    def __init__(self, cfg: Settings):
+        self.settings = cfg
+        self.engine = engine_for(cfg.database_url)
+        self.store = Store(cfg.store_dir)
+
+    @classmethod
+    def open(cls, cfg: Settings | None = None) -> "Registry":
+        cfg = cfg or current_settings()
+        cfg.home.mkdir(parents=True, exist_ok=True)
+        reg = cls(cfg)
+        try:
+            migrate(reg.engine)
+        except OperationalError as e:
+            raise RegistryError(f"cannot open the registry at {_safe_url(cfg.database_url)}: {e.orig}", "check ETR_HUB_DATABASE_URL / ETR_HUB_HOME and that the database is reachable") from None
+        return reg
+
+    @contextmanager
+    def session(self, write: bool = False) -> Iterator[Session]:
+        engine = self.engine.execution_options(write=True) if write else self.engine
+        with Session(engine, expire_on_commit=False) as s:
+            with s.begin():
+                yield s
+
+    def abspath(self, store_rel: str) -> Path:
+        return self.store.root / store_rel
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.store.root).as_posix()
+
+    # -- meta model ---------------------------------------------------------------------
+    def active_meta(self) -> MetaModel | None:
+        with self.session() as s:
+            return s.exec(select(MetaModel).where(MetaModel.active == True)).first()  # noqa: E712
+
+    def register_meta(self, *, reference: dict, display: str, fingerprint: str, hidden_size: int, vocab_size: int) -> MetaModel:
+        """Record a meta model and make it the active one (idempotent)."""
+        with self.session(write=True) as s:
+            for other in s.exec(select(MetaModel).where(MetaModel.active == True)):  # noqa: E712
+                other.active = False
+            row = s.exec(select(MetaModel).where(MetaModel.fingerprint == fingerprint)).first()
+            if row is None:
+                row = MetaModel(fingerprint=fingerprint, reference=reference, display=display, hidden_size=hidden_size, vocab_size=vocab_size)
+            row.active = True
+            s.add(row)
+        return row
+
+    def require_meta(self) -> MetaModel:
+        meta = self.active_meta()
+        if meta is None:
+            raise RegistryError("no meta model is registered", "run `etr-hub init` (or `etr-hub init --meta REF`) first")
+        return meta
+
+    # -- experts ------------------------------------------------------------------------
+    def _check_fits(self, manifest: Manifest, meta: MetaModel) -> None:
+        if manifest.meta.fingerprint != meta.fingerprint:
+            raise RegistryError(
+                f"expert '{manifest.name}' was trained against meta model {manifest.meta.fingerprint[:12]}… but the registry's meta model is {meta.fingerprint[:12]}… ({meta.display})",
+                "retrain the token against this meta model with `etr-hub train-token`",
+            )
+        if manifest.meta.hidden_size != meta.hidden_size:
+            raise RegistryError(f"expert '{manifest.name}' has token dimension {manifest.meta.hidden_size}, the meta model's hidden size is {meta.hidden_size}", "retrain the token against this meta model")
+
+    def add_expert(self, source: Bundle | Path | str, *, replace: bool = False) -> Expert:
+        bundle = source if isinstance(source, Bundle) else load_bundle(source)
+        m = bundle.manifest
+        meta = self.require_meta()
+        self._check_fits(m, meta)
+        if not replace and self._find(m.name, m.version) is not None:
+            raise RegistryError(f"expert '{m.name}' version {m.version} is already registered", "pass --replace to overwrite it, or bump 'version' in expert.json")
+
+        # 1) content-addressed copies (idempotent; harmless if we die after this)
+        _, token_file = self.store.put_file(bundle.token_path, m.token.sha256, ".safetensors")
+        adapter = self.store.put_tree(bundle.adapter_path) if bundle.adapter_path else None
+        card = self.store.put_file(bundle.model_card_path, suffix=".md")[1] if bundle.model_card_path and bundle.model_card_path.is_file() else None
+        qs_file = self.store.put_file(bundle.query_set_path, m.query_set.sha256, ".jsonl")[1] if bundle.query_set_path else None
+
+        # 2) one transaction records everything
+        try:
+            with self.session(write=True) as s:
+                qs_id = None
+                if qs_file is not None:
+                    qs_id = self._upsert_query_set(s, m, self._rel(qs_file)).id
+                if replace:
+                    old = s.exec(select(Expert).where(Expert.name == m.name, Expert.version == m.version)).first()
+                    if old is not None:
+                        s.delete(old)
+                        s.flush()
+                for other in s.exec(select(Expert).where(Expert.name == m.name, Expert.enabled == True)):  # noqa: E712
+                    other.enabled = False  # one enabled version per name: the newest added
+                row = Expert(
+                    name=m.name, version=m.version, enabled=True, label=m.label, description=m.description,
+                    meta_fingerprint=m.meta.fingerprint, token_sha256=m.token.sha256, token_path=self._rel(token_file),
+                    adapter_sha256=adapter[0] if adapter else None, adapter_path=self._rel(adapter[1]) if adapter else None,
+                    model_card_path=self._rel(card) if card else None, query_set_id=qs_id,
+                    tau=m.query_set.tau if m.query_set else None,
+                    expert_ref=m.expert.model_dump(mode="json", exclude_none=True),
+                    manifest=m.model_dump(mode="json", exclude_none=True),
+                )
+                s.add(row)
+        except IntegrityError:
+            raise RegistryError(f"expert '{m.name}' version {m.version} is already registered", "pass --replace to overwrite it, or bump 'version' in expert.json") from None
+        return row
+
+    def _upsert_query_set(self, s: Session, m: Manifest, store_rel: str) -> QuerySet:
+        qs = m.query_set
+        row = s.exec(select(QuerySet).where(QuerySet.name == m.name, QuerySet.sha256 == qs.sha256, QuerySet.meta_fingerprint == m.meta.fingerprint)).first()
+        if row is None:
+            row = QuerySet(name=m.name, meta_fingerprint=m.meta.fingerprint, sha256=qs.sha256, store_path=store_rel, size=qs.size, tau=qs.tau, label=qs.label or m.label, expert_ref=m.expert.model_dump(mode="json", exclude_none=True), provenance=qs.model_dump(mode="json", exclude_none=True))
+            s.add(row)
+            s.flush()
+        return row
+
+    def _find(self, name: str, version: str | None = None) -> Expert | None:
+        with self.session() as s:
+            q = select(Expert).where(Expert.name == name)
+            if version is not None:
+                return s.exec(q.where(Expert.version == version)).first()
+            rows = list(s.exec(q))
+        # the enabled version, else the newest one
+        rows.sort(key=lambda r: (r.enabled, r.created_at), reverse=True)
+        return rows[0] if rows else None
+
+    def get_expert(self, selector: str) -> Expert:
+        name, _, version = selector.partition("@")
+        row = self._find(name, version or None)
+        if row is None:
+            known = ", ".join(sorted({e.name for e in self.list_experts()})) or "none registered"
+            raise RegistryError(f"no expert named '{selector}'", f"see `etr-hub expert list` (known: {known})")
+        return row
+
+    def list_experts(self, *, enabled_only: bool = False) -> list[Expert]:
+        with self.session() as s:
+            q = select(Expert).order_by(Expert.name, Expert.created_at)
+            if enabled_only:
+                q = q.where(Expert.enabled == True)  # noqa: E712
+            return list(s.exec(q))
+
+    def set_enabled(self, selector: str, enabled: bool) -> Expert:
+        target = self.get_expert(selector)
+        with self.session(write=True) as s:
+            for row in s.exec(select(Expert).where(Expert.name == target.name)):
+                row.enabled = enabled and row.id == target.id
+        target.enabled = enabled
+        return target
+
+    def remove_expert(self, selector: str) -> list[Expert]:
+        """Remove one version (`name@version`) or every version of a name."""
+        name, _, version = selector.partition("@")
+        self.get_expert(selector)  # clear error if unknown
+        with self.session(write=True) as s:
+            q = select(Expert).where(Expert.name == name)
+            if version:
+                q = q.where(Expert.version == version)
+            removed = list(s.exec(q))
+            for row in removed:
+                s.delete(row)
+        self._collect_garbage(removed)
+        return removed
+
+    def _collect_garbage(self, removed: list[Expert]) -> None:
+        """Delete store entries that no remaining expert references (content is shared)."""
+        with self.session() as s:
+            live = {p for e in s.exec(select(Expert)) for p in (e.token_path, e.adapter_path, e.model_card_path) if p}
+        for row in removed:
+            for rel in (row.token_path, row.adapter_path, row.model_card_path):
+                if rel and rel not in live:
+                    self.store.discard(self.abspath(rel))
+
+    def export_expert(self, selector: str, out: Path, *, replace: bool = False) -> Bundle:
+        """Write a registered expert back out as a bundle (byte-identical token file)."""
+        row = self.get_expert(selector)
+        m = Manifest.model_validate(row.manifest)
+        files: dict[str, Path] = {m.token.file: self.abspath(row.token_path)}
+        if row.adapter_path and m.expert.path:
+            files[m.expert.path] = self.abspath(row.adapter_path)
+        if row.model_card_path and m.model_card:
+            files[m.model_card] = self.abspath(row.model_card_path)
+        qs = self.query_set_for(row)
+        if qs is not None and m.query_set is not None:
+            files[m.query_set.file] = self.abspath(qs.store_path)
+        return write_bundle(Path(out), m, files, replace=replace)
+
+    # -- query sets ---------------------------------------------------------------------
+    def query_set_for(self, expert: Expert) -> QuerySet | None:
+        if expert.query_set_id is None:
+            return None
+        with self.session() as s:
+            return s.get(QuerySet, expert.query_set_id)
+
+    def latest_query_set(self, name: str, meta_fingerprint: str) -> QuerySet | None:
+        with self.session() as s:
+            q = select(QuerySet).where(QuerySet.name == name, QuerySet.meta_fingerprint == meta_fingerprint)
+            return s.exec(q.order_by(QuerySet.created_at.desc(), QuerySet.id.desc())).first()
+
+    def add_query_set(self, *, name: str, meta_fingerprint: str, file: Path, info: dict, expert_ref: dict) -> QuerySet:
+        sha, stored = self.store.put_file(file, suffix=".jsonl")
+        with self.session(write=True) as s:
+            row = s.exec(select(QuerySet).where(QuerySet.name == name, QuerySet.sha256 == sha, QuerySet.meta_fingerprint == meta_fingerprint)).first()
+            if row is None:
+                row = QuerySet(name=name, meta_fingerprint=meta_fingerprint, sha256=sha, store_path=self._rel(stored), size=info["size"], tau=info.get("tau"), label=info.get("label"), expert_ref=expert_ref, provenance=info)
+            else:
+                row.provenance, row.created_at = info, datetime.now(timezone.utc)
+            s.add(row)
+        return row
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<database url>"
+

@@ -1,0 +1,82 @@
+"""Engine, connection pragmas and migrations for the registry database.
+
+SQLite by default (`$ETR_HUB_HOME/registry.db`); any SQLAlchemy URL in `ETR_HUB_DATABASE_URL`
+(e.g. `postgresql+psycopg://…`) works without code changes. On SQLite every write
+transaction starts with BEGIN IMMEDIATE: a deferred transaction that later upgrades to a
+writer can fail with "database is locked" without waiting, IMMEDIATE waits on busy_timeout.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+
+BUSY_TIMEOUT_MS = 30_000
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _sqlite_begin)
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA journal_mode = WAL")
+    cur.execute("PRAGMA foreign_keys = ON")
+    cur.execute("PRAGMA synchronous = NORMAL")
+    cur.close()
+
+
+def _sqlite_begin(conn) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+
+
+@functools.lru_cache(maxsize=8)
+def engine_for(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    return engine
+
+
+def head_revision() -> str:
+    versions = sorted(p.stem.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*.py"))
+    return versions[-1]
+
+
+def current_revision_on(conn) -> str | None:
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return current_revision_on(conn)
+
+
+def migrate(engine: Engine) -> str:
+    """Bring the schema to head (idempotent, safe when several processes race)."""
+    head = head_revision()
+    if current_revision(engine) == head:
+        return head
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    # One write transaction around the whole upgrade: a racing process waits, then sees head.
+    with engine.execution_options(write=True).begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(7201603)"))  # serialize racing upgrades
+        if current_revision_on(conn) == head:
+            return head
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    return head

@@ -1,0 +1,53 @@
+"""The paper's equations as small pure functions (arXiv 2403.16854).
+
+eq. 1   p(· | h) = softmax([W_V; W_E] h)                 -> routing_logits
+eq. 4   L(e)     = -log p(expert token | query)            -> expert_token_loss
+init    e        = mean of the rows of W_V                 -> expert_token_init
+
+Training and routing decisions only need the word vocabulary's log-sum-exp, not its V
+logits: log p(expert k) = (W_E h)_k - logsumexp([lse_V(h), W_E h]). `pooled_routing_logits`
+folds the V word tokens into one class (index WORD = 0) carrying lse_V, which keeps every
+expert probability exact while the frozen meta model's part is computed once and cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+WORD = 0  # pooled class index: "some word token", experts follow at 1..N
+
+
+def assemble_expert_matrix(rows: Sequence[torch.Tensor], hidden_size: int) -> torch.Tensor:
+    """Stack the registered experts' (1, C) rows into W_E."""
+    if not rows:
+        return torch.zeros(0, hidden_size)  # (0, C)
+    w_e = torch.cat([r.reshape(1, hidden_size).float() for r in rows], dim=0)  # (N, C)
+    return w_e
+
+
+def expert_token_init(w_v: torch.Tensor) -> torch.Tensor:
+    """Initial expert-token row: the mean of the output-embedding rows."""
+    return w_v.float().mean(dim=0, keepdim=True)  # (V, C) -> (1, C)
+
+
+def routing_logits(h: torch.Tensor, w_v: torch.Tensor, w_e: torch.Tensor) -> torch.Tensor:
+    """Full next-token logits over words then experts: [W_V; W_E] h."""
+    word = h @ w_v.T  # (B, C) @ (C, V) -> (B, V)
+    expert = h @ w_e.T.to(h.dtype)  # (B, C) @ (C, N) -> (B, N)
+    return torch.cat([word, expert], dim=-1)  # (B, V + N)
+
+
+def pooled_routing_logits(h: torch.Tensor, lse_v: torch.Tensor, w_e: torch.Tensor) -> torch.Tensor:
+    """Logits over [any word token, expert 1..N]: softmax of these equals eq. 1 with the
+    V word probabilities summed into one class."""
+    expert = h.float() @ w_e.T.float()  # (B, C) @ (C, N) -> (B, N)
+    return torch.cat([lse_v.float().unsqueeze(-1), expert], dim=-1)  # (B, 1 + N)
+
+
+def expert_token_loss(h: torch.Tensor, lse_v: torch.Tensor, w_e: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean -log p(target | h) over the batch; target is WORD (0) or 1 + expert index."""
+    logits = pooled_routing_logits(h, lse_v, w_e)  # (B, 1 + N)
+    return F.cross_entropy(logits, target)  # ()

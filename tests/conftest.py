@@ -1,0 +1,97 @@
+"""Shared fixtures. Every test gets its own ETR_HUB_HOME (as simonw/llm's conftest does)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FAKE_FP = "a" * 64  # a meta fingerprint for tests that need no real model
+HIDDEN = 16
+
+
+@pytest.fixture(autouse=True)
+def hub_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "etr-home"
+    monkeypatch.setenv("ETR_HUB_HOME", str(home))
+    monkeypatch.delenv("ETR_HUB_DATABASE_URL", raising=False)
+    if url := os.environ.get("ETR_HUB_TEST_DATABASE_URL"):  # run the suite on PostgreSQL
+        monkeypatch.setenv("ETR_HUB_DATABASE_URL", url)
+    monkeypatch.delenv("ETR_HUB_DEBUG", raising=False)
+    return home
+
+
+@pytest.fixture
+def registry(hub_home):
+    from etr_hub.registry import Registry
+
+    return Registry.open()
+
+
+@pytest.fixture
+def fake_meta(registry):
+    """A registered meta model (hidden 16) without loading any weights."""
+    return registry.register_meta(reference={"kind": "local", "path": "/nonexistent/tiny"}, display="tiny-test-meta", fingerprint=FAKE_FP, hidden_size=HIDDEN, vocab_size=100)
+
+
+def write_manifest(root: Path, manifest: dict) -> None:
+    (root / "expert.json").write_text(json.dumps(manifest, indent=2))
+
+
+def make_bundle(root: Path, name: str = "astronomy", *, hidden: int = HIDDEN, fingerprint: str = FAKE_FP, seed: int = 0,
+                query_set: bool = True, adapter: bool = False, version: str = "0.1.0") -> Path:
+    """A complete, valid bundle with tiny random tensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    from etr_hub.store import sha256_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    save_file({"expert_token": torch.randn(1, hidden, generator=g)}, str(root / "token.safetensors"))
+    manifest = {
+        "schema_version": 1, "name": name, "version": version, "description": f"{name} expert", "license": "Apache-2.0",
+        "provider": "tests", "label": name,
+        "expert": {"kind": "peft", "path": "adapter"} if adapter else {"kind": "local", "path": "/models/expert"},
+        "meta": {"reference": "tiny-test-meta", "hidden_size": hidden, "vocab_size": 100, "fingerprint": fingerprint},
+        "token": {"file": "token.safetensors", "sha256": sha256_file(root / "token.safetensors"), "shape": [1, hidden], "dtype": "float32"},
+    }
+    if query_set:
+        rng = random.Random(seed)
+        rows = [{"query": f"question {rng.random():.6f} about {name}", "response": "answer"} for _ in range(5)]
+        (root / "query_set.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        manifest["query_set"] = {"file": "query_set.jsonl", "sha256": sha256_file(root / "query_set.jsonl"), "size": 5, "tau": 0.5, "seed": seed}
+    if adapter:
+        (root / "adapter").mkdir()
+        (root / "adapter" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2}))
+        save_file({"lora_A": torch.randn(2, hidden, generator=g)}, str(root / "adapter" / "adapter_model.safetensors"))
+    (root / "README.md").write_text(f"# {name}\n")
+    manifest["model_card"] = "README.md"
+    write_manifest(root, manifest)
+    return root
+
+
+@pytest.fixture
+def bundle_factory(tmp_path):
+    counter = iter(range(10_000))
+
+    def factory(name: str = "astronomy", **kw) -> Path:
+        return make_bundle(tmp_path / "bundles" / f"{name}-{next(counter)}", name, **kw)
+
+    return factory
+
+
+def etr_hub_cmd() -> list[str]:
+    """The installed console script (falls back to the module when run from a checkout)."""
+    exe = shutil.which("etr-hub", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "etr_hub.cli.main"]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*etr_hub_cmd(), *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout, input=input)

@@ -1,0 +1,73 @@
+"""The real console script in subprocesses: --help speed, concurrency, a killed `add`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.conftest import etr_hub_cmd, make_bundle, run_cli
+
+
+def test_help_is_fast_and_lists_commands():
+    res = run_cli("--help")
+    assert res.returncode == 0
+    for cmd in ("init", "expert"):
+        assert cmd in res.stdout
+    # --help must not import the heavy stack
+    probe = subprocess.run(
+        [os.sys.executable, "-c", "import sys, etr_hub.cli.main as m\n"
+         "try:\n    m.app(['--help'])\nexcept SystemExit:\n    pass\n"
+         "print(','.join(x for x in ('torch','transformers','sqlmodel','peft') if x in sys.modules), file=sys.stderr)"],
+        capture_output=True, text=True)
+    assert probe.stderr.strip() == "", probe.stderr
+
+
+def test_expert_help_subcommands():
+    res = run_cli("expert", "--help")
+    assert res.returncode == 0
+    for sub in ("add", "list", "show", "remove", "enable", "disable", "export"):
+        assert sub in res.stdout
+
+
+def test_concurrent_adds_from_several_processes(fake_meta, tmp_path):
+    bundles = [make_bundle(tmp_path / f"b{i}", f"expert-{i}", seed=i) for i in range(6)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda b: run_cli("expert", "add", str(b)), bundles))
+    for r in results:
+        assert r.returncode == 0, r.stderr
+        assert "locked" not in r.stderr
+    listed = json.loads(run_cli("expert", "list", "--json").stdout)
+    assert sorted(r["name"] for r in listed) == [f"expert-{i}" for i in range(6)]
+
+
+def test_killed_add_leaves_no_half_registered_expert(fake_meta, tmp_path, hub_home, registry):
+    """SIGKILL `expert add` at staggered moments: each expert is either fully there or absent."""
+    for i, delay in enumerate([0.05, 0.2, 0.4, 0.6, 0.9, 1.3]):
+        bundle = make_bundle(tmp_path / f"k{i}", f"killed-{i}", seed=100 + i, adapter=True)
+        proc = subprocess.Popen([*etr_hub_cmd(), "expert", "add", str(bundle)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    for row in registry.list_experts():
+        assert registry.abspath(row.token_path).is_file()
+        assert registry.abspath(row.adapter_path).is_dir()
+        from etr_hub.store import sha256_file
+
+        assert sha256_file(registry.abspath(row.token_path)) == row.token_sha256
+    # and no temporary leftovers under final names: every stored file matches its address
+    from etr_hub.store import sha256_file
+
+    for p in (hub_home / "store" / "sha256").rglob("*"):
+        if p.is_file() and not p.name.startswith(".tmp-"):
+            assert sha256_file(p) == p.name.split(".")[0]
+
+
+def test_error_is_one_line_without_traceback(tmp_path):
+    res = run_cli("expert", "add", str(tmp_path / "nope"))
+    assert res.returncode != 0
+    assert res.stderr.strip().count("\n") == 0 and res.stderr.startswith("error: ")
+    assert "Traceback" not in res.stderr

@@ -1,0 +1,64 @@
+"""Property-based tests of manifest parsing: any JSON in, a Manifest or a BundleError out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from etr_hub.bundle.io import parse_manifest
+from etr_hub.bundle.manifest import Manifest
+from etr_hub.errors import BundleError
+
+VALID = {
+    "schema_version": 1, "name": "astronomy", "version": "1.0.0", "license": "MIT", "provider": "p",
+    "expert": {"kind": "local", "path": "/m"},
+    "meta": {"reference": "m", "hidden_size": 16, "vocab_size": 100, "fingerprint": "a" * 64},
+    "token": {"sha256": "b" * 64, "shape": [1, 16], "dtype": "float32"},
+}
+ROOT = Path("bundle")
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=10,
+)
+
+
+@given(key=st.sampled_from(sorted(VALID)), value=json_values)
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+def test_replacing_a_field_gives_manifest_or_bundle_error(key, value):
+    raw = {**VALID, key: value}
+    try:
+        m = parse_manifest(ROOT, json.dumps(raw))
+    except BundleError as e:
+        assert "\n" not in str(e)
+    else:
+        assert isinstance(m, Manifest)
+        assert Manifest.model_validate_json(m.model_dump_json()) == m  # round trip
+
+
+@given(extra=st.text(min_size=1, max_size=12).filter(lambda k: k not in VALID), value=json_values)
+def test_unknown_top_level_fields_are_rejected(extra, value):
+    try:
+        parse_manifest(ROOT, json.dumps({**VALID, extra: value}))
+    except BundleError as e:
+        assert "unknown field" in str(e) or "trust_remote_code" in str(e)
+    else:
+        raise AssertionError("an unknown field was accepted")
+
+
+@given(text=st.text(max_size=200))
+def test_arbitrary_text_never_crashes(text):
+    try:
+        parse_manifest(ROOT, text)
+    except BundleError:
+        pass
+
+
+@given(name=st.from_regex(r"^[a-z0-9][a-z0-9_-]{0,20}$", fullmatch=True), version=st.from_regex(r"^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$", fullmatch=True))
+def test_valid_names_and_versions_round_trip(name, version):
+    m = parse_manifest(ROOT, json.dumps({**VALID, "name": name, "version": version}))
+    assert (m.name, m.version) == (name, version)
