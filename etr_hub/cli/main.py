@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 
 import typer
 from typer.core import TyperGroup
 
 from etr_hub.errors import EtrHubError
+
+
+# The CLI draws its own rich progress; silence the libraries' bars and advisory warnings, and
+# never reach for the Hugging Face Hub unless asked to (no network is the normal case here).
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+if os.environ.get("ETR_HUB_ALLOW_DOWNLOAD") != "1":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", message=".*requires_grad.*scalar.*")
 
 
 class ErrorHandlingGroup(TyperGroup):
@@ -49,10 +61,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from etr_hub.cli import expert, init
+    from etr_hub.cli import expert, init, query_set, train
 
     app.command("init")(init.init)
     app.add_typer(expert.app, name="expert", help="Register, list, inspect and export expert bundles.")
+    app.add_typer(query_set.app, name="query-set", help="Build expert query sets (where the expert beats the meta model).")
+    app.command("train-token")(train.train_token)
 
 
 _register()

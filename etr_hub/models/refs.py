@@ -102,6 +102,15 @@ class ModelRef(BaseModel):
     def __str__(self) -> str:
         return self.display()
 
+    def resolved(self, root: Path | str) -> ModelRef:
+        """This ref with relative paths made absolute against `root` (e.g. a bundle folder)."""
+        update: dict = {}
+        if self.path is not None and not Path(self.path).is_absolute():
+            update["path"] = str(Path(root) / self.path)
+        if self.base is not None:
+            update["base"] = self.base.resolved(root)
+        return self.model_copy(update=update) if update else self
+
 
 def _parse_embedded(rest: str) -> ModelRef:
     name = EMBEDDED_ALIASES.get(rest.strip().lower())

@@ -1,0 +1,113 @@
+"""What a frozen model computed, kept under `$ETR_HUB_HOME/cache` so no forward pass is paid twice.
+
+- losses/<model key>/<dataset sha256>.safetensors: per-example summed response NLL.
+- states/<meta fingerprint>/<shard>.safetensors: for each query (keyed by a hash of its
+  routing prompt), the meta model's final hidden state at the routing position and the
+  log-sum-exp of its word-token logits there: all that training an expert token needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def query_key(messages: list[dict[str, str]] | str) -> str:
+    """Hash of the conversation the routing position follows."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _save_atomic(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class LossCache:
+    def __init__(self, root: Path):
+        self.root = root / "losses"
+
+    def _path(self, model_key: str, dataset_sha: str) -> Path:
+        return self.root / model_key[:32] / f"{dataset_sha}.safetensors"
+
+    def get(self, model_key: str, dataset_sha: str) -> "torch.Tensor | None":
+        path = self._path(model_key, dataset_sha)
+        if not path.is_file():
+            return None
+        from safetensors.torch import load_file
+
+        return load_file(path)["loss"]
+
+    def put(self, model_key: str, dataset_sha: str, loss: "torch.Tensor") -> None:
+        _save_atomic({"loss": loss.float().cpu()}, self._path(model_key, dataset_sha))
+
+
+class StateCache:
+    """Routing-position states of one meta model, sharded by write; looked up by query key."""
+
+    def __init__(self, root: Path, meta_fingerprint: str):
+        self.dir = root / "states" / meta_fingerprint[:32]
+
+    def _index(self) -> dict[str, tuple[Path, int]]:
+        from safetensors import safe_open
+
+        index: dict[str, tuple[Path, int]] = {}
+        for shard in sorted(self.dir.glob("*.safetensors")) if self.dir.is_dir() else []:
+            with safe_open(shard, framework="pt") as f:
+                keys = json.loads(f.metadata()["query_keys"])
+            index.update({k: (shard, i) for i, k in enumerate(keys)})
+        return index
+
+    def get(self, keys: list[str]) -> tuple["torch.Tensor | None", "torch.Tensor | None", list[int]]:
+        """(hidden (N, C), lse (N,), indices of keys not cached); rows of missing keys are zero."""
+        import torch
+        from safetensors.torch import load_file
+
+        index = self._index()
+        missing = [i for i, k in enumerate(keys) if k not in index]
+        if len(missing) == len(keys):
+            return None, None, missing
+        shards = {path: load_file(path) for path in {index[k][0] for k in keys if k in index}}
+        dim = next(iter(shards.values()))["hidden"].shape[1]
+        hidden, lse = torch.zeros(len(keys), dim), torch.zeros(len(keys))
+        for i, k in enumerate(keys):
+            if k in index:
+                path, row = index[k]
+                hidden[i], lse[i] = shards[path]["hidden"][row], shards[path]["lse"][row]
+        return hidden, lse, missing
+
+    def put_mean_row(self, w_v: "torch.Tensor") -> None:
+        """Cache the mean output-embedding row: the expert-token initialisation."""
+        from etr_hub.routing import expert_token_init
+
+        if not (self.dir / "mean_row.st").exists():
+            _save_atomic({"mean_row": expert_token_init(w_v)}, self.dir / "mean_row.st")
+
+    def get_mean_row(self) -> "torch.Tensor | None":
+        from safetensors.torch import load_file
+
+        path = self.dir / "mean_row.st"
+        return load_file(path)["mean_row"] if path.is_file() else None
+
+    def put(self, keys: list[str], hidden: "torch.Tensor", lse: "torch.Tensor") -> None:
+        if not keys:
+            return
+        shard = hashlib.sha256("".join(keys).encode()).hexdigest()[:24]
+        _save_atomic({"hidden": hidden.float().cpu(), "lse": lse.float().cpu()}, self.dir / f"{shard}.safetensors", {"query_keys": json.dumps(keys)})

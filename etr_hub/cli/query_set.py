@@ -1,0 +1,59 @@
+"""`etr-hub query-set build`: select an expert query set by loss gap (or by label)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from etr_hub.cli.output import err, out, print_json, warn
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("build")
+def build(
+    name: str = typer.Argument(..., help="The expert's name (the query set is stored under it)."),
+    expert: str = typer.Option(..., "--expert", help="Expert model: a PEFT adapter dir, a model dir, a .gguf file, hf:ORG/NAME@COMMIT."),
+    data: Path = typer.Option(..., "--data", help="JSONL dataset with 'query' and 'response' (optionally 'label')."),
+    tau: float = typer.Option(0.0, "--tau", help="Keep queries with loss_meta - loss_expert > τ (nats, summed over the response)."),
+    size: int = typer.Option(100, "--size", help="Down-sample the selection to at most this many queries (paper: 100)."),
+    seed: int = typer.Option(0, "--seed"),
+    label: str = typer.Option(None, "--label", help="The expert's domain label: reports query-set purity; required by --rule labelled."),
+    label_field: str = typer.Option("label", "--label-field", help="Dataset field holding the label."),
+    rule: str = typer.Option("paper", "--rule", help="paper: loss gap > τ (eq. 3); labelled: rows whose label is --label."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Score the dataset with the meta model and the expert; keep where the expert is better."""
+    from etr_hub.cli.progress import bar_factory
+    from etr_hub.queryset.build import build_query_set
+    from etr_hub.registry import Registry
+
+    reg = Registry.open()
+    with bar_factory(quiet=json_out) as bars:
+        res = build_query_set(reg, name, expert, data, tau=tau, size=size, seed=seed, label=label, label_field=label_field,
+                              rule=rule, batch_size=batch_size, progress=bars, status=None if json_out else lambda m: err.print(f"[dim]{m}[/dim]"))
+    for w in res.warnings:
+        warn(w)
+    summary = {"name": name, "rule": res.rule, "tau": res.tau, "size": len(res.selected), "dataset": res.dataset.name,
+               "dataset_sha256": res.dataset.sha256, "n_pairs": len(res.dataset.rows), "sha256": res.info["sha256"],
+               "loss_gap": res.gap_stats, "tau_table": res.tau_table, "purity": res.purity,
+               "in_domain_gap": res.in_domain_gap, "out_of_domain_gap": res.out_of_domain_gap}
+    if json_out:
+        print_json(summary)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"loss gap over {len(res.dataset.rows)} pairs (nats): queries passing at each τ")
+    table.add_column("τ", justify="right")
+    table.add_column("passing", justify="right")
+    for row in sorted(res.tau_table, key=lambda r: r["tau"]):
+        mark = " ←" if res.tau is not None and row["tau"] == res.tau else ""
+        table.add_row(f"{row['tau']:g}", f"{row['passing']}{mark}")
+    out.print(table)
+    q = res.gap_stats["quantiles"]
+    out.print("gap quantiles: " + "  ".join(f"{k} {v:.2f}" for k, v in q.items()), highlight=False)
+    if res.purity is not None:
+        out.print(f"purity (label == {label!r}): {res.purity:.0%}; mean gap in-domain {res.in_domain_gap:.2f}, out-of-domain {res.out_of_domain_gap if res.out_of_domain_gap is not None else float('nan'):.2f}", highlight=False)
+    err.print(f"query set [bold]{name}[/bold]: {len(res.selected)} queries ({res.info['selection_rule']}); next: etr-hub train-token {name}", highlight=False)

@@ -1,0 +1,250 @@
+"""Load a frozen causal LM (+ tokenizer) from a ModelRef, safely and offline by default.
+
+Safety: never `trust_remote_code`, never unpickle (safetensors only; GGUF is not pickle).
+Offline: Hub refs come from the local HF cache unless ETR_HUB_ALLOW_DOWNLOAD=1.
+A PEFT expert on the meta model shares the meta model's weight tensors (no copy) through a
+shallow structural clone, so wrapping it with LoRA layers leaves the meta model untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from etr_hub.errors import ModelLoadError
+from etr_hub.models.refs import ModelRef
+
+Progress = Callable[[str], None] | None
+DTYPES = ("float32", "bfloat16", "float16")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+HF_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]  # weights, config, tokenizer
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a transformers PreTrainedModel, or a peft PeftModel; eval mode, requires_grad False
+    tokenizer: Any
+    ref: ModelRef
+    base_shares_meta: bool = False  # True: a PEFT expert whose base weights ARE the meta model's
+    adapter_name: str | None = None  # peft only: the adapter's name inside the PeftModel
+
+
+def load_causal_lm(
+    ref: ModelRef,
+    *,
+    meta: LoadedModel | None = None,
+    dtype: str = "float32",
+    progress: Progress = None,
+    role: str = "expert",
+) -> LoadedModel:
+    """Load `ref` frozen. `meta` is required for a PEFT ref whose base is the meta model.
+
+    Any failure becomes a one-line ModelLoadError naming the model and a fix.
+    """
+    try:
+        loaded = _LOADERS[ref.kind](ref, meta=meta, dtype=dtype, progress=progress)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # transformers/peft raise many types; the user needs one line
+        raise ModelLoadError(f"could not load {role} model {ref.display()}: {_one_line(exc)}", _fix_for(ref)) from exc
+    _freeze(loaded.model)
+    _ensure_pad_token(loaded.tokenizer)
+    return loaded
+
+
+def allow_download() -> bool:
+    return os.environ.get("ETR_HUB_ALLOW_DOWNLOAD", "") == "1"
+
+
+def _load_local(ref: ModelRef, *, dtype: str, progress: Progress, **_: Any) -> LoadedModel:
+    path = _model_dir(ref.path)
+    _report(progress, f"loading {path.name}")
+    model, tokenizer = _from_pretrained(str(path), dtype=dtype, use_safetensors=True, local_files_only=True)
+    return LoadedModel(model, tokenizer, ref)
+
+
+def _load_hf(ref: ModelRef, *, dtype: str, progress: Progress, **_: Any) -> LoadedModel:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    _report(progress, f"fetching {ref.display()}" if allow_download() else f"loading {ref.display()}")
+    # Resolve to a local snapshot first: only these patterns are fetched (no pickles, no code),
+    # and the folder then gets the same checks as a local model.
+    try:
+        snapshot = snapshot_download(
+            ref.repo_id, revision=ref.revision, allow_patterns=HF_PATTERNS, local_files_only=not allow_download()
+        )
+    except LocalEntryNotFoundError:
+        raise ModelLoadError(
+            f"{ref.display()} is not in the local Hugging Face cache",
+            "set ETR_HUB_ALLOW_DOWNLOAD=1 once to download it (safetensors and config files only)",
+        ) from None
+    path = _model_dir(snapshot)
+    model, tokenizer = _from_pretrained(str(path), dtype=dtype, use_safetensors=True, local_files_only=True)
+    return LoadedModel(model, tokenizer, ref)
+
+
+def _load_gguf(ref: ModelRef, *, dtype: str, progress: Progress, **_: Any) -> LoadedModel:
+    path = Path(ref.path or "")
+    folder, name = (path, ref.gguf_file) if ref.gguf_file else (path.parent, path.name)
+    if not (folder / name).is_file():
+        raise ModelLoadError(f"GGUF file not found: {folder / name}", "check the path")
+    _report(progress, f"loading and de-quantizing {name}")
+    model, tokenizer = _from_pretrained(str(folder), dtype=dtype, gguf_file=name, local_files_only=True)
+    return LoadedModel(model, tokenizer, ref)
+
+
+def _load_embedded(ref: ModelRef, *, dtype: str, progress: Progress, **_: Any) -> LoadedModel:
+    from etr_hub.models.default_meta import ensure_default_meta
+
+    path = ensure_default_meta(progress=progress)
+    _report(progress, f"loading {ref.name}")
+    model, tokenizer = _from_pretrained(str(path), dtype=dtype, use_safetensors=True, local_files_only=True)
+    return LoadedModel(model, tokenizer, ref)
+
+
+def _load_peft(ref: ModelRef, *, meta: LoadedModel | None, dtype: str, progress: Progress, **_: Any) -> LoadedModel:
+    from peft import PeftModel
+
+    adapter = _adapter_dir(ref.path)
+    shares_meta = ref.base is None or (meta is not None and ref.base == meta.ref)
+    if shares_meta:
+        if meta is None:
+            raise ModelLoadError(
+                f"PEFT adapter {adapter} is for the meta model, but no meta model was given",
+                "pass meta=<the loaded meta model> (or set the adapter's base)",
+            )
+        base = LoadedModel(share_weights(meta.model), meta.tokenizer, meta.ref)
+    else:
+        base = load_causal_lm(ref.base, dtype=dtype, progress=progress, role="base")
+    name = adapter_name_for(adapter)
+    _report(progress, f"applying adapter {adapter.name}")
+    model = PeftModel.from_pretrained(base.model, str(adapter), adapter_name=name, is_trainable=False)
+    return LoadedModel(model, _adapter_tokenizer(adapter) or base.tokenizer, ref, shares_meta, name)
+
+
+def share_weights(model: Any) -> Any:
+    """A structural copy of `model` whose parameters and buffers ARE the original's tensors.
+
+    deepcopy with a memo that maps every tensor to itself copies modules, not weights; PEFT can
+    then inject LoRA layers into the copy without touching the original model.
+    """
+    memo = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
+def adapter_name_for(adapter_dir: Path) -> str:
+    """PEFT adapter names become module attribute names: letters, digits and underscores only."""
+    return re.sub(r"\W", "_", adapter_dir.name) or "adapter"
+
+
+def _from_pretrained(source: str, *, dtype: str, **kwargs: Any) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok_kwargs = {k: v for k, v in kwargs.items() if k in ("gguf_file", "local_files_only")}
+    # adapter_kwargs: transformers' adapter lookup ignores the top-level local_files_only
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=_torch_dtype(dtype), adapter_kwargs={"local_files_only": True}, **kwargs
+    )
+    tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
+    return model, tokenizer
+
+
+def _model_dir(path_text: str | None) -> Path:
+    path = Path(path_text or "")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is not a model folder (no config.json)", "point at a save_pretrained output folder")
+    if (path / "adapter_config.json").is_file():  # transformers would silently apply it
+        raise ModelLoadError(f"{path} holds a PEFT adapter (adapter_config.json)", f"load it as peft:{path}")
+    if not any(path.glob("*.safetensors")):
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        what = f"only pickle weights ({', '.join(pickles[:3])})" if pickles else "no *.safetensors weights"
+        raise ModelLoadError(
+            f"{path} has {what}; etr-hub never unpickles",
+            "convert it once to safetensors: load it where you trust it and model.save_pretrained(dir)",
+        )
+    return path
+
+
+def _adapter_dir(path_text: str | None) -> Path:
+    path = Path(path_text or "")
+    if not (path / "adapter_config.json").is_file():
+        raise ModelLoadError(f"{path} is not a PEFT adapter (no adapter_config.json)", "check the path")
+    if not (path / "adapter_model.safetensors").is_file():
+        raise ModelLoadError(
+            f"{path} has no adapter_model.safetensors; etr-hub never unpickles adapter_model.bin",
+            "re-save the adapter with save_pretrained(dir, safe_serialization=True)",
+        )
+    return path
+
+
+def _adapter_tokenizer(adapter: Path) -> Any | None:
+    """Some adapters ship their own tokenizer (e.g. added tokens); use it when present."""
+    if not (adapter / "tokenizer_config.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(adapter), local_files_only=True)
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    if name not in DTYPES:
+        raise ModelLoadError(f"unknown dtype '{name}'", f"use one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def _freeze(model: Any) -> None:
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+
+
+def _ensure_pad_token(tokenizer: Any) -> None:
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # batching needs a pad id; masked out anyway
+
+
+def _report(progress: Progress, message: str) -> None:
+    if progress is not None:
+        progress(message)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _fix_for(ref: ModelRef) -> str:
+    return {
+        "hf": "check the repo id and revision; the model must be in the local Hugging Face cache "
+        "(set ETR_HUB_ALLOW_DOWNLOAD=1 to download it)",
+        "local": "check the path: a transformers model folder with config.json and *.safetensors",
+        "gguf": "check the path and that transformers supports this GGUF architecture",
+        "peft": "check the adapter path and that it was trained on this base model",
+        "embedded": "delete the converted folder under $ETR_HUB_HOME/models and retry",
+        "openai": "openai endpoints are queried over HTTP, not loaded",
+    }[ref.kind]
+
+
+def _load_openai(ref: ModelRef, **_: Any) -> LoadedModel:
+    raise ModelLoadError(
+        f"{ref.display()} is a remote OpenAI-compatible endpoint, not a local model",
+        "use it as an expert through the openai backend; a meta model must be local",
+    )
+
+
+_LOADERS = {
+    "local": _load_local,
+    "hf": _load_hf,
+    "gguf": _load_gguf,
+    "embedded": _load_embedded,
+    "peft": _load_peft,
+    "openai": _load_openai,
+}

@@ -1,0 +1,106 @@
+"""Batched, padded, no-grad passes of a frozen model over (query, response) pairs.
+
+One pass yields both what query-set selection needs (summed response NLL, eq. 3) and what
+token training needs (the final hidden state h at the routing position, i.e. the last prompt
+token, and logsumexp(W_V h)). Logits are computed only at response positions: the LM head
+over the whole vocabulary is the costly part of a small model's forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from etr_hub.models.chat import prompt_and_response_ids, routing_prompt_ids
+
+Advance = Callable[[int], None] | None
+MAX_TOKENS = 1024  # per example; longer responses are cut (their NLL is summed over what fits)
+
+
+@dataclass
+class PassResult:
+    loss: torch.Tensor  # (N,) summed NLL of the response tokens
+    hidden: torch.Tensor | None  # (N, C) final hidden state at the routing position
+    lse: torch.Tensor | None  # (N,) logsumexp of the word-token logits there
+
+
+def encode_pairs(tokenizer, queries: Sequence[str], responses: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+    pairs = []
+    for q, r in zip(queries, responses):
+        prompt, response = prompt_and_response_ids(tokenizer, q, r)
+        pairs.append((prompt, response[: max(1, MAX_TOKENS - len(prompt))]))
+    return pairs
+
+
+def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # similar lengths pad little
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def score_pairs(model, tokenizer, pairs: list[tuple[list[int], list[int]]], *, batch_size: int = 8,
+                want_states: bool = False, advance: Advance = None) -> PassResult:
+    """Summed response NLL per pair (+ routing-position states), right-padded batches."""
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    n = len(pairs)
+    loss = torch.zeros(n)
+    hidden = lse = None
+    for batch in _batches([len(p) + len(r) for p, r in pairs], batch_size):
+        seqs = [pairs[i][0] + pairs[i][1] for i in batch]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (B, T)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)  # (B, T)
+        for b, s in enumerate(seqs):
+            ids[b, : len(s)], mask[b, : len(s)] = torch.tensor(s), 1
+        h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
+
+        # positions P-1 .. P+R-2 predict the response tokens P .. P+R-1
+        rows, cols, targets, owner = [], [], [], []
+        for b, i in enumerate(batch):
+            p, r = len(pairs[i][0]), len(pairs[i][1])
+            rows += [b] * r
+            cols += range(p - 1, p + r - 1)
+            targets += pairs[i][1]
+            owner += [b] * r
+        h_resp = h[rows, cols]  # (M, C)
+        logits = head(h_resp).float()  # (M, V)
+        nll = F.cross_entropy(logits, torch.tensor(targets), reduction="none")  # (M,)
+        per_example = torch.zeros(len(batch)).index_add_(0, torch.tensor(owner), nll)  # (B,)
+        loss[batch] = per_example
+
+        if want_states:
+            if hidden is None:
+                hidden, lse = torch.zeros(n, h.shape[-1]), torch.zeros(n)
+            first = torch.tensor([owner.index(b) for b in range(len(batch))])  # routing position row
+            hidden[batch] = h_resp[first].float()  # (B, C)
+            lse[batch] = torch.logsumexp(logits[first], dim=-1)  # (B,)
+        if advance:
+            advance(len(batch))
+    return PassResult(loss=loss, hidden=hidden, lse=lse)
+
+
+@torch.no_grad()
+def routing_states(model, tokenizer, queries: Sequence[str], *, batch_size: int = 16, advance: Advance = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden (N, C), lse (N,)) at the routing position of each query, without responses."""
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    prompts = [routing_prompt_ids(tokenizer, q)[0][-MAX_TOKENS:] for q in queries]
+    hidden, lse = torch.zeros(len(prompts), model.config.hidden_size), torch.zeros(len(prompts))
+    for batch in _batches([len(p) for p in prompts], batch_size):
+        width = max(len(prompts[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (B, T)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)  # (B, T)
+        for b, i in enumerate(batch):
+            ids[b, : len(prompts[i])], mask[b, : len(prompts[i])] = torch.tensor(prompts[i]), 1
+        h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
+        last = torch.tensor([len(prompts[i]) - 1 for i in batch])
+        h_route = h[torch.arange(len(batch)), last].float()  # (B, C)
+        hidden[batch] = h_route
+        lse[batch] = torch.logsumexp(head(h_route.to(h.dtype)).float(), dim=-1)  # (B,)
+        if advance:
+            advance(len(batch))
+    return hidden, lse
