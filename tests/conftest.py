@@ -8,6 +8,7 @@ import random
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,14 +18,30 @@ HIDDEN = 16
 
 
 @pytest.fixture(autouse=True)
-def hub_home(tmp_path, monkeypatch) -> Path:
+def hub_home(tmp_path, monkeypatch) -> Iterator[Path]:
     home = tmp_path / "etr-home"
     monkeypatch.setenv("ETR_HUB_HOME", str(home))
     monkeypatch.delenv("ETR_HUB_DATABASE_URL", raising=False)
-    if url := os.environ.get("ETR_HUB_TEST_DATABASE_URL"):  # run the suite on PostgreSQL
-        monkeypatch.setenv("ETR_HUB_DATABASE_URL", url)
     monkeypatch.delenv("ETR_HUB_DEBUG", raising=False)
-    return home
+    base = os.environ.get("ETR_HUB_TEST_DATABASE_URL")  # run the suite on PostgreSQL (scripts/test.sh)
+    if not base:
+        yield home
+        return
+    from tests.pg_cluster import drop_schema, new_schema
+
+    schema, url = new_schema(base)  # a fresh, empty registry per test, as with SQLite
+    monkeypatch.setenv("ETR_HUB_DATABASE_URL", url)
+    yield home
+    dispose_engine(url)
+    drop_schema(base, schema)
+
+
+def dispose_engine(url: str) -> None:
+    """Close the pooled connections of a registry URL (engines are cached per URL)."""
+    from etr_hub.registry.db import engine_for
+
+    engine_for(url).dispose()
+    engine_for.cache_clear()
 
 
 @pytest.fixture
@@ -95,3 +112,47 @@ def etr_hub_cmd() -> list[str]:
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*etr_hub_cmd(), *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout, input=input)
+
+
+def invoke(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI in-process (fast: torch stays imported); same shape as run_cli's result.
+
+    Subprocess tests of the real console script live beside it; this one is for tables of cases.
+    """
+    from typer.testing import CliRunner
+
+    from etr_hub.cli.main import app
+
+    result = CliRunner().invoke(app, list(args), input=input, catch_exceptions=False)
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """A tiny meta model, three LoRA experts fine-tuned on their own domain, and a mixed dataset."""
+    from tiny_models import domain_rows, make_tiny_llama, train_tiny_lora
+
+    root = tmp_path_factory.mktemp("world")
+    meta = make_tiny_llama(root / "meta", seed=0, initializer_range=0.2)  # content-dependent routing states
+    astro = domain_rows("astronomy", 40, seed=1)
+    law = domain_rows("law", 40, seed=1)
+    cooking = domain_rows("cooking", 40, seed=1)
+    experts = {
+        "astronomy": train_tiny_lora(meta, root / "astronomy-lora", astro[:20], steps=80),
+        "law": train_tiny_lora(meta, root / "law-lora", law[:20], steps=80),
+        "cooking": train_tiny_lora(meta, root / "cooking-lora", cooking[:20], steps=80),
+    }
+    # the pool mixes domains; the second half of each domain is held out from the experts' training
+    data = write_jsonl(root / "pool.jsonl", astro[20:] + law[20:] + cooking[20:])
+    held_out = {d: domain_rows(d, 10, seed=7) for d in experts}
+    return {"root": root, "meta": meta, "data": data, "held_out": held_out, **{f"expert:{k}": v for k, v in experts.items()}}
+
+
+def init_world(world) -> None:
+    r = invoke("init", "--meta", str(world["meta"]))
+    assert r.returncode == 0, r.stderr

@@ -54,6 +54,7 @@ def make_tiny_llama(
     layers: int = 2,
     seed: int = 0,
     chat_template: bool = True,
+    initializer_range: float = 0.02,
 ) -> Path:
     """Write a tiny random LlamaForCausalLM (tied embeddings) and its tokenizer to `path`."""
     import torch
@@ -75,6 +76,7 @@ def make_tiny_llama(
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
         pad_token_id=None,
+        initializer_range=initializer_range,  # larger: attention that depends on content, as in a trained model
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
@@ -159,3 +161,27 @@ def train_tiny_lora(base_path: Path | str, out_path: Path | str, rows: list[dict
         opt.step()
     model.save_pretrained(out_path)
     return Path(out_path)
+
+
+def pretrain_tiny_meta(path: Path | str, rows: list[dict], *, steps: int = 60, lr: float = 1e-2, seed: int = 0) -> Path:
+    """Fine-tune all weights of a tiny model in place for a few steps on `rows`, so that, like a real
+    meta model, its hidden state at the assistant position says what kind of answer comes next."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from etr_hub.models.chat import prompt_and_response_ids
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, local_files_only=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    encoded = [prompt_and_response_ids(tok, r["query"], r["response"]) for r in rows]
+    order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed)).tolist()
+    for step in range(steps):
+        p, r = encoded[order[step % len(order)]]
+        loss = model(input_ids=torch.tensor([p + r]), labels=torch.tensor([[-100] * len(p) + r])).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(path)
+    return Path(path)

@@ -80,7 +80,8 @@ class TrainingInfo(Strict):
     steps: int
     final_loss: float
     stopped: str = "epochs"
-    negatives: list[str] = []
+    negatives: list[str] = []  # experts whose query sets were negatives (their tokens frozen in the softmax)
+    word_negatives: int = 0  # general prompts labelled "a word token" (teach the token not to fire on small talk)
 
 
 class Manifest(Strict):

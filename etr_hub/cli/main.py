@@ -61,12 +61,16 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from etr_hub.cli import expert, init, query_set, train
+    from etr_hub.cli import chat, eval as eval_cli, expert, explain, init, query_set, serve, train
 
     app.command("init")(init.init)
     app.add_typer(expert.app, name="expert", help="Register, list, inspect and export expert bundles.")
     app.add_typer(query_set.app, name="query-set", help="Build expert query sets (where the expert beats the meta model).")
     app.command("train-token")(train.train_token)
+    app.command("chat")(chat.chat)
+    app.command("explain")(explain.explain)
+    app.command("serve")(serve.serve)
+    app.add_typer(eval_cli.app, name="eval", help="Measure routing and answer accuracy (MMLU-Expert) against baselines.")
 
 
 _register()

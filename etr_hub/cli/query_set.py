@@ -22,6 +22,8 @@ def build(
     label: str = typer.Option(None, "--label", help="The expert's domain label: reports query-set purity; required by --rule labelled."),
     label_field: str = typer.Option("label", "--label-field", help="Dataset field holding the label."),
     rule: str = typer.Option("paper", "--rule", help="paper: loss gap > τ (eq. 3); labelled: rows whose label is --label."),
+    versus: list[str] = typer.Option(None, "--versus", help="Also require the expert to beat this model (repeatable): another expert or a style-control adapter, so the set reflects expertise rather than answer style."),
+    pick: str = typer.Option("random", "--pick", help="random: down-sample the passing queries with --seed (paper); top: keep the largest gaps."),
     batch_size: int = typer.Option(8, "--batch-size"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -33,7 +35,7 @@ def build(
     reg = Registry.open()
     with bar_factory(quiet=json_out) as bars:
         res = build_query_set(reg, name, expert, data, tau=tau, size=size, seed=seed, label=label, label_field=label_field,
-                              rule=rule, batch_size=batch_size, progress=bars, status=None if json_out else lambda m: err.print(f"[dim]{m}[/dim]"))
+                              rule=rule, versus=tuple(versus or ()), pick=pick, batch_size=batch_size, progress=bars, status=None if json_out else lambda m: err.print(f"[dim]{m}[/dim]"))
     for w in res.warnings:
         warn(w)
     summary = {"name": name, "rule": res.rule, "tau": res.tau, "size": len(res.selected), "dataset": res.dataset.name,

@@ -24,6 +24,8 @@ def train_token(
     license: str = typer.Option("unknown", "--license", help="Licence of the bundle (SPDX id)."),
     provider: str = typer.Option(None, "--provider", help="Who provides the expert (default: your user name)."),
     replace: bool = typer.Option(False, "--replace", help="Overwrite --out and an expert of the same name and version."),
+    word_negatives: bool = typer.Option(True, "--general-negatives/--no-general-negatives",
+                                        help="Also train on etr-hub's everyday prompts as negatives, so the token does not fire on small talk."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Train NAME's expert token (only that row; the meta model and other experts stay frozen), write and register the bundle."""
@@ -40,7 +42,7 @@ def train_token(
     reg = Registry.open()
     with bar_factory(quiet=json_out) as bars:
         res = run(reg, name, query_set=query_set, cfg=cfg, out=out, version=version, description=description, license=license,
-                  provider=provider, replace=replace, progress=bars, status=None if json_out else lambda m: err.print(f"[dim]{m}[/dim]"))
+                  provider=provider, replace=replace, word_negatives=word_negatives, progress=bars, status=None if json_out else lambda m: err.print(f"[dim]{m}[/dim]"))
     summary = {"name": res.expert.name, "version": res.expert.version, "bundle": str(res.bundle.root), "token_sha256": res.expert.token_sha256,
                "queries": res.n_queries, "negatives": res.n_negatives, "epochs": res.outcome.epochs, "steps": res.outcome.steps,
                "final_loss": res.outcome.final_loss, "stopped": res.outcome.stopped,

@@ -123,7 +123,7 @@ def expert_pass(session: ModelSession, ref: ModelRef, dataset: Dataset, progress
 
 def build_query_set(registry: Registry, name: str, expert: str | ModelRef, data: str | Path, *, tau: float = 0.0,
                     size: int = 100, seed: int = 0, label: str | None = None, label_field: str = "label",
-                    rule: str = "paper", batch_size: int = 8, progress: ProgressFactory = no_progress,
+                    rule: str = "paper", versus: tuple = (), pick: str = "random", batch_size: int = 8, progress: ProgressFactory = no_progress,
                     status: Callable[[str], None] | None = None) -> BuildResult:
     import torch
 
@@ -131,6 +131,8 @@ def build_query_set(registry: Registry, name: str, expert: str | ModelRef, data:
         raise EtrHubError(f"unknown selection rule '{rule}'", "use --rule paper or --rule labelled")
     if size < 1:
         raise EtrHubError(f"--size must be at least 1 (got {size})", "pass e.g. --size 100")
+    if pick not in ("random", "top"):
+        raise EtrHubError(f"unknown --pick '{pick}'", "use --pick random (the paper) or --pick top (largest gaps first)")
     if rule == "labelled" and not label:
         raise EtrHubError("--rule labelled needs --label", "pass the label of the expert's domain, e.g. --label astronomy")
     ref = expert if isinstance(expert, ModelRef) else ModelRef.parse(expert)
@@ -141,12 +143,16 @@ def build_query_set(registry: Registry, name: str, expert: str | ModelRef, data:
     labels = dataset.labels(label_field)
     loss_meta = meta_pass(session, dataset, progress, batch_size)
     loss_expert = expert_pass(session, ref, dataset, progress, batch_size, warnings)
-    gap = select.loss_gap(loss_meta, loss_expert)  # (N,)
+    versus_refs = [_absolute(v if isinstance(v, ModelRef) else ModelRef.parse(v)) for v in versus]
+    baseline = loss_meta
+    for v in versus_refs:  # "better than the meta model AND than these models": expertise, not a shared style
+        baseline = torch.minimum(baseline, expert_pass(session, v, dataset, progress, batch_size, warnings))
+    gap = select.loss_gap(baseline, loss_expert)  # (N,)
     table = select.tau_table(gap)
     if tau not in {row["tau"] for row in table}:
         table.append({"tau": tau, "passing": int((gap > tau).sum())})
     if rule == "paper":
-        chosen = select.select_by_tau(gap, tau, size, seed)
+        chosen = select.select_by_tau(gap, tau, size, seed, top=pick == "top")
         if not chosen:
             raise DataError(
                 f"τ={tau:g} selects no query (loss-gap quantiles {select.gap_stats(gap)['quantiles']}; passing at τ: "
@@ -166,7 +172,7 @@ def build_query_set(registry: Registry, name: str, expert: str | ModelRef, data:
     result = BuildResult(name=name, rule=rule, tau=tau if rule == "paper" else None, selected=chosen, dataset=dataset,
                          gap_stats=select.gap_stats(gap), tau_table=table, purity=select.purity(chosen, labels, label) if label else None,
                          in_domain_gap=in_dom, out_of_domain_gap=out_dom, warnings=warnings)
-    _record(registry, session, result, ref, loss_meta, loss_expert, gap, seed, size, label, label_field)
+    _record(registry, session, result, ref, loss_meta, loss_expert, gap, seed, size, label, label_field, versus_refs, pick)
     return result
 
 
@@ -176,7 +182,7 @@ def _absolute(ref: ModelRef) -> ModelRef:
     return ref
 
 
-def _record(registry, session, result: BuildResult, ref, loss_meta, loss_expert, gap, seed, size, label, label_field) -> None:
+def _record(registry, session, result: BuildResult, ref, loss_meta, loss_expert, gap, seed, size, label, label_field, versus, pick) -> None:
     rows = []
     for i in result.selected:
         row = {"query": result.dataset.rows[i]["query"], "response": result.dataset.rows[i]["response"],
@@ -185,7 +191,11 @@ def _record(registry, session, result: BuildResult, ref, loss_meta, loss_expert,
             row["label"] = result.dataset.rows[i][label_field]
         rows.append(row)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    rule_text = "loss_meta - loss_expert > tau" if result.rule == "paper" else f"{label_field} == '{label}'"
+    if result.rule == "paper":
+        baseline = "min(" + ", ".join(["loss_meta"] + [f"loss[{v.display()}]" for v in versus]) + ")" if versus else "loss_meta"
+        rule_text = f"{baseline} - loss_expert > tau" + ("; largest gaps first" if pick == "top" else "")
+    else:
+        rule_text = f"{label_field} == '{label}'"
     info = {
         "file": "query_set.jsonl", "sha256": sha256_bytes(text.encode()), "size": len(rows), "tau": result.tau,
         "selection_rule": rule_text, "seed": seed,

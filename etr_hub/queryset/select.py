@@ -15,11 +15,15 @@ def loss_gap(loss_meta: torch.Tensor, loss_expert: torch.Tensor) -> torch.Tensor
     return loss_meta - loss_expert  # (N,)
 
 
-def select_by_tau(gap: torch.Tensor, tau: float, size: int, seed: int) -> list[int]:
-    """Indices with gap > tau, down-sampled to `size` with `seed` (original order kept)."""
+def select_by_tau(gap: torch.Tensor, tau: float, size: int, seed: int, top: bool = False) -> list[int]:
+    """Indices with gap > tau, down-sampled to `size` with `seed` (the paper) or, with `top`,
+    the `size` largest gaps; original order kept."""
     passing = [i for i, g in enumerate(gap.tolist()) if g > tau]
     if len(passing) > size:
-        passing = sorted(random.Random(seed).sample(passing, size))
+        if top:
+            passing = sorted(sorted(passing, key=lambda i: -float(gap[i]))[:size])
+        else:
+            passing = sorted(random.Random(seed).sample(passing, size))
     return passing
 
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Session, select
 
 from etr_hub.bundle import Bundle, Manifest, load_bundle, write_bundle
@@ -32,16 +32,21 @@ class Registry:
         reg = cls(cfg)
         try:
             migrate(reg.engine)
-        except OperationalError as e:
-            raise RegistryError(f"cannot open the registry at {_safe_url(cfg.database_url)}: {e.orig}", "check ETR_HUB_DATABASE_URL / ETR_HUB_HOME and that the database is reachable") from None
+        except (OperationalError, InterfaceError) as e:
+            raise _unreachable(cfg.database_url, e) from None
         return reg
 
     @contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
+        """One transaction. A lost database connection (server down or restarted) becomes a
+        one-line RegistryError; the transaction is rolled back, so nothing is half-written."""
         engine = self.engine.execution_options(write=True) if write else self.engine
-        with Session(engine, expire_on_commit=False) as s:
-            with s.begin():
-                yield s
+        try:
+            with Session(engine, expire_on_commit=False) as s:
+                with s.begin():
+                    yield s
+        except (OperationalError, InterfaceError) as e:
+            raise _unreachable(self.settings.database_url, e) from None
 
     def abspath(self, store_rel: str) -> Path:
         return self.store.root / store_rel
@@ -224,6 +229,12 @@ class Registry:
                 row.provenance, row.created_at = info, datetime.now(timezone.utc)
             s.add(row)
         return row
+
+
+def _unreachable(url: str, e: Exception) -> RegistryError:
+    reason = " ".join(str(getattr(e, "orig", None) or e).split())  # the driver's words, on one line
+    return RegistryError(f"the registry database at {_safe_url(url)} failed: {reason}",
+                         "check ETR_HUB_DATABASE_URL / ETR_HUB_HOME and that the database server is running, then retry")
 
 
 def _safe_url(url: str) -> str:

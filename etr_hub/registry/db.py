@@ -12,8 +12,14 @@ import functools
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+
+from etr_hub.errors import RegistryError
 
 BUSY_TIMEOUT_MS = 30_000
+PG_CONNECT_TIMEOUT_S = 10
+WRITE_LOCK_KEY = 7201604  # pg_advisory_xact_lock key for registry writes
+MIGRATE_LOCK_KEY = 7201603
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -31,6 +37,14 @@ def _sqlite_begin(conn) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
 
+def _postgres_begin(conn) -> None:
+    # Writers take one transaction-scoped advisory lock, so PostgreSQL serialises registry
+    # writes as SQLite's BEGIN IMMEDIATE does: "one enabled version per name" and the
+    # read-then-insert upserts stay correct under concurrent `expert add`.
+    if conn.get_execution_options().get("write"):
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
+
+
 @functools.lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
     if url.startswith("sqlite"):
@@ -40,6 +54,16 @@ def engine_for(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
+    elif url.startswith("postgresql"):
+        # pre-ping: a pooled connection that died with a server restart is replaced, not used;
+        # UTC sessions: `timestamp` columns hold UTC whatever the server's TimeZone is.
+        options = " ".join(filter(None, [make_url(url).query.get("options"), "-c TimeZone=UTC"]))  # keep the URL's own
+        try:
+            engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S, "options": options})
+        except ModuleNotFoundError as exc:
+            raise RegistryError(f"ETR_HUB_DATABASE_URL names PostgreSQL but its driver is missing ({exc.name})",
+                                "pip install 'etr-hub[postgres]' (and use a postgresql+psycopg:// URL)") from None
+        event.listen(engine, "begin", _postgres_begin)
     else:
         engine = create_engine(url, pool_pre_ping=True)
     return engine
@@ -74,7 +98,7 @@ def migrate(engine: Engine) -> str:
     # One write transaction around the whole upgrade: a racing process waits, then sees head.
     with engine.execution_options(write=True).begin() as conn:
         if engine.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(7201603)"))  # serialize racing upgrades
+            conn.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK_KEY})"))  # serialize racing upgrades
         if current_revision_on(conn) == head:
             return head
         cfg.attributes["connection"] = conn

@@ -21,6 +21,7 @@ from etr_hub.models.refs import ModelRef
 from etr_hub.queryset.build import ModelSession, ProgressFactory, no_progress
 from etr_hub.registry import Registry
 from etr_hub.registry.tables import Expert, QuerySet
+from etr_hub.routing import WORD
 from etr_hub.store import sha256_file
 from etr_hub.training.optimize import TrainOutcome, TrainSettings, cached_features, train_expert_row
 
@@ -39,6 +40,15 @@ class TrainResult:
 def _queries(registry: Registry, qs: QuerySet) -> list[str]:
     lines = registry.abspath(qs.store_path).read_text(encoding="utf-8").splitlines()
     return [json.loads(line)["query"] for line in lines if line.strip()]
+
+
+def general_prompts(split: str) -> list[str]:
+    """The project's own everyday prompts (etr_hub/data/general_prompts.jsonl) of one split."""
+    from importlib.resources import files
+
+    lines = files("etr_hub").joinpath("data/general_prompts.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+    return [r["query"] for r in rows if r["split"] == split]
 
 
 def _row(registry: Registry, expert: Expert) -> torch.Tensor:
@@ -85,7 +95,7 @@ def _next_version(registry: Registry, name: str) -> str:
 
 def train_token(registry: Registry, name: str, *, query_set: str | None = None, cfg: TrainSettings = TrainSettings(),
                 out: Path | None = None, version: str | None = None, description: str = "", license: str = "unknown",
-                provider: str | None = None, replace: bool = False, progress: ProgressFactory = no_progress,
+                provider: str | None = None, replace: bool = False, word_negatives: bool = True, progress: ProgressFactory = no_progress,
                 status: Callable[[str], None] | None = None) -> TrainResult:
     t0 = time.perf_counter()
     session = ModelSession(registry, status)
@@ -105,6 +115,12 @@ def train_token(registry: Registry, name: str, *, query_set: str | None = None, 
             neg = _queries(registry, other_qs)
             queries += neg
             targets += [1 + k] * len(neg)
+    n_word = 0
+    if word_negatives:  # everyday prompts where a word token, not any expert, should win
+        general = general_prompts("train")
+        queries += general
+        targets += [WORD] * len(general)
+        n_word = len(general)
     target = torch.tensor(targets)
     hidden, lse, init = routing_states_for(session, queries, progress)
     outcome = train_expert_row(cached_features(hidden, lse), len(queries), target, w_frozen, init, cfg)
@@ -113,14 +129,14 @@ def train_token(registry: Registry, name: str, *, query_set: str | None = None, 
 
     winners = pooled_routing_logits(hidden, lse, torch.cat([w_frozen, outcome.row], dim=0)).argmax(dim=-1)  # (Q,)
     accuracy = float((winners == target).float().mean())
-    bundle = _write(registry, name, qs, meta, outcome, cfg, [e.name for e in others], out, version or _next_version(registry, name),
+    bundle = _write(registry, name, qs, meta, outcome, cfg, [e.name for e in others], n_word, out, version or _next_version(registry, name),
                     description, license, provider or getpass.getuser(), replace)
     expert = registry.add_expert(bundle, replace=replace)
     return TrainResult(bundle=bundle, expert=expert, outcome=outcome, n_queries=qs.size, n_negatives=len(queries) - qs.size,
                        train_routing_accuracy=accuracy, seconds=time.perf_counter() - t0)
 
 
-def _write(registry, name, qs: QuerySet, meta, outcome: TrainOutcome, cfg: TrainSettings, negatives, out, version,
+def _write(registry, name, qs: QuerySet, meta, outcome: TrainOutcome, cfg: TrainSettings, negatives, n_word, out, version,
            description, license, provider, replace) -> Bundle:
     ref = ModelRef.model_validate(qs.expert_ref)
     files: dict[str, Path] = {"query_set.jsonl": registry.abspath(qs.store_path)}
@@ -140,6 +156,7 @@ def _write(registry, name, qs: QuerySet, meta, outcome: TrainOutcome, cfg: Train
             query_set=QuerySetInfo.model_validate(qs.provenance),
             training=TrainingInfo(lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=outcome.epochs, batch_size=cfg.batch_size,
                                   schedule=f"cosine over {cfg.epochs or cfg.max_epochs} epochs, {cfg.warmup_steps} warm-up steps",
-                                  steps=outcome.steps, final_loss=round(outcome.final_loss, 6), stopped=outcome.stopped, negatives=negatives),
+                                  steps=outcome.steps, final_loss=round(outcome.final_loss, 6), stopped=outcome.stopped, negatives=negatives,
+                                  word_negatives=n_word),
         )
         return write_bundle(out, manifest, files, replace=replace)

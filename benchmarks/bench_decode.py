@@ -1,0 +1,226 @@
+"""Decoding speed of routed generation vs plain `model.generate`, side by side in one run.
+
+    python benchmarks/bench_decode.py [--new-tokens 128] [--reps 5] [--threads 1]
+
+On the registry's meta model (the embedded default SmolLM2-135M-Instruct after `etr-hub init`),
+in throw-away copies of $ETR_HUB_HOME: one with 6 and one with 1,000 synthetic experts (random
+rows small enough never to win, so all three runs produce the same greedy tokens; their
+reference is an endpoint that is never contacted). Each repetition times, in rotating order:
+
+    generate   model.generate(ids, greedy, eos disabled, N new tokens)
+    routed-6   Hub.chat(messages, max_new_tokens=N, ignore_eos=True) with W_E of 6 rows
+    routed-1000  the same with 1,000 rows
+
+With --switch (default on) a fourth run measures the cost of a switch as the paper's Table 5
+does: `switch-lora` has one LoRA expert (a random r=8 adapter on q/v of the meta model) whose
+token wins at the first generated token, so the LoRA expert writes all N tokens; its time over
+routed-6's (which never switches) minus one is the switch cost (target ≤ +1.7%).
+
+Hub.chat does everything a chat answer does (chat template, routing over [W_V; W_E]·h every
+step, incremental detokenizing, the event stream). The ratio reported is generate time / routed
+time (speed ratio, higher is better), the median over paired repetitions; targets: ≥ 0.95 (6)
+and ≥ 0.9 (1,000). The ratios are printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+QUESTION = [{"role": "user", "content": "Explain in a few paragraphs how the planets of the solar system formed."}]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps a shared machine quiet)")
+    parser.add_argument("--experts", default="6,1000", help="comma-separated expert counts")
+    parser.add_argument("--switch", action=argparse.BooleanOptionalAction, default=True, help="also time a switch to a LoRA expert")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    counts = [int(c) for c in args.experts.split(",")]
+
+    from etr_hub.config import settings
+
+    source = settings().home
+    work = Path(tempfile.mkdtemp(prefix="etr-bench-"))
+    try:
+        run(source, work, counts, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def make_home(source: Path, home: Path):
+    """A registry copy that shares the source's converted models (read-only) and nothing else."""
+    from etr_hub.config import Settings
+    from etr_hub.registry import Registry
+
+    home.mkdir(parents=True)
+    shutil.copyfile(source / "registry.db", home / "registry.db")
+    if (source / "models").exists():
+        (home / "models").symlink_to((source / "models").resolve())
+    return Registry.open(Settings(home=home, database_url=f"sqlite:///{home / 'registry.db'}"))
+
+
+def add_synthetic_experts(registry, n: int, hidden: int, meta_row, progress) -> None:
+    """n bundles with small random rows (logits ≈ 0, far below the top word), written and
+    registered through the normal bundle and registry code."""
+    import torch
+
+    from etr_hub.bundle import Manifest, write_bundle
+    from etr_hub.bundle.io import save_token
+    from etr_hub.bundle.manifest import MetaInfo, TokenInfo
+    from etr_hub.models.refs import ModelRef
+    from etr_hub.store import sha256_file
+
+    gen = torch.Generator().manual_seed(n)
+    ref = ModelRef(kind="openai", url="http://127.0.0.1:9/v1", model="never-called")
+    meta = MetaInfo(reference=meta_row.display, hidden_size=hidden, vocab_size=meta_row.vocab_size, fingerprint=meta_row.fingerprint)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):
+            token = Path(tmp) / "token.safetensors"
+            save_token(token, torch.randn(1, hidden, generator=gen) * 1e-3)
+            manifest = Manifest(name=f"synthetic-{i:04d}", license="CC0-1.0", provider="bench", expert=ref, meta=meta,
+                                token=TokenInfo(sha256=sha256_file(token), shape=(1, hidden)))
+            registry.add_expert(write_bundle(Path(tmp) / f"b{i}", manifest, {"token.safetensors": token}))
+            shutil.rmtree(Path(tmp) / f"b{i}")
+            progress(1)
+
+
+def add_switching_lora(registry, meta, meta_row, work: Path) -> str:
+    """A random LoRA adapter on the meta model whose token wins at the routing position of QUESTION."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from etr_hub.bundle import Manifest, write_bundle
+    from etr_hub.bundle.io import save_token
+    from etr_hub.bundle.manifest import MetaInfo, TokenInfo
+    from etr_hub.models.chat import routing_prompt_ids
+    from etr_hub.models.loading import share_weights
+    from etr_hub.models.refs import ModelRef
+    from etr_hub.store import sha256_file
+
+    peft_model = get_peft_model(share_weights(meta.model), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.01)
+    peft_model.save_pretrained(work / "adapter")
+    with torch.no_grad():
+        ids = torch.tensor([routing_prompt_ids(meta.tokenizer, QUESTION)[0]])
+        h = meta.model.get_decoder()(input_ids=ids).last_hidden_state[0, -1].float()  # (C,)
+    save_token(work / "token.safetensors", (h * (100.0 / float(h @ h))).reshape(1, -1))  # logit 100 there
+    manifest = Manifest(name="switch-lora", license="CC0-1.0", provider="bench", expert=ModelRef(kind="peft", path="adapter"),
+                        meta=MetaInfo(reference=meta_row.display, hidden_size=meta_row.hidden_size, vocab_size=meta_row.vocab_size,
+                                      fingerprint=meta_row.fingerprint),
+                        token=TokenInfo(sha256=sha256_file(work / "token.safetensors"), shape=(1, meta_row.hidden_size)))
+    registry.add_expert(write_bundle(work / "bundle", manifest, {"token.safetensors": work / "token.safetensors", "adapter": work / "adapter"}))
+    return "switch-lora"
+
+
+def run(source: Path, work: Path, counts: list[int], args) -> None:
+    import torch
+    from rich.console import Console
+    from rich.progress import Progress
+    from transformers import GenerationConfig
+
+    from etr_hub.models.chat import routing_prompt_ids
+    from etr_hub.models.loading import load_causal_lm
+    from etr_hub.models.refs import ModelRef
+    from etr_hub.runtime import Hub
+
+    console = Console(stderr=True)
+    first = make_home(source, work / "base")
+    meta_row = first.require_meta()
+    console.print(f"meta model {meta_row.display}; torch threads {torch.get_num_threads()}; {args.new_tokens} new tokens; {args.reps} reps")
+    with console.status("loading the meta model"):
+        meta = load_causal_lm(ModelRef.model_validate(meta_row.reference), role="meta")
+    hubs = {}
+    with Progress(console=console) as bar:
+        for n in counts:
+            registry = make_home(source, work / f"n{n}")
+            task = bar.add_task(f"registering {n} synthetic experts", total=n)
+            add_synthetic_experts(registry, n, meta_row.hidden_size, meta_row, lambda k, t=task: bar.advance(t, k))
+            hubs[n] = Hub.open(registry, meta=meta)
+            assert len(hubs[n].experts) == n, hubs[n].skipped[:3]
+
+    if args.switch:
+        (work / "lora").mkdir()
+        registry = make_home(source, work / "switch")
+        add_switching_lora(registry, meta, meta_row, work / "lora")
+        hubs["switch"] = Hub.open(registry, meta=meta)
+
+    model, tok = meta.model, meta.tokenizer
+    ids = torch.tensor([routing_prompt_ids(tok, QUESTION)[0]])  # (1, T)
+    config = GenerationConfig(max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=None,
+                              pad_token_id=tok.pad_token_id, bos_token_id=None)
+
+    def plain() -> str:
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+    def routed(n: int):
+        def call() -> str:
+            result = hubs[n].chat(QUESTION, max_new_tokens=args.new_tokens, ignore_eos=True)
+            assert result.route == [] and result.completion_tokens == args.new_tokens, result.route
+            return result.text
+        return call
+
+    def switching() -> str:
+        result = hubs["switch"].chat(QUESTION, max_new_tokens=args.new_tokens, ignore_eos=True)
+        assert [(s.expert, s.token_index, s.fell_back) for s in result.route] == [("switch-lora", 0, False)], result.route
+        assert result.completion_tokens == args.new_tokens
+        return result.text
+
+    runs = {"generate": plain, **{f"routed-{n}": routed(n) for n in counts}}
+    if args.switch:
+        runs["switch-lora"] = switching
+    names = list(runs)
+    texts = {name: fn() for name, fn in runs.items()}  # warm-up, and the outputs must agree
+    same = all(t == texts["generate"] for name, t in texts.items() if name != "switch-lora")
+    console.print(f"identical greedy output across the routed and generate runs: {'yes' if same else 'NO'}")
+    times: dict[str, list[float]] = {name: [] for name in names}
+    with Progress(console=console) as bar:
+        task = bar.add_task("timing", total=args.reps * len(names))
+        for rep in range(args.reps):
+            order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate: no run always goes first
+            for name in order:
+                t0 = time.perf_counter()
+                runs[name]()
+                times[name].append(time.perf_counter() - t0)
+                bar.advance(task)
+
+    for name in names:
+        med = statistics.median(times[name])
+        print(f"{name:>12}: median {med:.3f} s ({args.new_tokens / med:.1f} tok/s), min {min(times[name]):.3f} s")
+    if not same:
+        print("warning: outputs differed, the comparison is not like for like", file=sys.stderr)
+    if args.switch:
+        base = f"routed-{counts[0]}"
+        cost = statistics.median([s / r for s, r in zip(times["switch-lora"], times[base])]) - 1
+        print(f"switch cost (LoRA expert from the first token vs {base}, no switch): {cost:+.1%} "
+              f"(median of {args.reps} paired runs; target ≤ +1.7%) {'PASS' if cost <= 0.017 else 'FAIL'}")
+    for n in counts:
+        paired = [g / r for g, r in zip(times["generate"], times[f"routed-{n}"])]
+        target = 0.95 if n <= 6 else 0.9
+        ratio = statistics.median(paired)
+        print(f"speed ratio routed ({n} experts) / generate: {ratio:.3f} (median of {len(paired)} paired runs; "
+              f"ratio of minima {min(times['generate']) / min(times[f'routed-{n}']):.3f}; target ≥ {target}) "
+              f"{'PASS' if ratio >= target else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()

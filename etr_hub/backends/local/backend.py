@@ -1,0 +1,74 @@
+"""Local transformers experts: KV-cached decoding in this process, the expert's own template."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from etr_hub.backends.base import Chunk, ExpertBackend, ExpertError, GenSettings, Handoff
+from etr_hub.errors import EtrHubError
+
+
+class LocalBackend(ExpertBackend):
+    kind = "local"
+
+    def __init__(self, spec, meta):
+        super().__init__(spec, meta)
+        self.loaded: Any = None
+        self.shares_tokenizer = False
+        self.eos: frozenset[int] = frozenset()
+        self.context = 0
+        self._bytes = 0
+
+    def load(self) -> None:
+        from etr_hub.models.loading import load_causal_lm
+        from etr_hub.runtime.modelinfo import context_limit, eos_ids, same_tokenizer, unshared_bytes
+
+        try:
+            self.loaded = load_causal_lm(self.spec.ref, meta=self.meta, role=f"expert '{self.spec.name}'")
+        except EtrHubError as exc:
+            raise ExpertError(exc.problem, exc.fix) from None
+        model, tokenizer = self.loaded.model, self.loaded.tokenizer
+        self.shares_tokenizer = same_tokenizer(tokenizer, self.meta.tokenizer)
+        self.eos = eos_ids(model, tokenizer)
+        self.context = context_limit(model, tokenizer)
+        self._bytes = unshared_bytes(model, self.meta.model)
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._bytes
+
+    def unload(self) -> None:
+        self.loaded = None
+
+    def prompt_ids(self, handoff: Handoff) -> list[int]:
+        """The expert's input: the meta model's ids when the tokenizers agree, else the
+        conversation in the expert's own chat template with the assistant turn left open."""
+        from etr_hub.models.chat import _to_ids, routing_prompt_ids
+
+        tokenizer = self.loaded.tokenizer
+        if handoff.prompt is not None:
+            return _to_ids(tokenizer(handoff.prompt, add_special_tokens=True))
+        if self.shares_tokenizer and handoff.meta_ids is not None:
+            return list(handoff.meta_ids)
+        ids, _ = routing_prompt_ids(tokenizer, handoff.messages or [])
+        if handoff.partial:
+            ids += _to_ids(tokenizer(handoff.partial, add_special_tokens=False))
+        return ids
+
+    def generate(self, handoff: Handoff, settings: GenSettings) -> Iterator[Chunk]:
+        from etr_hub.runtime.decode import Detokenizer, Sampling, plain_tokens
+
+        if self.loaded is None:
+            raise ExpertError(f"expert '{self.spec.name}' is not loaded")
+        budget = max(0, min(settings.max_new_tokens, self.context - 1))
+        ids = self.prompt_ids(handoff)[-(self.context - budget) :]  # keep the end: the open turn
+        detok = Detokenizer(self.loaded.tokenizer, ids[-4:])
+        sampling = Sampling.make(settings.temperature, settings.top_p, settings.seed)
+        stops = frozenset() if settings.ignore_eos else self.eos
+        for token in plain_tokens(self.loaded.model, ids, max_new_tokens=budget, sampling=sampling, eos_ids=stops):
+            if token in stops:
+                yield Chunk(detok.flush(), 1, "stop")
+                return
+            yield Chunk(detok.push(token), 1)
+        yield Chunk(detok.flush(), 0, "length")

@@ -1,0 +1,61 @@
+"""A lean forward for plain LoRA layers, to keep the per-token cost of a LoRA expert low.
+
+PEFT's LoRA layer does several module calls, dtype casts and adapter bookkeeping per forward;
+at one token per step on a small model that Python overhead is several percent of decoding.
+After PEFT has loaded and validated an adapter, each plain LoRA linear layer (one adapter, no
+DoRA or other variant, no LoRA bias, not fan-in-fan-out) is swapped, in the expert's own clone
+only, for `base(x) + (x A^T)(s B)^T` with the same tensors. Anything else keeps PEFT's layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class LeanLoraLinear(nn.Module):
+    def __init__(self, base: nn.Linear, a: torch.Tensor, b: torch.Tensor, scaling: float):
+        super().__init__()
+        self.base = base  # the meta model's own Linear (shared weight)
+        self.register_buffer("a_t", a.T.contiguous(), persistent=False)  # (C_in, r)
+        self.register_buffer("b_t", (b * scaling).T.contiguous(), persistent=False)  # (r, C_out), scaling folded in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.a_t) @ self.b_t  # (..., C_in) -> (..., C_out)
+
+
+def _plain(layer: Any) -> tuple[nn.Linear, torch.Tensor, torch.Tensor, float] | None:
+    """(base, A, B, scaling) when `layer` is a vanilla single-adapter PEFT LoRA Linear, else None."""
+    try:
+        from peft.tuners.lora.layer import Linear as PeftLoraLinear
+    except ImportError:
+        return None
+    if type(layer) is not PeftLoraLinear or layer.merged or layer.disable_adapters or getattr(layer, "fan_in_fan_out", False):
+        return None
+    names = list(layer.lora_A.keys())
+    if len(names) != 1 or list(layer.active_adapters) != names:
+        return None
+    name = names[0]
+    if name in getattr(layer, "lora_variant", {}) or getattr(layer, "use_dora", {}).get(name) or getattr(layer, "lora_bias", {}).get(name):
+        return None
+    a, b, base = layer.lora_A[name], layer.lora_B[name], layer.base_layer
+    if not (isinstance(base, nn.Linear) and isinstance(a, nn.Linear) and isinstance(b, nn.Linear)) or a.bias is not None or b.bias is not None:
+        return None
+    if a.weight.dtype != base.weight.dtype:
+        return None
+    return base, a.weight.detach(), b.weight.detach(), float(layer.scaling[name])
+
+
+def make_lean(model: Any) -> int:
+    """Swap every plain LoRA layer in `model` (a PeftModel) for a LeanLoraLinear; returns how many."""
+    swapped = 0
+    for name, module in list(model.named_modules()):
+        parts = _plain(module)
+        if parts is None:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, LeanLoraLinear(*parts))
+        swapped += 1
+    return swapped

@@ -1,0 +1,144 @@
+"""Remote experts over HTTP: the templated prefix goes out as text, the continuation streams back.
+
+The endpoint's own chat template is unknown, so the conversation is rendered in the meta
+model's template (a remote expert is normally a served sibling of the meta model). Connect and
+read timeouts bound every wait; connection failures and 429/5xx answers are retried with
+backoff before any text arrived (after that a retry would repeat text, so it is a failure).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from etr_hub.backends.base import Chunk, ExpertBackend, ExpertError, GenSettings, Handoff, render_prompt_text
+
+DEFAULT_READ_TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_S = 5.0
+HEALTH_TIMEOUT_S = 5.0
+RETRIES = 2
+BACKOFF_S = 0.25  # then doubled per retry
+MAX_STOPS = 4  # the OpenAI API accepts at most four stop strings
+
+
+class RemoteBackend(ExpertBackend):
+    kind = "remote"
+
+    def __init__(self, spec, meta):
+        super().__init__(spec, meta)
+        self.client: Any = None
+        self.base_url = (spec.ref.url or "").rstrip("/")
+        read = spec.ref.timeout_s or DEFAULT_READ_TIMEOUT_S
+        self.read_timeout = float(read)
+        self.connect_timeout = min(CONNECT_TIMEOUT_S, self.read_timeout)
+
+    def load(self) -> None:
+        """Open a client and check the endpoint answers (any non-5xx reply to GET /models)."""
+        import httpx
+
+        timeout = httpx.Timeout(self.read_timeout, connect=self.connect_timeout)
+        self.client = httpx.Client(timeout=timeout, follow_redirects=False)
+        try:
+            self._with_retries(lambda: self.client.get(f"{self.base_url}/models", timeout=min(HEALTH_TIMEOUT_S, self.read_timeout)))
+        except ExpertError:
+            self.unload()
+            raise
+
+    def unload(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def _where(self) -> str:
+        return f"remote expert '{self.spec.name}' at {self.base_url}"
+
+    def _with_retries(self, call):
+        import httpx
+
+        delay = BACKOFF_S
+        for attempt in range(RETRIES + 1):
+            try:
+                resp = call()
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                problem = f"{self._where()} is unreachable ({type(exc).__name__}: {exc})"
+            except httpx.TimeoutException:
+                raise ExpertError(f"{self._where()} did not answer within {self.read_timeout:g} s", "raise the reference's timeout_s or check the server") from None
+            except httpx.HTTPError as exc:
+                raise ExpertError(f"{self._where()} failed: {type(exc).__name__}: {exc}", "check the server") from None
+            else:
+                if resp.status_code < 500 and resp.status_code != 429:
+                    return resp
+                problem = f"{self._where()} answered HTTP {resp.status_code}"
+            if attempt < RETRIES:
+                time.sleep(delay)
+                delay *= 2
+        raise ExpertError(problem, "start the server or fix the expert's URL")
+
+    def generate(self, handoff: Handoff, settings: GenSettings) -> Iterator[Chunk]:
+        import httpx
+
+        if self.client is None:
+            raise ExpertError(f"{self._where()} is not loaded")
+        body: dict[str, Any] = {
+            "model": self.spec.ref.model,
+            "prompt": render_prompt_text(handoff.meta_tokenizer, handoff),
+            "max_tokens": settings.max_new_tokens,
+            "temperature": settings.temperature,
+            "top_p": settings.top_p,
+            "stream": True,
+        }
+        if settings.stop:
+            body["stop"] = list(settings.stop)[:MAX_STOPS]
+        if settings.seed is not None:
+            body["seed"] = settings.seed
+        if settings.ignore_eos:
+            body["ignore_eos"] = True  # vLLM/SGLang extension, for benchmarks
+
+        url = f"{self.base_url}/completions"
+        request = self.client.build_request("POST", url, json=body)
+        resp = self._with_retries(lambda: self.client.send(request, stream=True))
+        try:
+            if resp.status_code >= 400:
+                resp.read()
+                raise ExpertError(f"{self._where()} refused the request: HTTP {resp.status_code} {resp.text[:200]!r}", "check the model name and the server")
+            try:
+                if "text/event-stream" in resp.headers.get("content-type", ""):
+                    yield from _read_events(resp)
+                else:
+                    resp.read()
+                    yield _read_json(resp.json())
+            except httpx.TimeoutException:
+                raise ExpertError(f"{self._where()} stopped answering (no data for {self.read_timeout:g} s)", "raise the reference's timeout_s or check the server") from None
+            except httpx.HTTPError as exc:
+                raise ExpertError(f"{self._where()} failed mid-answer: {type(exc).__name__}: {exc}", "check the server") from None
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                raise ExpertError(f"{self._where()} sent a malformed completion ({exc})", "point the reference at an OpenAI-compatible /v1 base URL") from None
+        finally:
+            resp.close()
+
+
+def _read_events(resp: Any) -> Iterator[Chunk]:
+    """Server-sent events: `data: {json}` lines, ended by `data: [DONE]`."""
+    for line in resp.iter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        event = json.loads(data)
+        if "error" in event:
+            raise ValueError(f"server error: {event['error']}")
+        choices = event.get("choices") or []
+        if not choices:
+            continue  # e.g. a final usage-only chunk
+        text = choices[0].get("text") or ""
+        yield Chunk(text, 1 if text else 0, choices[0].get("finish_reason"))
+
+
+def _read_json(payload: dict) -> Chunk:
+    choice = payload["choices"][0]
+    usage = payload.get("usage") or {}
+    text = choice.get("text") or ""
+    return Chunk(text, int(usage.get("completion_tokens") or (1 if text else 0)), choice.get("finish_reason"))

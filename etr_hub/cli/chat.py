@@ -1,0 +1,213 @@
+"""`etr-hub chat`: a terminal conversation with the meta model and its experts, as one assistant.
+
+The answer streams to stdout as plain text; hand-off markers, warnings and notes go to stderr
+(dim), so piped output stays clean. Lines from a pipe are read as user messages, one per line.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+
+from etr_hub.cli.output import err, note, print_json, warn
+from etr_hub.errors import EtrHubError
+
+HELP = "/experts  list the experts · /route  show the last route record · /reset  forget the conversation · /exit  leave"
+
+
+def chat(
+    once: str = typer.Option(None, "--once", help="Answer this one message and exit."),
+    json_out: bool = typer.Option(False, "--json", help="With --once (or piped input): print each answer as one JSON object."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Most tokens per answer."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default); higher samples more freely."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (with --temperature > 0)."),
+    seed: int = typer.Option(None, "--seed", help="Seed for sampling."),
+    system: str = typer.Option(None, "--system", help="A system prompt for the conversation."),
+    expert: str = typer.Option(None, "--expert", help="Let this expert answer directly (no routing)."),
+    memory_budget_mb: int = typer.Option(None, "--memory-budget-mb", help="Memory for loaded experts (default: half the RAM)."),
+) -> None:
+    """Chat with the meta model; domain questions are handed to the expert whose token wins."""
+    piped = once is None and not sys.stdin.isatty()
+    if once is not None and not once.strip():
+        raise EtrHubError("empty message", "pass the question as --once \"TEXT\"")
+    if json_out and once is None and not piped:
+        raise EtrHubError("--json needs --once TEXT (or piped input)", "e.g. etr-hub chat --once \"Why is the sky blue?\" --json")
+    from etr_hub.runtime.hub import check_settings
+
+    check_settings(max_new_tokens, temperature, top_p)
+    settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed, "expert": expert}
+    hub = _open_hub(quiet=json_out, memory_budget_mb=memory_budget_mb)
+    if expert is not None:
+        hub.require_expert(expert)
+    session = Session(hub, settings, system, json_out)
+    if once is not None:
+        session.ask(once)
+        return
+    if not piped:
+        _banner(hub)
+    session.loop(piped)
+
+
+def _open_hub(*, quiet: bool, memory_budget_mb: int | None):
+    from etr_hub.runtime import Hub
+
+    if quiet:
+        hub = Hub.open(memory_budget_mb=memory_budget_mb)
+    else:
+        with err.status("loading the meta model…") as status:
+            hub = Hub.open(progress=lambda m: status.update(f"{m}…"), memory_budget_mb=memory_budget_mb)
+    for name, reason in hub.skipped:
+        warn(f"skipped expert '{name}': {reason}")
+    if not hub.experts and not quiet:
+        note("no experts registered: plain meta-model chat (add one with `etr-hub expert add PATH`)")
+    return hub
+
+
+def _banner(hub) -> None:
+    names = ", ".join(e.name for e in hub.experts) or "none"
+    err.print(f"[bold]{hub.meta_name}[/bold] with {len(hub.experts)} expert(s): {names}", highlight=False)
+    note(HELP + " · Ctrl-C stops an answer")
+
+
+class Session:
+    """Multi-turn state: the history, the last route record, and the slash commands."""
+
+    def __init__(self, hub, settings: dict, system: str | None, json_out: bool):
+        self.hub = hub
+        self.settings = settings
+        self.system = [{"role": "system", "content": system}] if system else []
+        self.history: list[dict[str, str]] = []
+        self.json_out = json_out
+        self.last: Any = None  # the last ChatResult
+
+    def loop(self, piped: bool) -> None:
+        while True:
+            try:
+                line = sys.stdin.readline() if piped else err.input("[bold green]you[/bold green] › ")
+            except (EOFError, KeyboardInterrupt):
+                if not piped:
+                    err.print()
+                return
+            if piped and line == "":
+                return  # end of input
+            text = line.strip()
+            if not text:
+                continue
+            if text.startswith("/"):
+                if not self.command(text):
+                    return
+                continue
+            try:
+                self.ask(text)
+            except EtrHubError as exc:  # e.g. a message the model cannot take: say so, keep the session
+                warn(str(exc))
+
+    def command(self, text: str) -> bool:
+        """Run a slash command; False means leave."""
+        name = text.split()[0].lower()
+        if name in ("/exit", "/quit"):
+            return False
+        if name == "/reset":
+            self.history, self.last = [], None
+            note("conversation reset")
+        elif name == "/experts":
+            _experts_table(self.hub)
+        elif name == "/route":
+            _route_table(self.last)
+        elif name == "/help":
+            note(HELP)
+        else:
+            warn(f"unknown command {name} — {HELP}")
+        return True
+
+    def ask(self, text: str) -> None:
+        messages = [*self.system, *self.history, {"role": "user", "content": text}]
+        if self.json_out:
+            result = self.hub.chat(messages, **self.settings)
+            for message in result.warnings:
+                warn(message)
+            print_json(result.to_json())
+            self._remember(text, result.text, result)
+            return
+        shown: list[str] = []
+        events = self.hub.chat(messages, stream=True, **self.settings)
+        try:
+            result = _render(events, shown)
+        except KeyboardInterrupt:
+            events.close()
+            _end_line(shown)
+            note("(answer stopped)")
+            self._remember(text, "".join(shown), None)
+            return
+        self._remember(text, result.text, result)
+
+    def _remember(self, question: str, answer: str, result) -> None:
+        self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        self.last = result
+
+
+def _render(events, shown: list[str]):
+    """Stream the answer to stdout; markers and warnings to stderr. Returns the ChatResult."""
+    from etr_hub.runtime import Done, Switch, TextDelta, Warning
+
+    for event in events:
+        if isinstance(event, TextDelta):
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+            shown.append(event.text)
+        elif isinstance(event, Switch):
+            s = event.switch
+            where = f"at token {s.token_index}, p={s.probability:.2f}" if s.reason != "requested" else "as requested"
+            sys.stdout.flush()
+            lead = " " if shown and not shown[-1].endswith("\n") else ""
+            err.print(f"{lead}[dim][→ {s.expert}, {where}][/dim] ", end="", highlight=False)
+        elif isinstance(event, Warning):
+            _end_line(shown)
+            warn(event.message)
+        elif isinstance(event, Done):
+            _end_line(shown, always=True)
+            return event.result
+    raise EtrHubError("the answer ended unexpectedly")
+
+
+def _end_line(shown: list[str], always: bool = False) -> None:
+    """Finish the current output line, so what follows starts on its own line."""
+    if (shown and not shown[-1].endswith("\n")) or (always and not shown):
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        shown.append("\n")
+
+
+def _experts_table(hub) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"experts on {hub.meta_name}")
+    for col in ("name", "version", "backend", "label", "model"):
+        table.add_column(col)
+    for e in hub.experts:
+        table.add_row(e.name, e.version, e.backend, e.label or "-", e.reference)
+    for name, reason in hub.skipped:
+        table.add_row(f"[dim]{name}[/dim]", "", "[yellow]skipped[/yellow]", "", f"[dim]{reason}[/dim]")
+    if not hub.experts and not hub.skipped:
+        note("no experts registered")
+        return
+    err.print(table)
+
+
+def _route_table(result) -> None:
+    if result is None:
+        note("no answer yet")
+        return
+    if not result.route:
+        note("the meta model answered alone")
+        return
+    from rich.table import Table
+
+    table = Table(title="route of the last answer")
+    for col in ("expert", "token index", "probability", "fell back", "reason"):
+        table.add_column(col)
+    for s in result.route:
+        table.add_row(s.expert, str(s.token_index), f"{s.probability:.4f}", "yes" if s.fell_back else "no", s.reason or "-")
+    err.print(table)

@@ -1,0 +1,60 @@
+"""`etr-hub explain "TEXT"`: why an expert was (or was not) chosen for a message."""
+
+from __future__ import annotations
+
+import typer
+
+from etr_hub.cli.output import err, out, print_json
+from etr_hub.errors import EtrHubError
+
+
+def explain(
+    text: str = typer.Argument(..., help="A user message, as it would be asked in chat."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    top: int = typer.Option(10, "--top", help="How many word tokens to show next to the expert tokens."),
+) -> None:
+    """At the routing position: every expert token's probability next to the top-K word tokens, and which would win."""
+    from etr_hub.cli.chat import _open_hub
+
+    if not text.strip():
+        raise EtrHubError("empty message", "pass the message to explain, e.g. etr-hub explain \"Why do stars twinkle?\"")
+    if top < 0:
+        raise EtrHubError(f"--top must be ≥ 0 (got {top})", "pass e.g. --top 10")
+    hub = _open_hub(quiet=json_out, memory_budget_mb=None)
+    result = hub.explain(text, top=top)
+    if json_out:
+        print_json({"meta_model": hub.meta_name, **result.to_json()})
+        return
+    _show(result)
+
+
+def _show(result) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"routing position {result.routing_position}: next-token probabilities (eq. 1)")
+    table.add_column("#", justify="right")
+    table.add_column("expert token")
+    table.add_column("p", justify="right")
+    table.add_column("word token")
+    table.add_column("p", justify="right")
+    for i in range(max(len(result.experts), len(result.words))):
+        e = result.experts[i] if i < len(result.experts) else None
+        w = result.words[i] if i < len(result.words) else None
+        table.add_row(
+            str(i + 1),
+            (f"[bold]{e.name}[/bold]" if e.name == result.winner else e.name) if e else "",
+            f"{e.probability:.4f}" if e else "",
+            repr(w.token) if w else "",
+            f"{w.probability:.4f}" if w else "",
+        )
+    out.print(table)
+    best = result.experts[0] if result.experts else None
+    if result.winner is not None:
+        err.print(f"→ routes to [bold]{result.winner}[/bold] (p={best.probability:.4f}; all expert tokens together {result.p_any_expert:.4f})", highlight=False)
+    elif best is None:
+        err.print("→ no experts are assembled: the meta model answers itself", highlight=False)
+    else:
+        top_word = result.words[0] if result.words else None
+        gap = (top_word.logit - best.logit) if top_word else float("nan")
+        err.print(f"→ the meta model answers itself: the best expert token, {best.name} (p={best.probability:.4f}), is {gap:.2f} logits "
+                  f"below the top word token" + (f" {top_word.token!r} (p={top_word.probability:.4f})" if top_word else ""), highlight=False)

@@ -1,0 +1,1 @@
+"""Evaluation: MMLU-Expert (routing accuracy, answer accuracy, baselines)."""

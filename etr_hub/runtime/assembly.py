@@ -1,0 +1,85 @@
+"""Build W_E from the registry: the enabled experts that fit the loaded meta model.
+
+An expert joins when its manifest names this meta model's fingerprint and hidden size, its
+token file in the store still has the sha256 the registry recorded, and a backend can serve its
+expert reference. Everything else is skipped with a reason; nothing is modified. Changes to the
+registry (enable, disable, add) take effect at the next assembly, i.e. the next Hub.open().
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from etr_hub.backends import ExpertSpec, backend_name
+from etr_hub.bundle.manifest import Manifest
+from etr_hub.errors import BundleError
+from etr_hub.models.refs import ModelRef
+from etr_hub.registry import Registry
+from etr_hub.registry.tables import Expert
+from etr_hub.routing.math import assemble_expert_matrix
+from etr_hub.runtime.types import ExpertInfo
+from etr_hub.store import sha256_file
+
+
+@dataclass
+class Assembly:
+    w_e: torch.Tensor  # (N, C) float32, row k = experts[k]'s token
+    experts: list[ExpertInfo] = field(default_factory=list)
+    specs: dict[str, ExpertSpec] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+
+
+def assemble(registry: Registry, *, fingerprint: str, hidden_size: int) -> Assembly:
+    rows, experts, specs, skipped = [], [], {}, []
+    for expert in registry.list_experts(enabled_only=True):
+        try:
+            row, ref = _admit(registry, expert, fingerprint, hidden_size)
+        except _Skip as skip:
+            skipped.append((expert.name, str(skip)))
+            continue
+        rows.append(row)
+        specs[expert.name] = ExpertSpec(expert.name, ref)
+        experts.append(ExpertInfo(expert.name, expert.version, backend_name(ref) or "?", ref.display(), expert.label, expert.description))
+    return Assembly(assemble_expert_matrix(rows, hidden_size), experts, specs, skipped)
+
+
+class _Skip(Exception):
+    pass
+
+
+def _admit(registry: Registry, expert: Expert, fingerprint: str, hidden_size: int) -> tuple[torch.Tensor, ModelRef]:
+    from etr_hub.bundle.io import read_token
+
+    if expert.meta_fingerprint != fingerprint:
+        raise _Skip(f"trained against meta model {expert.meta_fingerprint[:12]}…, this one is {fingerprint[:12]}… — retrain its token with `etr-hub train-token`")
+    try:
+        manifest = Manifest.model_validate(expert.manifest)
+    except ValueError as exc:
+        raise _Skip(f"its recorded manifest no longer validates ({exc.__class__.__name__}) — re-add the bundle") from None
+    if manifest.meta.hidden_size != hidden_size or manifest.token.shape[1] != hidden_size:
+        raise _Skip(f"token dimension {manifest.token.shape[1]} ≠ the meta model's hidden size {hidden_size} — retrain its token")
+    token_path = registry.abspath(expert.token_path)
+    if not token_path.is_file():
+        raise _Skip(f"token file {token_path} is missing from the store — re-add the bundle with `etr-hub expert add --replace`")
+    actual = sha256_file(token_path)
+    if actual != expert.token_sha256:
+        raise _Skip(f"token file sha256 {actual[:12]}… does not match the recorded {expert.token_sha256[:12]}… (modified) — re-add the bundle")
+    try:
+        row = read_token(token_path.parent, token_path, manifest)  # (1, C)
+    except BundleError as exc:
+        raise _Skip(exc.problem.split(": ", 1)[-1]) from None
+    ref = _resolve(registry, expert, manifest.expert)
+    if backend_name(ref) is None:
+        raise _Skip(f"no backend serves {ref.kind} experts")
+    if ref.kind == "peft" and not (ref.path and (registry.abspath(expert.adapter_path or "") / "adapter_config.json").is_file()):
+        raise _Skip("its adapter folder is missing from the store — re-add the bundle")
+    return row.float(), ref
+
+
+def _resolve(registry: Registry, expert: Expert, ref: ModelRef) -> ModelRef:
+    """Adapters live in the registry's store (the bundle may be gone)."""
+    if ref.kind == "peft" and expert.adapter_path:
+        return ref.model_copy(update={"path": str(registry.abspath(expert.adapter_path))})
+    return ref

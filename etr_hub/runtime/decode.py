@@ -1,0 +1,254 @@
+"""Routed, KV-cached decoding of one sequence (Algorithm 1 of arXiv 2403.16854).
+
+The meta model's next-token distribution is softmax([W_V; W_E] h) (eq. 1). Only the last
+position's hidden state h is needed per step, so the expert logits cost one (1, C) @ (C, N)
+matmul next to the LM head's (1, C) @ (C, V). Index i < V is a word token, V + k is expert k.
+Expert tokens are never fed back: when one wins, the caller hands the answer to that expert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+# -- the sampler: small pure functions ----------------------------------------------------------
+def next_token_logits(word: torch.Tensor, expert: torch.Tensor | None, blocked: torch.Tensor | None = None) -> torch.Tensor:
+    """[W_V h; W_E h] for one position, with blocked experts at -inf."""
+    word = word.reshape(-1)  # (V,)
+    if expert is None or expert.numel() == 0:
+        return word
+    expert = expert.reshape(-1).to(word.dtype)  # (N,)
+    if blocked is not None:
+        expert = expert.masked_fill(blocked, NEG_INF)  # (N,)
+    return torch.cat([word, expert])  # (V + N,)
+
+
+def sample_index(logits: torch.Tensor, *, temperature: float = 0.0, top_p: float = 1.0,
+                 generator: torch.Generator | None = None) -> int:
+    """Greedy when temperature is 0, else temperature + nucleus (top-p) sampling."""
+    if temperature <= 0.0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (V + N,)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)  # (V + N,), (V + N,)
+        before = sorted_p.cumsum(-1) - sorted_p  # (V + N,) mass strictly before each token
+        sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)  # keep the smallest set reaching top_p
+        return int(order[torch.multinomial(sorted_p, 1, generator=generator)])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def token_probability(logits: torch.Tensor, index: int) -> float:
+    """softmax(logits)[index], computed stably (eq. 1, untempered)."""
+    logits = logits.float()  # (V + N,)
+    return float(torch.exp(logits[index] - torch.logsumexp(logits, dim=-1)))
+
+
+# -- a frozen causal LM decoding one sequence with a KV cache ---------------------------------
+class CausalRunner:
+    """Prefill once, then one token per step; returns the last position's hidden state."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.decoder = model.get_decoder()
+        self.head = model.get_output_embeddings()
+        self.cache: Any = None
+        self.length = 0
+
+    def feed(self, ids: Sequence[int]) -> torch.Tensor:
+        """Append `ids` to the sequence; (1, C) hidden state of the last of them."""
+        from transformers import DynamicCache
+
+        if self.cache is None:
+            self.cache = DynamicCache(config=self.model.config)
+        x = torch.tensor([list(ids)], dtype=torch.long)  # (1, T)
+        out = self.decoder(input_ids=x, past_key_values=self.cache, use_cache=True)
+        self.length += len(ids)
+        return out.last_hidden_state[:, -1]  # (1, C)
+
+    def word_logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(h)  # (1, C) -> (1, V)
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    generator: torch.Generator | None = None
+
+    @classmethod
+    def make(cls, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Sampling:
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        return cls(float(temperature), float(top_p), gen)
+
+    def pick(self, logits: torch.Tensor) -> int:
+        return sample_index(logits, temperature=self.temperature, top_p=self.top_p, generator=self.generator)
+
+
+class RoutedDecoder:
+    """The meta model's side of Algorithm 1. `next()` returns a word id (< V) or V + expert index.
+
+    A sampled word token is fed lazily at the next call, so the last token costs no forward
+    pass and an expert choice leaves h (and the cache) exactly where the expert token arose.
+    """
+
+    def __init__(self, model: Any, w_e_t: torch.Tensor | None, sampling: Sampling):
+        self.runner = CausalRunner(model)
+        self.w_e_t = w_e_t if w_e_t is not None and w_e_t.numel() else None  # (C, N)
+        self.n_experts = 0 if self.w_e_t is None else int(self.w_e_t.shape[1])
+        self.blocked: torch.Tensor | None = None  # (N,) bool: experts that failed in this answer
+        self.sampling = sampling
+        self.h: torch.Tensor | None = None
+        self.pending: list[int] = []
+        self.logits: torch.Tensor | None = None
+        self.vocab = 0
+
+    @torch.inference_mode()
+    def start(self, prompt_ids: Sequence[int]) -> None:
+        self.h = self.runner.feed(prompt_ids)  # (1, C)
+
+    @torch.inference_mode()
+    def next(self) -> int:
+        if self.pending:
+            self.h = self.runner.feed(self.pending)  # (1, C)
+            self.pending = []
+        h = self.h
+        word = self.runner.word_logits(h)  # (1, V)
+        expert = h @ self.w_e_t if self.w_e_t is not None else None  # (1, C) @ (C, N) -> (1, N)
+        self.vocab = word.shape[-1]
+        self.logits = next_token_logits(word, expert, self.blocked)  # (V + N,)
+        index = self.sampling.pick(self.logits)
+        if index < self.vocab:
+            self.pending = [index]
+        return index
+
+    def probability(self, index: int) -> float:
+        assert self.logits is not None
+        return token_probability(self.logits, index)
+
+    def block(self, expert: int) -> None:
+        """Never pick this expert again in this answer (it failed)."""
+        if self.blocked is None:
+            self.blocked = torch.zeros(self.n_experts, dtype=torch.bool)
+        self.blocked[expert] = True
+
+    def extend(self, ids: Sequence[int]) -> None:
+        """Add tokens the meta model did not sample (an expert's text after a failure)."""
+        self.pending.extend(ids)
+
+
+@torch.inference_mode()
+def _prefill(runner: CausalRunner, ids: Sequence[int]) -> torch.Tensor:
+    return runner.feed(ids)
+
+
+def plain_tokens(model: Any, prompt_ids: Sequence[int], *, max_new_tokens: int, sampling: Sampling,
+                 eos_ids: frozenset[int]) -> Iterator[int]:
+    """Unrouted KV-cached decoding (experts, raw completions). Yields token ids; stops after an
+    eos id (which is yielded, so callers can tell "stop" from "length")."""
+    runner = CausalRunner(model)
+    h = _prefill(runner, prompt_ids)  # (1, C)
+    for step in range(max_new_tokens):
+        token = _pick(runner, h, sampling)
+        yield token
+        if token in eos_ids or step == max_new_tokens - 1:
+            return
+        h = _step(runner, token)
+
+
+@torch.inference_mode()
+def _pick(runner: CausalRunner, h: torch.Tensor, sampling: Sampling) -> int:
+    return sampling.pick(runner.word_logits(h).reshape(-1))  # (V,)
+
+
+@torch.inference_mode()
+def _step(runner: CausalRunner, token: int) -> torch.Tensor:
+    return runner.feed([token])
+
+
+# -- text ---------------------------------------------------------------------------------------
+class Detokenizer:
+    """Incremental decoding that re-decodes only a short window per token and holds back
+    incomplete UTF-8 sequences, so deltas concatenate to the full decoded text."""
+
+    def __init__(self, tokenizer: Any, context: Sequence[int] = ()):
+        self.tokenizer = tokenizer
+        self.ids = list(context)  # a little prompt context gives the first token its spacing
+        self.prefix = 0
+        self.read = len(self.ids)
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is held back (e.g. a cut-off multi-byte character) at the end of a turn."""
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return after[len(before) :] if after.startswith(before) else ""
+
+
+class TextStream:
+    """The answer as the user sees it: applies stop strings across deltas and sources.
+
+    Text that could still become a stop string is held back until it cannot.
+    """
+
+    def __init__(self, stop: Sequence[str] | None = None):
+        self.stops = [s for s in (stop or []) if s]
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.text = ""
+        self.sources: list[tuple[int, str]] = []  # (start offset, source)
+        self.emitted = 0
+        self.stopped = False
+
+    def push(self, delta: str, source: str) -> list[tuple[str, str]]:
+        """Add text from `source`; returns the (text, source) pieces now safe to show."""
+        if self.stopped or not delta:
+            return []
+        if not self.sources or self.sources[-1][1] != source:
+            self.sources.append((len(self.text), source))
+        start = len(self.text)
+        self.text += delta
+        ready = len(self.text)
+        if self.stops:
+            first = min((i for i in (self.text.find(s, max(0, start - self.longest + 1)) for s in self.stops) if i >= 0), default=-1)
+            if first >= 0:
+                self.text, self.stopped, ready = self.text[:first], True, first
+            else:
+                ready -= self._held_back()
+        return self._emit(ready)
+
+    def finish(self) -> list[tuple[str, str]]:
+        return self._emit(len(self.text))
+
+    def _held_back(self) -> int:
+        for k in range(min(self.longest - 1, len(self.text)), 0, -1):
+            tail = self.text[-k:]
+            if any(s.startswith(tail) for s in self.stops):
+                return k
+        return 0
+
+    def _emit(self, ready: int) -> list[tuple[str, str]]:
+        pieces = []
+        while self.emitted < ready:
+            idx = max(i for i, (start, _) in enumerate(self.sources) if start <= self.emitted)
+            end = self.sources[idx + 1][0] if idx + 1 < len(self.sources) else len(self.text)
+            end = min(end, ready)
+            pieces.append((self.text[self.emitted : end], self.sources[idx][1]))
+            self.emitted = end
+        return pieces

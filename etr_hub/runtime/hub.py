@@ -1,0 +1,331 @@
+"""`Hub`: the frozen meta model + W_E from the registry + lazily loaded experts, as one assistant.
+
+Algorithm 1 of arXiv 2403.16854, with two changes the paper's code lacks: the meta model's
+partial answer is kept (the expert continues the open assistant turn, in its own chat
+template), and an expert that cannot load or answer never loses the answer — the meta model
+finishes it, the route record says `fell_back`, and the caller gets a one-line warning.
+A Hub is not thread-safe; serialise calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from etr_hub.backends.base import ExpertError, GenSettings, Handoff
+from etr_hub.errors import EtrHubError
+from etr_hub.runtime.types import ChatResult, Done, Event, Explanation, ExpertScore, RouteSwitch, Switch, TextDelta, Warning, WordScore
+
+ROLES = ("system", "user", "assistant")
+Messages = Sequence[Mapping[str, str]] | str
+
+
+@dataclass
+class _Options:
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    stop: list[str]
+    seed: int | None
+    ignore_eos: bool
+
+    def check(self) -> _Options:
+        if self.max_new_tokens < 1:
+            raise EtrHubError(f"max_new_tokens must be at least 1 (got {self.max_new_tokens})", "pass e.g. --max-new-tokens 256")
+        if self.temperature < 0:
+            raise EtrHubError(f"temperature must be ≥ 0 (got {self.temperature})", "use 0 for greedy decoding")
+        if not 0 < self.top_p <= 1:
+            raise EtrHubError(f"top_p must be in (0, 1] (got {self.top_p})", "use 1.0 to disable nucleus sampling")
+        return self
+
+
+def check_settings(max_new_tokens: int = 1, temperature: float = 0.0, top_p: float = 1.0) -> None:
+    """Raise the one-line error for out-of-range decoding settings (callers check before loading)."""
+    _Options(max_new_tokens, temperature, top_p, [], None, False).check()
+
+
+class Hub:
+    def __init__(self, registry: Any, meta: Any, meta_row: Any, assembly: Any, pool: Any, progress: Callable[[str], None] | None):
+        from etr_hub.runtime.modelinfo import context_limit, eos_ids
+
+        self.registry = registry
+        self.meta = meta  # LoadedModel
+        self.meta_name: str = meta_row.display
+        self.experts = assembly.experts
+        self.skipped: list[tuple[str, str]] = assembly.skipped
+        self.pool = pool
+        self.progress = progress
+        dtype = next(meta.model.parameters()).dtype
+        self.w_e = assembly.w_e  # (N, C) float32, for inspection
+        self._w_e_t = assembly.w_e.to(dtype).T.contiguous()  # (C, N): one matmul per step
+        self.eos = eos_ids(meta.model, meta.tokenizer)
+        self.context = context_limit(meta.model, meta.tokenizer)
+
+    @classmethod
+    def open(cls, registry: Any = None, *, progress: Callable[[str], None] | None = None, memory_budget_mb: int | None = None,
+             meta: Any = None) -> Hub:
+        """Load the registry's meta model (or use `meta`, an already loaded LoadedModel of it) and
+        assemble W_E from the enabled experts that fit it."""
+        from etr_hub.backends.pool import ExpertPool
+        from etr_hub.models.fingerprint import meta_fingerprint, output_embedding
+        from etr_hub.models.loading import load_causal_lm
+        from etr_hub.models.refs import ModelRef
+        from etr_hub.registry import Registry
+        from etr_hub.runtime.assembly import assemble
+
+        registry = registry or Registry.open()
+        meta_row = registry.require_meta()
+        if meta is None:
+            meta = load_causal_lm(ModelRef.model_validate(meta_row.reference), progress=progress, role="meta")
+        fingerprint = meta_fingerprint(meta.model)
+        if fingerprint != meta_row.fingerprint:
+            raise EtrHubError(f"the meta model at {meta_row.display} is not the one the registry recorded (fingerprint changed)",
+                              "re-run `etr-hub init --meta REF` with the original model, or retrain the experts")
+        hidden = int(output_embedding(meta.model).shape[1])
+        if progress is not None:
+            progress("assembling expert tokens")
+        assembly = assemble(registry, fingerprint=fingerprint, hidden_size=hidden)
+        budget = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
+        pool = ExpertPool(assembly.specs, meta, budget_bytes=budget, progress=progress)
+        return cls(registry, meta, meta_row, assembly, pool, progress)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    # -- public calls ---------------------------------------------------------------------------
+    def chat(self, messages: Messages, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+             stop: list[str] | None = None, seed: int | None = None, stream: bool = False, expert: str | None = None,
+             ignore_eos: bool = False) -> ChatResult | Iterator[Event]:
+        """Answer the conversation: routed (expert=None) or by the named expert directly."""
+        opts = _Options(max_new_tokens, temperature, top_p, list(stop or []), seed, ignore_eos).check()
+        messages = check_messages(messages)
+        self.require_expert(expert)
+        ids, messages, notes, opts.max_new_tokens = self._fit_chat(messages, opts.max_new_tokens)
+        handoff = Handoff(messages=messages, meta_tokenizer=self.meta.tokenizer)
+        events = self._answer(ids, handoff, opts, expert=expert, routed=expert is None, notes=notes)
+        return events if stream else _collect(events)
+
+    def complete(self, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+                 stop: list[str] | None = None, seed: int | None = None, expert: str | None = None, stream: bool = False,
+                 ignore_eos: bool = False) -> ChatResult | Iterator[Event]:
+        """Raw continuation of `prompt` (no chat template, no routing) by the meta model or one expert."""
+        from etr_hub.models.chat import _to_ids
+
+        opts = _Options(max_new_tokens, temperature, top_p, list(stop or []), seed, ignore_eos).check()
+        if not isinstance(prompt, str) or not prompt:
+            raise EtrHubError("empty prompt", "pass the text to continue")
+        self.require_expert(expert)
+        ids = _to_ids(self.meta.tokenizer(prompt, add_special_tokens=True))
+        ids, notes, opts.max_new_tokens = self._fit_ids(ids, opts.max_new_tokens, "prompt")
+        events = self._answer(ids, Handoff(prompt=prompt, meta_tokenizer=self.meta.tokenizer), opts, expert=expert, routed=False, notes=notes)
+        return events if stream else _collect(events)
+
+    def explain(self, text: str, *, top: int = 10) -> Explanation:
+        """At the routing position of `text` (as one user message): every expert token's
+        probability next to the top-K word tokens, and which would win."""
+        import torch
+
+        from etr_hub.models.chat import routing_prompt_ids
+        from etr_hub.runtime.decode import CausalRunner
+
+        messages = check_messages(text)
+        ids, _ = routing_prompt_ids(self.meta.tokenizer, messages)
+        ids = ids[-self.context :]
+        runner = CausalRunner(self.meta.model)
+        with torch.inference_mode():
+            h = runner.feed(ids)  # (1, C)
+            word = runner.word_logits(h).reshape(-1).float()  # (V,)
+            expert = (h @ self._w_e_t).reshape(-1).float()  # (N,)
+        lse = torch.logsumexp(torch.cat([word, expert]), dim=-1)  # ()
+        p_word, p_expert = torch.exp(word - lse), torch.exp(expert - lse)  # (V,), (N,)
+        experts = sorted((ExpertScore(e.name, float(p_expert[k]), float(expert[k])) for k, e in enumerate(self.experts)),
+                         key=lambda s: -s.probability)
+        values, order = p_word.topk(max(0, min(top, word.numel())))
+        words = [WordScore(self.meta.tokenizer.decode([int(i)]), int(i), float(v), float(word[i])) for v, i in zip(values, order)]
+        winner = experts[0].name if experts and experts[0].logit > float(word.max()) else None
+        return Explanation(text, len(ids) - 1, experts, words, winner, float(p_expert.sum()))
+
+    # -- the answer loop ------------------------------------------------------------------------
+    def _answer(self, prompt_ids: list[int], handoff: Handoff, opts: _Options, *, expert: str | None, routed: bool,
+                notes: list[str]) -> Iterator[Event]:
+        from etr_hub.models.chat import _to_ids
+        from etr_hub.runtime.decode import Detokenizer, RoutedDecoder, Sampling, TextStream
+
+        tokenizer = self.meta.tokenizer
+        result = ChatResult(text="", expert=None, prompt_tokens=len(prompt_ids))
+        stream = TextStream(opts.stop)
+        for note in notes:
+            result.warnings.append(note)
+            yield Warning(note)
+        used, answer_ids, finish = 0, [], None  # completion tokens; the answer as meta token ids
+
+        if expert is not None:
+            switch = RouteSwitch(expert, 0, 1.0, reason="requested")
+            handoff.meta_ids = list(prompt_ids)
+            outcome = yield from self._run_expert(expert, switch, handoff, opts, opts.max_new_tokens, stream, result)
+            used += outcome.tokens
+            if outcome.ok:
+                finish = outcome.finish
+            elif outcome.text:  # the meta model finishes what the expert started
+                answer_ids = _to_ids(tokenizer(outcome.text, add_special_tokens=False))
+
+        decoder = RoutedDecoder(self.meta.model, self._w_e_t if routed else None, Sampling.make(opts.temperature, opts.top_p, opts.seed))
+        detok = Detokenizer(tokenizer, (prompt_ids + answer_ids)[-4:])
+        if finish is None:
+            decoder.start(prompt_ids + answer_ids)
+        while finish is None:
+            if used >= opts.max_new_tokens:
+                finish = "length"
+                break
+            index = decoder.next()
+            if index >= decoder.vocab:  # an expert token: hand the answer over (never fed back)
+                k = index - decoder.vocab
+                yield from _deltas(stream, detok.flush(), "meta")
+                switch = RouteSwitch(self.experts[k].name, len(answer_ids), decoder.probability(index))
+                handoff.partial, handoff.meta_ids = stream.text, prompt_ids + answer_ids
+                outcome = yield from self._run_expert(switch.expert, switch, handoff, opts, opts.max_new_tokens - used, stream, result)
+                used += outcome.tokens
+                if outcome.ok:
+                    finish = outcome.finish
+                    break
+                decoder.block(k)
+                if outcome.text:
+                    extra = _to_ids(tokenizer(outcome.text, add_special_tokens=False))
+                    decoder.extend(extra)
+                    answer_ids += extra
+                    detok = Detokenizer(tokenizer, (prompt_ids + answer_ids)[-4:])
+                if stream.stopped:
+                    finish = "stop"
+            elif index in self.eos and not opts.ignore_eos:
+                finish = "stop"
+            else:
+                used += 1
+                answer_ids.append(index)
+                yield from _deltas(stream, detok.push(index), "meta")
+                if stream.stopped:
+                    finish = "stop"
+        yield from _deltas(stream, detok.flush(), "meta")
+        for piece, source in stream.finish():
+            yield TextDelta(piece, source)
+        result.text, result.completion_tokens, result.finish_reason = stream.text, used, finish
+        yield Done(result)
+
+    def _run_expert(self, name: str, switch: RouteSwitch, handoff: Handoff, opts: _Options, budget: int, stream: Any,
+                    result: ChatResult):
+        """Let `name` continue the answer; returns an _Outcome. Failures become a fallback."""
+        result.route.append(switch)
+        yield Switch(switch)
+        text, tokens, finish = "", 0, None
+        settings = GenSettings(budget, opts.temperature, opts.top_p, opts.seed, opts.stop, opts.ignore_eos)
+        try:
+            chunks = self.pool.get(name).generate(handoff, settings)
+            try:
+                for chunk in chunks:
+                    tokens += chunk.tokens
+                    text += chunk.text
+                    finish = chunk.finish or finish
+                    yield from _deltas(stream, chunk.text, name)
+                    if stream.stopped or tokens > budget:  # a server ignoring max_tokens
+                        break
+            finally:
+                chunks.close()
+        except Exception as exc:  # noqa: BLE001 - any expert failure falls back to the meta model
+            error = exc if isinstance(exc, ExpertError) else ExpertError(f"expert '{name}' failed: {type(exc).__name__}: {exc}")
+            self.pool.forget(name, error)
+            switch.fell_back, switch.reason = True, error.problem
+            if text:
+                result.expert = name
+            message = f"expert '{name}' failed ({error.problem}); the meta model finished the answer"
+            result.warnings.append(message)
+            yield Warning(message)
+            return _Outcome(False, tokens, None, text)
+        result.expert = name
+        if stream.stopped:
+            finish = "stop"
+        elif finish is None or tokens >= budget:
+            finish = "length" if tokens >= budget else "stop"
+        return _Outcome(True, tokens, finish, text)
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def require_expert(self, expert: str | None) -> None:
+        if expert is not None and expert not in {e.name for e in self.experts}:
+            known = ", ".join(e.name for e in self.experts) or "none"
+            why = dict(self.skipped).get(expert)
+            raise EtrHubError(f"expert '{expert}' is not available" + (f" (skipped: {why})" if why else ""), f"use one of: {known}")
+
+    def _fit_chat(self, messages: list[dict], max_new: int) -> tuple[list[int], list[dict], list[str], int]:
+        """Prompt ids that leave room for the answer: drop the oldest turns, then cut the last
+        message from the left, and say so."""
+        from etr_hub.models.chat import _to_ids, routing_prompt_ids
+
+        tokenizer = self.meta.tokenizer
+        room = max(self.context - max_new, self.context // 2)
+        ids, _ = routing_prompt_ids(tokenizer, messages)
+        original, dropped, cut = len(ids), 0, 0
+        while len(ids) > room:
+            older = [i for i, m in enumerate(messages[:-1]) if m["role"] != "system"]
+            if older:
+                del messages[older[0]]
+                dropped += 1
+            else:
+                content = _to_ids(tokenizer(messages[-1]["content"], add_special_tokens=False))
+                excess = len(ids) - room + 2  # +2: re-tokenising the cut text can merge differently
+                if excess >= len(content):
+                    raise EtrHubError(f"the system prompt alone ({len(ids) - len(content)} tokens) leaves no room in the meta model's context of {self.context}",
+                                      "shorten the system prompt or lower --max-new-tokens")
+                messages[-1] = {**messages[-1], "content": tokenizer.decode(content[excess:], skip_special_tokens=True)}
+                cut += excess
+            ids, _ = routing_prompt_ids(tokenizer, messages)
+        notes = []
+        if dropped or cut:
+            what = ", ".join(x for x in (f"dropped the {dropped} oldest message(s)" if dropped else "",
+                                         f"kept only the end of the last message ({cut} tokens cut)" if cut else "") if x)
+            notes.append(f"the conversation ({original} tokens) did not fit the meta model's context of {self.context} tokens with room for the answer; {what}")
+        return ids, messages, notes, min(max_new, self.context - len(ids))
+
+    def _fit_ids(self, ids: list[int], max_new: int, what: str) -> tuple[list[int], list[str], int]:
+        room = max(self.context - max_new, self.context // 2)
+        notes = []
+        if len(ids) > room:
+            notes.append(f"the {what} ({len(ids)} tokens) did not fit the meta model's context of {self.context}; kept its last {room} tokens")
+            ids = ids[-room:]
+        return ids, notes, min(max_new, self.context - len(ids))
+
+
+@dataclass
+class _Outcome:
+    ok: bool
+    tokens: int
+    finish: str | None
+    text: str
+
+
+def _deltas(stream: Any, text: str, source: str) -> Iterator[TextDelta]:
+    for piece, src in stream.push(text, source):
+        yield TextDelta(piece, src)
+
+
+def _collect(events: Iterator[Event]) -> ChatResult:
+    for event in events:
+        if isinstance(event, Done):
+            return event.result
+    raise RuntimeError("the answer ended without a result")  # unreachable: _answer always ends with Done
+
+
+def check_messages(messages: Messages) -> list[dict[str, str]]:
+    """OpenAI-style messages, the last one a non-empty user message."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if not isinstance(messages, Sequence) or not messages:
+        raise EtrHubError("no messages", "pass at least one {'role': 'user', 'content': ...} message")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise EtrHubError(f"message {i} is not {{'role': system|user|assistant, 'content': str}}", "fix the message list")
+        out.append({"role": m["role"], "content": m["content"]})
+    if out[-1]["role"] != "user":
+        raise EtrHubError(f"the last message is from the {out[-1]['role']}, not the user", "end the conversation with a user message")
+    if not out[-1]["content"].strip():
+        raise EtrHubError("empty message", "type a question")
+    return out

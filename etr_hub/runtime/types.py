@@ -1,0 +1,130 @@
+"""What the runtime hands back: results, route records and stream events (no torch here)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class ExpertInfo:
+    """An expert whose token is in W_E (its model loads lazily, on first use)."""
+
+    name: str
+    version: str
+    backend: str  # "local" | "lora" | "remote"
+    reference: str  # the expert model, e.g. "peft:/…/adapter (on meta)"
+    label: str | None = None
+    description: str = ""
+
+
+@dataclass
+class RouteSwitch:
+    """The meta model emitted `expert`'s token as its `token_index`-th generated token (0-based)."""
+
+    expert: str
+    token_index: int
+    probability: float  # p(expert token | h) under eq. 1, untempered
+    fell_back: bool = False  # the expert failed; the meta model finished the answer
+    reason: str | None = None  # why it fell back (or "requested" when the caller named the expert)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["probability"] = _finite(self.probability)
+        return data
+
+
+@dataclass
+class ChatResult:
+    text: str
+    expert: str | None  # the expert that wrote (part of) the answer; None when the meta model answered alone
+    route: list[RouteSwitch] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: FinishReason = "stop"
+
+    def to_json(self) -> dict:
+        return {
+            "text": self.text,
+            "expert": self.expert,
+            "route": [r.to_json() for r in self.route],
+            "warnings": list(self.warnings),
+            "usage": {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+            },
+            "finish_reason": self.finish_reason,
+        }
+
+
+# -- stream events ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+    source: str  # "meta" or the expert's name
+
+
+@dataclass(frozen=True)
+class Switch:
+    switch: RouteSwitch
+
+
+@dataclass(frozen=True)
+class Warning:  # noqa: A001 - the contract's name for a warning event
+    message: str
+
+
+@dataclass(frozen=True)
+class Done:
+    result: ChatResult
+
+
+Event = TextDelta | Switch | Warning | Done
+
+
+# -- explain ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExpertScore:
+    name: str
+    probability: float
+    logit: float
+
+
+@dataclass(frozen=True)
+class WordScore:
+    token: str
+    token_id: int
+    probability: float
+    logit: float
+
+
+@dataclass
+class Explanation:
+    """The routing position of one user message: every expert token next to the top word tokens."""
+
+    text: str
+    routing_position: int  # index of the last prompt token (where the meta model decides)
+    experts: list[ExpertScore]  # all experts, most probable first
+    words: list[WordScore]  # the top-K word tokens
+    winner: str | None  # the expert that would take over, or None when a word token wins
+    p_any_expert: float  # the summed probability of all expert tokens
+
+    def to_json(self) -> dict:
+        return {
+            "text": self.text,
+            "routing_position": self.routing_position,
+            "winner": self.winner,
+            "p_any_expert": _finite(self.p_any_expert),
+            "experts": [{**asdict(e), "probability": _finite(e.probability), "logit": _finite(e.logit)} for e in self.experts],
+            "words": [{**asdict(w), "probability": _finite(w.probability), "logit": _finite(w.logit)} for w in self.words],
+        }
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no NaN/Inf."""
+    return float(x) if math.isfinite(x) else None

@@ -1,0 +1,261 @@
+"""The FastAPI app: OpenAI-compatible endpoints in front of one Hub.
+
+    POST /v1/chat/completions   routed answers (model = the hub's id), or one expert directly (model = its name)
+    POST /v1/completions        raw continuation by the meta model or an expert (what remote experts call)
+    GET  /v1/models             the hub, then each expert
+    GET  /health                liveness and queue depth (no key needed, nothing private)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from etr_hub.errors import EtrHubError
+from etr_hub.runtime.types import Done, Switch, TextDelta, Warning
+from etr_hub.server import protocol as p
+from etr_hub.server.config import ServerConfig
+from etr_hub.server.worker import END, Failed, HubWorker, Job, NotServing, QueueFull
+
+log = logging.getLogger("etr_hub.server")
+
+KEEPALIVE_S = 2.0  # an SSE comment while a stream waits in the queue (also notices a client that left)
+POLL_S = 0.5  # how often a waiting non-streaming request checks that its client is still there
+
+
+def create_app(hub: Any, config: ServerConfig) -> FastAPI:
+    worker = HubWorker(hub, config.max_queue)
+    experts = {e.name: e for e in hub.experts}
+    created = p.now()
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        worker.start()
+        yield
+        worker.stop()
+
+    app = FastAPI(title="etr-hub", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.worker = worker
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], expose_headers=["X-ETR-Route", "Retry-After"])
+
+    @app.exception_handler(p.ApiError)
+    async def _api_error(_request, exc: p.ApiError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _bug(_request, exc: Exception):
+        log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        return JSONResponse(p.error_body("internal server error (see the server's log)", type="server_error"), status_code=500)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(p.error_body(str(exc.detail), code=code), status_code=exc.status_code)
+
+    def authorize(request: Request) -> None:
+        if not config.api_key:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # compare_digest on bytes: the time taken does not depend on how much of the key matched
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), config.api_key.encode()):
+            raise p.ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", type="authentication_error",
+                             code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    async def read_json(request: Request) -> Any:
+        too_big = p.ApiError(413, f"request body over {config.max_body_bytes} bytes", code="request_too_large")
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > config.max_body_bytes:
+            raise too_big
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > config.max_body_bytes:
+                raise too_big
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise p.ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+
+    def expert_for(model: str) -> str | None:
+        if model == config.model_id:
+            return None  # the hub: routed
+        if model in experts:
+            return model
+        raise p.ApiError(404, f"the model '{model}' does not exist; see GET /v1/models (the hub is '{config.model_id}')",
+                         code="model_not_found", param="model")
+
+    def submit(request: Request, call: Callable[[Any], Any]) -> Job:
+        job = Job(call, client=request.client.host if request.client else "?", loop=asyncio.get_running_loop())
+        try:
+            worker.submit(job)
+        except QueueFull as full:
+            raise p.ApiError(429, f"the server is busy ({config.max_queue} requests waiting); retry after {full.retry_after} s",
+                             type="rate_limit_error", code="queue_full", headers={"Retry-After": str(full.retry_after)}) from None
+        except NotServing:
+            raise p.ApiError(503, "the server is shutting down", type="server_error", code="unavailable", headers={"Retry-After": "5"}) from None
+        return job
+
+    async def result_of(job: Job, request: Request):
+        """Wait for a non-streaming answer; if the client leaves first, free its slot."""
+        result = None
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(job.events.get(), POLL_S)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        return None
+                    continue
+                if item is END:
+                    return result
+                if isinstance(item, Done):
+                    result = item.result
+                elif isinstance(item, Failed):
+                    raise _failure(item)
+        finally:
+            job.cancel()  # a no-op once the job finished
+
+    def stream(job: Job, items: AsyncIterator[str]) -> StreamingResponse:
+        return _JobStream(job, items, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # -- endpoints ----------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "queue": worker.health()}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        authorize(request)
+        data = [{"id": config.model_id, "object": "model", "created": created, "owned_by": "etr-hub", "etr_kind": "hub", "etr_meta": hub.meta_name}]
+        data += [{"id": e.name, "object": "model", "created": created, "owned_by": "etr-hub", "etr_kind": "expert",
+                  "etr_backend": e.backend, "etr_version": e.version, "etr_label": e.label} for e in hub.experts]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorize(request)
+        req = p.parse(p.ChatRequest, await read_json(request))
+        expert = expert_for(req.model)
+        settings = req.settings(config.default_max_tokens, config.max_tokens_limit)
+        messages = _checked_messages(req.chat_messages())
+        job = submit(request, lambda h: h.chat(messages, stream=True, expert=expert, **settings))
+        rid, now = p.new_id("chatcmpl"), p.now()
+        if req.stream:
+            return stream(job, _chat_events(job, rid, now, req.model, req.include_usage))
+        result = await result_of(job, request)
+        if result is None:
+            return Response(status_code=499)  # the client is gone; nobody reads this
+        return JSONResponse(p.chat_response(rid, now, req.model, result), headers={"X-ETR-Route": p.route_header(result)})
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        authorize(request)
+        req = p.parse(p.CompletionRequest, await read_json(request))
+        expert = expert_for(req.model)
+        settings = req.settings(config.default_max_tokens, config.max_tokens_limit)
+        job = submit(request, lambda h: h.complete(req.prompt, stream=True, expert=expert, **settings))
+        rid, now = p.new_id("cmpl"), p.now()
+        if req.stream:
+            return stream(job, _completion_events(job, rid, now, req.model, req.include_usage))
+        result = await result_of(job, request)
+        if result is None:
+            return Response(status_code=499)
+        return JSONResponse(p.completion_response(rid, now, req.model, result), headers={"X-ETR-Route": p.route_header(result)})
+
+    return app
+
+
+class _JobStream(StreamingResponse):
+    """A streaming response that frees its job's slot however it ends (done, error, client gone)."""
+
+    def __init__(self, job: Job, *args: Any, **kw: Any):
+        super().__init__(*args, **kw)
+        self.job = job
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel()
+            await self.body_iterator.aclose()
+
+
+def _checked_messages(messages: list[dict]) -> list[dict]:
+    from etr_hub.runtime.hub import check_messages
+
+    try:
+        return check_messages(messages)
+    except EtrHubError as exc:
+        raise p.ApiError(400, str(exc), param="messages") from None
+
+
+def _failure(item: Failed) -> p.ApiError:
+    kind = "invalid_request_error" if item.status < 500 else "server_error"
+    return p.ApiError(item.status, item.message, type=kind)
+
+
+def _sse(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def _events(job: Job) -> AsyncIterator[Any]:
+    """The job's events as they come; an SSE comment (None) while nothing arrives."""
+    while True:
+        try:
+            item = await asyncio.wait_for(job.events.get(), KEEPALIVE_S)
+        except TimeoutError:
+            yield None
+            continue
+        if item is END:
+            return
+        yield item
+
+
+async def _chat_events(job: Job, rid: str, created: int, model: str, include_usage: bool) -> AsyncIterator[str]:
+    yield _sse(p.chat_chunk(rid, created, model, {"role": "assistant", "content": ""}))
+    async for item in _events(job):
+        if item is None:
+            yield ": waiting\n\n"
+        elif isinstance(item, TextDelta):
+            yield _sse(p.chat_chunk(rid, created, model, {"content": item.text}, etr_source=item.source))
+        elif isinstance(item, Switch):
+            yield _sse(p.chat_chunk(rid, created, model, etr_switch=item.switch.to_json()))
+        elif isinstance(item, Warning):
+            yield _sse(p.chat_chunk(rid, created, model, etr_warning=item.message))
+        elif isinstance(item, Done):
+            yield _sse(p.chat_chunk(rid, created, model, finish=item.result.finish_reason, etr_route=p.route_record(item.result)))
+            if include_usage:
+                yield _sse(p.usage_chunk(rid, created, model, "chat.completion.chunk", item.result))
+        elif isinstance(item, Failed):
+            yield _sse(_failure(item).body())
+    yield _sse("[DONE]")
+
+
+async def _completion_events(job: Job, rid: str, created: int, model: str, include_usage: bool) -> AsyncIterator[str]:
+    async for item in _events(job):
+        if item is None:
+            yield ": waiting\n\n"
+        elif isinstance(item, TextDelta):
+            yield _sse(p.completion_chunk(rid, created, model, item.text, etr_source=item.source))
+        elif isinstance(item, Switch):
+            yield _sse(p.completion_chunk(rid, created, model, etr_switch=item.switch.to_json()))
+        elif isinstance(item, Done):
+            yield _sse(p.completion_chunk(rid, created, model, finish=item.result.finish_reason, etr_route=p.route_record(item.result)))
+            if include_usage:
+                yield _sse(p.usage_chunk(rid, created, model, "text_completion", item.result))
+        elif isinstance(item, Failed):
+            yield _sse(_failure(item).body())
+    yield _sse("[DONE]")

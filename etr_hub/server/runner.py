@@ -1,0 +1,37 @@
+"""Run the app under uvicorn (one process; the Hub's worker thread does the model work)."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+from etr_hub.errors import EtrHubError
+from etr_hub.server.config import ServerConfig
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail before loading any model if the address is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise EtrHubError(f"port {port} on {host} is already in use", "pass another --port, or stop the other server") from None
+            raise EtrHubError(f"cannot listen on {host}:{port} ({exc.strerror})", "check --host") from None
+
+
+def serve(hub: Any, config: ServerConfig, *, log_level: str = "info") -> None:
+    import uvicorn
+
+    from etr_hub.server.app import create_app
+
+    app = create_app(hub, config)
+    uv = uvicorn.Config(
+        app, host=config.host.strip("[]"), port=config.port, log_level=log_level, access_log=True, server_header=False,
+        # a last guard against connection floods: the fair queue answers 429 long before this
+        limit_concurrency=max(64, 4 * config.max_queue + 16), timeout_graceful_shutdown=5,
+    )
+    uvicorn.Server(uv).run()

@@ -1,0 +1,239 @@
+"""Rebuild the six shipped MMLU experts (plugins/<subject>/) from the MMLU CSVs, seeded.
+
+    python recipes/mmlu_experts/build.py --data ../shared/data/mmlu [--seed 0] [--work .work/mmlu]
+
+Steps (each uses the project's own commands; only the LoRA fine-tuning is a script here):
+ 1. data: read dev+val+test of the six subjects, split each deterministically into expert
+    training / query pool / dev evaluation (etr_hub.eval.mmlu.split_subject), add related
+    subjects' questions to each expert's training data and unrelated subjects' questions to
+    the pool as distractors; write WORK/train/<subject>.jsonl, WORK/pool.jsonl and
+    WORK/dev_eval/<subject>_test.csv (what `etr-hub eval mmlu` measures on).
+ 2. LoRA: train_lora.py per subject -> WORK/adapters/<subject> (fp16, r=8 on q/v, top layers).
+ 3. labelled route (shipped): `etr-hub query-set build S --rule labelled --label S`, then
+    `etr-hub train-token S`, then `etr-hub expert export S plugins/S` (+ model card).
+ 4. paper route (compared, not shipped): the same adapters in a second home with
+    `etr-hub query-set build S --rule paper --tau T` (the loss passes come from the cache).
+Re-running skips adapters that already exist (pass --fresh to retrain them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from etr_hub.eval.mmlu import (  # noqa: E402
+    MMLU_EXPERT_SUBJECTS,
+    Question,
+    pick_distractors,
+    read_mmlu_dir,
+    render_query,
+    render_response,
+    split_subject,
+    write_mmlu_csv,
+)
+
+# Neighbouring MMLU subjects whose questions widen each expert's training data (all splits).
+RELATED = {
+    "astronomy": ["conceptual_physics", "college_physics"],
+    "electrical_engineering": ["high_school_physics", "college_computer_science", "computer_security"],
+    "human_sexuality": ["human_aging", "high_school_psychology"],
+    "international_law": ["jurisprudence", "professional_law"],
+    "prehistory": ["world_religions", "high_school_world_history", "global_facts"],
+    "security_studies": ["us_foreign_policy", "high_school_government_and_politics"],
+}
+DESCRIPTIONS = {
+    "astronomy": "Astronomy: stars, planets, the solar system, galaxies, cosmology, telescopes and orbital mechanics.",
+    "electrical_engineering": "Electrical engineering: circuits, voltage and current, signals, electronics, machines and power systems.",
+    "human_sexuality": "Human sexuality: sexual health, reproduction, sexual behaviour, gender, relationships and sex research.",
+    "international_law": "International law: treaties, state sovereignty, the UN Charter, human rights law and international courts.",
+    "prehistory": "Prehistory and archaeology: early humans, the Stone Age, ancient sites, dating methods and early civilisations.",
+    "security_studies": "Security studies: war, strategy, deterrence, terrorism, arms control and international security theory.",
+}
+MAX_QUERY_CHARS = 500  # long reading passages cost LoRA time and teach little about the domain
+TRAIN_SIZE = 120  # examples per expert (own training part first, then related subjects)
+DISTRACTORS = 150
+
+
+def run(cmd: list[str], home: Path, log: list[dict]) -> dict | None:
+    t0 = time.perf_counter()
+    print("$", " ".join(cmd), flush=True)
+    res = subprocess.run(cmd, env={**os.environ, "ETR_HUB_HOME": str(home)}, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"step failed ({res.returncode}): {' '.join(cmd)}\n{res.stderr.strip()[-2000:]}")
+    log.append({"cmd": " ".join(cmd), "seconds": round(time.perf_counter() - t0, 1)})
+    return json.loads(res.stdout) if "--json" in cmd and res.stdout.strip() else None
+
+
+def etr_hub() -> str:
+    exe = Path(sys.executable).parent / "etr-hub"
+    return str(exe) if exe.exists() else "etr-hub"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def pair(q: Question) -> dict:
+    return {"query": render_query(q), "response": render_response(q), "label": q.subject}
+
+
+def prepare_data(data: Path, work: Path, seed: int) -> dict:
+    by_split = {split: read_mmlu_dir(data / split) for split in ("dev", "val", "test")}
+    every: dict[str, list[Question]] = {}
+    for res in by_split.values():
+        for subject, qs in res.questions.items():
+            every.setdefault(subject, []).extend(qs)
+    counts = {}
+    pool: list[dict] = []
+    for subject in MMLU_EXPERT_SUBJECTS:
+        parts = split_subject(every[subject], seed=seed)
+        counts[subject] = {p: len(v) for p, v in parts.items()}
+        own = [pair(q) for q in parts["train"]]
+        related = [q for s in RELATED[subject] for q in every.get(s, []) if len(render_query(q)) <= MAX_QUERY_CHARS]
+        extra = pick_distractors({s: [q for q in related if q.subject == s] for s in RELATED[subject]}, TRAIN_SIZE - len(own), seed=seed)
+        write_jsonl(work / "train" / f"{subject}.jsonl", own + [pair(q) for q in extra])
+        counts[subject]["train_related"] = len(extra)
+        pool += [pair(q) for q in parts["pool"]]
+        write_mmlu_csv(work / "dev_eval" / f"{subject}_test.csv", parts["eval"])
+    used = set(MMLU_EXPERT_SUBJECTS) | {s for v in RELATED.values() for s in v}
+    others = {s: [q for q in qs if len(render_query(q)) <= MAX_QUERY_CHARS] for s, qs in by_split["test"].questions.items() if s not in used}
+    distractors = pick_distractors(others, DISTRACTORS, seed=seed)
+    write_jsonl(work / "pool.jsonl", pool + [pair(q) for q in distractors])
+    counts["pool_distractors"] = len(distractors)
+    return counts
+
+
+def model_card(subject: str, manifest: dict, split_counts: dict, route: str) -> str:
+    qs = manifest.get("query_set", {})
+    tr = manifest.get("training", {})
+    return f"""# {subject} expert (MMLU-Expert)
+
+{DESCRIPTIONS[subject]}
+
+- **Expert model:** a LoRA adapter (r=8 on q_proj/v_proj of the last 10 layers, float16) over the embedded
+  meta model SmolLM2-135M-Instruct; it shares the meta model's weights.
+- **Training data:** {split_counts['train']} MMLU `{subject}` questions from the recipe's training part plus
+  {split_counts['train_related']} questions of related subjects ({', '.join(RELATED[subject])}), rendered as
+  multiple-choice questions with the reply `Answer: X. text`.
+- **Query set:** {qs.get('size')} queries, rule `{qs.get('selection_rule')}` ({route} route), seed {qs.get('seed')}.
+- **Expert token:** trained with `etr-hub train-token` ({tr.get('epochs')} epochs, {tr.get('stopped')}), with the
+  tokens trained before it frozen in the softmax and their query sets as negatives: {', '.join(tr.get('negatives', [])) or 'none'}.
+- **Evaluation:** see the README's "MMLU-Expert results" (`etr-hub eval mmlu`). The questions of the
+  recipe's dev-evaluation part were used neither for the adapter nor for the query set.
+- **Data licence:** MMLU (Hendrycks et al.), MIT. **Base model:** SmolLM2-135M-Instruct, Apache-2.0.
+- **Rebuild:** `python recipes/mmlu_experts/build.py --data ../shared/data/mmlu --seed 0`
+"""
+
+
+def add_model_card(bundle_dir: Path, text: str) -> None:
+    """Put the card in the exported bundle and name it in the manifest (the token is untouched)."""
+    from etr_hub.bundle import load_bundle, write_bundle
+
+    bundle = load_bundle(bundle_dir)
+    files = {p.relative_to(bundle_dir).as_posix(): p for p in bundle_dir.iterdir() if p.name not in ("expert.json", "README.md")}
+    tmp_card = bundle_dir.parent / f".{bundle_dir.name}-README.md"
+    tmp_card.write_text(text, encoding="utf-8")
+    files["README.md"] = tmp_card
+    staged = bundle_dir.parent / f".{bundle_dir.name}-staged"
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(bundle_dir, staged)
+    files = {rel: staged / rel if rel != "README.md" else tmp_card for rel in files}
+    write_bundle(bundle_dir, bundle.manifest.model_copy(update={"model_card": "README.md"}), files, replace=True)
+    shutil.rmtree(staged, ignore_errors=True)
+    tmp_card.unlink()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Rebuild the six shipped MMLU experts.")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mmlu", help="folder with dev/ val/ test/ MMLU CSVs")
+    ap.add_argument("--work", type=Path, default=ROOT / ".work" / "mmlu")
+    ap.add_argument("--plugins", type=Path, default=ROOT / "plugins")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--paper-tau", type=float, default=None, help="τ for the compared paper route (default: a τ passing ~100 queries)")
+    ap.add_argument("--fresh", action="store_true", help="retrain adapters that already exist")
+    ap.add_argument("--skip-paper", action="store_true", help="do not build the compared paper-route tokens")
+    args = ap.parse_args()
+    work, cli, log = args.work.resolve(), etr_hub(), []
+    t_start = time.perf_counter()
+
+    counts = prepare_data(args.data, work, args.seed)
+    (work / "split.json").write_text(json.dumps(counts, indent=2))
+    print("split:", json.dumps(counts), flush=True)
+
+    home = work / "home"
+    run([cli, "init"], home, log)
+    for subject in MMLU_EXPERT_SUBJECTS:
+        out = work / "adapters" / subject
+        if out.exists() and not args.fresh:
+            continue
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, str(Path(__file__).with_name("train_lora.py")), "--data", str(work / "train" / f"{subject}.jsonl"),
+                        "--out", str(out), "--epochs", str(args.epochs), "--seed", str(args.seed), "--threads", str(args.threads)],
+                       env={**os.environ, "ETR_HUB_HOME": str(home)}, check=True)
+        log.append({"cmd": f"train_lora.py {subject}", "seconds": round(time.perf_counter() - t0, 1)})
+
+    # labelled route -> the shipped bundles
+    builds = {}
+    for subject in MMLU_EXPERT_SUBJECTS:
+        builds[subject] = run([cli, "query-set", "build", subject, "--expert", str(work / "adapters" / subject), "--data", str(work / "pool.jsonl"),
+                               "--rule", "labelled", "--label", subject, "--size", "100", "--seed", str(args.seed), "--batch-size", "16", "--json"], home, log)
+    for subject in MMLU_EXPERT_SUBJECTS:  # a re-run trains every token afresh, in the same order
+        if _registered(cli, home, subject):
+            run([cli, "expert", "remove", subject, "--yes"], home, log)
+    for subject in MMLU_EXPERT_SUBJECTS:
+        run([cli, "train-token", subject, "--seed", str(args.seed), "--version", "1.0.0", "--license", "Apache-2.0", "--provider", "etr-hub",
+             "--description", DESCRIPTIONS[subject], "--out", str(work / "bundles" / subject), "--replace", "--json"], home, log)
+    for subject in MMLU_EXPERT_SUBJECTS:
+        dest = args.plugins / subject
+        run([cli, "expert", "export", subject, str(dest), "--replace"], home, log)
+        manifest = json.loads((dest / "expert.json").read_text())
+        add_model_card(dest, model_card(subject, manifest, counts[subject], "labelled"))
+
+    # paper route, for the side-by-side eval: a second home that shares the caches
+    paper = {}
+    if not args.skip_paper:
+        phome = work / "paper_home"
+        shutil.rmtree(phome, ignore_errors=True)
+        shutil.copytree(home, phome, ignore=shutil.ignore_patterns("registry.db*", "store", "bundles"))
+        run([cli, "init"], phome, log)
+        for subject in MMLU_EXPERT_SUBJECTS:
+            tau = args.paper_tau
+            if tau is None:  # the top quarter of the loss gaps (τ = their 75th percentile), down-sampled to 100
+                probe = run([cli, "query-set", "build", subject, "--expert", str(work / "adapters" / subject), "--data", str(work / "pool.jsonl"),
+                             "--rule", "paper", "--tau", "-1000000", "--label", subject, "--size", "100", "--seed", str(args.seed), "--json"], phome, log)
+                tau = float(probe["loss_gap"]["quantiles"]["p75"])
+            paper[subject] = run([cli, "query-set", "build", subject, "--expert", str(work / "adapters" / subject), "--data", str(work / "pool.jsonl"),
+                                  "--rule", "paper", "--tau", f"{tau:g}", "--label", subject, "--size", "100", "--seed", str(args.seed), "--json"], phome, log)
+        for subject in MMLU_EXPERT_SUBJECTS:
+            run([cli, "train-token", subject, "--seed", str(args.seed), "--version", "1.0.0", "--license", "Apache-2.0", "--provider", "etr-hub",
+                 "--description", DESCRIPTIONS[subject], "--out", str(work / "paper_bundles" / subject), "--replace", "--json"], phome, log)
+
+    summary = {
+        "seed": args.seed, "split": counts, "seconds": round(time.perf_counter() - t_start, 1), "steps": log,
+        "query_sets": {s: {k: builds[s].get(k) for k in ("size", "purity", "in_domain_gap", "out_of_domain_gap", "loss_gap")} for s in builds},
+        "paper_query_sets": {s: {k: paper[s].get(k) for k in ("size", "tau", "purity", "in_domain_gap", "out_of_domain_gap")} for s in paper},
+    }
+    (work / "build_summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: summary[k] for k in ("seconds", "query_sets", "paper_query_sets")}, indent=2))
+
+
+def _registered(cli: str, home: Path, subject: str) -> bool:
+    res = subprocess.run([cli, "expert", "list", "--json"], env={**os.environ, "ETR_HUB_HOME": str(home)}, capture_output=True, text=True)
+    return res.returncode == 0 and any(e["name"] == subject for e in json.loads(res.stdout or "[]"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""`etr-hub chat` and `etr-hub explain` through the real console script, on a tiny meta model
+with one LoRA expert whose token is set to win on QUESTION."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from runtime_support import QUESTION, add_expert, lively_llama, routing_states, row_winning_at
+from tiny_models import make_tiny_lora
+
+from etr_hub.models.chat import routing_prompt_ids
+from etr_hub.models.loading import load_causal_lm
+from etr_hub.models.refs import ModelRef
+from etr_hub.registry.meta import register_meta_model
+from tests.conftest import run_cli
+
+ASK = QUESTION[0]["content"]
+
+
+@pytest.fixture
+def hub_with_expert(registry, tmp_path):
+    path = lively_llama(tmp_path / "meta")
+    ref = ModelRef(kind="local", path=str(path))
+    meta_row = register_meta_model(registry, ref)
+    meta = load_causal_lm(ref)
+    prompt = routing_prompt_ids(meta.tokenizer, QUESTION)[0]
+    row = row_winning_at(routing_states(meta.model, prompt)[len(prompt) - 1 :], 0)  # wins at the first token
+    adapter = make_tiny_lora(path, tmp_path / "lora", seed=1)
+    add_expert(registry, "astro", row, ModelRef(kind="peft", path="adapter"), fingerprint=meta_row.fingerprint, hidden=32, adapter=adapter)
+    return registry
+
+
+def test_chat_once_json(hub_with_expert):
+    res = run_cli("chat", "--once", ASK, "--json", "--max-new-tokens", "8")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)  # stdout is exactly one JSON object
+    assert data["expert"] == "astro" and isinstance(data["text"], str) and data["text"]
+    [route] = data["route"]
+    assert route["expert"] == "astro" and route["token_index"] == 0 and route["probability"] > 0.99
+    assert data["usage"]["completion_tokens"] <= 8
+
+
+def test_piped_chat_holds_a_conversation(hub_with_expert):
+    script = f"{ASK}\n/route\n\n/experts\nand something else\n/nonsense\n/reset\n/exit\nnever asked\n"
+    res = run_cli("chat", "--max-new-tokens", "6", input=script)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    assert "[→ astro, at token 0" in res.stderr  # the hand-over marker
+    assert "route of the last answer" in res.stderr and "experts on" in res.stderr
+    assert "unknown command /nonsense" in res.stderr and "conversation reset" in res.stderr
+    assert len(res.stdout.splitlines()) >= 2  # two answers (each ends its line); nothing after /exit
+
+
+def test_explain_json(hub_with_expert):
+    res = run_cli("explain", ASK, "--json", "--top", "3")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["winner"] == "astro" and len(data["words"]) == 3
+    assert data["experts"][0]["name"] == "astro" and data["experts"][0]["probability"] > 0.99
+
+
+@pytest.mark.parametrize("args, message", [
+    (["chat", "--once", "  "], "error: empty message"),
+    (["explain", ""], "error: empty message"),
+    (["chat", "--once", "hi", "--temperature", "-1"], "error: temperature must be ≥ 0"),
+    (["chat", "--once", "hi", "--top-p", "0"], "error: top_p must be in (0, 1]"),
+    (["explain", "hi", "--top", "-1"], "error: --top must be ≥ 0"),
+])
+def test_bad_input_is_one_line(args, message):
+    res = run_cli(*args)
+    assert res.returncode != 0
+    assert res.stderr.strip().splitlines()[-1].startswith(message), res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""
