@@ -237,3 +237,15 @@ def test_debug_shows_traceback(fake_meta, bundle_factory, monkeypatch):
     (bad / "expert.json").write_text("{")
     res = cli("expert", "add", str(bad))
     assert res.exit_code != 0 and res.exception is not None  # raised, not swallowed
+
+
+def test_adding_the_same_bundles_again_is_a_no_op(fake_meta, bundle_factory, hub_home):
+    a, b = bundle_factory("astronomy", seed=1), bundle_factory("prehistory", seed=2)
+    first = cli("expert", "add", str(a), str(b), "--json")
+    assert first.exit_code == 0 and [r["name"] for r in json.loads(first.stdout)] == ["astronomy", "prehistory"]
+    before_rows, before_store = list_json(), store_files(hub_home)
+    again = cli("expert", "add", str(a), str(b))
+    assert again.exit_code == 0 and again.stderr.count("already registered") == 2
+    assert list_json() == before_rows and store_files(hub_home) == before_store
+    # same name and version, other content: still refused
+    assert cli("expert", "add", str(bundle_factory("astronomy", seed=3))).exit_code != 0

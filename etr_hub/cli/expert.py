@@ -42,16 +42,25 @@ def _ref_text(ref: dict) -> str:
 
 @app.command("add")
 def add(
-    path: Path = typer.Argument(..., help="Bundle directory (holds expert.json)."),
+    paths: list[Path] = typer.Argument(..., help="Bundle directories (each holds expert.json), e.g. plugins/*/"),
     replace: bool = typer.Option(False, "--replace", help="Overwrite an expert with the same name and version."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Validate a bundle and register it (files are copied into the registry's store)."""
-    row = _registry().add_expert(path, replace=replace)
+    """Validate bundles and register them (files are copied into the registry's store).
+
+    Adding a bundle that is already registered, unchanged, does nothing, so this is safe to re-run."""
+    reg = _registry()
+    added = []
+    for path in paths:
+        before = {(e.name, e.version, e.token_sha256) for e in reg.list_experts()}
+        row = reg.add_expert(path, replace=replace)
+        added.append(_summary(row))
+        if not json_out:
+            again = (row.name, row.version, row.token_sha256) in before and not replace
+            verb = "already registered" if again else "registered"
+            err.print(f"{verb} [bold]{row.name}[/bold] {row.version} (token {short(row.token_sha256)})", highlight=False)
     if json_out:
-        print_json(_summary(row))
-    else:
-        err.print(f"registered [bold]{row.name}[/bold] {row.version} (token {short(row.token_sha256)})", highlight=False)
+        print_json(added[0] if len(added) == 1 else added)
 
 
 @app.command("list")

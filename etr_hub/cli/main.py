@@ -16,6 +16,7 @@ from etr_hub.errors import EtrHubError
 # never reach for the Hugging Face Hub unless asked to (no network is the normal case here).
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' own weight-loading bars
 if os.environ.get("ETR_HUB_ALLOW_DOWNLOAD") != "1":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore", category=FutureWarning)

@@ -124,7 +124,10 @@ def expert_pass(session: ModelSession, ref: ModelRef, dataset: Dataset, progress
 def build_query_set(registry: Registry, name: str, expert: str | ModelRef, data: str | Path, *, tau: float = 0.0,
                     size: int = 100, seed: int = 0, label: str | None = None, label_field: str = "label",
                     rule: str = "paper", versus: tuple = (), pick: str = "random", batch_size: int = 8, progress: ProgressFactory = no_progress,
-                    status: Callable[[str], None] | None = None) -> BuildResult:
+                    status: Callable[[str], None] | None = None, session: ModelSession | None = None) -> BuildResult:
+    """Score `data` with the meta model and the expert, select the query set, record it.
+
+    Pass a `session` to reuse already loaded models across builds (recipes, benchmarks)."""
     import torch
 
     if rule not in ("paper", "labelled"):
@@ -138,7 +141,7 @@ def build_query_set(registry: Registry, name: str, expert: str | ModelRef, data:
     ref = expert if isinstance(expert, ModelRef) else ModelRef.parse(expert)
     ref = _absolute(ref)
     dataset = read_dataset(data)
-    session = ModelSession(registry, status)
+    session = session or ModelSession(registry, status)
     warnings: list[str] = []
     labels = dataset.labels(label_field)
     loss_meta = meta_pass(session, dataset, progress, batch_size)

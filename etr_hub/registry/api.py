@@ -92,7 +92,10 @@ class Registry:
         m = bundle.manifest
         meta = self.require_meta()
         self._check_fits(m, meta)
-        if not replace and self._find(m.name, m.version) is not None:
+        existing = self._find(m.name, m.version)
+        if existing is not None and not replace:
+            if self._same_bundle(existing, bundle):
+                return existing  # the same bundle again: nothing to do (`expert add plugins/*/` is idempotent)
             raise RegistryError(f"expert '{m.name}' version {m.version} is already registered", "pass --replace to overwrite it, or bump 'version' in expert.json")
 
         # 1) content-addressed copies (idempotent; harmless if we die after this)
@@ -127,6 +130,15 @@ class Registry:
         except IntegrityError:
             raise RegistryError(f"expert '{m.name}' version {m.version} is already registered", "pass --replace to overwrite it, or bump 'version' in expert.json") from None
         return row
+
+    def _same_bundle(self, row: Expert, bundle: Bundle) -> bool:
+        from etr_hub.store import tree_listing, tree_sha256
+
+        adapter = tree_sha256(tree_listing(bundle.adapter_path)) if bundle.adapter_path else None
+        def content(m: dict) -> dict:  # created_at defaults to "now" when a manifest omits it
+            return {k: v for k, v in m.items() if k != "created_at"}
+
+        return content(row.manifest) == content(bundle.manifest.model_dump(mode="json", exclude_none=True)) and row.adapter_sha256 == adapter
 
     def _upsert_query_set(self, s: Session, m: Manifest, store_rel: str) -> QuerySet:
         qs = m.query_set

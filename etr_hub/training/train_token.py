@@ -96,9 +96,9 @@ def _next_version(registry: Registry, name: str) -> str:
 def train_token(registry: Registry, name: str, *, query_set: str | None = None, cfg: TrainSettings = TrainSettings(),
                 out: Path | None = None, version: str | None = None, description: str = "", license: str = "unknown",
                 provider: str | None = None, replace: bool = False, word_negatives: bool = True, progress: ProgressFactory = no_progress,
-                status: Callable[[str], None] | None = None) -> TrainResult:
+                status: Callable[[str], None] | None = None, session: ModelSession | None = None) -> TrainResult:
     t0 = time.perf_counter()
-    session = ModelSession(registry, status)
+    session = session or ModelSession(registry, status)
     meta = session.meta_row
     qs = registry.latest_query_set(query_set or name, meta.fingerprint)
     if qs is None:
