@@ -11,10 +11,15 @@ reference is an endpoint that is never contacted). Each repetition times, in rot
     routed-6   Hub.chat(messages, max_new_tokens=N, ignore_eos=True) with W_E of 6 rows
     routed-1000  the same with 1,000 rows
 
-With --switch (default on) a fourth run measures the cost of a switch as the paper's Table 5
-does: `switch-lora` has one LoRA expert (a random r=8 adapter on q/v of the meta model) whose
-token wins at the first generated token, so the LoRA expert writes all N tokens; its time over
-routed-6's (which never switches) minus one is the switch cost (target ≤ +1.7%).
+With --switch (default on) two more runs measure the cost of a switch as the paper's Table 5
+does: one LoRA expert (a random r=8 adapter on q/v of the meta model) whose token wins at the
+first generated token, so the LoRA expert writes all N tokens; its time over routed-6's (same
+prompt, same length, never switches) minus one is the switch cost (target ≤ +1.7%):
+
+    switch-cold  the expert's prefix cache is emptied first: it recomputes the whole prompt
+    switch-warm  its prefix cache holds another conversation (same system prompt, another
+                 question), as on a hub where the expert has answered before: it recomputes
+                 the question and the assistant header only
 
 Hub.chat does everything a chat answer does (chat template, routing over [W_V; W_E]·h every
 step, incremental detokenizing, the event stream). The ratio reported is generate time / routed
@@ -34,6 +39,7 @@ import time
 from pathlib import Path
 
 QUESTION = [{"role": "user", "content": "Explain in a few paragraphs how the planets of the solar system formed."}]
+OTHER = [{"role": "user", "content": "What is a black hole?"}]  # shares only the system prompt with QUESTION
 
 
 def main() -> None:
@@ -185,9 +191,18 @@ def run(source: Path, work: Path, counts: list[int], args) -> None:
         assert result.completion_tokens == args.new_tokens
         return result.text
 
+    def forget_prefix() -> None:  # untimed set-up of switch-cold
+        hubs["switch"].pool.get("switch-lora").clear_prefix_cache()
+
+    def other_conversation() -> None:  # untimed set-up of switch-warm
+        forget_prefix()
+        hubs["switch"].chat(OTHER, max_new_tokens=1, expert="switch-lora")
+
     runs = {"generate": plain, **{f"routed-{n}": routed(n) for n in counts}}
+    setups = {}
     if args.switch:
-        runs["switch-lora"] = switching
+        runs["switch-cold"] = runs["switch-warm"] = switching
+        setups = {"switch-cold": forget_prefix, "switch-warm": other_conversation}
     names = list(runs)
     texts = {name: fn() for name, fn in runs.items()}  # warm-up, and the outputs must agree
     same = all(t == texts["generate"] for name, t in texts.items() if name != "switch-lora")
@@ -198,6 +213,7 @@ def run(source: Path, work: Path, counts: list[int], args) -> None:
         for rep in range(args.reps):
             order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate: no run always goes first
             for name in order:
+                setups.get(name, lambda: None)()
                 t0 = time.perf_counter()
                 runs[name]()
                 times[name].append(time.perf_counter() - t0)
@@ -210,9 +226,10 @@ def run(source: Path, work: Path, counts: list[int], args) -> None:
         print("warning: outputs differed, the comparison is not like for like", file=sys.stderr)
     if args.switch:
         base = f"routed-{counts[0]}"
-        cost = statistics.median([s / r for s, r in zip(times["switch-lora"], times[base])]) - 1
-        print(f"switch cost (LoRA expert from the first token vs {base}, no switch): {cost:+.1%} "
-              f"(median of {args.reps} paired runs; target ≤ +1.7%) {'PASS' if cost <= 0.017 else 'FAIL'}")
+        for name, what in (("switch-cold", "whole prompt recomputed"), ("switch-warm", "system prompt cached")):
+            cost = statistics.median([s / r for s, r in zip(times[name], times[base])]) - 1
+            print(f"switch cost, {name} ({what}; LoRA expert from the first token vs {base}, no switch): {cost:+.1%} "
+                  f"(median of {args.reps} paired runs; target ≤ +1.7%) {'PASS' if cost <= 0.017 else 'FAIL'}")
     for n in counts:
         paired = [g / r for g, r in zip(times["generate"], times[f"routed-{n}"])]
         target = 0.95 if n <= 6 else 0.9

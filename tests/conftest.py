@@ -138,7 +138,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     from tiny_models import domain_rows, make_tiny_llama, train_tiny_lora
 
     root = tmp_path_factory.mktemp("world")
-    meta = make_tiny_llama(root / "meta", seed=0, initializer_range=0.2)  # content-dependent routing states
+    meta = make_tiny_llama(root / "meta", seed=0)
     astro = domain_rows("astronomy", 40, seed=1)
     law = domain_rows("law", 40, seed=1)
     cooking = domain_rows("cooking", 40, seed=1)

@@ -87,17 +87,28 @@ def greedy_no_cache(model, ids: list[int], max_new: int, eos: set[int]) -> list[
 
 class CompletionsServer:
     """A real OpenAI-compatible /v1 server on 127.0.0.1 (stdlib HTTP, one thread per request)
-    that answers every completion with `reply`, streamed as SSE chunks when asked to stream."""
+    that answers every completion with `reply`, streamed as SSE chunks when asked to stream.
+    With `api_key`, every request without `Authorization: Bearer <api_key>` gets HTTP 401."""
 
-    def __init__(self, reply: str = " the remote expert speaks", *, delay_s: float = 0.0):
-        self.reply, self.delay_s, self.requests = reply, delay_s, []
+    def __init__(self, reply: str = " the remote expert speaks", *, delay_s: float = 0.0, api_key: str | None = None):
+        self.reply, self.delay_s, self.requests, self.api_key = reply, delay_s, [], api_key
+        self.authorizations: list[str | None] = []  # the Authorization header of every request
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
 
+            def _authorized(self) -> bool:
+                server.authorizations.append(self.headers.get("Authorization"))
+                if server.api_key is None or self.headers.get("Authorization") == f"Bearer {server.api_key}":
+                    return True
+                self._send(401, "application/json", json.dumps({"error": {"message": "invalid api key"}}).encode())
+                return False
+
             def do_GET(self):
+                if not self._authorized():
+                    return
                 if self.path.rstrip("/") == "/v1/models":
                     self._send(200, "application/json", json.dumps({"object": "list", "data": [{"id": "tiny-remote"}]}).encode())
                 else:
@@ -105,6 +116,8 @@ class CompletionsServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not self._authorized():
+                    return
                 server.requests.append(body)
                 time.sleep(server.delay_s)
                 words = [w + " " for w in server.reply.split(" ")]

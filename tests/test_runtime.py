@@ -29,7 +29,7 @@ from etr_hub.models.chat import _to_ids, plain_prompt, routing_prompt_ids
 from etr_hub.models.loading import load_causal_lm
 from etr_hub.models.refs import ModelRef
 from etr_hub.runtime import Done, Hub, Switch, TextDelta, Warning
-from etr_hub.runtime.modelinfo import eos_ids
+from etr_hub.runtime.modelinfo import eos_ids, unshared_bytes
 
 MAX_NEW = 14
 
@@ -70,6 +70,7 @@ def decode(tok, ids):
 
 
 def open_hub(t, **kw) -> Hub:
+    kw.setdefault("route_window", None)  # these tests force switches mid-answer (Algorithm 1 as is)
     return Hub.open(t.registry, meta=t.meta, **kw)
 
 
@@ -199,6 +200,41 @@ def test_remote_expert_continues_the_open_assistant_turn(tiny):
     assert request["model"] == "tiny-remote" and request["max_tokens"] == MAX_NEW - k and request["stop"] == ["never-seen"]
 
 
+KEY = "sk-test-0123456789abcdef"  # a made-up key for the local test server
+
+
+@pytest.mark.parametrize("env_value, ok, words", [
+    (KEY, True, []),
+    (None, False, ["ASTRO_KEY", "not set"]),
+    ("sk-wrong-key", False, ["refused the API key in $ASTRO_KEY", "401"]),
+])
+def test_remote_expert_sends_the_api_key_from_the_named_environment_variable(tiny, monkeypatch, env_value, ok, words):
+    if env_value is None:
+        monkeypatch.delenv("ASTRO_KEY", raising=False)
+    else:
+        monkeypatch.setenv("ASTRO_KEY", env_value)
+    k = switch_step(tiny)
+    with CompletionsServer(" the keyed expert speaks", api_key=KEY) as server:
+        ref = ModelRef(kind="openai", url=server.url, model="tiny-remote", timeout_s=5, api_key_env="ASTRO_KEY")
+        add_expert(tiny.registry, "keyed", row_winning_at(tiny.states, k), ref, fingerprint=tiny.fp, hidden=tiny.hidden)
+        result = open_hub(tiny).chat(QUESTION, max_new_tokens=MAX_NEW)
+    stored = tiny.registry.get_expert("keyed").manifest["expert"]
+    assert stored["api_key_env"] == "ASTRO_KEY" and KEY not in str(stored)  # the bundle names the variable only
+    if ok:
+        assert result.text == decode(tiny.tok, tiny.trajectory[:k]) + " the keyed expert speaks" and not result.warnings
+        assert server.authorizations and set(server.authorizations) == {f"Bearer {KEY}"}
+    else:
+        _assert_fell_back(tiny, result, "keyed", words)
+    assert all(v not in str(result.to_json()) for v in (KEY, "sk-wrong-key"))  # never echoed
+
+
+def test_api_key_env_must_be_a_variable_name():
+    with pytest.raises(ValueError, match="NAME of an environment variable"):
+        ModelRef(kind="openai", url="http://h:1/v1", model="m", api_key_env="sk-live-abc")
+    with pytest.raises(ValueError, match="does not apply"):
+        ModelRef(kind="local", path="/x", api_key_env="KEY")
+
+
 # -- LoRA experts share the meta model's weights ---------------------------------------------------
 def test_six_lora_experts_share_base_weights_and_leave_meta_unchanged(tiny):
     for i in range(6):
@@ -216,7 +252,9 @@ def test_six_lora_experts_share_base_weights_and_leave_meta_unchanged(tiny):
         assert base and all(p.data_ptr() in meta_ptrs for p in base)  # no copy of the base weights
         assert hub.chat(QUESTION, max_new_tokens=4, expert=f"lora{i}").text  # the adapter is used
     assert len(hub.pool.loaded) == 6
-    assert hub.pool.used_bytes < 0.6 * meta_bytes  # six adapters: only their LoRA matrices
+    adapters = sum(unshared_bytes(b.loaded.model, tiny.meta.model) for b in hub.pool.loaded.values())
+    assert adapters < 0.6 * meta_bytes  # six adapters: only their LoRA matrices
+    assert hub.pool.used_bytes > adapters  # their prefix caches count against the budget too
     with torch.no_grad():
         after = tiny.meta.model(input_ids=probe).logits
     assert torch.equal(before, after)
@@ -323,10 +361,60 @@ def test_lean_lora_forward_equals_peft(tiny):
     ref = ModelRef(kind="peft", path=str(tiny.adapter(1)))
     peft_model = load_causal_lm(ref, meta=tiny.meta).model
     lean = load_causal_lm(ref, meta=tiny.meta).model
-    assert make_lean(lean) == 4  # q_proj and v_proj in both layers
+    assert len(make_lean(lean)) == 4  # q_proj and v_proj in both layers
     swapped = [m for m in lean.modules() if isinstance(m, LeanLoraLinear)]
     meta_ptrs = {p.data_ptr() for p in tiny.meta.model.parameters()}
     assert all(m.base.weight.data_ptr() in meta_ptrs for m in swapped)  # still the meta model's weights
     probe = torch.tensor([tiny.prompt])
     with torch.no_grad():
         assert torch.allclose(peft_model(input_ids=probe).logits, lean(input_ids=probe).logits, atol=1e-4)
+
+
+def test_lora_expert_merges_only_while_it_answers_and_the_meta_stays_bit_exact(tiny):
+    lora_expert(tiny, k=0)
+    hub = open_hub(tiny)
+    before = {n: p.clone() for n, p in tiny.meta.model.state_dict().items()}
+    fingerprint = meta_fingerprint(tiny.meta.model)
+    events = hub.chat(QUESTION, max_new_tokens=MAX_NEW, stream=True)
+    assert next(e for e in events if isinstance(e, TextDelta)).source == "astro"  # the expert is mid-answer
+    layers = hub.pool.get("astro").lean_layers
+    meta_ptrs = {p.data_ptr() for p in tiny.meta.model.parameters()}
+    assert layers and all(x.merged is not None and x.merged.data_ptr() not in meta_ptrs for x in layers)  # separate copies
+    events.close()
+    assert all(x.merged is None for x in layers)  # dropped with the answer
+    assert meta_fingerprint(tiny.meta.model) == fingerprint
+    assert all(torch.equal(before[n], p) for n, p in tiny.meta.model.state_dict().items())  # bit-exact
+
+
+def test_prefix_cache_recomputes_only_what_differs(tiny):
+    from etr_hub.runtime.decode import common_prefix
+
+    adapter = lora_expert(tiny, k=0)
+    expert = load_causal_lm(ModelRef(kind="peft", path=str(adapter)), meta=tiny.meta)
+    hub = open_hub(tiny)
+    fed: list[int] = []
+    decoder = hub.pool.get("astro").loaded.model.get_decoder()
+    decoder.register_forward_pre_hook(lambda m, args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    other = [{"role": "user", "content": "tell me about the sea"}]
+    first_feed = []
+    for messages in (other, QUESTION, QUESTION):
+        ids = routing_prompt_ids(tiny.tok, messages)[0]
+        fed.clear()
+        result = hub.chat(messages, max_new_tokens=6, expert="astro")
+        assert result.text == decode(tiny.tok, greedy_no_cache(expert.model, ids, 6, tiny.eos))  # same answer as PEFT's
+        first_feed.append(fed[0])
+    other_ids = routing_prompt_ids(tiny.tok, other)[0]
+    shared = common_prefix(other_ids, tiny.prompt)
+    assert 0 < shared < len(tiny.prompt)
+    assert first_feed == [len(other_ids), len(tiny.prompt) - shared, 1]  # cold, the new part only, the last token
+
+
+def test_default_route_window_only_routes_at_the_routing_position(tiny):
+    """Expert rows are trained at the first assistant position; by default they compete only there."""
+    k = switch_step(tiny)
+    assert k > 0
+    add_expert(tiny.registry, "astro", row_winning_at(tiny.states, k), ModelRef(kind="local", path=str(tiny.tmp / "nowhere")),
+               fingerprint=tiny.fp, hidden=tiny.hidden)
+    result = open_hub(tiny, route_window=1).chat(QUESTION, max_new_tokens=MAX_NEW)
+    assert result.route == [] and result.expert is None
+    assert open_hub(tiny).chat(QUESTION, max_new_tokens=MAX_NEW).route[0].token_index == k  # the control

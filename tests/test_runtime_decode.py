@@ -99,7 +99,7 @@ def test_kv_cached_routed_decoding_equals_no_cache_greedy(model, n_experts):
     prompt = model.tokenizer("a short prompt", add_special_tokens=False)["input_ids"]
     reference = greedy_no_cache(model.model, prompt, 24, eos=set())
     w_e_t = (torch.randn(32, n_experts, generator=torch.Generator().manual_seed(0)) * 1e-3) if n_experts else None  # (C, N), never wins
-    decoder = RoutedDecoder(model.model, w_e_t, Sampling())
+    decoder = RoutedDecoder(model.model, w_e_t, Sampling(), route_window=None)
     decoder.start(prompt)
     routed = [decoder.next() for _ in range(24)]
     assert routed == reference
@@ -109,7 +109,7 @@ def test_kv_cached_routed_decoding_equals_no_cache_greedy(model, n_experts):
 def test_routed_decoder_after_a_blocked_expert_continues_from_the_same_state(model):
     prompt = model.tokenizer("route me", add_special_tokens=False)["input_ids"]
     reference = greedy_no_cache(model.model, prompt, 6, eos=set())
-    decoder = RoutedDecoder(model.model, torch.full((32, 2), 0.0), Sampling())
+    decoder = RoutedDecoder(model.model, torch.full((32, 2), 0.0), Sampling(), route_window=None)
     decoder.start(prompt)
     decoder.w_e_t = None  # first step: plain
     first = decoder.next()

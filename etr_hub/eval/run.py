@@ -311,14 +311,19 @@ class Evaluator:
             init = self.states.get_mean_row()
         cfg = TrainSettings(seed=self.opts.seed)
         target = torch.where(owner_t >= 0, owner_t + 1, torch.zeros_like(owner_t))
-        static = train_rows_jointly(h_qs, lse_qs, target, init, len(experts), cfg)  # (E, C)
         later = list(range(len(experts) - later_n, len(experts)))
         first = [k for k in range(len(experts)) if k not in later]
         keep = torch.tensor([int(o) in first or int(o) == -1 for o in owner])
         remap = {k: j for j, k in enumerate(first)}
         first_target = torch.tensor([remap[int(o)] + 1 if int(o) >= 0 else 0 for o in owner_t[keep]])
-        w_first = train_rows_jointly(h_qs[keep], lse_qs[keep], first_target, init, len(first), cfg)
-        dynamic = add_later(h_qs, lse_qs, owner_t, w_first, later, init, cfg)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # thousands of tiny steps: extra threads only add synchronisation (100x slower on a busy CPU)
+        try:
+            static = train_rows_jointly(h_qs, lse_qs, target, init, len(experts), cfg)  # (E, C)
+            w_first = train_rows_jointly(h_qs[keep], lse_qs[keep], first_target, init, len(first), cfg)
+            dynamic = add_later(h_qs, lse_qs, owner_t, w_first, later, init, cfg)
+        finally:
+            torch.set_num_threads(threads)
 
         def measure(w: torch.Tensor) -> dict:
             logits = hidden @ w.T  # (N, E)

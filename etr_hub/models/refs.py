@@ -29,8 +29,9 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     "embedded": ("name",),
     "openai": ("url", "model"),
 }
-_OPTIONAL: dict[str, tuple[str, ...]] = {"gguf": ("gguf_file",), "peft": ("base",), "openai": ("timeout_s",)}
-_FIELDS = ("repo_id", "revision", "path", "gguf_file", "base", "name", "url", "model", "timeout_s")
+_OPTIONAL: dict[str, tuple[str, ...]] = {"gguf": ("gguf_file",), "peft": ("base",), "openai": ("timeout_s", "api_key_env")}
+_FIELDS = ("repo_id", "revision", "path", "gguf_file", "base", "name", "url", "model", "timeout_s", "api_key_env")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -53,6 +54,7 @@ class ModelRef(BaseModel):
     url: str | None = None  # openai: base URL, e.g. http://host:8000/v1
     model: str | None = None  # openai: model name sent to the endpoint
     timeout_s: float | None = None  # openai
+    api_key_env: str | None = None  # openai: NAME of the environment variable holding the key (never the key)
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> ModelRef:
@@ -69,6 +71,8 @@ class ModelRef(BaseModel):
             raise ValueError(f"unknown embedded model '{self.name}' (known: {DEFAULT_EMBEDDED})")
         if self.kind == "openai" and not str(self.url).startswith(("http://", "https://")):
             raise ValueError(f"url '{self.url}' must start with http:// or https://")
+        if self.api_key_env is not None and not _ENV_NAME_RE.match(self.api_key_env):
+            raise ValueError("api_key_env must be the NAME of an environment variable (letters, digits and _, e.g. ASTRO_API_KEY), never the key")
         return self
 
     @classmethod

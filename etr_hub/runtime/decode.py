@@ -51,14 +51,22 @@ def token_probability(logits: torch.Tensor, index: int) -> float:
 
 # -- a frozen causal LM decoding one sequence with a KV cache ---------------------------------
 class CausalRunner:
-    """Prefill once, then one token per step; returns the last position's hidden state."""
+    """Prefill once, then one token per step; returns the last position's hidden state.
+
+    `ids` are the tokens whose keys/values are in the cache, so a later sequence that shares a
+    prefix with them can `rewind` to it and feed only the rest (a prefix cache).
+    """
 
     def __init__(self, model: Any):
         self.model = model
         self.decoder = model.get_decoder()
         self.head = model.get_output_embeddings()
         self.cache: Any = None
-        self.length = 0
+        self.ids: list[int] = []
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
 
     def feed(self, ids: Sequence[int]) -> torch.Tensor:
         """Append `ids` to the sequence; (1, C) hidden state of the last of them."""
@@ -68,11 +76,58 @@ class CausalRunner:
             self.cache = DynamicCache(config=self.model.config)
         x = torch.tensor([list(ids)], dtype=torch.long)  # (1, T)
         out = self.decoder(input_ids=x, past_key_values=self.cache, use_cache=True)
-        self.length += len(ids)
+        self.ids.extend(ids)
         return out.last_hidden_state[:, -1]  # (1, C)
 
     def word_logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(h)  # (1, C) -> (1, V)
+
+    def rewind(self, ids: Sequence[int]) -> list[int]:
+        """Keep the cached positions `ids` starts with (never all of `ids`: the last one must be
+        fed to get its hidden state); returns the ids still to feed."""
+        keep = min(common_prefix(self.ids, ids), len(ids) - 1)
+        self.truncate(keep)
+        return list(ids[keep:])
+
+    def truncate(self, keep: int, *, compact: bool = False) -> None:
+        """Forget every cached position from `keep` on. `compact` copies what is kept into
+        tight storage (a cropped cache is a view that still holds the whole buffer)."""
+        keep = max(0, keep)
+        if keep < self.length and keep > 0:
+            try:
+                self.cache.crop(keep - self.length)  # a negative count: tokens to remove
+                if self.cache.get_seq_length() != keep:
+                    raise ValueError("crop kept the wrong length")
+            except Exception:  # a cache type that cannot crop: recompute instead
+                keep = 0
+        if keep == 0:
+            self.cache, self.ids = None, []
+            return
+        self.ids = self.ids[:keep]
+        if compact:
+            for layer in getattr(self.cache, "layers", []):
+                for attr in ("keys", "values"):
+                    if isinstance(getattr(layer, attr, None), torch.Tensor):
+                        setattr(layer, attr, getattr(layer, attr).clone())
+
+    def cache_bytes(self) -> int:
+        total = 0
+        for layer in getattr(self.cache, "layers", None) or []:
+            for attr in ("keys", "values"):
+                t = getattr(layer, attr, None)
+                if isinstance(t, torch.Tensor):
+                    total += t.untyped_storage().nbytes()
+        return total
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids `a` and `b` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 @dataclass
@@ -97,8 +152,13 @@ class RoutedDecoder:
     pass and an expert choice leaves h (and the cache) exactly where the expert token arose.
     """
 
-    def __init__(self, model: Any, w_e_t: torch.Tensor | None, sampling: Sampling):
+    def __init__(self, model: Any, w_e_t: torch.Tensor | None, sampling: Sampling, route_window: int | None = 1):
         self.runner = CausalRunner(model)
+        # Expert tokens compete only at the first `route_window` positions of the answer: that is
+        # where their rows were trained (eq. 4, the routing position); elsewhere their logits are
+        # uncalibrated and fire spuriously. None lets them compete at every step (Algorithm 1 as is).
+        self.route_window = route_window
+        self.steps = 0
         self.w_e_t = w_e_t if w_e_t is not None and w_e_t.numel() else None  # (C, N)
         self.n_experts = 0 if self.w_e_t is None else int(self.w_e_t.shape[1])
         self.blocked: torch.Tensor | None = None  # (N,) bool: experts that failed in this answer
@@ -119,7 +179,9 @@ class RoutedDecoder:
             self.pending = []
         h = self.h
         word = self.runner.word_logits(h)  # (1, V)
-        expert = h @ self.w_e_t if self.w_e_t is not None else None  # (1, C) @ (C, N) -> (1, N)
+        routing = self.w_e_t is not None and (self.route_window is None or self.steps < self.route_window)
+        self.steps += 1
+        expert = h @ self.w_e_t if routing else None  # (1, C) @ (C, N) -> (1, N)
         self.vocab = word.shape[-1]
         self.logits = next_token_logits(word, expert, self.blocked)  # (V + N,)
         index = self.sampling.pick(self.logits)
@@ -148,11 +210,12 @@ def _prefill(runner: CausalRunner, ids: Sequence[int]) -> torch.Tensor:
 
 
 def plain_tokens(model: Any, prompt_ids: Sequence[int], *, max_new_tokens: int, sampling: Sampling,
-                 eos_ids: frozenset[int]) -> Iterator[int]:
+                 eos_ids: frozenset[int], runner: CausalRunner | None = None) -> Iterator[int]:
     """Unrouted KV-cached decoding (experts, raw completions). Yields token ids; stops after an
-    eos id (which is yielded, so callers can tell "stop" from "length")."""
-    runner = CausalRunner(model)
-    h = _prefill(runner, prompt_ids)  # (1, C)
+    eos id (which is yielded, so callers can tell "stop" from "length"). A `runner` whose cache
+    holds an earlier sequence is reused for the prefix it shares with `prompt_ids`."""
+    runner = runner or CausalRunner(model)
+    h = _prefill(runner, runner.rewind(prompt_ids))  # (1, C)
     for step in range(max_new_tokens):
         token = _pick(runner, h, sampling)
         yield token

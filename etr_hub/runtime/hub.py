@@ -64,9 +64,12 @@ class Hub:
 
     @classmethod
     def open(cls, registry: Any = None, *, progress: Callable[[str], None] | None = None, memory_budget_mb: int | None = None,
-             meta: Any = None) -> Hub:
+             meta: Any = None, route_window: int | None = 1) -> Hub:
         """Load the registry's meta model (or use `meta`, an already loaded LoadedModel of it) and
-        assemble W_E from the enabled experts that fit it."""
+        assemble W_E from the enabled experts that fit it.
+
+        `route_window`: expert tokens compete at the first N positions of an answer (1: the
+        routing position their rows were trained at); None: at every position."""
         from etr_hub.backends.pool import ExpertPool
         from etr_hub.models.fingerprint import meta_fingerprint, output_embedding
         from etr_hub.models.loading import load_causal_lm
@@ -88,7 +91,9 @@ class Hub:
         assembly = assemble(registry, fingerprint=fingerprint, hidden_size=hidden)
         budget = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
         pool = ExpertPool(assembly.specs, meta, budget_bytes=budget, progress=progress)
-        return cls(registry, meta, meta_row, assembly, pool, progress)
+        hub = cls(registry, meta, meta_row, assembly, pool, progress)
+        hub.route_window = route_window
+        return hub
 
     def close(self) -> None:
         self.pool.close()
@@ -170,7 +175,8 @@ class Hub:
             elif outcome.text:  # the meta model finishes what the expert started
                 answer_ids = _to_ids(tokenizer(outcome.text, add_special_tokens=False))
 
-        decoder = RoutedDecoder(self.meta.model, self._w_e_t if routed else None, Sampling.make(opts.temperature, opts.top_p, opts.seed))
+        decoder = RoutedDecoder(self.meta.model, self._w_e_t if routed else None, Sampling.make(opts.temperature, opts.top_p, opts.seed),
+                                route_window=getattr(self, "route_window", 1))
         detok = Detokenizer(tokenizer, (prompt_ids + answer_ids)[-4:])
         if finish is None:
             decoder.start(prompt_ids + answer_ids)

@@ -6,13 +6,17 @@ Steps (each uses the project's own commands; only the LoRA fine-tuning is a scri
  1. data: read dev+val+test of the six subjects, split each deterministically into expert
     training / query pool / dev evaluation (etr_hub.eval.mmlu.split_subject), add related
     subjects' questions to each expert's training data and unrelated subjects' questions to
-    the pool as distractors; write WORK/train/<subject>.jsonl, WORK/pool.jsonl and
+    the pool as distractors; write WORK/train/<subject>.jsonl, WORK/pool/<subject>.jsonl,
+    WORK/pool.jsonl, WORK/paper_pool.jsonl (8 pool questions per subject + 24 distractors) and
     WORK/dev_eval/<subject>_test.csv (what `etr-hub eval mmlu` measures on).
  2. LoRA: train_lora.py per subject -> WORK/adapters/<subject> (fp16, r=8 on q/v, top layers).
  3. labelled route (shipped): `etr-hub query-set build S --rule labelled --label S`, then
-    `etr-hub train-token S`, then `etr-hub expert export S plugins/S` (+ model card).
+    `etr-hub train-token S`, then `etr-hub expert export S plugins/S` (+ model card); the
+    query set is built from WORK/pool/S.jsonl (the subject's labelled pool questions).
  4. paper route (compared, not shipped): the same adapters in a second home with
-    `etr-hub query-set build S --rule paper --tau T` (the loss passes come from the cache).
+    `etr-hub query-set build S --data paper_pool.jsonl --rule paper --tau T`. Every row of a
+    paper-route pool costs a forward pass of the meta model and of each of the six experts,
+    which is why that pool is small on a CPU.
 Re-running skips adapters that already exist (pass --fresh to retrain them).
 """
 
@@ -61,12 +65,16 @@ DESCRIPTIONS = {
 MAX_QUERY_CHARS = 500  # long reading passages cost LoRA time and teach little about the domain
 TRAIN_SIZE = 120  # examples per expert (own training part first, then related subjects)
 DISTRACTORS = 150
+PAPER_POOL = (8, 24)  # paper route: per-subject pool questions, distractors (each row costs 7 scoring passes)
 
 
 def run(cmd: list[str], home: Path, log: list[dict]) -> dict | None:
     t0 = time.perf_counter()
     print("$", " ".join(cmd), flush=True)
-    res = subprocess.run(cmd, env={**os.environ, "ETR_HUB_HOME": str(home)}, capture_output=True, text=True)
+    env = {**os.environ, "ETR_HUB_HOME": str(home)}
+    if cmd[1] == "train-token":  # thousands of tiny steps: one thread (a busy 2-core CPU made 2 threads ~100x slower)
+        env["OMP_NUM_THREADS"] = "1"
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if res.returncode != 0:
         sys.exit(f"step failed ({res.returncode}): {' '.join(cmd)}\n{res.stderr.strip()[-2000:]}")
     log.append({"cmd": " ".join(cmd), "seconds": round(time.perf_counter() - t0, 1)})
@@ -104,24 +112,31 @@ def prepare_data(data: Path, work: Path, seed: int) -> dict:
         write_jsonl(work / "train" / f"{subject}.jsonl", own + [pair(q) for q in extra])
         counts[subject]["train_related"] = len(extra)
         pool += [pair(q) for q in parts["pool"]]
+        write_jsonl(work / "pool" / f"{subject}.jsonl", [pair(q) for q in parts["pool"]])
         write_mmlu_csv(work / "dev_eval" / f"{subject}_test.csv", parts["eval"])
     used = set(MMLU_EXPERT_SUBJECTS) | {s for v in RELATED.values() for s in v}
     others = {s: [q for q in qs if len(render_query(q)) <= MAX_QUERY_CHARS] for s, qs in by_split["test"].questions.items() if s not in used}
     distractors = pick_distractors(others, DISTRACTORS, seed=seed)
     write_jsonl(work / "pool.jsonl", pool + [pair(q) for q in distractors])
     counts["pool_distractors"] = len(distractors)
+    # the paper route scores every pool row with the meta model and all six experts: a smaller mixed pool
+    per, n_distract = PAPER_POOL
+    small = [r for s in MMLU_EXPERT_SUBJECTS for r in [x for x in pool if x["label"] == s][:per]]
+    write_jsonl(work / "paper_pool.jsonl", small + [pair(q) for q in distractors[:n_distract]])
+    counts["paper_pool"] = len(small) + n_distract
     return counts
 
 
-def model_card(subject: str, manifest: dict, split_counts: dict, route: str) -> str:
+def model_card(subject: str, manifest: dict, split_counts: dict, route: str, lora: dict) -> str:
     qs = manifest.get("query_set", {})
     tr = manifest.get("training", {})
     return f"""# {subject} expert (MMLU-Expert)
 
 {DESCRIPTIONS[subject]}
 
-- **Expert model:** a LoRA adapter (r=8 on q_proj/v_proj of the last 10 layers, float16) over the embedded
-  meta model SmolLM2-135M-Instruct; it shares the meta model's weights.
+- **Expert model:** a LoRA adapter (r={lora['r']} on {'/'.join(sorted(lora['target_modules']))} of decoder layers
+  {min(lora['layers_to_transform'])}–{max(lora['layers_to_transform'])}, float16) over the embedded meta model
+  SmolLM2-135M-Instruct; it shares the meta model's weights.
 - **Training data:** {split_counts['train']} MMLU `{subject}` questions from the recipe's training part plus
   {split_counts['train_related']} questions of related subjects ({', '.join(RELATED[subject])}), rendered as
   multiple-choice questions with the reply `Answer: X. text`.
@@ -188,7 +203,7 @@ def main() -> None:
     # labelled route -> the shipped bundles
     builds = {}
     for subject in MMLU_EXPERT_SUBJECTS:
-        builds[subject] = run([cli, "query-set", "build", subject, "--expert", str(work / "adapters" / subject), "--data", str(work / "pool.jsonl"),
+        builds[subject] = run([cli, "query-set", "build", subject, "--expert", str(work / "adapters" / subject), "--data", str(work / "pool" / f"{subject}.jsonl"),
                                "--rule", "labelled", "--label", subject, "--size", "100", "--seed", str(args.seed), "--batch-size", "16", "--json"], home, log)
     for subject in MMLU_EXPERT_SUBJECTS:  # a re-run trains every token afresh, in the same order
         if _registered(cli, home, subject):
@@ -200,7 +215,8 @@ def main() -> None:
         dest = args.plugins / subject
         run([cli, "expert", "export", subject, str(dest), "--replace"], home, log)
         manifest = json.loads((dest / "expert.json").read_text())
-        add_model_card(dest, model_card(subject, manifest, counts[subject], "labelled"))
+        lora = json.loads((dest / "adapter" / "adapter_config.json").read_text())
+        add_model_card(dest, model_card(subject, manifest, counts[subject], "labelled", lora))
 
     # paper route, for the side-by-side eval: a second home that shares the caches
     paper = {}
@@ -212,10 +228,10 @@ def main() -> None:
         for subject in MMLU_EXPERT_SUBJECTS:
             tau = args.paper_tau
             if tau is None:  # the top quarter of the loss gaps (τ = their 75th percentile), down-sampled to 100
-                probe = run([cli, "query-set", "build", subject, "--expert", str(work / "adapters" / subject), "--data", str(work / "pool.jsonl"),
+                probe = run([cli, "query-set", "build", subject, "--expert", str(work / "adapters" / subject), "--data", str(work / "paper_pool.jsonl"),
                              "--rule", "paper", "--tau", "-1000000", "--label", subject, "--size", "100", "--seed", str(args.seed), "--json"], phome, log)
                 tau = float(probe["loss_gap"]["quantiles"]["p75"])
-            paper[subject] = run([cli, "query-set", "build", subject, "--expert", str(work / "adapters" / subject), "--data", str(work / "pool.jsonl"),
+            paper[subject] = run([cli, "query-set", "build", subject, "--expert", str(work / "adapters" / subject), "--data", str(work / "paper_pool.jsonl"),
                                   "--rule", "paper", "--tau", f"{tau:g}", "--label", subject, "--size", "100", "--seed", str(args.seed), "--json"], phome, log)
         for subject in MMLU_EXPERT_SUBJECTS:
             run([cli, "train-token", subject, "--seed", str(args.seed), "--version", "1.0.0", "--license", "Apache-2.0", "--provider", "etr-hub",

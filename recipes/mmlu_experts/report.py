@@ -41,10 +41,10 @@ def main() -> None:
         pr, pa = PAPER.get(key, (None, None)) if key else (None, None)
         print(f"| {name} | {pct(r)} | {pct(a)} | {paper(pr)} | {paper(pa)} |")
     d = lab["dynamic"]
+    closed = "–" if lab["gap_closed"] is None else f"{100 * lab['gap_closed']:.0f}%"
     print()
     print(f"n = {lab['n']} questions; fire rate {pct(lab['fire_rate'])}; false-fire rate on {lab['general_prompts'].get('n')} everyday prompts "
-          f"{pct(lab['false_fire_rate'])} (paper route: {pct(pap['false_fire_rate'])}); gap closed "
-          f"{'–' if lab['gap_closed'] is None else f'{100 * lab['gap_closed']:.0f}%'}.")
+          f"{pct(lab['false_fire_rate'])} (paper route: {pct(pap['false_fire_rate'])}); meta → oracle answer gap closed: {closed}.")
     print()
     print("| plug-and-play | routing accuracy | answer accuracy |")
     print("|---|---|---|")

@@ -1,12 +1,21 @@
-"""Local transformers experts: KV-cached decoding in this process, the expert's own template."""
+"""Local transformers experts: KV-cached decoding in this process, the expert's own template.
+
+Each expert keeps the keys/values of the last prompt it was handed (a prefix cache, at most
+PREFIX_CACHE_TOKENS positions, counted in its memory): the next hand-over recomputes only what
+differs, e.g. the user's question but not the shared system prompt, or only the new turn of
+a conversation the expert answered before.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
 from etr_hub.backends.base import Chunk, ExpertBackend, ExpertError, GenSettings, Handoff
 from etr_hub.errors import EtrHubError
+
+PREFIX_CACHE_TOKENS = 512
 
 
 class LocalBackend(ExpertBackend):
@@ -19,6 +28,7 @@ class LocalBackend(ExpertBackend):
         self.eos: frozenset[int] = frozenset()
         self.context = 0
         self._bytes = 0
+        self._prefix: Any = None  # a CausalRunner holding the last prompt's keys/values
 
     def load(self) -> None:
         from etr_hub.models.loading import load_causal_lm
@@ -36,10 +46,17 @@ class LocalBackend(ExpertBackend):
 
     @property
     def memory_bytes(self) -> int:
-        return self._bytes
+        return self._bytes + (self._prefix.cache_bytes() if self._prefix is not None else 0)
 
     def unload(self) -> None:
-        self.loaded = None
+        self.loaded = self._prefix = None
+
+    def clear_prefix_cache(self) -> None:
+        self._prefix = None
+
+    def decoding(self) -> contextlib.AbstractContextManager:
+        """Entered around each answer (LoRA experts swap in merged weights here)."""
+        return contextlib.nullcontext()
 
     def prompt_ids(self, handoff: Handoff) -> list[int]:
         """The expert's input: the meta model's ids when the tokenizers agree, else the
@@ -57,7 +74,7 @@ class LocalBackend(ExpertBackend):
         return ids
 
     def generate(self, handoff: Handoff, settings: GenSettings) -> Iterator[Chunk]:
-        from etr_hub.runtime.decode import Detokenizer, Sampling, plain_tokens
+        from etr_hub.runtime.decode import CausalRunner, Detokenizer, Sampling, plain_tokens
 
         if self.loaded is None:
             raise ExpertError(f"expert '{self.spec.name}' is not loaded")
@@ -66,9 +83,24 @@ class LocalBackend(ExpertBackend):
         detok = Detokenizer(self.loaded.tokenizer, ids[-4:])
         sampling = Sampling.make(settings.temperature, settings.top_p, settings.seed)
         stops = frozenset() if settings.ignore_eos else self.eos
-        for token in plain_tokens(self.loaded.model, ids, max_new_tokens=budget, sampling=sampling, eos_ids=stops):
-            if token in stops:
-                yield Chunk(detok.flush(), 1, "stop")
-                return
-            yield Chunk(detok.push(token), 1)
-        yield Chunk(detok.flush(), 0, "length")
+        runner, self._prefix = self._prefix or CausalRunner(self.loaded.model), None  # taken: interleaved answers never share it
+        consistent = False  # the cache matches runner.ids (not so after an error inside a forward pass)
+        try:
+            with self.decoding():
+                tokens = plain_tokens(self.loaded.model, ids, max_new_tokens=budget, sampling=sampling, eos_ids=stops, runner=runner)
+                try:
+                    for token in tokens:
+                        consistent = True
+                        if token in stops:
+                            yield Chunk(detok.flush(), 1, "stop")
+                            return
+                        yield Chunk(detok.push(token), 1)
+                        consistent = False
+                    consistent = True
+                finally:
+                    tokens.close()
+            yield Chunk(detok.flush(), 0, "length")
+        finally:
+            if consistent:
+                runner.truncate(min(len(ids), PREFIX_CACHE_TOKENS), compact=True)  # the prompt, not this answer
+                self._prefix = runner

@@ -9,6 +9,7 @@ backoff before any text arrived (after that a retry would repeat text, so it is 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -39,12 +40,34 @@ class RemoteBackend(ExpertBackend):
         import httpx
 
         timeout = httpx.Timeout(self.read_timeout, connect=self.connect_timeout)
-        self.client = httpx.Client(timeout=timeout, follow_redirects=False)
+        # no redirects: the key must not follow one to another host
+        self.client = httpx.Client(timeout=timeout, follow_redirects=False, headers=self._auth_headers())
         try:
-            self._with_retries(lambda: self.client.get(f"{self.base_url}/models", timeout=min(HEALTH_TIMEOUT_S, self.read_timeout)))
+            resp = self._with_retries(lambda: self.client.get(f"{self.base_url}/models", timeout=min(HEALTH_TIMEOUT_S, self.read_timeout)))
+            if resp.status_code in (401, 403):
+                raise ExpertError(f"{self._where()} refused {self._credentials()} (HTTP {resp.status_code})", self._key_fix())
         except ExpertError:
             self.unload()
             raise
+
+    def _auth_headers(self) -> dict[str, str]:
+        name = self.spec.ref.api_key_env
+        if not name:
+            return {}
+        key = os.environ.get(name, "").strip()
+        if not key:
+            raise ExpertError(f"{self._where()} needs an API key in ${name}, which is not set", f"export {name}=… in the hub's environment")
+        return {"Authorization": f"Bearer {key}"}
+
+    def _credentials(self) -> str:
+        name = self.spec.ref.api_key_env
+        return f"the API key in ${name}" if name else "the request without an API key"
+
+    def _key_fix(self) -> str:
+        name = self.spec.ref.api_key_env
+        if name:
+            return f"check the key in ${name}"
+        return "the endpoint wants a key: set \"api_key_env\": \"NAME\" on the expert reference and export NAME=… for the hub"
 
     def unload(self) -> None:
         if self.client is not None:
@@ -100,6 +123,8 @@ class RemoteBackend(ExpertBackend):
         request = self.client.build_request("POST", url, json=body)
         resp = self._with_retries(lambda: self.client.send(request, stream=True))
         try:
+            if resp.status_code in (401, 403):
+                raise ExpertError(f"{self._where()} refused {self._credentials()} (HTTP {resp.status_code})", self._key_fix())
             if resp.status_code >= 400:
                 resp.read()
                 raise ExpertError(f"{self._where()} refused the request: HTTP {resp.status_code} {resp.text[:200]!r}", "check the model name and the server")
