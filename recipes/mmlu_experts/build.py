@@ -179,6 +179,7 @@ def main() -> None:
     ap.add_argument("--paper-tau", type=float, default=None, help="τ for the compared paper route (default: a τ passing ~100 queries)")
     ap.add_argument("--fresh", action="store_true", help="retrain adapters that already exist")
     ap.add_argument("--skip-paper", action="store_true", help="do not build the compared paper-route tokens")
+    ap.add_argument("--data-only", action="store_true", help="only write the split (e.g. WORK/dev_eval for `etr-hub eval mmlu`)")
     args = ap.parse_args()
     work, cli, log = args.work.resolve(), etr_hub(), []
     t_start = time.perf_counter()
@@ -186,6 +187,8 @@ def main() -> None:
     counts = prepare_data(args.data, work, args.seed)
     (work / "split.json").write_text(json.dumps(counts, indent=2))
     print("split:", json.dumps(counts), flush=True)
+    if args.data_only:
+        return
 
     home = work / "home"
     run([cli, "init"], home, log)

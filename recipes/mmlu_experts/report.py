@@ -57,8 +57,7 @@ def main() -> None:
     for s, p in lab["per_subject"].items():
         others = [v for e, v in lab["expert_accuracy"][s].items() if e != p["expert"]]
         q = summary["paper_query_sets"].get(s, {})
-        ql = summary["query_sets"].get(s, {})
-        gap = f"{ql.get('in_domain_gap', 0):.2f} / {ql.get('out_of_domain_gap', 0):.2f}" if ql.get("in_domain_gap") is not None else "–"
+        gap = f"{q['in_domain_gap']:.2f} / {q['out_of_domain_gap']:.2f}" if q.get("in_domain_gap") is not None else "–"
         print(f"| {s} | {p['n']} | {pct(p['routing_accuracy'])} | {pct(pap['per_subject'][s]['routing_accuracy'])} | {pct(p['fire_rate'])} | "
               f"{pct(p['meta_accuracy'])} | {pct(p['oracle_accuracy'])} | {pct(max(others) if others else None)} | {pct(p['accuracy'])} | "
               f"{pct(q.get('purity'))} | {gap} |")
