@@ -99,7 +99,6 @@ def main() -> None:
     expert = load_causal_lm(ModelRef.parse(str(experts[1])), meta=meta)
     pairs = encode_pairs(expert.tokenizer, [r["query"] for r in rows], [r["response"] for r in rows])
     t_expert, _ = timed(lambda: score_pairs(expert.model, expert.tokenizer, pairs, batch_size=8))
-    del expert
     # ... side by side with the second build over the same dataset, another expert (the numerator)
     t_second, _ = timed(lambda: build_query_set(reg, "prehistory", str(experts[1]), data, rule="labelled", label="prehistory", session=session))
 

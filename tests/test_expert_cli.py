@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from etr_hub.cli.main import app
-from tests.conftest import FAKE_FP, make_bundle, write_manifest
+from tests.conftest import FAKE_FP, write_manifest
 
 runner = CliRunner()
 
@@ -128,7 +128,6 @@ DELETE = object()
 
 def _token(values):
     def mutate(root):
-        import torch
         from safetensors.torch import save_file
 
         from etr_hub.store import sha256_file

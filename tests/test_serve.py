@@ -7,7 +7,6 @@ plus, for the remote-expert test, a second server acting as that expert's endpoi
 from __future__ import annotations
 
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
