@@ -14,18 +14,18 @@ import torch
 from runtime_support import (
     QUESTION,
     CompletionsServer,
-    lively_llama,
     add_expert,
     closed_port,
     greedy_no_cache,
+    lively_llama,
     routing_states,
     row_winning_at,
 )
 from tiny_models import make_tiny_lora
 
 from etr_hub.errors import EtrHubError
-from etr_hub.models.fingerprint import meta_fingerprint
 from etr_hub.models.chat import _to_ids, plain_prompt, routing_prompt_ids
+from etr_hub.models.fingerprint import meta_fingerprint
 from etr_hub.models.loading import load_causal_lm
 from etr_hub.models.refs import ModelRef
 from etr_hub.runtime import Done, Hub, Switch, TextDelta, Warning

@@ -13,7 +13,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from etr_hub.backends.base import Chunk, ExpertBackend, ExpertError, ExpertSpec, GenSettings, Handoff
+from etr_hub.backends.base import (
+    Chunk,
+    ExpertBackend,
+    ExpertError,
+    ExpertSpec,
+    GenSettings,
+    Handoff,
+)
 from etr_hub.models.refs import ModelRef
 
 BACKENDS: dict[str, str] = {}  # backend name -> "module:Class"

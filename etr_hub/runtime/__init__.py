@@ -16,9 +16,9 @@ from etr_hub.runtime.types import (
     ChatResult,
     Done,
     Event,
-    Explanation,
     ExpertInfo,
     ExpertScore,
+    Explanation,
     RouteSwitch,
     Switch,
     TextDelta,
@@ -29,8 +29,20 @@ from etr_hub.runtime.types import (
 if TYPE_CHECKING:
     from etr_hub.runtime.hub import Hub
 
-__all__ = ["ChatResult", "Done", "Event", "Explanation", "ExpertInfo", "ExpertScore", "Hub", "RouteSwitch", "Switch",
-           "TextDelta", "Warning", "WordScore"]
+__all__ = [
+    "ChatResult",
+    "Done",
+    "Event",
+    "ExpertInfo",
+    "ExpertScore",
+    "Explanation",
+    "Hub",
+    "RouteSwitch",
+    "Switch",
+    "TextDelta",
+    "Warning",
+    "WordScore",
+]
 
 
 def __getattr__(name: str):

@@ -98,7 +98,7 @@ class CausalRunner:
                 self.cache.crop(keep - self.length)  # a negative count: tokens to remove
                 if self.cache.get_seq_length() != keep:
                     raise ValueError("crop kept the wrong length")
-            except Exception:  # a cache type that cannot crop: recompute instead
+            except Exception:  # noqa: BLE001 - a cache type that cannot crop: recompute instead
                 keep = 0
         if keep == 0:
             self.cache, self.ids = None, []

@@ -15,7 +15,18 @@ from typing import Any
 
 from etr_hub.backends.base import ExpertError, GenSettings, Handoff
 from etr_hub.errors import EtrHubError
-from etr_hub.runtime.types import ChatResult, Done, Event, Explanation, ExpertScore, RouteSwitch, Switch, TextDelta, Warning, WordScore
+from etr_hub.runtime.types import (
+    ChatResult,
+    Done,
+    Event,
+    ExpertScore,
+    Explanation,
+    RouteSwitch,
+    Switch,
+    TextDelta,
+    Warning,
+    WordScore,
+)
 
 ROLES = ("system", "user", "assistant")
 Messages = Sequence[Mapping[str, str]] | str
@@ -155,7 +166,12 @@ class Hub:
     def _answer(self, prompt_ids: list[int], handoff: Handoff, opts: _Options, *, expert: str | None, routed: bool,
                 notes: list[str]) -> Iterator[Event]:
         from etr_hub.models.chat import _to_ids
-        from etr_hub.runtime.decode import Detokenizer, RoutedDecoder, Sampling, TextStream
+        from etr_hub.runtime.decode import (
+            Detokenizer,
+            RoutedDecoder,
+            Sampling,
+            TextStream,
+        )
 
         tokenizer = self.meta.tokenizer
         result = ChatResult(text="", expert=None, prompt_tokens=len(prompt_ids))

@@ -43,7 +43,7 @@ def same_tokenizer(a: Any, b: Any) -> bool:
             and getattr(a, "chat_template", None) == getattr(b, "chat_template", None)
             and a.all_special_ids == b.all_special_ids
         )
-    except Exception:  # exotic tokenizers: re-tokenizing text is always correct, just slower
+    except Exception:  # noqa: BLE001 - exotic tokenizers: re-tokenizing text is always correct, just slower
         return False
 
 

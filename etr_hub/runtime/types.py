@@ -75,7 +75,7 @@ class Switch:
 
 
 @dataclass(frozen=True)
-class Warning:  # noqa: A001 - the contract's name for a warning event
+class Warning:
     message: str
 
 

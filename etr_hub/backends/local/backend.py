@@ -12,7 +12,13 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from etr_hub.backends.base import Chunk, ExpertBackend, ExpertError, GenSettings, Handoff
+from etr_hub.backends.base import (
+    Chunk,
+    ExpertBackend,
+    ExpertError,
+    GenSettings,
+    Handoff,
+)
 from etr_hub.errors import EtrHubError
 
 PREFIX_CACHE_TOKENS = 512
@@ -32,7 +38,12 @@ class LocalBackend(ExpertBackend):
 
     def load(self) -> None:
         from etr_hub.models.loading import load_causal_lm
-        from etr_hub.runtime.modelinfo import context_limit, eos_ids, same_tokenizer, unshared_bytes
+        from etr_hub.runtime.modelinfo import (
+            context_limit,
+            eos_ids,
+            same_tokenizer,
+            unshared_bytes,
+        )
 
         try:
             self.loaded = load_causal_lm(self.spec.ref, meta=self.meta, role=f"expert '{self.spec.name}'")
@@ -74,7 +85,12 @@ class LocalBackend(ExpertBackend):
         return ids
 
     def generate(self, handoff: Handoff, settings: GenSettings) -> Iterator[Chunk]:
-        from etr_hub.runtime.decode import CausalRunner, Detokenizer, Sampling, plain_tokens
+        from etr_hub.runtime.decode import (
+            CausalRunner,
+            Detokenizer,
+            Sampling,
+            plain_tokens,
+        )
 
         if self.loaded is None:
             raise ExpertError(f"expert '{self.spec.name}' is not loaded")

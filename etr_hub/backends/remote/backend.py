@@ -14,7 +14,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from etr_hub.backends.base import Chunk, ExpertBackend, ExpertError, GenSettings, Handoff, render_prompt_text
+from etr_hub.backends.base import (
+    Chunk,
+    ExpertBackend,
+    ExpertError,
+    GenSettings,
+    Handoff,
+    render_prompt_text,
+)
 
 DEFAULT_READ_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 5.0
