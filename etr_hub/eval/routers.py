@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from etr_hub.eval.scoring import Advance, score_letters
+from etr_hub.queryset.scoring import right_pad
 
 ROUTER_PREFIX = "Expert:"
 
@@ -84,11 +85,7 @@ class MetaEmbedder:
         out = torch.zeros(len(texts), self.model.config.hidden_size)
         for start in range(0, len(texts), batch_size):
             chunk = [list(self.tokenizer(t, add_special_tokens=False)["input_ids"])[:512] or [pad] for t in texts[start : start + batch_size]]
-            width = max(len(c) for c in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)  # (B, T)
-            mask = torch.zeros(len(chunk), width, dtype=torch.long)  # (B, T)
-            for b, c in enumerate(chunk):
-                ids[b, : len(c)], mask[b, : len(c)] = torch.tensor(c), 1
+            ids, mask = right_pad(chunk, pad)  # (B, T), (B, T)
             h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
             out[start : start + len(chunk)] = mean_pool(h.float(), mask)
             if advance:

@@ -16,6 +16,7 @@ import torch
 from etr_hub.cache import _save_atomic
 from etr_hub.eval.mmlu import ANSWER_PREFIX, LETTERS
 from etr_hub.models.chat import routing_prompt_ids
+from etr_hub.queryset.scoring import right_pad
 
 Advance = Callable[[int], None] | None
 SCORE_FORMAT = "letters-v1"  # part of every cache key: change it when the prompt format changes
@@ -54,11 +55,7 @@ def last_position_logits(model, prompts: list[list[int]], pad_id: int, *, batch_
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        width = max(len(prompts[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)  # (B, T)
-        for b, i in enumerate(batch):
-            ids[b, : len(prompts[i])], mask[b, : len(prompts[i])] = torch.tensor(prompts[i]), 1
+        ids, mask = right_pad([prompts[i] for i in batch], pad_id)  # (B, T), (B, T)
         h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
         last = torch.tensor([len(prompts[i]) - 1 for i in batch])
         if on_batch is not None:

@@ -35,6 +35,16 @@ def encode_pairs(tokenizer, queries: Sequence[str], responses: Sequence[str]) ->
     return pairs
 
 
+def right_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> right-padded ids (B, T) and attention mask (B, T)."""
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)  # (B, T)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)  # (B, T)
+    for b, x in enumerate(seqs):
+        ids[b, : len(x)], mask[b, : len(x)] = torch.tensor(list(x)), 1
+    return ids, mask
+
+
 def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # similar lengths pad little
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -50,12 +60,7 @@ def score_pairs(model, tokenizer, pairs: list[tuple[list[int], list[int]]], *, b
     loss = torch.zeros(n)
     hidden = lse = None
     for batch in _batches([len(p) + len(r) for p, r in pairs], batch_size):
-        seqs = [pairs[i][0] + pairs[i][1] for i in batch]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (B, T)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)  # (B, T)
-        for b, s in enumerate(seqs):
-            ids[b, : len(s)], mask[b, : len(s)] = torch.tensor(s), 1
+        ids, mask = right_pad([pairs[i][0] + pairs[i][1] for i in batch], pad)  # (B, T), (B, T)
         h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
 
         # positions P-1 .. P+R-2 predict the response tokens P .. P+R-1
@@ -91,11 +96,7 @@ def routing_states(model, tokenizer, queries: Sequence[str], *, batch_size: int 
     prompts = [routing_prompt_ids(tokenizer, q)[0][-MAX_TOKENS:] for q in queries]
     hidden, lse = torch.zeros(len(prompts), model.config.hidden_size), torch.zeros(len(prompts))
     for batch in _batches([len(p) for p in prompts], batch_size):
-        width = max(len(prompts[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (B, T)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)  # (B, T)
-        for b, i in enumerate(batch):
-            ids[b, : len(prompts[i])], mask[b, : len(prompts[i])] = torch.tensor(prompts[i]), 1
+        ids, mask = right_pad([prompts[i] for i in batch], pad)  # (B, T), (B, T)
         h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
         last = torch.tensor([len(prompts[i]) - 1 for i in batch])
         h_route = h[torch.arange(len(batch)), last].float()  # (B, C)
