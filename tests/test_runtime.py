@@ -46,12 +46,13 @@ def zoo(tmp_path_factory):
     eos = set(eos_ids(meta.model, tok))
     trajectory = greedy_no_cache(meta.model, prompt, MAX_NEW, eos)  # the meta model's own answer
     states = routing_states(meta.model, prompt + trajectory)[len(prompt) - 1 :]  # states[j] emits trajectory[j]
-    adapters: dict[int, object] = {}
+    adapters: dict[tuple, object] = {}
 
-    def adapter(seed: int):
-        if seed not in adapters:
-            adapters[seed] = make_tiny_lora(path, root / f"lora-{seed}", seed=seed)
-        return adapters[seed]
+    def adapter(seed: int, layers: tuple[int, ...] | None = None):
+        if (seed, layers) not in adapters:
+            suffix = "" if layers is None else "-layers" + "_".join(map(str, layers))
+            adapters[seed, layers] = make_tiny_lora(path, root / f"lora-{seed}{suffix}", seed=seed, layers=None if layers is None else list(layers))
+        return adapters[seed, layers]
 
     return SimpleNamespace(path=path, meta=meta, fp=meta_fingerprint(meta.model), hidden=32, tok=tok, prompt=prompt, eos=eos,
                            trajectory=trajectory, states=states, adapter=adapter, root=root)
@@ -407,6 +408,47 @@ def test_prefix_cache_recomputes_only_what_differs(tiny):
     shared = common_prefix(other_ids, tiny.prompt)
     assert 0 < shared < len(tiny.prompt)
     assert first_feed == [len(other_ids), len(tiny.prompt) - shared, 1]  # cold, the new part only, the last token
+
+
+@pytest.mark.parametrize("layers, continues", [((1,), True), (None, False)])
+def test_upper_layer_lora_continues_the_meta_cache(tiny, layers, continues):
+    """An adapter on layer 1 only (of 2) takes over the meta model's keys/values of layer 0 and
+    recomputes just layer 1 over the prompt; one on every layer recomputes the whole prompt.
+    Either way the answer is what the expert gives re-encoding everything at every step."""
+    k = switch_step(tiny)
+    adapter = tiny.adapter(1, layers)
+    add_expert(tiny.registry, "astro", row_winning_at(tiny.states, k), ModelRef(kind="peft", path="adapter"), fingerprint=tiny.fp,
+               hidden=tiny.hidden, adapter=adapter)
+    expert = load_causal_lm(ModelRef(kind="peft", path=str(adapter)), meta=tiny.meta)
+    reference = greedy_no_cache(expert.model, tiny.prompt + tiny.trajectory[:k], MAX_NEW - k, tiny.eos)
+    hub = open_hub(tiny)
+    backend = hub.pool.get("astro")
+    assert (hub.keep_layer, backend.first_layer) == ((1, 1) if continues else (None, None))
+    widths: list[int] = []  # tokens per call of the expert's first decoder layer
+    first = backend.loaded.model.get_decoder().layers[0]
+    hook = first.register_forward_pre_hook(lambda m, args, kwargs: widths.append((args[0] if args else kwargs["hidden_states"]).shape[1]),
+                                          with_kwargs=True)
+    try:
+        result = hub.chat(QUESTION, max_new_tokens=MAX_NEW)
+    finally:
+        hook.remove()
+    assert result.route[0].token_index == k and not result.route[0].fell_back
+    assert result.text == decode(tiny.tok, tiny.trajectory[:k]) + decode(tiny.tok, reference)
+    prompt = len(tiny.prompt) + k
+    assert widths[0] == (1 if continues else prompt)  # layer 0 never re-reads the prompt when it continues
+    assert all(w == 1 for w in widths[1:])
+
+
+def test_continuing_the_meta_cache_is_refused_when_it_would_not_be_exact(tiny):
+    """The load-time check: a meta model that differs below the adapted layers (here: another
+    model posing as the meta) makes the expert recompute its prompt instead."""
+    from etr_hub.runtime.shared_prefix import reuse_is_exact
+
+    expert = load_causal_lm(ModelRef(kind="peft", path=str(tiny.adapter(1, (1,)))), meta=tiny.meta)
+    probe = tiny.prompt[:8]
+    assert reuse_is_exact(expert.model, tiny.meta.model, 1, probe)
+    other = load_causal_lm(ModelRef(kind="local", path=str(lively_llama(tiny.tmp / "other", seed=9))), role="meta")
+    assert not reuse_is_exact(expert.model, other.model, 1, probe)
 
 
 def test_default_route_window_only_routes_at_the_routing_position(tiny):

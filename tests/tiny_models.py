@@ -92,8 +92,10 @@ def make_tiny_lora(
     r: int = 4,
     *,
     base_model_name: str | None = None,
+    layers: list[int] | None = None,
 ) -> Path:
     """Write a LoRA adapter (q_proj, v_proj) with random non-zero B, so it changes the outputs.
+    `layers`: only these decoder layers (layers_to_transform), as the shipped experts do.
 
     `base_model_name` overrides adapter_config's base_model_name_or_path (e.g. a Hub id, which
     ModelRef.parse reads as "on the meta model").
@@ -103,7 +105,7 @@ def make_tiny_lora(
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(base_path, use_safetensors=True, local_files_only=True)
-    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, layers_to_transform=layers)
     model = get_peft_model(base, config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

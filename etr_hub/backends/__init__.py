@@ -41,13 +41,29 @@ def backend_name(ref: ModelRef) -> str | None:
     return BY_REF_KIND.get(ref.kind)
 
 
-def create_backend(spec: ExpertSpec, meta: Any) -> ExpertBackend:
+def backend_class(spec: ExpertSpec) -> type[ExpertBackend]:
     name = backend_name(spec.ref)
     if name is None:
         raise ExpertError(f"no backend serves {spec.ref.kind} experts ({spec.name})", f"use one of: {', '.join(sorted(BY_REF_KIND))}")
     module, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)(spec, meta)
+    return getattr(importlib.import_module(module), cls)
+
+
+def create_backend(spec: ExpertSpec, meta: Any) -> ExpertBackend:
+    return backend_class(spec)(spec, meta)
+
+
+def meta_layer_to_keep(specs: Any) -> int | None:
+    """The lowest decoder layer any expert wants the meta runner to keep the input of."""
+    wanted = []
+    for spec in specs:
+        try:
+            wanted.append(backend_class(spec).meta_layer_to_keep(spec))
+        except ExpertError:
+            continue
+    wanted = [layer for layer in wanted if layer is not None]
+    return min(wanted) if wanted else None
 
 
 __all__ = ["BACKENDS", "Chunk", "ExpertBackend", "ExpertError", "ExpertSpec", "GenSettings", "Handoff",
-           "backend_name", "create_backend", "register"]
+           "backend_class", "backend_name", "create_backend", "meta_layer_to_keep", "register"]

@@ -34,6 +34,7 @@ class Handoff:
     prompt: str | None = None
     meta_ids: list[int] | None = None  # meta prompt + partial as the meta model's token ids
     meta_tokenizer: Any = None
+    meta_runner: Any = None  # the meta model's CausalRunner, read-only: its cache holds meta_ids
 
 
 @dataclass
@@ -62,6 +63,12 @@ class ExpertBackend:
     def __init__(self, spec: ExpertSpec, meta: Any):
         self.spec = spec
         self.meta = meta  # the meta model's LoadedModel (LoRA experts share its weights)
+
+    @classmethod
+    def meta_layer_to_keep(cls, spec: ExpertSpec) -> int | None:
+        """A decoder layer whose input the meta runner should keep for this expert to continue
+        the meta model's cache from (read before the expert loads; None: no such layer)."""
+        return None
 
     def load(self) -> None:
         raise NotImplementedError

@@ -57,27 +57,55 @@ class CausalRunner:
     prefix with them can `rewind` to it and feed only the rest (a prefix cache).
     """
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, keep_layer: int | None = None):
         self.model = model
         self.decoder = model.get_decoder()
         self.head = model.get_output_embeddings()
         self.cache: Any = None
         self.ids: list[int] = []
+        # The residual stream entering decoder layer `keep_layer`, one (1, t, C) chunk per feed:
+        # a LoRA expert adapted only from that layer on continues from it (see shared_prefix.py).
+        self.keep_layer = keep_layer
+        self._residual: list[torch.Tensor] = []
 
     @property
     def length(self) -> int:
         return len(self.ids)
 
-    def feed(self, ids: Sequence[int]) -> torch.Tensor:
-        """Append `ids` to the sequence; (1, C) hidden state of the last of them."""
+    def ensure_cache(self) -> Any:
         from transformers import DynamicCache
 
         if self.cache is None:
             self.cache = DynamicCache(config=self.model.config)
+        return self.cache
+
+    def feed(self, ids: Sequence[int]) -> torch.Tensor:
+        """Append `ids` to the sequence; (1, C) hidden state of the last of them."""
+        self.ensure_cache()
         x = torch.tensor([list(ids)], dtype=torch.long)  # (1, T)
-        out = self.decoder(input_ids=x, past_key_values=self.cache, use_cache=True)
+        hook = None
+        if self.keep_layer is not None:
+            hook = self.decoder.layers[self.keep_layer].register_forward_pre_hook(self._keep_residual, with_kwargs=True)
+        try:
+            out = self.decoder(input_ids=x, past_key_values=self.cache, use_cache=True)
+        finally:
+            if hook is not None:
+                hook.remove()
         self.ids.extend(ids)
         return out.last_hidden_state[:, -1]  # (1, C)
+
+    def _keep_residual(self, _module: Any, args: tuple, kwargs: dict) -> None:
+        h = args[0] if args else kwargs["hidden_states"]  # (1, T, C)
+        self._residual.append(h.detach())
+
+    def residual(self) -> torch.Tensor | None:
+        """(1, length, C) input of decoder layer `keep_layer` at every cached position, if kept."""
+        if self.keep_layer is None or not self._residual:
+            return None
+        if len(self._residual) > 1:
+            self._residual = [torch.cat(self._residual, dim=1)]  # (1, length, C)
+        kept = self._residual[0]
+        return kept if kept.shape[1] == self.length else None
 
     def word_logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(h)  # (1, C) -> (1, V)
@@ -93,6 +121,7 @@ class CausalRunner:
         """Forget every cached position from `keep` on. `compact` copies what is kept into
         tight storage (a cropped cache is a view that still holds the whole buffer)."""
         keep = max(0, keep)
+        kept = self.residual()  # (1, length, C) or None
         if keep < self.length and keep > 0:
             try:
                 self.cache.crop(keep - self.length)  # a negative count: tokens to remove
@@ -101,9 +130,10 @@ class CausalRunner:
             except Exception:  # noqa: BLE001 - a cache type that cannot crop: recompute instead
                 keep = 0
         if keep == 0:
-            self.cache, self.ids = None, []
+            self.cache, self.ids, self._residual = None, [], []
             return
         self.ids = self.ids[:keep]
+        self._residual = [] if kept is None else [kept[:, :keep].clone() if compact else kept[:, :keep]]
         if compact:
             for layer in getattr(self.cache, "layers", []):
                 for attr in ("keys", "values"):
@@ -152,8 +182,9 @@ class RoutedDecoder:
     pass and an expert choice leaves h (and the cache) exactly where the expert token arose.
     """
 
-    def __init__(self, model: Any, w_e_t: torch.Tensor | None, sampling: Sampling, route_window: int | None = 1):
-        self.runner = CausalRunner(model)
+    def __init__(self, model: Any, w_e_t: torch.Tensor | None, sampling: Sampling, route_window: int | None = 1,
+                 keep_layer: int | None = None):
+        self.runner = CausalRunner(model, keep_layer)  # keep_layer: for LoRA experts to continue its cache
         # Expert tokens compete only at the first `route_window` positions of the answer: that is
         # where their rows were trained (eq. 4, the routing position); elsewhere their logits are
         # uncalibrated and fire spuriously. None lets them compete at every step (Algorithm 1 as is).
@@ -210,12 +241,20 @@ def _prefill(runner: CausalRunner, ids: Sequence[int]) -> torch.Tensor:
 
 
 def plain_tokens(model: Any, prompt_ids: Sequence[int], *, max_new_tokens: int, sampling: Sampling,
-                 eos_ids: frozenset[int], runner: CausalRunner | None = None) -> Iterator[int]:
+                 eos_ids: frozenset[int], runner: CausalRunner | None = None, donor: CausalRunner | None = None) -> Iterator[int]:
     """Unrouted KV-cached decoding (experts, raw completions). Yields token ids; stops after an
     eos id (which is yielded, so callers can tell "stop" from "length"). A `runner` whose cache
-    holds an earlier sequence is reused for the prefix it shares with `prompt_ids`."""
+    holds an earlier sequence is reused for the prefix it shares with `prompt_ids`; a `donor`
+    (the meta runner, for a LoRA expert on its upper layers) for what the meta model encoded."""
     runner = runner or CausalRunner(model)
-    h = _prefill(runner, runner.rewind(prompt_ids))  # (1, C)
+    rest = runner.rewind(prompt_ids)
+    h = None
+    if donor is not None:
+        from etr_hub.runtime.shared_prefix import feed_from_donor
+
+        h, rest = feed_from_donor(runner, donor, rest)  # (1, C) or None
+    if rest:
+        h = _prefill(runner, rest)  # (1, C)
     for step in range(max_new_tokens):
         token = _pick(runner, h, sampling)
         yield token

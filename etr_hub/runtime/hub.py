@@ -72,6 +72,8 @@ class Hub:
         self._w_e_t = assembly.w_e.to(dtype).T.contiguous()  # (C, N): one matmul per step
         self.eos = eos_ids(meta.model, meta.tokenizer)
         self.context = context_limit(meta.model, meta.tokenizer)
+        self.route_window: int | None = 1
+        self.keep_layer: int | None = None  # decoder layer whose input the meta runner keeps (LoRA experts)
 
     @classmethod
     def open(cls, registry: Any = None, *, progress: Callable[[str], None] | None = None, memory_budget_mb: int | None = None,
@@ -81,6 +83,7 @@ class Hub:
 
         `route_window`: expert tokens compete at the first N positions of an answer (1: the
         routing position their rows were trained at); None: at every position."""
+        from etr_hub.backends import meta_layer_to_keep
         from etr_hub.backends.pool import ExpertPool
         from etr_hub.models.fingerprint import meta_fingerprint, output_embedding
         from etr_hub.models.loading import load_causal_lm
@@ -104,6 +107,7 @@ class Hub:
         pool = ExpertPool(assembly.specs, meta, budget_bytes=budget, progress=progress)
         hub = cls(registry, meta, meta_row, assembly, pool, progress)
         hub.route_window = route_window
+        hub.keep_layer = meta_layer_to_keep(assembly.specs.values())
         return hub
 
     def close(self) -> None:
@@ -192,7 +196,7 @@ class Hub:
                 answer_ids = _to_ids(tokenizer(outcome.text, add_special_tokens=False))
 
         decoder = RoutedDecoder(self.meta.model, self._w_e_t if routed else None, Sampling.make(opts.temperature, opts.top_p, opts.seed),
-                                route_window=getattr(self, "route_window", 1))
+                                route_window=self.route_window, keep_layer=self.keep_layer)
         detok = Detokenizer(tokenizer, (prompt_ids + answer_ids)[-4:])
         if finish is None:
             decoder.start(prompt_ids + answer_ids)
@@ -206,6 +210,7 @@ class Hub:
                 yield from _deltas(stream, detok.flush(), "meta")
                 switch = RouteSwitch(self.experts[k].name, len(answer_ids), decoder.probability(index))
                 handoff.partial, handoff.meta_ids = stream.text, prompt_ids + answer_ids
+                handoff.meta_runner = decoder.runner  # holds exactly meta_ids: a LoRA expert may continue it
                 outcome = yield from self._run_expert(switch.expert, switch, handoff, opts, opts.max_new_tokens - used, stream, result)
                 used += outcome.tokens
                 if outcome.ok:

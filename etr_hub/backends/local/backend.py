@@ -65,6 +65,10 @@ class LocalBackend(ExpertBackend):
     def clear_prefix_cache(self) -> None:
         self._prefix = None
 
+    def donor(self, handoff: Handoff) -> Any:
+        """The meta runner whose cache this expert may continue (LoRA experts), else None."""
+        return None
+
     def decoding(self) -> contextlib.AbstractContextManager:
         """Entered around each answer (LoRA experts swap in merged weights here)."""
         return contextlib.nullcontext()
@@ -103,7 +107,8 @@ class LocalBackend(ExpertBackend):
         consistent = False  # the cache matches runner.ids (not so after an error inside a forward pass)
         try:
             with self.decoding():
-                tokens = plain_tokens(self.loaded.model, ids, max_new_tokens=budget, sampling=sampling, eos_ids=stops, runner=runner)
+                tokens = plain_tokens(self.loaded.model, ids, max_new_tokens=budget, sampling=sampling, eos_ids=stops, runner=runner,
+                                      donor=self.donor(handoff))
                 try:
                     for token in tokens:
                         consistent = True

@@ -93,3 +93,19 @@ def make_lean(model: Any) -> list[LeanLoraLinear]:
         setattr(model.get_submodule(parent_name) if parent_name else model, child, lean)
         swapped.append(lean)
     return swapped
+
+
+def first_adapted_layer(model: Any) -> int | None:
+    """Index of the first decoder layer holding an adapted module; None if an adapted module
+    sits outside the decoder layers (e.g. the embeddings) or nothing is adapted."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils import ModulesToSaveWrapper
+    except ImportError:
+        return None
+    layers = model.get_decoder().layers
+    where = {id(m): i for i, layer in enumerate(layers) for m in layer.modules()}
+    adapted = [m for m in model.modules() if isinstance(m, (LeanLoraLinear, BaseTunerLayer, ModulesToSaveWrapper))]
+    if not adapted or any(id(m) not in where for m in adapted):
+        return None
+    return min(where[id(m)] for m in adapted)
