@@ -55,3 +55,13 @@ def test_expert_add_accepts_all_six(registry):
         row = registry.add_expert(PLUGINS / subject)
         assert row.label == subject
     assert sorted(e.name for e in registry.list_experts(enabled_only=True)) == SHIPPED
+
+
+def test_shipped_adapters_leave_the_lower_layers_alone():
+    """Adapted in the last 8 of 30 layers only, so a switch continues the meta model's cache
+    below them (runtime/shared_prefix.py) instead of recomputing the prompt in every layer."""
+    from etr_hub.backends import ExpertSpec, meta_layer_to_keep
+    from etr_hub.models.refs import ModelRef
+
+    specs = [ExpertSpec(s, ModelRef(kind="peft", path=str(PLUGINS / s / "adapter"))) for s in SHIPPED]
+    assert meta_layer_to_keep(specs) == 22

@@ -45,10 +45,10 @@ def test_summary_and_manifest_record_the_training(world, trained):
     from etr_hub.registry import Registry
 
     s = trained["cooking"]
-    assert s["queries"] == 20 and s["negatives"] == 40 + 50  # two earlier experts' query sets + 50 general prompts
+    assert s["queries"] == 20 and s["negatives"] == 40 + 80  # two earlier experts' query sets + 80 general prompts
     assert s["epochs"] >= 1 and 0 <= s["train_routing_accuracy"] <= 1
     m = Registry.open().get_expert("cooking").manifest
-    assert m["training"]["negatives"] == ["astronomy", "law"] and m["training"]["word_negatives"] == 50
+    assert m["training"]["negatives"] == ["astronomy", "law"] and m["training"]["word_negatives"] == 80
     assert m["training"]["lr"] == 5e-3 and m["training"]["weight_decay"] == 1.0 and m["training"]["epochs"] == s["epochs"]
     assert m["query_set"]["selection_rule"] == "label == 'cooking'"
     assert Path(s["bundle"], "token.safetensors").is_file() and Path(s["bundle"], "adapter").is_dir()

@@ -12,7 +12,8 @@ Steps (each uses the project's own commands; only the LoRA fine-tuning is a scri
  2. LoRA: train_lora.py per subject -> WORK/adapters/<subject> (fp16, r=8 on q/v, top layers).
  3. labelled route (shipped): `etr-hub query-set build S --rule labelled --label S`, then
     `etr-hub train-token S`, then `etr-hub expert export S plugins/S` (+ model card); the
-    query set is built from WORK/pool/S.jsonl (the subject's labelled pool questions).
+    query set is built from WORK/pool/S.jsonl: the subject's labelled pool questions, lettered
+    (as the eval asks them) and, where the stem stands on its own, open (as a user types them).
  4. paper route (compared, not shipped): the same adapters in a second home with
     `etr-hub query-set build S --data paper_pool.jsonl --rule paper --tau T`. Every row of a
     paper-route pool costs a forward pass of the meta model and of each of the six experts,
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,6 +67,7 @@ DESCRIPTIONS = {
 MAX_QUERY_CHARS = 500  # long reading passages cost LoRA time and teach little about the domain
 TRAIN_SIZE = 120  # examples per expert (own training part first, then related subjects)
 DISTRACTORS = 150
+QUERY_SET_SIZE = 200  # labelled route: lettered and open forms of the subject's pool questions
 PAPER_POOL = (8, 24)  # paper route: per-subject pool questions, distractors (each row costs 7 scoring passes)
 
 
@@ -95,6 +98,19 @@ def pair(q: Question) -> dict:
     return {"query": render_query(q), "response": render_response(q), "label": q.subject}
 
 
+# Stems that read as a question on their own (not "Which of the following…", not a blank to fill).
+SELF_CONTAINED = re.compile(r"following|of these|above|_{2,}|statement", re.IGNORECASE)
+
+
+def open_pair(q: Question) -> dict | None:
+    """The question as a user would type it in a chat: the stem alone, answered by the option's
+    text. Routing states of these teach a token open questions too, not only lettered ones."""
+    stem = " ".join(q.question.split())
+    if SELF_CONTAINED.search(stem) or not 25 <= len(stem) <= 300:
+        return None
+    return {"query": stem, "response": q.choices[q.answer_index].strip(), "label": q.subject}
+
+
 def prepare_data(data: Path, work: Path, seed: int) -> dict:
     by_split = {split: read_mmlu_dir(data / split) for split in ("dev", "val", "test")}
     every: dict[str, list[Question]] = {}
@@ -112,7 +128,9 @@ def prepare_data(data: Path, work: Path, seed: int) -> dict:
         write_jsonl(work / "train" / f"{subject}.jsonl", own + [pair(q) for q in extra])
         counts[subject]["train_related"] = len(extra)
         pool += [pair(q) for q in parts["pool"]]
-        write_jsonl(work / "pool" / f"{subject}.jsonl", [pair(q) for q in parts["pool"]])
+        opened = [r for r in map(open_pair, parts["pool"]) if r is not None]
+        write_jsonl(work / "pool" / f"{subject}.jsonl", [pair(q) for q in parts["pool"]] + opened)
+        counts[subject]["pool_open"] = len(opened)
         write_mmlu_csv(work / "dev_eval" / f"{subject}_test.csv", parts["eval"])
     used = set(MMLU_EXPERT_SUBJECTS) | {s for v in RELATED.values() for s in v}
     others = {s: [q for q in qs if len(render_query(q)) <= MAX_QUERY_CHARS] for s, qs in by_split["test"].questions.items() if s not in used}
@@ -207,7 +225,7 @@ def main() -> None:
     builds = {}
     for subject in MMLU_EXPERT_SUBJECTS:
         builds[subject] = run([cli, "query-set", "build", subject, "--expert", str(work / "adapters" / subject), "--data", str(work / "pool" / f"{subject}.jsonl"),
-                               "--rule", "labelled", "--label", subject, "--size", "100", "--seed", str(args.seed), "--batch-size", "16", "--json"], home, log)
+                               "--rule", "labelled", "--label", subject, "--size", str(QUERY_SET_SIZE), "--seed", str(args.seed), "--batch-size", "16", "--json"], home, log)
     for subject in MMLU_EXPERT_SUBJECTS:  # a re-run trains every token afresh, in the same order
         if _registered(cli, home, subject):
             run([cli, "expert", "remove", subject, "--yes"], home, log)
