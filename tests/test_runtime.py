@@ -439,6 +439,18 @@ def test_upper_layer_lora_continues_the_meta_cache(tiny, layers, continues):
     assert all(w == 1 for w in widths[1:])
 
 
+def test_meta_runner_keeps_the_residual_in_step_with_its_cache(tiny):
+    from etr_hub.runtime.decode import CausalRunner
+
+    assert CausalRunner(tiny.meta.model, keep_layer=5).keep_layer is None  # a bundle naming a layer the model lacks
+    runner = CausalRunner(tiny.meta.model, keep_layer=1)
+    runner.feed(tiny.prompt[:5])
+    runner.feed(tiny.prompt[5:7])
+    assert runner.residual().shape == (1, 7, tiny.hidden)
+    runner.truncate(4, compact=True)
+    assert runner.residual().shape == (1, 4, tiny.hidden) and runner.length == 4
+
+
 def test_continuing_the_meta_cache_is_refused_when_it_would_not_be_exact(tiny):
     """The load-time check: a meta model that differs below the adapted layers (here: another
     model posing as the meta) makes the expert recompute its prompt instead."""

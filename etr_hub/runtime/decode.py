@@ -65,7 +65,8 @@ class CausalRunner:
         self.ids: list[int] = []
         # The residual stream entering decoder layer `keep_layer`, one (1, t, C) chunk per feed:
         # a LoRA expert adapted only from that layer on continues from it (see shared_prefix.py).
-        self.keep_layer = keep_layer
+        layers = getattr(self.decoder, "layers", None)  # Llama-style decoders; others keep nothing
+        self.keep_layer = keep_layer if keep_layer is not None and layers is not None and 0 < keep_layer < len(layers) else None
         self._residual: list[torch.Tensor] = []
 
     @property

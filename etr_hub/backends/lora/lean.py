@@ -103,7 +103,9 @@ def first_adapted_layer(model: Any) -> int | None:
         from peft.utils import ModulesToSaveWrapper
     except ImportError:
         return None
-    layers = model.get_decoder().layers
+    layers = getattr(model.get_decoder(), "layers", None)
+    if layers is None:
+        return None
     where = {id(m): i for i, layer in enumerate(layers) for m in layer.modules()}
     adapted = [m for m in model.modules() if isinstance(m, (LeanLoraLinear, BaseTunerLayer, ModulesToSaveWrapper))]
     if not adapted or any(id(m) not in where for m in adapted):
