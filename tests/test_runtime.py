@@ -437,6 +437,8 @@ def test_upper_layer_lora_continues_the_meta_cache(tiny, layers, continues):
     prompt = len(tiny.prompt) + k
     assert widths[0] == (1 if continues else prompt)  # layer 0 never re-reads the prompt when it continues
     assert all(w == 1 for w in widths[1:])
+    again = hub.chat(QUESTION, max_new_tokens=MAX_NEW)  # now its own prefix cache holds the prompt, too
+    assert again.text == result.text
 
 
 def test_meta_runner_keeps_the_residual_in_step_with_its_cache(tiny):
