@@ -49,10 +49,13 @@ def feed_from_donor(runner: CausalRunner, donor: CausalRunner, ids: Sequence[int
     shared = common_prefix(donor.ids, [*runner.ids, *ids])
     if k is None or residual is None or shared <= start:
         return None, list(ids)
+    lower = donor.cache.layers[:k]
+    if any(getattr(layer, "keys", None) is None or layer.keys.shape[-2] != donor.length for layer in lower):  # e.g. a sliding window
+        return None, list(ids)
     cache = runner.ensure_cache()
     with only_layers_from(runner.decoder, k):  # layers >= k over the new positions, from the meta's residual
         out = runner.decoder(inputs_embeds=residual[:, start:shared], past_key_values=cache, use_cache=True)
-    for i, layer in enumerate(donor.cache.layers[:k]):  # layers < k: the meta's keys/values as they are
+    for i, layer in enumerate(lower):  # layers < k: the meta's keys/values as they are
         cache.update(layer.keys[:, :, start:shared], layer.values[:, :, start:shared], i)  # (B, H, S, D) each
     runner.ids.extend(ids[: shared - start])
     return out.last_hidden_state[:, -1], list(ids[shared - start :])  # (1, C)
