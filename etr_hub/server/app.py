@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -225,37 +226,37 @@ async def _events(job: Job) -> AsyncIterator[Any]:
 
 
 async def _chat_events(job: Job, rid: str, created: int, model: str, include_usage: bool) -> AsyncIterator[str]:
-    yield _sse(p.chat_chunk(rid, created, model, {"role": "assistant", "content": ""}))
-    async for item in _events(job):
-        if item is None:
-            yield ": waiting\n\n"
-        elif isinstance(item, TextDelta):
-            yield _sse(p.chat_chunk(rid, created, model, {"content": item.text}, etr_source=item.source))
-        elif isinstance(item, Switch):
-            yield _sse(p.chat_chunk(rid, created, model, etr_switch=item.switch.to_json()))
-        elif isinstance(item, Warning):
-            yield _sse(p.chat_chunk(rid, created, model, etr_warning=item.message))
-        elif isinstance(item, Done):
-            yield _sse(p.chat_chunk(rid, created, model, finish=item.result.finish_reason, etr_route=p.route_record(item.result)))
-            if include_usage:
-                yield _sse(p.usage_chunk(rid, created, model, "chat.completion.chunk", item.result))
-        elif isinstance(item, Failed):
-            yield _sse(_failure(item).body())
-    yield _sse("[DONE]")
+    chunk = functools.partial(p.chat_chunk, rid, created, model)
+    yield _sse(chunk({"role": "assistant", "content": ""}))
+    usage = functools.partial(p.usage_chunk, rid, created, model, "chat.completion.chunk") if include_usage else None
+    async for line in _sse_events(job, chunk, lambda text: {"delta": {"content": text}}, usage, warnings=True):
+        yield line
 
 
 async def _completion_events(job: Job, rid: str, created: int, model: str, include_usage: bool) -> AsyncIterator[str]:
+    chunk = functools.partial(p.completion_chunk, rid, created, model)
+    usage = functools.partial(p.usage_chunk, rid, created, model, "text_completion") if include_usage else None
+    async for line in _sse_events(job, chunk, lambda text: {"text": text}, usage, warnings=False):
+        yield line
+
+
+async def _sse_events(job: Job, chunk: Callable[..., dict], text: Callable[[str], dict], usage: Callable[[Any], dict] | None,
+                      *, warnings: bool) -> AsyncIterator[str]:
+    """The job's events as one endpoint's SSE chunks: `chunk(**fields)` builds a chunk, `text(t)` the
+    fields that carry text, `usage(result)` the closing usage chunk when the client asked for it."""
     async for item in _events(job):
         if item is None:
             yield ": waiting\n\n"
         elif isinstance(item, TextDelta):
-            yield _sse(p.completion_chunk(rid, created, model, item.text, etr_source=item.source))
+            yield _sse(chunk(**text(item.text), etr_source=item.source))
         elif isinstance(item, Switch):
-            yield _sse(p.completion_chunk(rid, created, model, etr_switch=item.switch.to_json()))
+            yield _sse(chunk(etr_switch=item.switch.to_json()))
+        elif isinstance(item, Warning) and warnings:
+            yield _sse(chunk(etr_warning=item.message))
         elif isinstance(item, Done):
-            yield _sse(p.completion_chunk(rid, created, model, finish=item.result.finish_reason, etr_route=p.route_record(item.result)))
-            if include_usage:
-                yield _sse(p.usage_chunk(rid, created, model, "text_completion", item.result))
+            yield _sse(chunk(finish=item.result.finish_reason, etr_route=p.route_record(item.result)))
+            if usage is not None:
+                yield _sse(usage(item.result))
         elif isinstance(item, Failed):
             yield _sse(_failure(item).body())
     yield _sse("[DONE]")
