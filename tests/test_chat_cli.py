@@ -4,28 +4,37 @@ with one LoRA expert whose token is set to win on QUESTION."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 
 import pytest
-from runtime_support import QUESTION, add_expert, lively_llama, routing_states, row_winning_at
+from runtime_support import QUESTION, CompletionsServer, add_expert, lively_llama, routing_states, row_winning_at
 from tiny_models import make_tiny_lora
 
 from etr_hub.models.chat import routing_prompt_ids
 from etr_hub.models.loading import load_causal_lm
 from etr_hub.models.refs import ModelRef
 from etr_hub.registry.meta import register_meta_model
-from tests.conftest import run_cli
+from tests.conftest import etr_hub_cmd, run_cli
 
 ASK = QUESTION[0]["content"]
 
 
-@pytest.fixture
-def hub_with_expert(registry, tmp_path):
+def meta_and_winning_row(registry, tmp_path):
+    """A tiny meta model registered in `registry`, and an expert row that wins at QUESTION's first token."""
     path = lively_llama(tmp_path / "meta")
     ref = ModelRef(kind="local", path=str(path))
     meta_row = register_meta_model(registry, ref)
     meta = load_causal_lm(ref)
     prompt = routing_prompt_ids(meta.tokenizer, QUESTION)[0]
-    row = row_winning_at(routing_states(meta.model, prompt)[len(prompt) - 1 :], 0)  # wins at the first token
+    return path, meta_row, row_winning_at(routing_states(meta.model, prompt)[len(prompt) - 1 :], 0)
+
+
+@pytest.fixture
+def hub_with_expert(registry, tmp_path):
+    path, meta_row, row = meta_and_winning_row(registry, tmp_path)
     adapter = make_tiny_lora(path, tmp_path / "lora", seed=1)
     add_expert(registry, "astro", row, ModelRef(kind="peft", path="adapter"), fingerprint=meta_row.fingerprint, hidden=32, adapter=adapter)
     return registry
@@ -72,3 +81,30 @@ def test_bad_input_is_one_line(args, message):
     assert res.returncode != 0
     assert res.stderr.strip().splitlines()[-1].startswith(message), res.stderr
     assert "Traceback" not in res.stderr and res.stdout == ""
+
+
+def test_ctrl_c_stops_the_answer_and_keeps_the_session(registry, tmp_path):
+    """SIGINT while an expert is answering (a remote one that takes its time) ends that answer
+    only: the session goes on reading commands and exits cleanly."""
+    _, meta_row, row = meta_and_winning_row(registry, tmp_path)
+    with CompletionsServer(delay_s=30) as server:
+        ref = ModelRef(kind="openai", url=server.url, model="tiny-remote", timeout_s=60)
+        add_expert(registry, "slow", row, ref, fingerprint=meta_row.fingerprint, hidden=32)
+        proc = subprocess.Popen([*etr_hub_cmd(), "chat", "--max-new-tokens", "6"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+        try:
+            proc.stdin.write(ASK + "\n")
+            proc.stdin.flush()
+            deadline = time.monotonic() + 60
+            while not server.requests:  # the answer has been handed to the expert, which is still thinking
+                assert proc.poll() is None and time.monotonic() < deadline, "the chat never asked the expert"
+                time.sleep(0.1)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate("/experts\n/exit\n", timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert time.monotonic() - started < 25  # not after the expert's 30 s
+    assert "(answer stopped)" in err and "Traceback" not in err
+    assert "experts on" in err  # the session read the next command
