@@ -90,8 +90,10 @@ def test_ctrl_c_stops_the_answer_and_keeps_the_session(registry, tmp_path):
     with CompletionsServer(delay_s=30) as server:
         ref = ModelRef(kind="openai", url=server.url, model="tiny-remote", timeout_s=60)
         add_expert(registry, "slow", row, ref, fingerprint=meta_row.fingerprint, hidden=32)
+        # as from a terminal: test runners (pytest-xdist workers) may ignore SIGINT, and children inherit that
         proc = subprocess.Popen([*etr_hub_cmd(), "chat", "--max-new-tokens", "6"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+                                stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             proc.stdin.write(ASK + "\n")
             proc.stdin.flush()
