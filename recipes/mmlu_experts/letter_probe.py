@@ -1,15 +1,19 @@
-"""Why the shipped adapters do not beat the meta model on MMLU letters: three measurements.
+"""Why the shipped adapters do not beat the meta model on MMLU: what a 135M model knows, and
+whether a small adapter can add to it.
 
-    python recipes/mmlu_experts/letter_probe.py [--eval-dir .work/mmlu/dev_eval] [--n 600] [--epochs 3]
+    python recipes/mmlu_experts/letter_probe.py [--objective letters|options] [--n 600] [--epochs 3]
 
 On the recipe's development-evaluation questions, with the embedded meta model:
  1. letter scoring (what `etr-hub eval mmlu` does): accuracy and which letters it picks;
- 2. option-text likelihood (cloze: the option's mean token log-probability after the bare
-    stem): how much of the knowledge the model has at all;
- 3. a LoRA (r=8 on q/v of the last 8 layers, as the shipped experts) trained directly on the
-    letter choice of `--n` MMLU questions of OTHER subjects (4-way cross-entropy on the letter
-    only), evaluated after each epoch. The residual stream entering the first adapted layer is
-    computed once per question (the lower layers are frozen), so each epoch runs 8 of 30 layers.
+ 2. option-text likelihood (cloze: each option's mean token log-probability after the bare stem,
+    the formulation small models are usually measured with): how much of the knowledge it has;
+ 3. a LoRA shaped like the shipped experts (r=8 on q/v of the last 8 layers) trained on `--n`
+    MMLU questions of OTHER subjects, evaluated after each epoch, with `--objective`:
+    `letters` — 4-way cross-entropy on the letter after "Answer:" (scored as in 1.);
+    `options` — 4-way cross-entropy over the options' cloze scores (scored as in 2.).
+The residual stream entering the first adapted layer is computed once per sequence (the lower
+layers are frozen), so each epoch runs 8 of the 30 layers; 1. and 2. are the same code with the
+adapter still a no-op (LoRA's B starts at zero).
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+ADAPTED_LAYERS = 8
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eval-dir", type=Path, default=ROOT / ".work" / "mmlu" / "dev_eval")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mmlu", help="dev/ val/ test/ MMLU CSVs")
+    ap.add_argument("--objective", choices=("letters", "options"), default="letters")
     ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -56,28 +62,65 @@ def main() -> None:
     tok, model = meta.tokenizer, meta.model
     dec, head = model.get_decoder(), model.get_output_embeddings()
     _, letters = letter_ids(tok)
+    n_layers = model.config.num_hidden_layers
+    first = n_layers - ADAPTED_LAYERS
+
+    def sequences(q, objective: str) -> tuple[list[list[int]], list[int]]:
+        """(token ids of each sequence to run, where the scored part starts in each)."""
+        if objective == "letters":  # one sequence; the letter is the next token after its end
+            ids = scoring_prompt_ids(tok, render_query(q))
+            return [ids], [len(ids)]
+        prompt, _ = routing_prompt_ids(tok, q.question.strip())
+        options = [list(tok(" " + c.strip(), add_special_tokens=False)["input_ids"]) or [tok.eos_token_id] for c in q.choices]
+        return [prompt + o for o in options], [len(prompt)] * len(options)
+
+    @torch.no_grad()
+    def residuals(qs, objective: str) -> list[tuple[list[torch.Tensor], list[list[int]], list[int]]]:
+        """Per question: the residual entering layer `first` of each of its sequences ((T_s, C) each)."""
+        out = []
+        for q in qs:
+            seqs, starts = sequences(q, objective)
+            ids, mask = right_pad(seqs, 0)  # (S, T)
+            kept = []
+            hook = dec.layers[first].register_forward_pre_hook(
+                lambda m, a, kw, kept=kept: kept.append((a[0] if a else kw["hidden_states"]).detach()), with_kwargs=True)
+            try:
+                dec(input_ids=ids, attention_mask=mask)
+            finally:
+                hook.remove()
+            out.append(([kept[0][s, : len(seq)].clone() for s, seq in enumerate(seqs)], seqs, starts))
+        return out
+
+    def option_scores(upper, items, objective: str, grad: bool) -> torch.Tensor:
+        """(B, 4) scores of a batch of questions: letter log-probabilities, or options' mean token log-probabilities."""
+        flat = [(r, seq, start) for res, seqs, starts in items for r, seq, start in zip(res, seqs, starts)]
+        lens = [r.shape[0] for r, _, _ in flat]
+        x = torch.zeros(len(flat), max(lens), flat[0][0].shape[1])  # (S, T, C)
+        mask = torch.zeros(len(flat), max(lens), dtype=torch.long)  # (S, T)
+        for i, (r, _, _) in enumerate(flat):
+            x[i, : len(r)], mask[i, : len(r)] = r, 1
+        with torch.set_grad_enabled(grad), only_layers_from(upper, first):
+            h = upper(inputs_embeds=x, attention_mask=mask).last_hidden_state  # (S, T, C)
+        if objective == "letters":  # one sequence per question
+            last = h[torch.arange(len(flat)), torch.tensor(lens) - 1]  # (B, C)
+            return torch.log_softmax(head(last).float(), -1)[:, letters]  # (B, 4)
+        scores = []
+        for i, (_, seq, start) in enumerate(flat):
+            logp = torch.log_softmax(head(h[i, start - 1 : len(seq) - 1]).float(), -1)  # (t, V)
+            scores.append(logp.gather(1, torch.tensor(seq[start:])[:, None]).mean())
+        return torch.stack(scores).view(len(items), -1)  # (B, 4)
+
+    def accuracy(upper, items, objective: str, gold: torch.Tensor) -> tuple[float, torch.Tensor]:
+        with torch.no_grad():
+            pred = torch.cat([option_scores(upper, items[i : i + 32], objective, False).argmax(1) for i in range(0, len(items), 32)])
+        return (pred == gold).float().mean().item(), pred
+
+    def picks(pred: torch.Tensor) -> dict:
+        return dict(sorted(collections.Counter("ABCD"[i] for i in pred.tolist()).items()))
+
     evalq = [q for qs in read_mmlu_dir(args.eval_dir).questions.values() for q in qs]
     gold = torch.tensor([q.answer_index for q in evalq])
     print(f"{len(evalq)} evaluation questions; gold letters {dict(sorted(collections.Counter(q.answer for q in evalq).items()))}")
-
-    # 2. cloze: mean log-probability of each option's text after the stem
-    right = 0
-    with torch.no_grad():
-        for q in evalq:
-            prompt, _ = routing_prompt_ids(tok, q.question.strip())
-            seqs = [prompt + list(tok(" " + c.strip(), add_special_tokens=False)["input_ids"]) for c in q.choices]
-            ids, mask = right_pad(seqs, 0)  # (4, T)
-            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)  # (4, T, V)
-            means = []
-            for i, s in enumerate(seqs):
-                target = torch.tensor(s[len(prompt):])  # (t,)
-                means.append(float(logp[i, len(prompt) - 1 : len(s) - 1].gather(1, target[:, None]).mean()))
-            right += int(max(range(4), key=means.__getitem__) == q.answer_index)
-    cloze = right / len(evalq)
-
-    # 3. residuals entering the first adapted layer, once
-    n_layers = model.config.num_hidden_layers
-    first = n_layers - 8
     pool: dict[str, list] = {}
     eval_keys = {q.key for q in evalq}
     for split in ("dev", "val", "test"):
@@ -86,74 +129,44 @@ def main() -> None:
                 pool.setdefault(subject, []).extend(q for q in qs if len(render_query(q)) <= 500 and q.key not in eval_keys)
     train = pick_distractors(pool, args.n, seed=0)
 
-    @torch.no_grad()
-    def residuals(qs):
-        out = []
-        for i in range(0, len(qs), 16):
-            prompts = [scoring_prompt_ids(tok, render_query(q)) for q in qs[i : i + 16]]
-            ids, mask = right_pad(prompts, 0)  # (B, T)
-            kept = []
-            hook = dec.layers[first].register_forward_pre_hook(
-                lambda m, a, kw, kept=kept: kept.append((a[0] if a else kw["hidden_states"]).detach()), with_kwargs=True)
-            try:
-                dec(input_ids=ids, attention_mask=mask)
-            finally:
-                hook.remove()
-            out += [kept[0][b, : len(p)].clone() for b, p in enumerate(prompts)]  # (T_b, C) each
-        return out
-
     t0 = time.perf_counter()
-    train_res, eval_res = residuals(train), residuals(evalq)
-    print(f"residuals of {len(train) + len(evalq)} questions: {time.perf_counter() - t0:.0f} s")
-    y_train = torch.tensor([q.answer_index for q in train])
+    eval_items = {objective: residuals(evalq, objective) for objective in ("letters", "options")}
+    train_items = residuals(train, args.objective)
+    print(f"residuals of {len(train)} + {len(evalq)} questions: {time.perf_counter() - t0:.0f} s", flush=True)
     peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
                                             layers_to_transform=list(range(first, n_layers)), task_type="CAUSAL_LM"))
     upper = peft.get_base_model().get_decoder()
+    peft.eval()
+    letter_acc, pred = accuracy(upper, eval_items["letters"], "letters", gold)
+    print(f"meta model, letter scoring: {letter_acc:.1%} (picks {picks(pred)})")
+    cloze_acc, _ = accuracy(upper, eval_items["options"], "options", gold)
+    print(f"meta model, option-text likelihood (cloze): {cloze_acc:.1%}", flush=True)
+
     params = [p for p in peft.parameters() if p.requires_grad]
-
-    def letter_logp(batch, grad: bool):
-        lens = [r.shape[0] for r in batch]
-        x = torch.zeros(len(batch), max(lens), batch[0].shape[1])  # (B, T, C)
-        mask = torch.zeros(len(batch), max(lens), dtype=torch.long)  # (B, T)
-        for b, r in enumerate(batch):
-            x[b, : len(r)], mask[b, : len(r)] = r, 1
-        with torch.set_grad_enabled(grad), only_layers_from(upper, first):
-            h = upper(inputs_embeds=x, attention_mask=mask).last_hidden_state  # (B, T, C)
-        last = h[torch.arange(len(batch)), torch.tensor(lens) - 1]  # (B, C)
-        return torch.log_softmax(head(last).float(), -1)[:, letters]  # (B, 4)
-
-    def evaluate():
-        peft.eval()
-        with torch.no_grad():
-            pred = torch.cat([letter_logp(eval_res[i : i + 32], False).argmax(1) for i in range(0, len(eval_res), 32)])
-        return (pred == gold).float().mean().item(), pred
-
-    letter_acc, pred = evaluate()  # the adapter starts as a no-op (B = 0): this is the meta model
-    picks = dict(sorted(collections.Counter("ABCD"[i] for i in pred.tolist()).items()))
-    print(f"meta model, letter scoring: {letter_acc:.1%} (picks {picks})")
-    print(f"meta model, option-text likelihood (cloze): {cloze:.1%}")
+    y_train = torch.tensor([q.answer_index for q in train])
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    steps = args.epochs * -(-len(train_res) // args.batch_size)
+    steps = args.epochs * -(-len(train_items) // args.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10) * max(0.0, 1 - s / steps))
     rng = random.Random(0)
     for epoch in range(args.epochs):
         peft.train()
-        order = list(range(len(train_res)))
+        order = list(range(len(train_items)))
         rng.shuffle(order)
         total, t0 = 0.0, time.perf_counter()
         for i in range(0, len(order), args.batch_size):
             batch = order[i : i + args.batch_size]
-            loss = torch.nn.functional.cross_entropy(letter_logp([train_res[j] for j in batch], True), y_train[batch])
+            loss = torch.nn.functional.cross_entropy(option_scores(upper, [train_items[j] for j in batch], args.objective, True), y_train[batch])
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             total += loss.item() * len(batch)
-        acc, pred = evaluate()
-        picks = dict(sorted(collections.Counter("ABCD"[i] for i in pred.tolist()).items()))
-        print(f"LoRA trained on letters, epoch {epoch + 1}: train loss {total / len(order):.3f} (chance 1.386), "
-              f"eval letter accuracy {acc:.1%} (picks {picks}); {time.perf_counter() - t0:.0f} s")
+        peft.eval()
+        acc, pred = accuracy(upper, eval_items[args.objective], args.objective, gold)
+        scored, chance = ("letter", " (chance: ln 4 = 1.386)") if args.objective == "letters" else ("cloze", "")
+        print(f"LoRA trained on {args.objective}, epoch {epoch + 1}: train loss {total / len(order):.3f}{chance}, "
+              f"eval {scored} accuracy {acc:.1%} (picks {picks(pred)}); {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
