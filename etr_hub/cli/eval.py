@@ -1,4 +1,4 @@
-"""`etr-hub eval mmlu`: the MMLU-Expert evaluation (routing and answer accuracy, baselines)."""
+"""`etr-hub eval mmlu|tasks`: routing and answer accuracy against baselines (MMLU-Expert; open-answer tasks)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _parse_map(items: list[str]) -> dict[str, str]:
+def _parse_map(items: list[str], what: str = "SUBJECT") -> dict[str, str]:
     mapping = {}
     for item in items:
         subject, sep, expert = item.partition("=")
         if not sep or not subject.strip() or not expert.strip():
-            raise EtrHubError(f"--map '{item}' is not SUBJECT=EXPERT", "write e.g. --map astronomy=astro-expert")
+            raise EtrHubError(f"--map '{item}' is not {what}=EXPERT", "write e.g. --map astronomy=astro-expert")
         mapping[subject.strip()] = expert.strip()
     return mapping
 
@@ -65,13 +65,50 @@ def mmlu(
     _show(report)
 
 
-def _show(r: dict) -> None:
+@app.command("tasks")
+def tasks(
+    data: Path = typer.Option(..., "--data", help="JSONL, one {\"question\", \"answer\", \"task\"} per line (optional \"kind\": integer, integer_list, roman, binary, hex)."),
+    mapping: list[str] = typer.Option(None, "--map", help="TASK=EXPERT, overriding the experts' manifest labels (repeatable)."),
+    plot: Path = typer.Option(None, "--plot", help="Write the routing confusion heat map and per-task accuracy as a PNG."),
+    general_prompts: Path = typer.Option(None, "--general-prompts", help="JSONL of everyday prompts ('query', 'split'); default: the project's own."),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the prompt-based and embedding routers."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=4096, help="Longest generated answer (greedy)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, max=1024),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random-expert baseline."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Route open-answer questions with the experts' tokens, generate the answers, and score them against baselines."""
+    from etr_hub.cli.progress import bar_factory
+    from etr_hub.eval.run import GENERAL_PROMPTS
+    from etr_hub.eval.tasks import TaskOptions, evaluate_tasks
+    from etr_hub.registry import Registry
+
+    if general_prompts is not None and not general_prompts.is_file():
+        raise EtrHubError(f"--general-prompts {general_prompts} does not exist", "pass a JSONL file with 'query' and 'split' fields")
+    opts = TaskOptions(data=data, mapping=_parse_map(mapping or [], "TASK"), general_prompts=general_prompts or GENERAL_PROMPTS,
+                       batch_size=batch_size, max_new_tokens=max_new_tokens, baselines=not no_baselines, seed=seed)
+    reg = Registry.open()
+    with bar_factory(quiet=json_out) as bars:
+        report = evaluate_tasks(reg, opts, progress=bars, status=None if json_out else lambda m: err.print(f"[dim]{m}[/dim]"))
+    if plot is not None:
+        from etr_hub.eval.plot import plot_report
+
+        report["plot"] = str(plot_report(report, plot))
+    for w in report["warnings"]:
+        warn(w)
+    if json_out:
+        print_json(report)
+        return
+    _show(report, per_key="per_task", title="tasks")
+
+
+def _show(r: dict, per_key: str = "per_subject", title: str = "MMLU-Expert") -> None:
     from rich.table import Table
 
     if r["routing_accuracy"] is None:
         out.print(f"meta model alone: answer accuracy {_pct(r['accuracy'])} on {r['n']} questions", highlight=False)
         return
-    t = Table(title=f"MMLU-Expert: {r['n']} questions, {len(r['experts'])} experts, meta {r['meta']}")
+    t = Table(title=f"{title}: {r['n']} questions, {len(r['experts'])} experts, meta {r['meta']}")
     for col in ("method", "routing accuracy", "answer accuracy", "fire rate"):
         t.add_column(col, justify="left" if col == "method" else "right")
     t.add_row("[bold]ETR (expert tokens)[/bold]", _pct(r["routing_accuracy"]), _pct(r["accuracy"]), _pct(r["fire_rate"]))
@@ -84,15 +121,16 @@ def _show(r: dict) -> None:
         t.add_row("static: all tokens trained together", _pct(d["static"]["routing_accuracy"]), _pct(d["static"]["accuracy"]), _pct(d["static"]["fire_rate"]))
         t.add_row(f"dynamic: {', '.join(d['added_later'])} added later", _pct(d["dynamic"]["routing_accuracy"]), _pct(d["dynamic"]["accuracy"]), _pct(d["dynamic"]["fire_rate"]))
     out.print(t)
-    s = Table(title="per subject")
-    for col in ("subject", "n", "expert", "routing", "fire", "meta acc", "ETR acc", "oracle acc"):
-        s.add_column(col, justify="left" if col in ("subject", "expert") else "right")
-    for subject, p in r["per_subject"].items():
+    what = "task" if per_key == "per_task" else "subject"
+    s = Table(title=f"per {what}")
+    for col in (what, "n", "expert", "routing", "fire", "meta acc", "ETR acc", "oracle acc"):
+        s.add_column(col, justify="left" if col in (what, "expert") else "right")
+    for subject, p in r[per_key].items():
         s.add_row(subject, str(p["n"]), p["expert"] or "-", _pct(p.get("routing_accuracy")), _pct(p.get("fire_rate")),
                   _pct(p["meta_accuracy"]), _pct(p["accuracy"]), _pct(p.get("oracle_accuracy")))
     out.print(s)
-    c = Table(title="routing confusion (rows: subject, columns: winning expert token)")
-    c.add_column("subject")
+    c = Table(title=f"routing confusion (rows: {what}, columns: winning expert token)")
+    c.add_column(what)
     for e in r["experts"]:
         c.add_column(e[:14], justify="right")
     for subject, row in r["confusion"].items():
@@ -104,6 +142,8 @@ def _show(r: dict) -> None:
         lines.append(f"false-fire rate on {g['n']} everyday prompts: {_pct(r['false_fire_rate'])} ({g['fired']} fired)")
     if r.get("gap_closed") is not None:
         lines.append(f"ETR closes {100 * r['gap_closed']:.0f}% of the meta → oracle answer-accuracy gap")
+    elif r.get("gap_closed_reason"):
+        lines.append(f"gap closed: not defined — {r['gap_closed_reason']}")
     if d:
         lines.append(f"plug-and-play: routing drop {d['routing_drop_points']:+.2f} points, answer-accuracy drop {d['accuracy_drop_points']:+.2f} points (static − dynamic)")
     if r.get("plot"):

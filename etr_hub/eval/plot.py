@@ -27,26 +27,28 @@ def plot_report(report: dict, path: Path) -> Path:
     ax.set_xticks(range(len(experts)), [e.replace("_", "\n") for e in experts], fontsize=8)
     ax.set_yticks(range(len(subjects)), [s.replace("_", " ") for s in subjects], fontsize=8)
     ax.set_xlabel("expert token that wins")
-    ax.set_ylabel("question subject")
+    ax.set_ylabel("question subject" if "per_subject" in report else "task")
     for i, row in enumerate(counts):
         for j, c in enumerate(row):
             ax.text(j, i, f"{shares[i][j]:.0%}\n({c})", ha="center", va="center", fontsize=7, color="white" if shares[i][j] > 0.5 else "black")
     ax.set_title(f"ETR routing (accuracy {report['routing_accuracy']:.1%}, n={report['n']})")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
 
-    per = report["per_subject"]
+    per = report.get("per_subject") or report["per_task"]
+    mmlu = "per_subject" in report
     width = 0.27
     xs = range(len(subjects))
     for k, (key, label) in enumerate([("meta_accuracy", "meta alone"), ("accuracy", "ETR"), ("oracle_accuracy", "oracle expert")]):
         bx.bar([x + (k - 1) * width for x in xs], [per[s][key] for s in subjects], width, label=label)
-    bx.axhline(0.25, color="grey", linestyle=":", linewidth=1, label="chance (25%)")
+    if mmlu:
+        bx.axhline(0.25, color="grey", linestyle=":", linewidth=1, label="chance (25%)")
     bx.set_xticks(list(xs), [s.replace("_", "\n") for s in subjects], fontsize=8)
     bx.set_ylim(0, 1)
-    bx.set_ylabel("answer accuracy (letter scoring)")
+    bx.set_ylabel("answer accuracy (letter scoring)" if mmlu else "answer accuracy (exact match, greedy)")
     b = report["baselines"]
     bx.set_title(f"answers: meta {b['meta']['accuracy']:.1%}, ETR {report['accuracy']:.1%}, oracle {b['oracle']['accuracy']:.1%}")
     bx.legend(fontsize=8, loc="upper right")
-    fig.suptitle(f"MMLU-Expert on {report.get('meta', 'the meta model')}", fontsize=11)
+    fig.suptitle(f"{'MMLU-Expert' if mmlu else 'Tasks'} on {report.get('meta', 'the meta model')}", fontsize=11)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

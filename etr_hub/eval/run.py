@@ -212,7 +212,7 @@ class Evaluator:
             report["confusion"][s] = {n: int((winner[m] == k).sum()) for k, n in enumerate(names)}
             report["expert_accuracy"][s] = {n: _mean(ok[k][m]) for k, n in enumerate(names)}
         meta_acc, oracle_acc = _mean(meta_ok), _mean(oracle_ok)
-        report["gap_closed"] = (report["accuracy"] - meta_acc) / (oracle_acc - meta_acc) if oracle_acc != meta_acc else None
+        report["gap_closed"], report["gap_closed_reason"] = gap_closed(meta_acc, oracle_acc, report["accuracy"])
         baselines = {
             "meta": {"routing_accuracy": None, "accuracy": meta_acc},
             "oracle": {"routing_accuracy": 1.0, "accuracy": oracle_acc},
@@ -335,6 +335,16 @@ class Evaluator:
         return {"static": s, "dynamic": d, "added_later": [experts[k].name for k in later],
                 "routing_drop_points": round(100 * (s["routing_accuracy"] - d["routing_accuracy"]), 2),
                 "accuracy_drop_points": round(100 * (s["accuracy"] - d["accuracy"]), 2)}
+
+
+def gap_closed(meta: float | None, oracle: float | None, etr: float | None) -> tuple[float | None, str | None]:
+    """(ETR − meta) / (oracle − meta), the paper's share of the meta → oracle gap that routing closes;
+    None with the reason when there is no gap to close (the oracle expert is no better than the meta model)."""
+    if meta is None or oracle is None or etr is None:
+        return None, "not measured"
+    if oracle <= meta:
+        return None, f"the oracle expert ({100 * oracle:.1f}%) is no better than the meta model alone ({100 * meta:.1f}%): no gap to close"
+    return (etr - meta) / (oracle - meta), None
 
 
 def _mean(x: torch.Tensor) -> float | None:

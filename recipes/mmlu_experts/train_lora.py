@@ -34,17 +34,21 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=320)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, cuda:1, mps)")
+    ap.add_argument("--save-every", type=int, default=0, help="save the adapter every N steps (resumable with --resume)")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT's adapter and train_state.json (same data and settings)")
     args = ap.parse_args()
 
     import torch
     from peft import LoraConfig, get_peft_model
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from etr_hub.models.chat import prompt_and_response_ids
     from etr_hub.models.loading import load_causal_lm
     from etr_hub.models.refs import ModelRef
 
-    torch.set_num_threads(args.threads)
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     meta = load_causal_lm(ModelRef.parse("embedded:smollm2-135m-instruct"), role="meta")
     tok = meta.tokenizer
@@ -58,6 +62,14 @@ def main() -> None:
     layers = list(range(max(0, n_layers - args.top_layers), n_layers))
     model = get_peft_model(meta.model, LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=0.0, layers_to_transform=layers,
                                                    target_modules=args.targets.split(","), task_type="CAUSAL_LM"))
+    start = 0
+    state_file = args.out / "train_state.json"
+    if args.resume and state_file.exists():  # weights from the last save; the data order is replayed below
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, {k: v.float() for k, v in load_file(args.out / "adapter_model.safetensors").items()})
+        start = json.loads(state_file.read_text())["step"]
+    model.to(args.device)
     decoder, head = model.get_base_model().get_decoder(), model.get_base_model().get_output_embeddings()
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
@@ -76,6 +88,9 @@ def main() -> None:
             rng.shuffle(more)
             order += more
         batch, order = order[: args.batch_size], order[args.batch_size :]
+        if step < start:  # resuming: replay the schedule and the data order, train nothing
+            sched.step()
+            continue
         seqs = [encoded[i][0] + encoded[i][1] for i in batch]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (B, T)
@@ -88,9 +103,10 @@ def main() -> None:
             rows += [b] * len(r)
             cols += range(len(p) - 1, len(p) + len(r) - 1)  # positions that predict the response
             targets += r
+        ids, mask = ids.to(args.device), mask.to(args.device)
         h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
         logits = head(h[rows, cols])  # (M, V): the LM head only where there is a loss
-        loss = torch.nn.functional.cross_entropy(logits.float(), torch.tensor(targets))
+        loss = torch.nn.functional.cross_entropy(logits.float(), torch.tensor(targets, device=args.device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -100,17 +116,29 @@ def main() -> None:
         running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
         if step % 10 == 0 or step == steps - 1:
             print(f"step {step + 1}/{steps} loss {running:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < steps:
+            save_adapter(model, args.out)
+            state_file.write_text(json.dumps({"step": step + 1, "loss": running}) + "\n")
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(args.out), safe_serialization=True)
-    weights = args.out / "adapter_model.safetensors"
+    save_adapter(model, args.out)
+    state_file.unlink(missing_ok=True)
+    print(json.dumps({"examples": len(encoded), "steps": steps, "final_loss": running, "seconds": round(time.perf_counter() - t0, 1)}))
+
+
+def save_adapter(model, out: Path) -> None:
+    """The adapter in float16 (peft upcasts it on load), its config naming the public base model."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    weights = out / "adapter_model.safetensors"
     save_file({k: v.to(torch.float16).contiguous() for k, v in load_file(weights).items()}, str(weights))
-    cfg_file = args.out / "adapter_config.json"
+    cfg_file = out / "adapter_config.json"
     cfg = json.loads(cfg_file.read_text())
     cfg["base_model_name_or_path"] = BASE_NAME  # not a local path: the adapter sits on the meta model
     cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    (args.out / "README.md").unlink(missing_ok=True)  # peft's template card; the bundle has its own
-    print(json.dumps({"examples": len(encoded), "steps": steps, "final_loss": running, "seconds": round(time.perf_counter() - t0, 1)}))
+    (out / "README.md").unlink(missing_ok=True)  # peft's template card; the bundle has its own
 
 
 if __name__ == "__main__":

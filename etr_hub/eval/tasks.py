@@ -1,0 +1,288 @@
+"""`etr-hub eval tasks`: open-answer tasks (e.g. the skill experts), scored by generating answers.
+
+Each line of the data file is `{"question": …, "answer": …, "task": …}` (optionally `"kind"`,
+else inferred from the answer: see `etr_hub.eval.answers`). A task maps to the expert whose
+manifest label is the task's name, or by `--map TASK=EXPERT`. Routing is read at the routing
+position from the meta model's cached states, as in `eval mmlu`; answers are generated greedily
+(at most `max_new_tokens`) by the model that answers, and the answer is extracted from the reply by
+the documented rule of its kind. Generations are cached per (question, model, token budget), and
+only the ones a number needs are made: the meta model's, the oracle expert's, the winning
+expert's where its token fires, a seeded random expert's and each baseline router's pick.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from etr_hub.cache import query_key
+from etr_hub.errors import DataError, EtrHubError
+from etr_hub.eval.answers import KINDS, gold_value, infer_kind, is_correct
+from etr_hub.eval.run import GENERAL_PROMPTS, Evaluator, EvalOptions, ExpertEntry, _h, _mean, gap_closed, load_experts
+from etr_hub.queryset.build import ProgressFactory, no_progress
+from etr_hub.registry import Registry
+
+GEN_FORMAT = "greedy-chat-v1"  # part of every generation cache key
+MAX_QUESTION_CHARS = 4000
+MAX_LISTED = 20  # lines left out that are named one warning each
+
+
+@dataclass
+class TaskItem:
+    line: int
+    question: str
+    answer: str
+    task: str
+    kind: str
+
+
+@dataclass
+class TaskOptions:
+    data: Path
+    mapping: dict[str, str] = field(default_factory=dict)  # task -> expert name (--map)
+    general_prompts: Path | None = GENERAL_PROMPTS
+    batch_size: int = 8
+    max_new_tokens: int = 256
+    baselines: bool = True
+    seed: int = 0
+
+
+def read_tasks(path: Path) -> tuple[list[TaskItem], list[str]]:
+    """(items, one message per line left out). Fails only if nothing at all is usable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist", "pass a JSONL file with one {\"question\", \"answer\", \"task\"} object per line")
+    items, skipped = [], []
+    for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
+            continue
+        problem = None
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            problem = "not UTF-8"
+        except (ValueError, RecursionError):
+            problem = "not a JSON object"
+        if problem is None and not isinstance(row, dict):
+            problem = "not a JSON object"
+        if problem is None:
+            problem = _row_problem(row)
+        if problem is not None:
+            skipped.append(f"line {n}: {problem}")
+            continue
+        kind = row.get("kind") or infer_kind(row["answer"])
+        try:
+            gold_value(row["answer"], kind)
+        except ValueError as e:
+            skipped.append(f"line {n}: {e}")
+            continue
+        items.append(TaskItem(n, row["question"].strip(), row["answer"].strip(), row["task"].strip(), kind))
+    if not items:
+        first = f" ({skipped[0]})" if skipped else " (the file is empty)"
+        raise DataError(f"no usable line in {path}{first}", "each line needs a non-empty question, answer and task")
+    return items, skipped
+
+
+def _row_problem(row: dict) -> str | None:
+    for name in ("question", "answer", "task"):
+        value = row.get(name)
+        if not isinstance(value, str) or not value.strip():
+            return f"missing or empty '{name}'"
+    if len(row["question"]) > MAX_QUESTION_CHARS:
+        return f"question over {MAX_QUESTION_CHARS:,} characters"
+    kind = row.get("kind")
+    if kind is not None and kind not in KINDS:
+        return f"unknown kind {kind!r} (expected one of {', '.join(KINDS)})"
+    return None
+
+
+class Generations:
+    """Greedy replies per (model, question), cached as JSON lines under cache/generations."""
+
+    def __init__(self, root: Path):
+        self.dir = root / "generations"
+
+    def get(self, model_key: str) -> dict[str, str]:
+        path = self.dir / f"{model_key[:40]}.jsonl"
+        cached: dict[str, str] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    row = json.loads(line)
+                    cached[row["q"]] = row["reply"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a crash: regenerated
+        return cached
+
+    def add(self, model_key: str, replies: dict[str, str]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / f"{model_key[:40]}.jsonl", "a", encoding="utf-8") as f:
+            for q, reply in replies.items():
+                f.write(json.dumps({"q": q, "reply": reply}, ensure_ascii=False) + "\n")
+
+
+@torch.no_grad()
+def generate_greedy(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, batch_size: int,
+                    advance: Callable[[int], None] | None = None) -> list[str]:
+    """Greedy replies to chat-templated prompts, in left-padded batches (longest first)."""
+    from transformers import GenerationConfig
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    device = next(model.parameters()).device
+    replies: list[str] = [""] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = max(len(prompts[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (B, T), left-padded
+        mask = torch.zeros(len(batch), width, dtype=torch.long)  # (B, T)
+        for b, i in enumerate(batch):
+            ids[b, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[b, width - len(prompts[i]) :] = 1
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)  # (B, T + new)
+        for b, i in enumerate(batch):
+            replies[i] = tokenizer.decode(out[b, width:], skip_special_tokens=True).strip()
+        if advance is not None:
+            advance(len(batch))
+    return replies
+
+
+class TaskEvaluator(Evaluator):
+    def __init__(self, registry: Registry, opts: TaskOptions, progress: ProgressFactory = no_progress,
+                 status: Callable[[str], None] | None = None):
+        super().__init__(registry, EvalOptions(data_dir=opts.data, mapping=opts.mapping, general_prompts=opts.general_prompts,
+                                               batch_size=opts.batch_size, baselines=opts.baselines, seed=opts.seed), progress, status)
+        self.task_opts = opts
+        self.gens = Generations(registry.settings.cache_dir)
+
+    def run(self) -> dict:
+        items, skipped = read_tasks(self.task_opts.data)  # bad data fails before any model loads
+        self._open()
+        experts = load_experts(self.registry, self.fp)
+        names = [e.name for e in experts]
+        for task, name in self.opts.mapping.items():
+            if name not in names:
+                raise EtrHubError(f"--map {task}={name}: no enabled expert named '{name}' for this meta model",
+                                  f"registered: {', '.join(names) or 'none'} (see `etr-hub expert list`)")
+        label_map = {e.label: e.name for e in experts if e.label}
+        expert_of = {t: self.opts.mapping.get(t) or label_map.get(t) for t in {i.task for i in items}}
+        for item in items:
+            if expert_of[item.task] is None:
+                skipped.append(f"line {item.line}: task '{item.task}' maps to no expert (no manifest label or --map)")
+        skipped.sort(key=lambda m: int(m.split(":")[0].removeprefix("line ")))
+        self.warnings += [f"left out {m}" for m in skipped[:MAX_LISTED]]
+        if len(skipped) > MAX_LISTED:
+            self.warnings.append(f"left out {len(skipped) - MAX_LISTED} more line(s) (all in the report's skipped_lines)")
+        usable = [i for i in items if expert_of[i.task] is not None]
+        if not experts:
+            raise EtrHubError("no experts are registered for this meta model", "register experts with `etr-hub expert add plugins/NAME`")
+        if not usable:
+            raise EtrHubError(f"no task in {self.task_opts.data} maps to a registered expert (labels: {', '.join(sorted(label_map)) or 'none'})",
+                              "pass --map TASK=EXPERT")
+        report = self._evaluate_tasks(usable, experts, expert_of)
+        report.update({"data": str(self.task_opts.data), "skipped_lines": skipped, "meta": self.session.meta_row.display,
+                       "max_new_tokens": self.task_opts.max_new_tokens, "warnings": self.warnings})
+        return report
+
+    # -- generations (cached, only where needed) --------------------------------------------------
+    def _model_key(self, k: int, experts: list[ExpertEntry]) -> str:
+        identity = "meta" if k < 0 else experts[k].score_key
+        return _h(GEN_FORMAT, self.fp, identity, str(self.task_opts.max_new_tokens))
+
+    def _replies(self, k: int, experts: list[ExpertEntry], queries: list[str], idx: list[int]) -> dict[int, str]:
+        """Model k's (−1: the meta model) replies to queries[idx]."""
+        from etr_hub.models.chat import routing_prompt_ids
+
+        key = self._model_key(k, experts)
+        cached = self.gens.get(key)
+        qkeys = {i: query_key(queries[i]) for i in idx}
+        missing = [i for i in idx if qkeys[i] not in cached]
+        if missing:
+            if k >= 0 and experts[k].ref.kind == "openai":
+                self.warnings.append(f"expert {experts[k].name} is remote: its answers are the meta model's here")
+                return self._replies(-1, experts, queries, idx)
+            loaded = self.session.meta if k < 0 else self.session.expert(experts[k].ref)
+            prompts = [routing_prompt_ids(loaded.tokenizer, queries[i])[0] for i in missing]
+            what = "meta model" if k < 0 else experts[k].name
+            texts = generate_greedy(loaded.model, loaded.tokenizer, prompts, max_new_tokens=self.task_opts.max_new_tokens,
+                                    batch_size=self.opts.batch_size, advance=self.progress(f"answers: {what}", len(missing)))
+            new = {qkeys[i]: t for i, t in zip(missing, texts)}
+            self.gens.add(key, new)
+            cached.update(new)
+        return {i: cached[qkeys[i]] for i in idx}
+
+    def _evaluate_tasks(self, items: list[TaskItem], experts: list[ExpertEntry], expert_of: dict[str, str | None]) -> dict:
+        names = [e.name for e in experts]
+        queries = [i.question for i in items]
+        keys = [query_key(q) for q in queries]
+        gold = torch.tensor([names.index(expert_of[i.task]) for i in items])  # (N,)
+        hidden, _, max_word = self.routing(queries)
+        w_e = torch.cat([e.row for e in experts], dim=0)  # (E, C)
+        expert_logits = hidden @ w_e.T  # (N, C) @ (C, E) -> (N, E)
+        winner = expert_logits.argmax(-1)  # (N,)
+        fired = expert_logits.max(-1).values > max_word  # (N,)
+        ok: dict[tuple[int, int], bool] = {}  # (model, question) -> correct
+        replies: dict[tuple[int, int], str] = {}
+
+        def need(route: list[int]) -> None:
+            by_model: dict[int, list[int]] = {}
+            for i, k in enumerate(route):
+                if (k, i) not in ok:
+                    by_model.setdefault(k, []).append(i)
+            for k, idx in sorted(by_model.items()):
+                for i, text in self._replies(k, experts, queries, idx).items():
+                    replies[(k, i)] = text
+                    ok[(k, i)] = is_correct(text, items[i].answer, items[i].kind)
+
+        def answered(route: torch.Tensor, fire: torch.Tensor | None = None) -> torch.Tensor:
+            chosen = [int(r) if fire is None or bool(fire[i]) else -1 for i, r in enumerate(route)]
+            need(chosen)
+            return torch.tensor([ok[(k, i)] for i, k in enumerate(chosen)])  # (N,)
+
+        meta_ok = answered(torch.full((len(items),), -1))
+        oracle_ok = answered(gold)
+        etr_ok = answered(winner, fired)
+        rng = random.Random(self.opts.seed)
+        random_route = torch.tensor([rng.randrange(len(experts)) for _ in items])
+        meta_acc, oracle_acc, etr_acc = _mean(meta_ok), _mean(oracle_ok), _mean(etr_ok)
+        closed, reason = gap_closed(meta_acc, oracle_acc, etr_acc)
+        report: dict = {
+            "n": len(items), "experts": names, "routing_accuracy": _mean(winner == gold), "accuracy": etr_acc, "fire_rate": _mean(fired),
+            "gap_closed": closed, "gap_closed_reason": reason, "per_task": {}, "confusion": {},
+        }
+        for task in sorted({i.task for i in items}):
+            m = torch.tensor([i.task == task for i in items])
+            report["per_task"][task] = {
+                "n": int(m.sum()), "expert": expert_of[task], "routing_accuracy": _mean((winner == gold)[m]), "fire_rate": _mean(fired[m]),
+                "accuracy": _mean(etr_ok[m]), "meta_accuracy": _mean(meta_ok[m]), "oracle_accuracy": _mean(oracle_ok[m])}
+            report["confusion"][task] = {n: int((winner[m] == k).sum()) for k, n in enumerate(names)}
+        baselines = {
+            "meta": {"routing_accuracy": None, "accuracy": meta_acc},
+            "oracle": {"routing_accuracy": 1.0, "accuracy": oracle_acc},
+            "random": {"routing_accuracy": _mean(random_route == gold), "accuracy": _mean(answered(random_route)),
+                       "note": "one seeded random expert per question"},
+            "etr_always_expert": {"routing_accuracy": report["routing_accuracy"], "accuracy": _mean(answered(winner))},
+        }
+        if self.opts.baselines:
+            baselines["prompt_router"] = self._prompt_router(queries, keys, experts, gold, answered)
+            baselines["embedding_router"] = self._embedding_router(queries, keys, experts, gold, answered)
+        report["baselines"] = baselines
+        report["false_fire_rate"], report["general_prompts"] = self._false_fire(w_e, names)
+        report["examples"] = [{"line": items[i].line, "task": items[i].task, "question": items[i].question, "answer": items[i].answer,
+                               "expert": names[int(winner[i])] if bool(fired[i]) else None,
+                               "reply": replies[(int(winner[i]) if bool(fired[i]) else -1, i)], "correct": bool(etr_ok[i])}
+                              for i in range(min(len(items), 5))]
+        return report
+
+
+def evaluate_tasks(registry: Registry, opts: TaskOptions, *, progress: ProgressFactory = no_progress,
+                   status: Callable[[str], None] | None = None) -> dict:
+    torch.manual_seed(opts.seed)
+    return TaskEvaluator(registry, opts, progress, status).run()
+

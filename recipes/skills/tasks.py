@@ -1,0 +1,423 @@
+"""Generated skill questions and tutor-style answers for the four shipped skill experts.
+
+    python recipes/skills/tasks.py --out .work/skills/data --seed 0
+
+Each skill is a problem generator (`sample_*`: a random problem, its canonical key and its gold
+answer), a list of phrasings people type (`TEMPLATES`) and one worked answer style that ends with
+the result stated once. Splits are by problem, not by row: a problem's canonical key (e.g.
+`add:4821:377`) hashes to `train`, `pool` or `eval`, so no problem appears in two splits whatever
+the seed or the phrasing. The eval split also uses phrasings held out of training (the last
+`HELD_OUT` templates of each skill), so eval measures new wording as well as new numbers.
+
+Gold formats (what `etr-hub eval tasks` compares after extraction): integers in plain digits with
+an optional minus sign; sorted lists joined by ", "; Roman numerals in capitals; binary and hex as
+bare digits, hex in capitals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+SKILLS = ("arithmetic", "sorting", "roman", "base_conversion")
+SPLITS = {"train": range(0, 80), "pool": range(80, 90), "eval": range(90, 100)}  # % of problem-key hashes
+HELD_OUT = 3  # templates per skill kept out of training phrasings
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str  # canonical, phrasing-free: decides the split
+    slots: dict  # what a template fills in
+    kind: str  # the answer kind: integer | integer_list | roman | binary | hex
+    answer: str  # gold, in the gold format
+    response: str  # the worked, tutor-style reply
+    form: str  # which template family applies (e.g. "add", "to_roman")
+
+
+def split_of(key: str) -> str:
+    bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % 100
+    return next(name for name, r in SPLITS.items() if bucket in r)
+
+
+# ---------------------------------------------------------------- numbers as people write them
+def fmt(n: int, rng: random.Random, sep_p: float = 0.3) -> str:
+    """An integer as typed: thousands separators sometimes (1,234), plain digits otherwise."""
+    if abs(n) >= 1000 and rng.random() < sep_p:
+        return f"{n:,}"
+    return str(n)
+
+
+# ---------------------------------------------------------------- arithmetic
+def _add_columns(x: int, y: int) -> tuple[list[str], int]:
+    """Column addition of non-negative x + y, right to left, each line growing the partial result."""
+    xs, ys = str(x)[::-1], str(y)[::-1]
+    lines, carry, partial = [], 0, ""
+    for i in range(max(len(xs), len(ys))):
+        a, b = int(xs[i]) if i < len(xs) else 0, int(ys[i]) if i < len(ys) else 0
+        s = a + b + carry
+        terms = f"{a} + {b}" + (f" + {carry}" if carry else "")
+        partial = str(s % 10) + partial
+        carry = s // 10
+        lines.append(f"{terms} = {s}" + (", carry 1" if carry else "") + f" -> {partial}")
+    if carry:
+        partial = "1" + partial
+        lines.append(f"carry 1 -> {partial}")
+    return lines, int(partial)
+
+
+def _sub_columns(x: int, y: int) -> tuple[list[str], int]:
+    """Column subtraction of x - y with x >= y >= 0, right to left, borrowing."""
+    xs, ys = str(x)[::-1], str(y)[::-1].ljust(len(str(x)), "0")
+    lines, borrow, partial = [], 0, ""
+    for i in range(len(xs)):
+        a, b = int(xs[i]), int(ys[i])
+        top = a - borrow
+        left = f"{a} - {borrow} - {b}" if borrow else f"{a} - {b}"
+        if top < b:
+            d, borrow = top + 10 - b, 1
+            line = f"{left}: borrow, {top + 10} - {b} = {d}"
+        else:
+            d, borrow = top - b, 0
+            line = f"{left} = {d}"
+        partial = str(d) + partial
+        lines.append(f"{line} -> {partial}")
+    return lines, int(partial)
+
+
+def _mul_digit(x: int, d: int) -> tuple[str, int]:
+    """x times one digit d, right to left, on one line."""
+    parts, carry, partial = [], 0, ""
+    for ch in str(x)[::-1]:
+        p = int(ch) * d + carry
+        parts.append(f"{ch} x {d}" + (f" + {carry}" if carry else "") + f" = {p}")
+        partial = str(p % 10) + partial
+        carry = p // 10
+    if carry:
+        partial = str(carry) + partial
+    return "; ".join(parts) + f" -> {int(partial)}", int(partial)
+
+
+def arithmetic_response(op: str, a: int, b: int) -> tuple[str, int]:
+    sym = {"add": "+", "sub": "-", "mul": "x"}[op]
+    value = {"add": a + b, "sub": a - b, "mul": a * b}[op]
+    head = f"{a} {sym} {b}"
+    lines: list[str] = []
+    if op == "mul":
+        x, y = abs(a), abs(b)
+        if (a < 0) != (b < 0):
+            lines.append(f"{head} = -({x} x {y})")
+        elif a < 0:
+            lines.append(f"{head} = {x} x {y}")
+        if y < 10:
+            line, _ = _mul_digit(x, y)
+            lines.append(f"{x} x {y}: {line}")
+        else:
+            tens, ones = divmod(y, 10)
+            lines.append(f"{x} x {y} = {x} x {ones} + {x} x {tens * 10}")
+            l1, p1 = _mul_digit(x, ones)
+            l2, p2 = _mul_digit(x, tens)
+            lines.append(f"{x} x {ones}: {l1}")
+            lines.append(f"{x} x {tens}: {l2}, so {x} x {tens * 10} = {p2 * 10}")
+            cols, _ = _add_columns(p1, p2 * 10)
+            lines.append(f"{p1} + {p2 * 10}:")
+            lines += cols
+    else:
+        # reduce to one column operation on magnitudes: x + y, or x - y with x >= y
+        sa, sb = a, (b if op == "add" else -b)  # a + sb
+        if sa >= 0 and sb >= 0:
+            kind, x, y, neg = "add", sa, sb, False
+        elif sa < 0 and sb < 0:
+            kind, x, y, neg = "add", -sa, -sb, True
+        else:
+            pos, negv = (sa, -sb) if sa >= 0 else (sb, -sa)
+            kind, x, y, neg = ("sub", pos, negv, False) if pos >= negv else ("sub", negv, pos, True)
+        plain = f"{x} {'+' if kind == 'add' else '-'} {y}"
+        if not (op == "add" and a >= 0 and b >= 0) and not (op == "sub" and a >= b >= 0):
+            lines.append(f"{head} = -({plain})" if neg else f"{head} = {plain}")
+        cols, _ = (_add_columns if kind == "add" else _sub_columns)(x, y)
+        lines.append(f"{plain}:")
+        lines += cols
+    lines.append(f"So {head} = {value}.")
+    return "\n".join(lines), value
+
+
+def sample_arithmetic(rng: random.Random) -> Problem:
+    op = rng.choices(["add", "sub", "mul"], weights=[3, 3, 4])[0]
+    if op == "mul":
+        a = rng.randint(2, 999) if rng.random() < 0.8 else rng.randint(2, 99)
+        b = rng.randint(2, 99) if rng.random() < 0.85 else rng.randint(2, 9)
+        if rng.random() < 0.1:
+            a, b = (-a, b) if rng.random() < 0.5 else (a, -b)
+    else:
+        digits = rng.choice([1, 2, 2, 3, 3, 4, 4, 4])
+        a = rng.randint(10 ** (digits - 1), 10**digits - 1)
+        b = rng.randint(1, 10 ** rng.choice([1, 2, 3, 4]) - 1)
+        if rng.random() < 0.15:
+            a, b = (-a, b) if rng.random() < 0.6 else (a, -b)
+    response, value = arithmetic_response(op, a, b)
+    return Problem(f"{op}:{a}:{b}", {"a": a, "b": b}, "integer", str(value), response, op)
+
+
+def _neg_ok(template: str) -> bool:
+    return "{na}" not in template  # word-problem templates read wrong with negative numbers
+
+
+ARITHMETIC_TEMPLATES: dict[str, list[str]] = {
+    "add": [
+        "What is {a} + {b}?", "what's {a}+{b}", "Calculate {a} plus {b}.", "{a} + {b} = ?",
+        "Could you please add {a} and {b} for me?", "What do you get when you add {b} to {a}?",
+        "Quick question: {a} plus {b}?", "Find the sum of {a} and {b}.", "I need {a} + {b}, thanks!",
+        "Compute {a} + {b}", "Hey, what's {a} and {b} added together?", "Please work out {a} plus {b}.",
+        "How much is {a} + {b}?", "Add {a} to {b}.", "Sum {a} and {b} please",
+    ],
+    "sub": [
+        "What is {a} - {b}?", "what's {a}-{b}", "Calculate {a} minus {b}.", "{a} - {b} = ?",
+        "Could you please subtract {b} from {a}?", "What is {a} take away {b}?",
+        "Quick question: {a} minus {b}?", "Find the difference {a} - {b}.", "I need {a} - {b}, thanks!",
+        "Compute {a} - {b}", "Hey, what's {a} take away {b}?", "Please work out {a} minus {b}.",
+        "How much is {a} - {b}?", "Take {b} away from {a}.", "What do you get if you subtract {b} from {a}?",
+    ],
+    "mul": [
+        "What is {a} * {b}?", "what's {a}x{b}", "Calculate {a} times {b}.", "{a} × {b} = ?",
+        "Could you please multiply {a} by {b}?", "What is {a} multiplied by {b}?",
+        "Quick question: {a} times {b}?", "Find the product of {a} and {b}.", "I need {a} * {b}, thanks!",
+        "Compute {a} x {b}", "Hey, what's {a} times {b}?", "Please work out {a} × {b}.",
+        "How much is {a} times {b}?", "Multiply {a} and {b}.", "What's the product of {a} and {b}?",
+    ],
+}
+
+
+# ---------------------------------------------------------------- sorting
+def sample_sorting(rng: random.Random) -> Problem:
+    n = rng.randint(4, 10)
+    lo = rng.choice([0, 0, -50, -500])
+    hi = rng.choice([20, 100, 999])
+    nums = [rng.randint(lo, hi) for _ in range(n)]
+    desc = rng.random() < 0.4
+    ordered = sorted(nums, reverse=desc)
+    answer = ", ".join(map(str, ordered))
+    order = "descending (largest first)" if desc else "ascending (smallest first)"
+    response = f"The {n} numbers: {', '.join(map(str, nums))}.\nIn {order} order: {answer}"
+    form = "desc" if desc else "asc"
+    return Problem(f"sort:{form}:{','.join(map(str, nums))}", {"nums": nums}, "integer_list", answer, response, form)
+
+
+SORTING_TEMPLATES: dict[str, list[str]] = {
+    "asc": [
+        "Sort these numbers in ascending order: {list}", "sort {list}", "Can you put {list} in order from smallest to largest?",
+        "Please arrange the following from lowest to highest: {list}.", "Order these: {list} (smallest first)",
+        "I have the scores {list}. Could you sort them ascending?", "Sort ascending: {list}", "Put {list} in increasing order.",
+        "list {list} from least to greatest pls", "Rank these numbers from smallest to biggest: {list}",
+        "What is {list} sorted in ascending order?", "Arrange {list} in ascending order, please.",
+    ],
+    "desc": [
+        "Sort these numbers in descending order: {list}", "sort {list} descending", "Can you put {list} in order from largest to smallest?",
+        "Please arrange the following from highest to lowest: {list}.", "Order these: {list} (largest first)",
+        "I have the scores {list}. Could you sort them descending?", "Sort descending: {list}", "Put {list} in decreasing order.",
+        "list {list} from greatest to least pls", "Rank these numbers from biggest to smallest: {list}",
+        "What is {list} sorted in descending order?", "Arrange {list} in descending order, please.",
+    ],
+}
+
+
+def _list_text(nums: list[int], rng: random.Random) -> str:
+    style = rng.random()
+    if style < 0.6:
+        return ", ".join(map(str, nums))
+    if style < 0.8:
+        return " ".join(map(str, nums))
+    return ", ".join(map(str, nums[:-1])) + " and " + str(nums[-1])
+
+
+# ---------------------------------------------------------------- roman numerals
+ROMAN = [(1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"), (50, "L"), (40, "XL"),
+         (10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I")]
+
+
+def roman_parts(n: int) -> list[tuple[int, str]]:
+    """Place-value parts of n: 1994 -> [(1000, M), (900, CM), (90, XC), (4, IV)]."""
+    parts = []
+    for place in (1000, 100, 10, 1):
+        digit_value = (n // place % 10) * place
+        if digit_value:
+            rest, sym = digit_value, ""
+            for v, s in ROMAN:
+                while rest >= v:
+                    sym, rest = sym + s, rest - v
+            parts.append((digit_value, sym))
+    return parts
+
+
+def to_roman(n: int) -> str:
+    return "".join(s for _, s in roman_parts(n))
+
+
+def sample_roman(rng: random.Random) -> Problem:
+    n = rng.randint(1, 3999) if rng.random() < 0.85 else rng.randint(1, 100)
+    parts, numeral = roman_parts(n), to_roman(n)
+    values, syms = " + ".join(str(v) for v, _ in parts), " + ".join(s for _, s in parts)
+    if rng.random() < 0.5:
+        response = f"{n} = {values}\n= {syms}\nSo {n} in Roman numerals is {numeral}."
+        return Problem(f"to_roman:{n}", {"n": n}, "roman", numeral, response, "to_roman")
+    response = f"{numeral} = {syms}\n= {values}\nSo {numeral} is {n}."
+    return Problem(f"from_roman:{n}", {"r": numeral}, "integer", str(n), response, "from_roman")
+
+
+ROMAN_TEMPLATES: dict[str, list[str]] = {
+    "to_roman": [
+        "What is {n} in Roman numerals?", "convert {n} to roman numerals", "How do you write {n} in Roman numerals?",
+        "Could you please write the number {n} as a Roman numeral?", "{n} in roman?", "Roman numeral for {n}",
+        "I'm making a clock face, how would {n} look in Roman numerals?", "Please convert {n} into Roman numerals.",
+        "Write {n} using Roman numerals.", "What's the Roman numeral for {n}?", "Express {n} in Roman numerals, please.",
+        "My movie's copyright year is {n}; what is that as a Roman numeral?",
+    ],
+    "from_roman": [
+        "What number is {r}?", "convert {r} to a number", "What is the Roman numeral {r} in regular numbers?",
+        "Could you please tell me what {r} means as a number?", "{r} in arabic numerals?", "Value of the Roman numeral {r}",
+        "I saw {r} on a building, what year is that?", "Please convert the Roman numeral {r} to an integer.",
+        "What does {r} stand for?", "What's {r} as a decimal number?", "Translate {r} into a normal number, please.",
+        "The film credits end with {r}. Which year is it?",
+    ],
+}
+
+
+# ---------------------------------------------------------------- base conversion
+HEX_DIGITS = "0123456789ABCDEF"
+
+
+def sample_base_conversion(rng: random.Random) -> Problem:
+    form = rng.choice(["to_bin", "from_bin", "to_hex", "from_hex"])
+    if form in ("to_bin", "from_bin"):
+        n = rng.randint(0, 1023)
+        bits = format(n, "b")
+        powers = [2**i for i in range(len(bits) - 1, -1, -1)]
+        if form == "to_bin":
+            steps, rest = [], n
+            for p in powers:
+                if rest >= p:
+                    steps.append(f"{p}: 1 ({rest} - {p} = {rest - p})")
+                    rest -= p
+                else:
+                    steps.append(f"{p}: 0")
+            response = f"{n} in binary, from the largest power of 2:\n" + "\n".join(steps) + f"\nSo {n} in binary is {bits}."
+            return Problem(f"to_bin:{n}", {"n": n}, "binary", bits, response, form)
+        terms = [p for p, b in zip(powers, bits) if b == "1"]
+        sums, total = [], 0
+        for t in terms:
+            total += t
+            sums.append(str(total))
+        response = (f"{bits} = " + " + ".join(f"{b} x {p}" for p, b in zip(powers, bits)) + "\n"
+                    f"= {' + '.join(map(str, terms)) or '0'}\nRunning total: {', '.join(sums) or '0'}\nSo {bits} in decimal is {n}.")
+        return Problem(f"from_bin:{n}", {"b": bits}, "integer", str(n), response, form)
+    n = rng.randint(0, 65535) if rng.random() < 0.8 else rng.randint(0, 255)
+    hexs = format(n, "X")
+    powers = [16**i for i in range(len(hexs) - 1, -1, -1)]
+    if form == "to_hex":
+        steps, rest = [], n
+        for p in powers:
+            d = rest // p
+            steps.append(f"{p}: {rest} // {p} = {d} ({HEX_DIGITS[d]}), {d} x {p} = {d * p}, {rest} - {d * p} = {rest - d * p}")
+            rest -= d * p
+        response = f"{n} in hexadecimal, from the largest power of 16:\n" + "\n".join(steps) + f"\nSo {n} in hexadecimal is {hexs}."
+        return Problem(f"to_hex:{n}", {"n": n}, "hex", hexs, response, form)
+    vals = [HEX_DIGITS.index(c) * p for c, p in zip(hexs, powers)]
+    sums, total = [], 0
+    for v in vals:
+        total += v
+        sums.append(str(total))
+    shown = hexs if rng.random() < 0.7 else hexs.lower()
+    response = (f"{hexs} = " + " + ".join(f"{HEX_DIGITS.index(c)} x {p}" for c, p in zip(hexs, powers)) + "\n"
+                f"= {' + '.join(map(str, vals))}\nRunning total: {', '.join(sums)}\nSo {hexs} in decimal is {n}.")
+    return Problem(f"from_hex:{n}", {"h": shown}, "integer", str(n), response, form)
+
+
+BASE_TEMPLATES: dict[str, list[str]] = {
+    "to_bin": [
+        "Convert {n} to binary.", "what is {n} in binary", "How do you write {n} in base 2?", "Could you please give me the binary for {n}?",
+        "{n} in binary?", "Binary representation of {n}", "I'm learning about bits: what's {n} in binary?", "Please express the decimal number {n} in binary.",
+        "Turn {n} into binary, please.", "What's {n} written in base two?", "decimal {n} to binary pls", "Show {n} as a binary number.",
+    ],
+    "from_bin": [
+        "Convert binary {b} to decimal.", "what is {b} in decimal", "What number is the binary {b}?", "Could you please convert 0b{b} to decimal?",
+        "binary {b} = ? in decimal", "Decimal value of binary {b}", "My register shows {b} in binary. What's that in decimal?", "Please turn the binary number {b} into base 10.",
+        "What's 0b{b} in base ten?", "How much is {b} (base 2) in decimal?", "binary {b} to decimal pls", "Read the binary number {b} as a decimal.",
+    ],
+    "to_hex": [
+        "Convert {n} to hexadecimal.", "what is {n} in hex", "How do you write {n} in base 16?", "Could you please give me the hex for {n}?",
+        "{n} in hex?", "Hexadecimal representation of {n}", "I need a color channel value: what's {n} in hex?", "Please express the decimal number {n} in hexadecimal.",
+        "Turn {n} into hex, please.", "What's {n} written in base sixteen?", "decimal {n} to hex pls", "Show {n} as a hexadecimal number.",
+    ],
+    "from_hex": [
+        "Convert hex {h} to decimal.", "what is 0x{h} in decimal", "What number is the hexadecimal {h}?", "Could you please convert 0x{h} to decimal?",
+        "hex {h} = ? in decimal", "Decimal value of hex {h}", "A debugger shows 0x{h}. What's that in decimal?", "Please turn the hexadecimal number {h} into base 10.",
+        "What's 0x{h} in base ten?", "How much is {h} (base 16) in decimal?", "hex {h} to decimal pls", "Read the hex number {h} as a decimal.",
+    ],
+}
+
+GENERATORS: dict[str, tuple[Callable[[random.Random], Problem], dict[str, list[str]]]] = {
+    "arithmetic": (sample_arithmetic, ARITHMETIC_TEMPLATES),
+    "sorting": (sample_sorting, SORTING_TEMPLATES),
+    "roman": (sample_roman, ROMAN_TEMPLATES),
+    "base_conversion": (sample_base_conversion, BASE_TEMPLATES),
+}
+
+
+def render(problem: Problem, template: str, rng: random.Random) -> str:
+    s = problem.slots
+    if "nums" in s:
+        return template.format(list=_list_text(s["nums"], rng))
+    if "a" in s:
+        return template.format(a=fmt(s["a"], rng), b=fmt(s["b"], rng))
+    if "n" in s:
+        return template.format(n=fmt(s["n"], rng, sep_p=0.2 if problem.form == "to_hex" else 0.0) if problem.form != "to_roman" else s["n"])
+    return template.format(**s)
+
+
+def generate(skill: str, split: str, count: int, seed: int) -> list[dict]:
+    """`count` rows of one skill in one split: {query, response, answer, task, kind, label, key}."""
+    sample, templates = GENERATORS[skill]
+    rng = random.Random(f"{skill}:{split}:{seed}")
+    rows, seen = [], set()
+    tries = 0
+    while len(rows) < count:
+        tries += 1
+        if tries > 200 * count + 10_000:
+            raise RuntimeError(f"{skill}/{split}: ran out of distinct problems after {len(rows)}")
+        p = sample(rng)
+        if p.key in seen or split_of(p.key) != split:
+            continue
+        seen.add(p.key)
+        family = templates[p.form]
+        usable = family[-HELD_OUT:] if split == "eval" else family[:-HELD_OUT]
+        query = render(p, rng.choice(usable), rng)
+        rows.append({"query": query, "response": p.response, "answer": p.answer, "task": skill, "kind": p.kind,
+                     "label": skill, "key": p.key})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Write train/pool/eval JSONL for the four skills.")
+    ap.add_argument("--out", type=Path, default=Path(".work/skills/data"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train", type=int, default=4000, help="training rows per skill")
+    ap.add_argument("--pool", type=int, default=60, help="query-pool rows per skill")
+    ap.add_argument("--eval", type=int, default=100, help="evaluation rows per skill")
+    args = ap.parse_args()
+    for skill in SKILLS:
+        for split, n in (("train", args.train), ("pool", args.pool), ("eval", args.eval)):
+            write_jsonl(args.out / split / f"{skill}.jsonl", generate(skill, split, n, args.seed))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

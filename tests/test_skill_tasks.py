@@ -1,0 +1,56 @@
+"""The skill-question generator (recipes/skills/tasks.py): deterministic by seed, disjoint splits,
+many phrasings, and worked answers whose stated result is the gold answer under the eval's rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from etr_hub.eval.answers import gold_value, is_correct
+from recipes.skills.tasks import GENERATORS, SKILLS, generate, split_of
+
+
+@pytest.mark.parametrize("skill", SKILLS)
+def test_same_seed_same_rows_other_seed_other_rows(skill):
+    assert generate(skill, "train", 50, seed=0) == generate(skill, "train", 50, seed=0)
+    assert generate(skill, "train", 50, seed=0) != generate(skill, "train", 50, seed=1)
+
+
+@pytest.mark.parametrize("skill", SKILLS)
+def test_splits_are_disjoint_by_problem_and_eval_uses_held_out_phrasings(skill):
+    rows = {split: generate(skill, split, n, seed=0) for split, n in (("train", 400), ("pool", 60), ("eval", 60))}
+    keys = {split: {r["key"] for r in rs} for split, rs in rows.items()}
+    assert not keys["train"] & keys["pool"] and not keys["train"] & keys["eval"] and not keys["pool"] & keys["eval"]
+    assert all(split_of(r["key"]) == split for split, rs in rows.items() for r in rs)
+    # another seed draws other problems, never across splits
+    other = {r["key"] for r in generate(skill, "eval", 60, seed=7)}
+    assert not other & keys["train"] and not other & keys["pool"]
+    _, templates = GENERATORS[skill]
+    assert all(len(family) >= 8 for family in templates.values())
+    train_phrasings = {r["query"] for r in rows["train"]}
+    assert len(train_phrasings) == len(rows["train"])
+
+
+@pytest.mark.parametrize("skill", SKILLS)
+def test_every_worked_answer_states_its_gold_result(skill):
+    for r in generate(skill, "train", 300, seed=3):
+        gold_value(r["answer"], r["kind"])  # gold in its documented format
+        assert is_correct(r["response"], r["answer"], r["kind"]), r
+
+
+def test_arithmetic_values_are_right():
+    for r in generate("arithmetic", "train", 300, seed=5):
+        op, a, b = r["key"].split(":")
+        a, b = int(a), int(b)
+        assert int(r["answer"]) == {"add": a + b, "sub": a - b, "mul": a * b}[op]
+        assert abs(a) < 10_000 and abs(b) < 10_000 and (op != "mul" or (abs(a) < 1000 and abs(b) < 100))
+
+
+def test_sorting_and_conversions_are_right():
+    for r in generate("sorting", "train", 200, seed=5):
+        nums = [int(x) for x in r["key"].split(":")[2].split(",")]
+        assert 4 <= len(nums) <= 10
+        assert r["answer"] == ", ".join(map(str, sorted(nums, reverse=r["key"].startswith("sort:desc"))))
+    for r in generate("base_conversion", "train", 200, seed=5):
+        form, n = r["key"].split(":")
+        expected = {"to_bin": format(int(n), "b"), "to_hex": format(int(n), "X")}.get(form, n)
+        assert r["answer"] == expected
