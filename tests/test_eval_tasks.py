@@ -174,3 +174,19 @@ def test_cli_json_plot_map_and_bad_input(world, registered, tmp_path):
     empty.write_bytes(b'\xff\xfe not utf-8\n{"question": "q"}\n')
     res = run_cli("eval", "tasks", "--data", str(empty), env=env)
     assert res.returncode == 5 and "line 1: not UTF-8" in res.stderr
+
+
+def test_empty_registry_reports_the_meta_model_alone(world, hub_home):
+    from etr_hub.models.refs import ModelRef
+    from etr_hub.registry import Registry
+    from etr_hub.registry.meta import register_meta_model
+
+    reg = Registry.open()
+    register_meta_model(reg, ModelRef.parse(str(world["meta"])))
+    r = _evaluate(world, reg, batch_size=1)
+    answers = [{"sevens": "7", "nines": "9"}[t] for t, _ in world["questions"]]
+    meta_ok = [is_correct(world["replies"]["meta"][i], a, "integer") for i, a in enumerate(answers)]
+    # line 9's task 'cooking' has no expert to map to, but the meta model answers every usable line
+    assert r["n"] == 7 and r["routing_accuracy"] is None
+    assert r["per_task"]["sevens"]["accuracy"] == pytest.approx(sum(meta_ok[:3]) / 3)
+    assert any("no experts are registered" in w for w in r["warnings"])

@@ -172,16 +172,18 @@ class TaskEvaluator(Evaluator):
                                   f"registered: {', '.join(names) or 'none'} (see `etr-hub expert list`)")
         label_map = {e.label: e.name for e in experts if e.label}
         expert_of = {t: self.opts.mapping.get(t) or label_map.get(t) for t in {i.task for i in items}}
+        if not experts:
+            self.warnings.append("no experts are registered for this meta model: only the meta model is evaluated (register experts with `etr-hub expert add plugins/NAME`)")
+            self._warn_skipped(skipped)
+            report = self._meta_alone(items)
+            report.update({"data": str(self.task_opts.data), "skipped_lines": skipped, "meta": self.session.meta_row.display,
+                           "max_new_tokens": self.task_opts.max_new_tokens, "warnings": self.warnings})
+            return report
         for item in items:
             if expert_of[item.task] is None:
                 skipped.append(f"line {item.line}: task '{item.task}' maps to no expert (no manifest label or --map)")
-        skipped.sort(key=lambda m: int(m.split(":")[0].removeprefix("line ")))
-        self.warnings += [f"left out {m}" for m in skipped[:MAX_LISTED]]
-        if len(skipped) > MAX_LISTED:
-            self.warnings.append(f"left out {len(skipped) - MAX_LISTED} more line(s) (all in the report's skipped_lines)")
         usable = [i for i in items if expert_of[i.task] is not None]
-        if not experts:
-            raise EtrHubError("no experts are registered for this meta model", "register experts with `etr-hub expert add plugins/NAME`")
+        self._warn_skipped(skipped)
         if not usable:
             raise EtrHubError(f"no task in {self.task_opts.data} maps to a registered expert (labels: {', '.join(sorted(label_map)) or 'none'})",
                               "pass --map TASK=EXPERT")
@@ -189,6 +191,24 @@ class TaskEvaluator(Evaluator):
         report.update({"data": str(self.task_opts.data), "skipped_lines": skipped, "meta": self.session.meta_row.display,
                        "max_new_tokens": self.task_opts.max_new_tokens, "warnings": self.warnings})
         return report
+
+    def _warn_skipped(self, skipped: list[str]) -> None:
+        skipped.sort(key=lambda m: int(m.split(":")[0].removeprefix("line ")))
+        self.warnings += [f"left out {m}" for m in skipped[:MAX_LISTED]]
+        if len(skipped) > MAX_LISTED:
+            self.warnings.append(f"left out {len(skipped) - MAX_LISTED} more line(s) (all in the report's skipped_lines)")
+
+    def _meta_alone(self, items: list[TaskItem]) -> dict:
+        queries = [i.question for i in items]
+        replies = self._replies(-1, [], queries, list(range(len(items))))
+        ok = torch.tensor([is_correct(replies[k], i.answer, i.kind) for k, i in enumerate(items)])  # (N,)
+        per_task = {}
+        for task in sorted({i.task for i in items}):
+            m = torch.tensor([i.task == task for i in items])
+            per_task[task] = {"n": int(m.sum()), "expert": None, "accuracy": _mean(ok[m]), "meta_accuracy": _mean(ok[m])}
+        return {"n": len(items), "experts": [], "routing_accuracy": None, "accuracy": _mean(ok), "fire_rate": None, "false_fire_rate": None,
+                "gap_closed": None, "gap_closed_reason": "no experts registered", "per_task": per_task,
+                "baselines": {"meta": {"accuracy": _mean(ok)}}}
 
     # -- generations (cached, only where needed) --------------------------------------------------
     def _model_key(self, k: int, experts: list[ExpertEntry]) -> str:
