@@ -72,9 +72,6 @@ def test_explain_json(hub_with_expert):
 @pytest.mark.parametrize("args, message", [
     (["chat", "--once", "  "], "error: empty message"),
     (["explain", ""], "error: empty message"),
-    (["chat", "--once", "hi", "--temperature", "-1"], "error: temperature must be ≥ 0"),
-    (["chat", "--once", "hi", "--top-p", "0"], "error: top_p must be in (0, 1]"),
-    (["explain", "hi", "--top", "-1"], "error: --top must be ≥ 0"),
 ])
 def test_bad_input_is_one_line(args, message):
     res = run_cli(*args)

@@ -109,7 +109,7 @@ def test_cached_states_train_the_same_row_as_live_forward_passes(world):
     assert not torch.allclose(a.row, init)  # it did train
 
 
-@pytest.mark.parametrize("case", ["no-query-set", "other-meta", "bad-option"])
+@pytest.mark.parametrize("case", ["no-query-set", "other-meta"])  # bad options: test_cli_validation.py
 def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, case):
     from etr_hub.config import settings
     from etr_hub.registry import Registry
@@ -118,10 +118,9 @@ def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, case):
     if case == "other-meta":  # a query set built for one meta model, then the registry moves to another
         build_labelled(world, "astronomy")
         assert invoke("init", "--meta", str(make_tiny_llama(tmp_path / "other-meta", seed=4))).returncode == 0
-    args = ["train-token", "astronomy"] + (["--lr", "0"] if case == "bad-option" else [])
-    r = invoke(*args)
+    r = invoke("train-token", "astronomy")
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode != 0 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert {"no-query-set": "no query set", "other-meta": "no query set", "bad-option": "--lr"}[case] in errors[0]
+    assert "no query set" in errors[0]
     assert Registry.open().list_experts() == []
     assert not any(settings().bundles_dir.glob("*")) if settings().bundles_dir.exists() else True

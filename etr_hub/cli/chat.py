@@ -11,7 +11,8 @@ from typing import Any
 
 import typer
 
-from etr_hub.cli.output import err, note, print_json, warn
+from etr_hub.cli.checks import number, seed as seed_range
+from etr_hub.cli.output import clean, err, lit, note, print_json, safe, warn
 from etr_hub.errors import EtrHubError
 
 HELP = "/experts  list the experts · /route  show the last route record · /reset  forget the conversation · /exit  leave"
@@ -20,13 +21,13 @@ HELP = "/experts  list the experts · /route  show the last route record · /res
 def chat(
     once: str = typer.Option(None, "--once", help="Answer this one message and exit."),
     json_out: bool = typer.Option(False, "--json", help="With --once (or piped input): print each answer as one JSON object."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Most tokens per answer."),
-    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default); higher samples more freely."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (with --temperature > 0)."),
-    seed: int = typer.Option(None, "--seed", help="Seed for sampling."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Most tokens per answer."),
+    temperature: float = typer.Option(0.0, "--temperature", callback=number(ge=0), help="0 = greedy (default); higher samples more freely."),
+    top_p: float = typer.Option(1.0, "--top-p", callback=number(gt=0, le=1), help="Nucleus sampling mass (with --temperature > 0)."),
+    seed: int = typer.Option(None, "--seed", callback=seed_range, help="Seed for sampling."),
     system: str = typer.Option(None, "--system", help="A system prompt for the conversation."),
     expert: str = typer.Option(None, "--expert", help="Let this expert answer directly (no routing)."),
-    memory_budget_mb: int = typer.Option(None, "--memory-budget-mb", help="Memory for loaded experts (default: half the RAM)."),
+    memory_budget_mb: int = typer.Option(None, "--memory-budget-mb", min=0, help="Memory for loaded experts (default: half the RAM)."),
 ) -> None:
     """Chat with the meta model; domain questions are handed to the expert whose token wins."""
     piped = once is None and not sys.stdin.isatty()
@@ -57,7 +58,7 @@ def _open_hub(*, quiet: bool, memory_budget_mb: int | None):
         hub = Hub.open(memory_budget_mb=memory_budget_mb)
     else:
         with err.status("loading the meta model…") as status:
-            hub = Hub.open(progress=lambda m: status.update(f"{m}…"), memory_budget_mb=memory_budget_mb)
+            hub = Hub.open(progress=lambda m: status.update(safe(f"{m}…")), memory_budget_mb=memory_budget_mb)
     for name, reason in hub.skipped:
         warn(f"skipped expert '{name}': {reason}")
     if not hub.experts and not quiet:
@@ -67,7 +68,7 @@ def _open_hub(*, quiet: bool, memory_budget_mb: int | None):
 
 def _banner(hub) -> None:
     names = ", ".join(e.name for e in hub.experts) or "none"
-    err.print(f"[bold]{hub.meta_name}[/bold] with {len(hub.experts)} expert(s): {names}", highlight=False)
+    err.print(f"[bold]{lit(hub.meta_name)}[/bold] with {len(hub.experts)} expert(s): {lit(names)}", highlight=False)
     note(HELP + " · Ctrl-C stops an answer")
 
 
@@ -150,11 +151,13 @@ class Session:
 
 def _render(events, shown: list[str]):
     """Stream the answer to stdout; markers and warnings to stderr. Returns the ChatResult."""
+    from rich.text import Text
+
     from etr_hub.runtime import Done, Switch, TextDelta, Warning
 
     for event in events:
         if isinstance(event, TextDelta):
-            sys.stdout.write(event.text)
+            sys.stdout.write(clean(event.text, keep="\n\t"))  # a model may emit escape sequences
             sys.stdout.flush()
             shown.append(event.text)
         elif isinstance(event, Switch):
@@ -162,7 +165,7 @@ def _render(events, shown: list[str]):
             where = f"at token {s.token_index}, p={s.probability:.2f}" if s.reason != "requested" else "as requested"
             sys.stdout.flush()
             lead = " " if shown and not shown[-1].endswith("\n") else ""
-            err.print(f"{lead}[dim][→ {s.expert}, {where}][/dim] ", end="", highlight=False)
+            err.print(Text.assemble(lead, safe(f"[→ {s.expert}, {where}]", style="dim"), " "), end="", highlight=False)
         elif isinstance(event, Warning):
             _end_line(shown)
             warn(event.message)
@@ -183,13 +186,13 @@ def _end_line(shown: list[str], always: bool = False) -> None:
 def _experts_table(hub) -> None:
     from rich.table import Table
 
-    table = Table(title=f"experts on {hub.meta_name}")
+    table = Table(title=safe(f"experts on {hub.meta_name}"))
     for col in ("name", "version", "backend", "label", "model"):
         table.add_column(col)
     for e in hub.experts:
-        table.add_row(e.name, e.version, e.backend, e.label or "-", e.reference)
+        table.add_row(*map(safe, (e.name, e.version, e.backend, e.label or "-", e.reference)))
     for name, reason in hub.skipped:
-        table.add_row(f"[dim]{name}[/dim]", "", "[yellow]skipped[/yellow]", "", f"[dim]{reason}[/dim]")
+        table.add_row(safe(name, style="dim"), "", "[yellow]skipped[/yellow]", "", safe(reason, style="dim"))
     if not hub.experts and not hub.skipped:
         note("no experts registered")
         return
@@ -209,5 +212,5 @@ def _route_table(result) -> None:
     for col in ("expert", "token index", "probability", "fell back", "reason"):
         table.add_column(col)
     for s in result.route:
-        table.add_row(s.expert, str(s.token_index), f"{s.probability:.4f}", "yes" if s.fell_back else "no", s.reason or "-")
+        table.add_row(safe(s.expert), str(s.token_index), f"{s.probability:.4f}", "yes" if s.fell_back else "no", safe(s.reason or "-"))
     err.print(table)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from etr_hub.cli.output import err, out, print_json, warn
+from etr_hub.cli.checks import seed as seed_range
+from etr_hub.cli.output import note, out, print_json, safe, warn
 from etr_hub.errors import EtrHubError
 
 app = typer.Typer(no_args_is_help=True)
@@ -34,8 +35,8 @@ def mmlu(
     plot: Path = typer.Option(None, "--plot", help="Write the routing confusion heat map and per-subject accuracy as a PNG."),
     general_prompts: Path = typer.Option(None, "--general-prompts", help="JSONL of everyday prompts ('query', 'split'); default: the project's own."),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the prompt-based and embedding routers."),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    seed: int = typer.Option(0, "--seed", help="Seed of the plug-and-play retraining."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed", callback=seed_range, help="Seed of the plug-and-play retraining."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Route MMLU questions with the registered experts' tokens and score the answers, next to baselines."""
@@ -43,8 +44,6 @@ def mmlu(
     from etr_hub.eval.run import GENERAL_PROMPTS, EvalOptions, evaluate_mmlu
     from etr_hub.registry import Registry
 
-    if batch_size < 1:
-        raise EtrHubError(f"--batch-size must be ≥ 1 (got {batch_size})", "pass e.g. --batch-size 8")
     wanted = [s.strip() for item in (subjects or []) for s in item.split(",") if s.strip()] or None
     if general_prompts is not None and not general_prompts.is_file():
         raise EtrHubError(f"--general-prompts {general_prompts} does not exist", "pass a JSONL file with 'query' and 'split' fields")
@@ -52,7 +51,7 @@ def mmlu(
                        batch_size=batch_size, baselines=not no_baselines, seed=seed)
     reg = Registry.open()
     with bar_factory(quiet=json_out) as bars:
-        report = evaluate_mmlu(reg, opts, progress=bars, status=None if json_out else lambda m: err.print(f"[dim]{m}[/dim]"))
+        report = evaluate_mmlu(reg, opts, progress=bars, status=None if json_out else note)
     if plot is not None:
         from etr_hub.eval.plot import plot_report
 
@@ -74,7 +73,7 @@ def tasks(
     no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the prompt-based and embedding routers."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=4096, help="Longest generated answer (greedy)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, max=1024),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random-expert baseline."),
+    seed: int = typer.Option(0, "--seed", callback=seed_range, help="Seed of the random-expert baseline."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Route open-answer questions with the experts' tokens, generate the answers, and score them against baselines."""
@@ -89,7 +88,7 @@ def tasks(
                        batch_size=batch_size, max_new_tokens=max_new_tokens, baselines=not no_baselines, seed=seed)
     reg = Registry.open()
     with bar_factory(quiet=json_out) as bars:
-        report = evaluate_tasks(reg, opts, progress=bars, status=None if json_out else lambda m: err.print(f"[dim]{m}[/dim]"))
+        report = evaluate_tasks(reg, opts, progress=bars, status=None if json_out else note)
     if plot is not None:
         from etr_hub.eval.plot import plot_report
 
@@ -106,9 +105,9 @@ def _show(r: dict, per_key: str = "per_subject", title: str = "MMLU-Expert") -> 
     from rich.table import Table
 
     if r["routing_accuracy"] is None:
-        out.print(f"meta model alone: answer accuracy {_pct(r['accuracy'])} on {r['n']} questions", highlight=False)
+        out.print(safe(f"meta model alone: answer accuracy {_pct(r['accuracy'])} on {r['n']} questions"), highlight=False)
         return
-    t = Table(title=f"{title}: {r['n']} questions, {len(r['experts'])} experts, meta {r['meta']}")
+    t = Table(title=safe(f"{title}: {r['n']} questions, {len(r['experts'])} experts, meta {r['meta']}"))
     for col in ("method", "routing accuracy", "answer accuracy", "fire rate"):
         t.add_column(col, justify="left" if col == "method" else "right")
     t.add_row("[bold]ETR (expert tokens)[/bold]", _pct(r["routing_accuracy"]), _pct(r["accuracy"]), _pct(r["fire_rate"]))
@@ -119,22 +118,22 @@ def _show(r: dict, per_key: str = "per_subject", title: str = "MMLU-Expert") -> 
     d = r.get("dynamic")
     if d:
         t.add_row("static: all tokens trained together", _pct(d["static"]["routing_accuracy"]), _pct(d["static"]["accuracy"]), _pct(d["static"]["fire_rate"]))
-        t.add_row(f"dynamic: {', '.join(d['added_later'])} added later", _pct(d["dynamic"]["routing_accuracy"]), _pct(d["dynamic"]["accuracy"]), _pct(d["dynamic"]["fire_rate"]))
+        t.add_row(safe(f"dynamic: {', '.join(d['added_later'])} added later"), _pct(d["dynamic"]["routing_accuracy"]), _pct(d["dynamic"]["accuracy"]), _pct(d["dynamic"]["fire_rate"]))
     out.print(t)
     what = "task" if per_key == "per_task" else "subject"
     s = Table(title=f"per {what}")
     for col in (what, "n", "expert", "routing", "fire", "meta acc", "ETR acc", "oracle acc"):
         s.add_column(col, justify="left" if col in (what, "expert") else "right")
     for subject, p in r[per_key].items():
-        s.add_row(subject, str(p["n"]), p["expert"] or "-", _pct(p.get("routing_accuracy")), _pct(p.get("fire_rate")),
+        s.add_row(safe(subject), str(p["n"]), safe(p["expert"] or "-"), _pct(p.get("routing_accuracy")), _pct(p.get("fire_rate")),
                   _pct(p["meta_accuracy"]), _pct(p["accuracy"]), _pct(p.get("oracle_accuracy")))
     out.print(s)
     c = Table(title=f"routing confusion (rows: {what}, columns: winning expert token)")
     c.add_column(what)
     for e in r["experts"]:
-        c.add_column(e[:14], justify="right")
+        c.add_column(safe(e[:14]), justify="right")
     for subject, row in r["confusion"].items():
-        c.add_row(subject, *[str(row[e]) for e in r["experts"]])
+        c.add_row(safe(subject), *[str(row[e]) for e in r["experts"]])
     out.print(c)
     lines = []
     if r.get("false_fire_rate") is not None:
@@ -149,4 +148,4 @@ def _show(r: dict, per_key: str = "per_subject", title: str = "MMLU-Expert") -> 
     if r.get("plot"):
         lines.append(f"plot: {r['plot']}")
     for line in lines:
-        out.print(line, highlight=False)
+        out.print(safe(line), highlight=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from etr_hub.cli.output import err, out, print_json, short
+from etr_hub.cli.output import err, lit, out, print_json, safe, short
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -58,7 +58,7 @@ def add(
         if not json_out:
             again = (row.name, row.version, row.token_sha256) in before and not replace
             verb = "already registered" if again else "registered"
-            err.print(f"{verb} [bold]{row.name}[/bold] {row.version} (token {short(row.token_sha256)})", highlight=False)
+            err.print(f"{verb} [bold]{lit(row.name)}[/bold] {lit(row.version)} (token {lit(short(row.token_sha256))})", highlight=False)
     if json_out:
         print_json(added[0] if len(added) == 1 else added)
 
@@ -80,7 +80,7 @@ def list_(json_out: bool = typer.Option(False, "--json", help="Print a JSON arra
         table.add_column(col)
     for r in rows:
         s = _summary(r)
-        table.add_row(r.name, r.version, "yes" if r.enabled else "[dim]no[/dim]", r.label or "-", _ref_text(r.expert_ref),
+        table.add_row(safe(r.name), safe(r.version), "yes" if r.enabled else "[dim]no[/dim]", safe(r.label or "-"), safe(_ref_text(r.expert_ref)),
                       "-" if r.tau is None else f"{r.tau:g}", str(s["query_set_size"] or "-"), short(r.token_sha256), short(r.meta_fingerprint))
     out.print(table)
 
@@ -96,7 +96,7 @@ def show(name: str = typer.Argument(..., help="NAME or NAME@VERSION."), json_out
     from rich.table import Table
 
     m = row.manifest
-    table = Table(show_header=False, title=f"{row.name} {row.version}")
+    table = Table(show_header=False, title=safe(f"{row.name} {row.version}"))
     table.add_column(style="bold")
     table.add_column()
     qs = m.get("query_set") or {}
@@ -110,7 +110,7 @@ def show(name: str = typer.Argument(..., help="NAME or NAME@VERSION."), json_out
         ("training", f"{tr.get('epochs')} epochs, lr {tr.get('lr')}, final loss {tr.get('final_loss')}" if tr else "-"),
         ("token file", str(reg.abspath(row.token_path))), ("created", m.get("created_at", "-")),
     ]:
-        table.add_row(k, str(v))
+        table.add_row(k, safe(v))
     out.print(table)
 
 
@@ -128,21 +128,21 @@ def remove(name: str = typer.Argument(..., help="NAME (every version) or NAME@VE
             raise EtrHubError(f"refusing to remove '{name}' without confirmation", "pass --yes")
         typer.confirm(f"remove expert '{name}'?", abort=True, err=True)
     removed = reg.remove_expert(name)
-    err.print(f"removed {', '.join(f'{r.name}@{r.version}' for r in removed)}", highlight=False)
+    err.print(safe(f"removed {', '.join(f'{r.name}@{r.version}' for r in removed)}"), highlight=False)
 
 
 @app.command("enable")
 def enable(name: str = typer.Argument(..., help="NAME or NAME@VERSION.")) -> None:
     """Enable an expert (its token joins W_E at the next load); other versions are disabled."""
     row = _registry().set_enabled(name, True)
-    err.print(f"enabled {row.name}@{row.version}", highlight=False)
+    err.print(safe(f"enabled {row.name}@{row.version}"), highlight=False)
 
 
 @app.command("disable")
 def disable(name: str = typer.Argument(..., help="NAME or NAME@VERSION.")) -> None:
     """Disable an expert (its token leaves W_E at the next load)."""
     row = _registry().set_enabled(name, False)
-    err.print(f"disabled {row.name}", highlight=False)
+    err.print(safe(f"disabled {row.name}"), highlight=False)
 
 
 @app.command("export")
@@ -153,4 +153,4 @@ def export(
 ) -> None:
     """Write a registered expert back out as a bundle (byte-identical token file)."""
     bundle = _registry().export_expert(name, out_dir, replace=replace)
-    err.print(f"wrote {bundle.root}", highlight=False)
+    err.print(safe(f"wrote {bundle.root}"), highlight=False)

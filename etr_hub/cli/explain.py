@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from etr_hub.cli.output import err, out, print_json
+from etr_hub.cli.output import err, lit, out, print_json, safe
 from etr_hub.errors import EtrHubError
 
 
 def explain(
     text: str = typer.Argument(..., help="A user message, as it would be asked in chat."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    top: int = typer.Option(10, "--top", help="How many word tokens to show next to the expert tokens."),
+    top: int = typer.Option(10, "--top", min=0, help="How many word tokens to show next to the expert tokens."),
 ) -> None:
     """At the routing position: every expert token's probability next to the top-K word tokens, and which would win."""
     from etr_hub.cli.chat import _open_hub
 
     if not text.strip():
         raise EtrHubError("empty message", "pass the message to explain, e.g. etr-hub explain \"Why do stars twinkle?\"")
-    if top < 0:
-        raise EtrHubError(f"--top must be ≥ 0 (got {top})", "pass e.g. --top 10")
     hub = _open_hub(quiet=json_out, memory_budget_mb=None)
     result = hub.explain(text, top=top)
     if json_out:
@@ -42,19 +40,19 @@ def _show(result) -> None:
         w = result.words[i] if i < len(result.words) else None
         table.add_row(
             str(i + 1),
-            (f"[bold]{e.name}[/bold]" if e.name == result.winner else e.name) if e else "",
+            safe(e.name, style="bold" if e.name == result.winner else "") if e else "",
             f"{e.probability:.4f}" if e else "",
-            repr(w.token) if w else "",
+            safe(repr(w.token)) if w else "",
             f"{w.probability:.4f}" if w else "",
         )
     out.print(table)
     best = result.experts[0] if result.experts else None
     if result.winner is not None:
-        err.print(f"→ routes to [bold]{result.winner}[/bold] (p={best.probability:.4f}; all expert tokens together {result.p_any_expert:.4f})", highlight=False)
+        err.print(f"→ routes to [bold]{lit(result.winner)}[/bold] (p={best.probability:.4f}; all expert tokens together {result.p_any_expert:.4f})", highlight=False)
     elif best is None:
         err.print("→ no experts are assembled: the meta model answers itself", highlight=False)
     else:
         top_word = result.words[0] if result.words else None
         gap = (top_word.logit - best.logit) if top_word else float("nan")
-        err.print(f"→ the meta model answers itself: the best expert token, {best.name} (p={best.probability:.4f}), is {gap:.2f} logits "
-                  f"below the top word token" + (f" {top_word.token!r} (p={top_word.probability:.4f})" if top_word else ""), highlight=False)
+        err.print(safe(f"→ the meta model answers itself: the best expert token, {best.name} (p={best.probability:.4f}), is {gap:.2f} logits "
+                       f"below the top word token" + (f" {top_word.token!r} (p={top_word.probability:.4f})" if top_word else "")), highlight=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from etr_hub.cli.output import err, note, print_json
+from etr_hub.cli.output import err, lit, note, print_json, safe
 
 
 def init(
@@ -23,9 +23,9 @@ def init(
         row = current  # already initialised: keep the active meta model
     else:
         with err.status("preparing the meta model…") as status:
-            row = register_meta_model(reg, ref, progress=lambda msg: status.update(msg))
+            row = register_meta_model(reg, ref, progress=lambda msg: status.update(safe(msg)))
     if json_out:
         print_json({"home": str(reg.settings.home), "meta_model": row.display, "fingerprint": row.fingerprint, "hidden_size": row.hidden_size, "vocab_size": row.vocab_size})
         return
     note(f"home: {reg.settings.home}")
-    err.print(f"meta model [bold]{row.display}[/bold]  hidden {row.hidden_size}  vocab {row.vocab_size}  fingerprint {row.fingerprint[:12]}…", highlight=False)
+    err.print(f"meta model [bold]{lit(row.display)}[/bold]  hidden {row.hidden_size}  vocab {row.vocab_size}  fingerprint {row.fingerprint[:12]}…", highlight=False)

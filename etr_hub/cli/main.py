@@ -9,7 +9,13 @@ import warnings
 import typer
 from typer.core import TyperGroup
 
+from etr_hub.cli.output import clean
 from etr_hub.errors import EtrHubError
+
+try:  # Typer ≥ 0.2x raises usage errors from its own copy of Click, older Typer from Click itself
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
 
 
 # The CLI draws its own rich progress; silence the libraries' bars and advisory warnings, and
@@ -34,19 +40,19 @@ class ErrorHandlingGroup(TyperGroup):
         except EtrHubError as e:
             if debug():
                 raise
-            one_line = str(e).replace("\n", " ")
+            one_line = clean(str(e).replace("\n", " "))  # it may quote a manifest: no control codes
             print(f"error: {one_line}", file=sys.stderr)
             sys.stderr.flush()
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             ctx.exit(130)
-        except (typer.Exit, typer.Abort, SystemExit):
-            raise
+        except (typer.Exit, typer.Abort, SystemExit, ClickException):
+            raise  # Typer prints usage errors (exit 2) and handles exits itself
         except Exception as e:  # a bug: still no traceback unless asked for
-            if debug() or e.__class__.__module__.startswith("click"):
+            if debug():
                 raise
-            print(f"error: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} — rerun with ETR_HUB_DEBUG=1 for a traceback and report it", file=sys.stderr)
+            print(f"error: internal error: {type(e).__name__}: {clean(str(e).splitlines()[0]) if str(e) else ''} — rerun with ETR_HUB_DEBUG=1 for a traceback and report it", file=sys.stderr)
             ctx.exit(70)
 
 
@@ -59,6 +65,25 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("etr-hub")
+        except PackageNotFoundError:  # run from a checkout without installing
+            from etr_hub import __version__ as number
+        print(f"etr-hub {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    pass
 
 
 def _register() -> None:

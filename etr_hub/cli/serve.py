@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from etr_hub.cli.output import err, note, warn
+from etr_hub.cli.checks import one_of
+from etr_hub.cli.output import err, lit, note, safe, warn
 
 
 def serve(
@@ -14,12 +15,12 @@ def serve(
                                 help="Require 'Authorization: Bearer KEY' on every /v1 request. Prefer the environment variable: a command line is visible to other users."),
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without an API key."),
     max_queue: int = typer.Option(16, "--max-queue", help="Requests that may wait for the meta model; more get 429 + Retry-After."),
-    max_tokens: int = typer.Option(2048, "--max-tokens", help="The largest max_tokens a request may ask for."),
-    max_body_kb: int = typer.Option(1024, "--max-body-kb", help="The largest request body, in KiB (413 above)."),
+    max_tokens: int = typer.Option(2048, "--max-tokens", min=1, help="The largest max_tokens a request may ask for."),
+    max_body_kb: int = typer.Option(1024, "--max-body-kb", min=1, help="The largest request body, in KiB (413 above)."),
     cors_origin: list[str] = typer.Option(None, "--cors-origin", help="Allow browser pages from this origin (repeatable). CORS is off without it."),
     model_name: str = typer.Option("etr-hub", "--model-name", help="The hub's model id in /v1/models (experts are listed by name)."),
-    memory_budget_mb: int = typer.Option(None, "--memory-budget-mb", help="Memory for loaded experts (default: half the RAM)."),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: critical, error, warning, info, debug."),
+    memory_budget_mb: int = typer.Option(None, "--memory-budget-mb", min=0, help="Memory for loaded experts (default: half the RAM)."),
+    log_level: str = typer.Option("info", "--log-level", callback=one_of("critical", "error", "warning", "info", "debug", "trace"), help="uvicorn log level: critical, error, warning, info, debug."),
 ) -> None:
     """Serve the meta model and its experts over the OpenAI API (POST /v1/chat/completions, /v1/completions, GET /v1/models)."""
     import importlib.util
@@ -39,7 +40,7 @@ def serve(
     hub = _open_hub(memory_budget_mb)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/v1"
     names = ", ".join(e.name for e in hub.experts) or "none"
-    err.print(f"serving [bold]{config.model_id}[/bold] ({hub.meta_name}) with {len(hub.experts)} expert(s): {names}", highlight=False)
+    err.print(f"serving [bold]{lit(config.model_id)}[/bold] ({lit(hub.meta_name)}) with {len(hub.experts)} expert(s): {lit(names)}", highlight=False)
     note(f"OpenAI base URL: {url} · API key {'required' if config.api_key else 'not required'} · queue {config.max_queue} · Ctrl-C stops")
     if not config.api_key and host not in ("127.0.0.1", "localhost", "::1"):
         warn(f"serving on {host} without an API key (--insecure)")
@@ -53,7 +54,7 @@ def _open_hub(memory_budget_mb: int | None):
     from etr_hub.runtime import Hub
 
     with err.status("loading the meta model…") as status:
-        hub = Hub.open(progress=lambda m: status.update(f"{m}…"), memory_budget_mb=memory_budget_mb)
+        hub = Hub.open(progress=lambda m: status.update(safe(f"{m}…")), memory_budget_mb=memory_budget_mb)
     for name, reason in hub.skipped:
         warn(f"skipped expert '{name}': {reason}")
     return hub

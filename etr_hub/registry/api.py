@@ -8,13 +8,13 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Session, select
 
 from etr_hub.bundle import Bundle, Manifest, load_bundle, write_bundle
 from etr_hub.config import Settings, settings as current_settings
 from etr_hub.errors import RegistryError
-from etr_hub.registry.db import engine_for, migrate
+from etr_hub.registry.db import corrupt_sqlite, engine_for, migrate
 from etr_hub.registry.tables import Expert, MetaModel, QuerySet
 from etr_hub.store import Store
 
@@ -34,6 +34,8 @@ class Registry:
             migrate(reg.engine)
         except (OperationalError, InterfaceError) as e:
             raise _unreachable(cfg.database_url, e) from None
+        except DatabaseError as e:
+            raise corrupt_sqlite(cfg.database_url, e) or e from None
         return reg
 
     @contextmanager
@@ -47,6 +49,8 @@ class Registry:
                     yield s
         except (OperationalError, InterfaceError) as e:
             raise _unreachable(self.settings.database_url, e) from None
+        except DatabaseError as e:  # e.g. a page corrupted since the file was opened
+            raise corrupt_sqlite(self.settings.database_url, e) or e from None
 
     def abspath(self, store_rel: str) -> Path:
         return self.store.root / store_rel

@@ -1,7 +1,7 @@
 """Engine, connection pragmas and migrations for the registry database.
 
-SQLite by default (`$ETR_HUB_HOME/registry.db`); any SQLAlchemy URL in `ETR_HUB_DATABASE_URL`
-(e.g. `postgresql+psycopg://…`) works without code changes. On SQLite every write
+SQLite by default (`$ETR_HUB_HOME/registry.db`), or PostgreSQL through an SQLAlchemy URL in
+`ETR_HUB_DATABASE_URL` (e.g. `postgresql+psycopg://…`); other databases are refused. On SQLite every write
 transaction starts with BEGIN IMMEDIATE: a deferred transaction that later upgrades to a
 writer can fail with "database is locked" without waiting, IMMEDIATE waits on busy_timeout.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from etr_hub.errors import RegistryError
 
@@ -21,6 +22,27 @@ PG_CONNECT_TIMEOUT_S = 10
 WRITE_LOCK_KEY = 7201604  # pg_advisory_xact_lock key for registry writes
 MIGRATE_LOCK_KEY = 7201603
 MIGRATIONS = Path(__file__).parent / "migrations"
+URL_FORMS = "use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB, or unset it for $ETR_HUB_HOME/registry.db"
+
+
+def check_url(url: str) -> None:
+    """Refuse what is not an SQLite or PostgreSQL URL, in one line (never echoing a password)."""
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        shown = f" '{url}'" if "@" not in url else ""
+        raise RegistryError(f"ETR_HUB_DATABASE_URL{shown} is not a database URL", URL_FORMS) from None
+    if backend not in ("sqlite", "postgresql"):
+        raise RegistryError(f"ETR_HUB_DATABASE_URL names a '{backend}' database; the registry runs on SQLite or PostgreSQL only", URL_FORMS)
+
+
+def corrupt_sqlite(url: str, exc: Exception) -> RegistryError | None:
+    """The one-line error for an SQLite file that is not (or no longer) a database; None for other errors."""
+    orig = getattr(exc, "orig", exc)
+    if getattr(orig, "sqlite_errorname", None) not in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+        return None
+    return RegistryError(f"registry database {make_url(url).database} is not a valid SQLite database ({orig})",
+                         "restore it from a backup or move it away and run `etr-hub init`")
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -47,6 +69,7 @@ def _postgres_begin(conn) -> None:
 
 @functools.lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
+    check_url(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":

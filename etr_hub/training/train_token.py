@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
@@ -98,6 +100,9 @@ def train_token(registry: Registry, name: str, *, query_set: str | None = None, 
                 provider: str | None = None, replace: bool = False, word_negatives: bool = True, progress: ProgressFactory = no_progress,
                 status: Callable[[str], None] | None = None, session: ModelSession | None = None) -> TrainResult:
     t0 = time.perf_counter()
+    version = version or _next_version(registry, name)
+    out = Path(out) if out else registry.settings.bundles_dir / f"{name}-{version}"
+    _check_before_training(registry, name, version, cfg, out, replace)
     session = session or ModelSession(registry, status)
     meta = session.meta_row
     qs = registry.latest_query_set(query_set or name, meta.fingerprint)
@@ -129,16 +134,52 @@ def train_token(registry: Registry, name: str, *, query_set: str | None = None, 
         outcome = train_expert_row(cached_features(hidden, lse), len(queries), target, w_frozen, init, cfg)
     finally:
         torch.set_num_threads(threads)
+    _check_trained(outcome, hidden, cfg)
 
     from etr_hub.routing import pooled_routing_logits
 
     winners = pooled_routing_logits(hidden, lse, torch.cat([w_frozen, outcome.row], dim=0)).argmax(dim=-1)  # (Q,)
     accuracy = float((winners == target).float().mean())
-    bundle = _write(registry, name, qs, meta, outcome, cfg, [e.name for e in others], n_word, out, version or _next_version(registry, name),
+    bundle = _write(registry, name, qs, meta, outcome, cfg, [e.name for e in others], n_word, out, version,
                     description, license, provider or getpass.getuser(), replace)
     expert = registry.add_expert(bundle, replace=replace)
     return TrainResult(bundle=bundle, expert=expert, outcome=outcome, n_queries=qs.size, n_negatives=len(queries) - qs.size,
                        train_routing_accuracy=accuracy, seconds=time.perf_counter() - t0)
+
+
+def _check_before_training(registry: Registry, name: str, version: str, cfg: TrainSettings, out: Path, replace: bool) -> None:
+    """Everything that would otherwise fail only after training: cheap, before any model loads."""
+    from pydantic import TypeAdapter, ValidationError
+
+    for field, value in (("name", name), ("version", version)):
+        info = Manifest.model_fields[field]
+        try:
+            TypeAdapter(Annotated[info.annotation, *info.metadata]).validate_python(value)
+        except ValidationError as exc:
+            raise EtrHubError(f"{value!r} is not a valid expert {field} ({exc.errors()[0]['msg']})", f"pass another {field}") from None
+    for flag, value, ok in (("lr", cfg.lr, cfg.lr > 0), ("weight_decay", cfg.weight_decay, cfg.weight_decay >= 0)):
+        if not (math.isfinite(value) and ok):
+            raise EtrHubError(f"{flag} must be a finite number {'> 0' if flag == 'lr' else '≥ 0'} (got {value})", "pass e.g. --lr 5e-4 --weight-decay 1.0")
+    if cfg.batch_size < 1 or cfg.max_epochs < 1 or (cfg.epochs is not None and cfg.epochs < 1):
+        raise EtrHubError("batch_size, max_epochs and epochs must be at least 1", "pass e.g. --batch-size 16")
+    if out.exists() and not replace:
+        raise EtrHubError(f"{out} already exists", "pass --replace or choose another --out")
+    if not replace and any(e.name == name and e.version == version for e in registry.list_experts()):
+        raise EtrHubError(f"expert '{name}' version {version} is already registered", "pass --replace to overwrite it, or another --version")
+
+
+# A logit this large gives its query p = 1.0 whatever the meta model says: training ran away.
+MAX_TOKEN_LOGIT = 1e4
+
+
+def _check_trained(outcome: TrainOutcome, hidden: torch.Tensor, cfg: TrainSettings) -> None:
+    """Refuse a diverged row before anything is written (a bundle refusing it later would blame expert.json)."""
+    row = outcome.row.float()
+    largest = float((hidden.float() @ row.T).abs().max()) if hidden.numel() else 0.0  # (Q, C) @ (C, 1)
+    if not (math.isfinite(outcome.final_loss) and bool(torch.isfinite(row).all()) and largest <= MAX_TOKEN_LOGIT):
+        raise EtrHubError(
+            f"training diverged at --lr {cfg.lr:g} (final loss {outcome.final_loss:g}, largest token logit {largest:.3g}); nothing was written",
+            "lower --lr (the paper's is 5e-4)")
 
 
 def _write(registry, name, qs: QuerySet, meta, outcome: TrainOutcome, cfg: TrainSettings, negatives, n_word, out, version,
@@ -148,7 +189,6 @@ def _write(registry, name, qs: QuerySet, meta, outcome: TrainOutcome, cfg: Train
     if ref.kind == "peft" and ref.path:
         files["adapter"] = Path(ref.path)
         ref = ref.model_copy(update={"path": "adapter"})  # the bundle carries the adapter
-    out = Path(out) if out else registry.settings.bundles_dir / f"{name}-{version}"
     with tempfile.TemporaryDirectory() as tmp:
         token_file = Path(tmp) / "token.safetensors"
         save_token(token_file, outcome.row)
