@@ -146,6 +146,11 @@ class Store:
             report.bytes += _size(path)
             if not dry_run:
                 self.discard(path)
+                if path.parent.parent.name == "sha256":
+                    try:
+                        path.parent.rmdir()  # an emptied shard folder (writers hold the shared lock: none now)
+                    except OSError:
+                        pass
         return report
 
     # -- single files -------------------------------------------------------------------

@@ -14,14 +14,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("experts") as batch:
-        batch.add_column(sa.Column("allowed_env", sa.JSON, nullable=True))
-    with op.batch_alter_table("meta_models") as batch:
-        batch.add_column(sa.Column("max_row_norm", sa.Float, nullable=True))
+    # plain ALTER TABLE (nullable columns): no table copy, so SQLite's foreign keys stay intact
+    op.add_column("experts", sa.Column("allowed_env", sa.JSON, nullable=True))
+    op.add_column("meta_models", sa.Column("max_row_norm", sa.Float, nullable=True))
 
 
-def downgrade() -> None:
-    with op.batch_alter_table("meta_models") as batch:
-        batch.drop_column("max_row_norm")
-    with op.batch_alter_table("experts") as batch:
-        batch.drop_column("allowed_env")
+def downgrade() -> None:  # SQLite >= 3.35 drops a plain column in place
+    op.drop_column("meta_models", "max_row_norm")
+    op.drop_column("experts", "allowed_env")
