@@ -15,7 +15,7 @@ import pytest
 
 from etr_hub.bundle.io import load_bundle
 from etr_hub.errors import BundleError
-from tests.conftest import FAKE_FP, invoke, make_bundle, run_cli, write_manifest
+from tests.conftest import invoke, make_bundle, run_cli, write_manifest
 
 ETR_HUB = Path(__file__).resolve().parents[1] / "etr_hub"
 
@@ -188,6 +188,26 @@ def test_every_loader_call_passes_trust_remote_code_false():
     assert len(calls) >= 8
     missing = [where for where, _, value in calls if not (isinstance(value, ast.Constant) and value.value is False)]
     assert missing == [], f"loader calls without trust_remote_code=False: {missing}"
+
+
+def test_a_providers_own_adapter_folder_is_refused_for_code_only(tmp_path):
+    """Loaders check adapter folders too (a store file changed after `expert add`); a provider's
+    training folder with pickles nobody loads and cache symlinks still loads."""
+    from etr_hub.bundle.safety import code_in_folder
+
+    folder = tmp_path / "astro-lora"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2}))
+    (folder / "training_args.bin").write_bytes(b"\x80\x04K\x01.")
+    (tmp_path / "blob").write_bytes(b"weights")
+    os.symlink(tmp_path / "blob", folder / "adapter_model.safetensors")  # a Hugging Face cache snapshot links to blobs
+    os.symlink(tmp_path / "gone", folder / "stale-link")
+    assert code_in_folder(folder) is None
+    (folder / "tokenizer_config.json").write_text(AUTO_MAP)
+    assert "has 'auto_map'" in code_in_folder(folder)
+    (folder / "tokenizer_config.json").unlink()
+    (folder / "modeling_evil.py").write_text("import os\n")
+    assert code_in_folder(folder) == "'modeling_evil.py' is code"
 
 
 def _plant_custom_tokenizer(adapter: Path, marker: Path) -> None:

@@ -172,7 +172,7 @@ def _check_query_set(root: Path, manifest: Manifest) -> None:
         if not line.strip():
             continue
         try:
-            row = parse_json(line, f"{qs.file}:{lineno}")
+            row = parse_json(line, f"{qs.file}:{lineno}", constants=True)  # a row's loss may be NaN
         except Refused:
             raise _fail(root, f"query set line {lineno} is not JSON", "write one JSON object per line") from None
         if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not row["query"].strip():

@@ -18,7 +18,7 @@ from typing import Any
 DEFAULT_MAX_BUNDLE_MB = 2048  # the whole bundle folder; override: --max-bundle-mb / ETR_HUB_MAX_BUNDLE_MB
 MAX_FILES = 10_000
 MAX_DEPTH = 32  # folder nesting inside a bundle
-MAX_JSON_BYTES = 16 << 20  # any one JSON file (manifest, adapter or tokenizer config) read into memory
+MAX_JSON_BYTES = 64 << 20  # any one JSON file read into memory (a large tokenizer.json is ~20 MB)
 
 # Formats that unpickle (and so can execute code) on load; a bundle carries safetensors only.
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"}
@@ -59,8 +59,11 @@ class Entry:
     symlink: bool
 
 
-def scan(root: Path, *, max_bytes: int) -> list[Entry]:
-    """Every file below `root`, checked; raises Refused for anything a bundle must not hold."""
+def scan(root: Path, *, max_bytes: int, strict: bool = True) -> list[Entry]:
+    """Every file below `root`, checked; raises Refused for anything a bundle must not hold.
+
+    strict=False (a provider's own adapter folder, e.g. a Hugging Face cache snapshot of symlinks,
+    next to training_args.bin): only code is refused; links, pickles and odd files are skipped."""
     entries: list[Entry] = []
     total = 0
     stack: list[tuple[Path, int]] = [(root, 0)]
@@ -75,18 +78,27 @@ def scan(root: Path, *, max_bytes: int) -> list[Entry]:
         for child in children:
             path = Path(child.path)
             rel = path.relative_to(root).as_posix()
-            info = _stat(path, rel)
+            try:
+                info = _stat(path, rel)
+            except Refused:
+                if strict:
+                    raise
+                continue  # a broken link in a provider's folder: nothing a loader could run
             link = stat.S_ISLNK(os.lstat(path).st_mode)
             if stat.S_ISDIR(info.st_mode):
-                if link:
+                if link and strict:
                     raise Refused(f"'{rel}' is a symlinked folder", "copy the folder into the bundle instead of linking it")
-                stack.append((path, depth + 1))
+                if not link:
+                    stack.append((path, depth + 1))
                 continue
-            if link and not _within(root, path):
+            if link and strict and not _within(root, path):
                 raise Refused(f"'{rel}' is a symlink pointing outside the bundle", "copy the file into the bundle instead of linking it")
             if not stat.S_ISREG(info.st_mode):
-                raise Refused(f"'{rel}' is not a regular file (a pipe, socket or device)", "bundles hold plain files only")
-            check_name(rel)
+                if strict:
+                    raise Refused(f"'{rel}' is not a regular file (a pipe, socket or device)", "bundles hold plain files only")
+                continue
+            if strict or os.path.splitext(rel)[1].lower() not in PICKLE_SUFFIXES:  # a pickle nobody loads is harmless
+                check_name(rel)
             if not rel.endswith(".safetensors"):
                 _check_magic(path, rel)
             total += info.st_size
@@ -136,7 +148,7 @@ def code_in_folder(folder: Path) -> str | None:
     The loaders pass trust_remote_code=False anyway; this is the same refusal for a folder that
     bypassed bundle validation (e.g. a file changed in the store)."""
     try:
-        entries = scan(folder, max_bytes=1 << 62)
+        entries = scan(folder, max_bytes=1 << 62, strict=False)
         for e in entries:
             if e.rel.endswith(".json"):
                 check_json_file(e.path, e.rel)
@@ -156,11 +168,12 @@ def read_json_file(path: Path, rel: str) -> Any:
     return parse_json(path.read_bytes(), rel)
 
 
-def parse_json(data: bytes | str, rel: str) -> Any:
+def parse_json(data: bytes | str, rel: str, *, constants: bool = False) -> Any:
+    """`constants`: accept NaN/Infinity (Python's json writes them; fine in data rows, never in a manifest)."""
     fix = f"write '{rel}' as UTF-8 JSON (json.dump)"
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text, parse_constant=_no_constant)
+        return json.loads(text) if constants else json.loads(text, parse_constant=_no_constant)
     except UnicodeDecodeError as e:
         raise Refused(f"'{rel}' is not UTF-8 (byte {e.start})", fix) from None
     except json.JSONDecodeError as e:
