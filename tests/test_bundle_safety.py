@@ -278,6 +278,8 @@ def test_show_json_is_strict_json_even_for_a_nan_already_in_the_registry(fake_me
     """A row written before the schema refused NaN (SQLite took it) prints as null, not NaN."""
     from etr_hub.registry.tables import Expert
 
+    if registry.engine.dialect.name != "sqlite":
+        pytest.skip("only SQLite stores NaN in a JSON column")
     assert invoke("expert", "add", str(make_bundle(tmp_path / "b", "astronomy"))).returncode == 0
     with registry.session(write=True) as s:
         row = s.get(Expert, registry.get_expert("astronomy").id)

@@ -131,3 +131,11 @@ def test_the_hub_warns_and_explain_agrees_when_a_logit_overflows(registry, tiny)
     assert any("non-finite logit" in w and "'dogs'" in w for w in result.warnings), result.warnings
     explained = hub.explain(QUESTION[0]["content"])
     assert explained.winner is None and explained.experts[0].probability == 0.0
+
+
+def test_init_records_the_row_norms_an_older_registry_lacks(registry, tiny):
+    _register_meta(registry, tiny, recorded=False)
+    res = run_cli("init")
+    assert res.returncode == 0, res.stderr
+    assert registry.active_meta().max_row_norm == pytest.approx(tiny.max_norm)
+    assert registry.active_meta().fingerprint == tiny.fp
