@@ -39,8 +39,8 @@ def lively_llama(path: Path, seed: int = 0, chat_template: bool = True) -> Path:
 
 
 def add_expert(registry, name: str, row: torch.Tensor, expert: ModelRef, *, fingerprint: str, hidden: int,
-               adapter: Path | None = None, vocab: int = 272):
-    """Write a bundle whose token is `row` (1, hidden) and register it."""
+               adapter: Path | None = None, vocab: int = 272, allow_env: tuple[str, ...] = ()):
+    """Write a bundle whose token is `row` (1, hidden) and register it (`allow_env`: as --allow-env)."""
     with tempfile.TemporaryDirectory() as tmp:
         token = Path(tmp) / "token.safetensors"
         save_token(token, row.reshape(1, hidden).float())
@@ -54,7 +54,7 @@ def add_expert(registry, name: str, row: torch.Tensor, expert: ModelRef, *, fing
             token=TokenInfo(sha256=sha256_file(token), shape=(1, hidden)),
         )
         bundle = write_bundle(Path(tmp) / name, manifest, files)
-        return registry.add_expert(bundle)
+        return registry.add_expert(bundle, allow_env=allow_env)
 
 
 @torch.no_grad()

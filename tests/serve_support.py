@@ -73,7 +73,7 @@ def make_world(root: Path, *, meta_seed: int = 0, experts: dict[str, dict] | Non
         for k, (name, ref) in enumerate((experts or {}).items()):
             bundle = root / "bundles" / name
             bundle.mkdir(parents=True)
-            token = (h / h.norm() * (20.0 - k)).reshape(1, -1).contiguous()  # (1, C): wins at ROUTE_PROMPT
+            token = (h / h.norm() * (10.0 - k)).reshape(1, -1).contiguous()  # (1, C): wins at ROUTE_PROMPT, within the row-norm limit
             save_file({"expert_token": token}, str(bundle / "token.safetensors"))
             manifest = {
                 "schema_version": 1, "name": name, "version": "0.1.0", "description": f"{name} test expert",

@@ -297,3 +297,57 @@ def test_restarts_during_a_run_of_operations(pg_url, cluster, tmp_path):
         reg.add_expert(bundles[int(name.split("-")[1])])
     assert len(reg.list_experts()) == len(ok) + len(failed)
     _complete(reg)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrading_a_0001_registry_keeps_its_experts(backend, request, tmp_path, monkeypatch):
+    """0002 (allowed_env, max_row_norm) on a registry with rows: they stay, with no allowance and no record."""
+    from alembic import command
+    from alembic.config import Config
+
+    from etr_hub.registry.db import MIGRATIONS, engine_for, migrate
+
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.db'}"
+    monkeypatch.setenv("ETR_HUB_DATABASE_URL", url)
+    reg = _with_meta()
+    reg.add_expert(make_bundle(tmp_path / "a", "astronomy", seed=1))
+    engine = engine_for(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+    engine.dispose()
+    migrate(engine)
+    [row] = _open().list_experts()
+    assert row.name == "astronomy" and row.allowed_env is None and _open().active_meta().max_row_norm is None
+    if backend == "sqlite":
+        dispose_engine(url)
+
+
+# Values PostgreSQL refuses with "DataError" (after the token was copied: an orphan) are refused by
+# the manifest schema first, the same on every database (scripts/test.sh reruns this on SQLite too).
+PG_REFUSES = [
+    ("label-over-128", lambda m: m.update(label="x" * 129), "field 'label'"),
+    ("query-set-label-over-128", lambda m: m["query_set"].update(label="y" * 200), "field 'query_set.label'"),
+    ("nul-in-description", lambda m: m.update(description="a\x00b"), "NUL character"),
+    ("size-over-int32", lambda m: m["query_set"].update(size=2**31), "field 'query_set.size'"),
+    ("nan", lambda m: m["query_set"].update(tau=float("nan")), "NaN is not a JSON number"),
+]
+
+
+@pytest.mark.parametrize("edit,words", [pytest.param(e, w, id=i) for i, e, w in PG_REFUSES])
+def test_postgresql_refusals_are_bundle_errors_and_leave_no_orphan(pg_url, tmp_path, edit, words):
+    from etr_hub.errors import BundleError
+
+    reg = _with_meta()
+    reg.add_expert(make_bundle(tmp_path / "p", "prehistory", seed=2))
+    before = sorted(p.relative_to(reg.store.root).as_posix() for p in reg.store.root.rglob("*"))
+    bundle = make_bundle(tmp_path / "a", "astronomy", seed=1)
+    manifest = json.loads((bundle / "expert.json").read_text())
+    edit(manifest)
+    (bundle / "expert.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        reg.add_expert(bundle)
+    assert [r.name for r in reg.list_experts()] == ["prehistory"]
+    assert sorted(p.relative_to(reg.store.root).as_posix() for p in reg.store.root.rglob("*")) == before

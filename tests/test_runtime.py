@@ -217,7 +217,7 @@ def test_remote_expert_sends_the_api_key_from_the_named_environment_variable(tin
     k = switch_step(tiny)
     with CompletionsServer(" the keyed expert speaks", api_key=KEY) as server:
         ref = ModelRef(kind="openai", url=server.url, model="tiny-remote", timeout_s=5, api_key_env="ASTRO_KEY")
-        add_expert(tiny.registry, "keyed", row_winning_at(tiny.states, k), ref, fingerprint=tiny.fp, hidden=tiny.hidden)
+        add_expert(tiny.registry, "keyed", row_winning_at(tiny.states, k), ref, fingerprint=tiny.fp, hidden=tiny.hidden, allow_env=("ASTRO_KEY",))
         result = open_hub(tiny).chat(QUESTION, max_new_tokens=MAX_NEW)
     stored = tiny.registry.get_expert("keyed").manifest["expert"]
     assert stored["api_key_env"] == "ASTRO_KEY" and KEY not in str(stored)  # the bundle names the variable only

@@ -18,6 +18,7 @@ class ExpertError(EtrHubError):
 class ExpertSpec:
     name: str
     ref: ModelRef  # resolved: adapter paths point into the registry's store
+    allowed_env: frozenset[str] = frozenset()  # environment variables the operator let it read (--allow-env)
 
 
 @dataclass

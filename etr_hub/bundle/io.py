@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -20,14 +19,14 @@ from etr_hub.bundle.manifest import (
     Manifest,
     first_error,
 )
+from etr_hub.bundle.safety import PICKLE_SUFFIXES, Refused, check_json_file, check_json_tree, max_bundle_bytes, parse_json, read_json_file, scan, walk
 from etr_hub.errors import BundleError
 from etr_hub.store import sha256_file
 
 if TYPE_CHECKING:
     import torch
 
-# Formats that unpickle (and so can execute code) on load; a bundle carries safetensors only.
-PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"}
+__all__ = ["PICKLE_SUFFIXES", "Bundle", "load_bundle", "write_bundle", "read_token", "save_token", "parse_manifest", "inside"]
 
 
 @dataclass(frozen=True)
@@ -65,25 +64,32 @@ def inside(root: Path, rel: str, what: str) -> Path:
     if ".." in Path(rel).parts:
         raise _fail(root, f"{what} '{rel}' points outside the bundle", "keep every file inside the bundle folder")
     path = root / rel
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise _fail(root, f"{what} '{rel}' cannot be resolved ({e})", "replace links with the files themselves") from None
     if resolved != root.resolve() and root.resolve() not in resolved.parents:
         raise _fail(root, f"{what} '{rel}' is a symlink pointing outside the bundle", "copy the file into the bundle instead of linking it")
     return path
 
 
 def _find_truthy_key(obj: Any, key: str) -> bool:
-    if isinstance(obj, dict):
-        return any((k == key and bool(v)) or _find_truthy_key(v, key) for k, v in obj.items())
-    if isinstance(obj, list):
-        return any(_find_truthy_key(v, key) for v in obj)
-    return False
+    return any(k == key and bool(v) for k, v in walk(obj))
 
 
-def parse_manifest(root: Path, raw_text: str) -> Manifest:
+def _refused(root: Path, r: Refused) -> BundleError:
+    return _fail(root, r.problem, r.fix)
+
+
+def parse_manifest(root: Path, raw_text: str | bytes) -> Manifest:
     try:
-        raw = json.loads(raw_text)
-    except json.JSONDecodeError as e:
-        raise _fail(root, f"{MANIFEST_NAME} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})", "fix the JSON syntax") from None
+        raw = parse_json(raw_text, MANIFEST_NAME)
+    except Refused as r:
+        raise _refused(root, r) from None
+    return manifest_from_json(root, raw)
+
+
+def manifest_from_json(root: Path, raw: Any) -> Manifest:
     if not isinstance(raw, dict):
         raise _fail(root, f"{MANIFEST_NAME} must hold a JSON object", "write the manifest as {...}")
     if _find_truthy_key(raw, "trust_remote_code"):
@@ -91,18 +97,17 @@ def parse_manifest(root: Path, raw_text: str) -> Manifest:
     if "schema_version" in raw and raw["schema_version"] != SCHEMA_VERSION:
         raise _fail(root, f"unsupported schema_version {raw['schema_version']!r} (this etr-hub reads {SCHEMA_VERSION})", "rebuild the bundle with a matching etr-hub, or upgrade etr-hub")
     try:
-        return Manifest.model_validate(raw)
+        manifest = Manifest.model_validate(raw)
     except ValidationError as e:
         problem, fix = first_error(e)
         raise _fail(root, f"{MANIFEST_NAME}: {problem}", fix) from None
-
-
-def _refuse_pickles(root: Path) -> None:
-    for p in sorted(root.rglob("*")):
-        if p.suffix.lower() in PICKLE_SUFFIXES:
-            raise _fail(root, f"'{p.relative_to(root)}' is a pickle-based file", "bundles carry safetensors only; convert it with safetensors.torch.save_file")
-        if p.is_symlink():
-            inside(root, p.relative_to(root).as_posix(), "file")
+    except RecursionError:
+        raise _fail(root, f"{MANIFEST_NAME} nests JSON too deeply", "write the manifest as `etr-hub train-token` does") from None
+    try:
+        check_json_tree(raw, MANIFEST_NAME)
+    except Refused as r:
+        raise _refused(root, r) from None
+    return manifest
 
 
 def read_token(root: Path, path: Path, manifest: Manifest) -> "torch.Tensor":
@@ -134,6 +139,21 @@ def read_token(root: Path, path: Path, manifest: Manifest) -> "torch.Tensor":
     return row
 
 
+NORM_FIX = "retrain the token with `etr-hub train-token` (a trained row stays near the size of the meta model's own rows)"
+
+
+def token_norm_problem(row: "torch.Tensor", max_norm: float) -> str | None:
+    """Why an expert row is too large for a meta model whose largest W_V row norm is `max_norm`."""
+    from etr_hub.routing.math import MAX_ROW_NORM_RATIO, row_norm_ratio
+
+    ratio = row_norm_ratio(row, max_norm)
+    if ratio <= MAX_ROW_NORM_RATIO:
+        return None
+    norm = float(row.double().norm())
+    return (f"token row norm {norm:.3g} is {ratio:.3g}× the meta model's largest output row ({max_norm:.3g}); "
+            f"the limit is {MAX_ROW_NORM_RATIO:g}×, beyond which one token takes every prompt")
+
+
 def _check_query_set(root: Path, manifest: Manifest) -> None:
     qs = manifest.query_set
     if qs is None:
@@ -144,12 +164,16 @@ def _check_query_set(root: Path, manifest: Manifest) -> None:
     if sha256_file(path) != qs.sha256:
         raise _fail(root, "query set sha256 does not match the manifest", "re-export the bundle so the manifest matches the query set")
     n = 0
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _fail(root, f"query set '{qs.file}' is not UTF-8 (byte {e.start})", "write it as UTF-8 JSON lines") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+            row = parse_json(line, f"{qs.file}:{lineno}", constants=True)  # a row's loss may be NaN
+        except Refused:
             raise _fail(root, f"query set line {lineno} is not JSON", "write one JSON object per line") from None
         if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not row["query"].strip():
             raise _fail(root, f"query set line {lineno} has no non-empty 'query'", "every line needs a 'query' string")
@@ -165,22 +189,38 @@ def _check_adapter(root: Path, manifest: Manifest) -> None:
     path = inside(root, ref.path, "adapter")
     if not (path / "adapter_config.json").is_file() or not (path / "adapter_model.safetensors").is_file():
         raise _fail(root, f"adapter '{ref.path}' lacks adapter_config.json or adapter_model.safetensors", "save the adapter with peft's save_pretrained(safe_serialization=True)")
-    cfg = json.loads((path / "adapter_config.json").read_text())
+    rel = f"{ref.path.rstrip('/')}/adapter_config.json"
+    try:
+        cfg = read_json_file(path / "adapter_config.json", rel)
+    except Refused as r:
+        raise _refused(root, r) from None
+    if not isinstance(cfg, dict):
+        raise _fail(root, f"'{rel}' must hold a JSON object", "save the adapter with peft's save_pretrained")
     if _find_truthy_key(cfg, "trust_remote_code"):
         raise _fail(root, "the adapter config asks for trust_remote_code", "remove it; etr-hub never runs code from a bundle")
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Validate a bundle directory completely (manifest, token, query set, adapter)."""
+def load_bundle(path: str | Path, *, max_bundle_mb: float | None = None) -> Bundle:
+    """Validate a bundle directory completely (limits, files, manifest, token, query set, adapter).
+
+    Nothing is executed, unpickled or copied; every file is checked before any is read."""
     root = Path(path)
+    if "\x00" in str(root):
+        raise BundleError(f"bundle path {str(root)!r} contains a NUL byte", "pass the folder that holds expert.json")
     if not root.is_dir():
         raise BundleError(f"bundle {root} is not a directory", "pass the folder that holds expert.json")
-    manifest_path = root / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise _fail(root, f"{MANIFEST_NAME} is missing", "run `etr-hub train-token` to write a bundle, or add the manifest")
+    try:
+        entries = scan(root, max_bytes=max_bundle_bytes(max_bundle_mb))
+        if MANIFEST_NAME not in {e.rel for e in entries}:
+            raise _fail(root, f"{MANIFEST_NAME} is missing", "run `etr-hub train-token` to write a bundle, or add the manifest")
+        raw_manifest = read_json_file(root / MANIFEST_NAME, MANIFEST_NAME)
+        for e in entries:  # tokenizer/adapter configs: no auto_map, no trust_remote_code, plain data
+            if e.rel.endswith(".json") and e.rel != MANIFEST_NAME:
+                check_json_file(e.path, e.rel)
+    except Refused as r:
+        raise _refused(root, r) from None
     inside(root, MANIFEST_NAME, "manifest")
-    manifest = parse_manifest(root, manifest_path.read_text(encoding="utf-8", errors="replace"))
-    _refuse_pickles(root)
+    manifest = manifest_from_json(root, raw_manifest)
     for rel, what in [(manifest.token.file, "token file"), (manifest.model_card, "model card")]:
         if rel is not None:
             inside(root, rel, what)

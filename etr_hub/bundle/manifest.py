@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from etr_hub import __version__
 from etr_hub.models.refs import ModelRef
@@ -14,19 +14,28 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "expert.json"
 TOKEN_TENSOR = "expert_token"  # the one tensor inside token.safetensors
 
+# Limits hold whatever the database: strings fit the registry's columns (label: 128), numbers
+# are finite, counts fit a 32-bit integer column (PostgreSQL refuses what SQLite would store).
+INT32_MAX = 2**31 - 1
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-RelPath = Annotated[str, Field(min_length=1, max_length=255)]
+RelPath = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]  # no NUL or control characters
+Label = Annotated[str, Field(max_length=128)]
+Text = Annotated[str, Field(max_length=4096)]
+Short = Annotated[str, Field(max_length=512)]
+PositiveInt = Annotated[int, Field(ge=1, le=INT32_MAX)]
+Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
+Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MetaInfo(Strict):
     """The meta model the token was trained against; a token only fits that model."""
 
-    reference: str
+    reference: Short
     hidden_size: PositiveInt
     vocab_size: PositiveInt
     fingerprint: Sha256  # sha256 of the meta model's output-embedding matrix (float32)
@@ -40,7 +49,7 @@ class TokenInfo(Strict):
 
 
 class DatasetInfo(Strict):
-    name: str
+    name: Short
     sha256: Sha256
     n_pairs: PositiveInt
 
@@ -52,7 +61,7 @@ class LossGapStats(Strict):
     mean: float
     min: float
     max: float
-    quantiles: dict[str, float] = {}
+    quantiles: Annotated[dict[Annotated[str, Field(max_length=32)], float], Field(max_length=64)] = {}
 
 
 class QuerySetInfo(Strict):
@@ -60,45 +69,45 @@ class QuerySetInfo(Strict):
     sha256: Sha256
     size: PositiveInt
     tau: float | None = None
-    selection_rule: str = "loss_meta - loss_expert > tau"
-    seed: int = 0
+    selection_rule: Short = "loss_meta - loss_expert > tau"
+    seed: Seed = 0
     source: DatasetInfo | None = None
     loss_gap: LossGapStats | None = None
-    label: str | None = None
+    label: Label | None = None
     purity: float | None = None
 
 
 class TrainingInfo(Strict):
-    objective: str = "-log P(expert token | query)"
-    init: str = "mean of output-embedding rows"
-    optimizer: str = "AdamW"
+    objective: Short = "-log P(expert token | query)"
+    init: Short = "mean of output-embedding rows"
+    optimizer: Short = "AdamW"
     lr: float
     weight_decay: float
-    epochs: int
+    epochs: Count
     batch_size: PositiveInt
-    schedule: str = "cosine, 5 warm-up steps"
-    steps: int
+    schedule: Short = "cosine, 5 warm-up steps"
+    steps: Count
     final_loss: float
-    stopped: str = "epochs"
-    negatives: list[str] = []  # experts whose query sets were negatives (their tokens frozen in the softmax)
-    word_negatives: int = 0  # general prompts labelled "a word token" (teach the token not to fire on small talk)
+    stopped: Short = "epochs"
+    negatives: Annotated[list[Short], Field(max_length=10_000)] = []  # experts whose query sets were negatives (their tokens frozen in the softmax)
+    word_negatives: Count = 0  # general prompts labelled "a word token" (teach the token not to fire on small talk)
 
 
 class Manifest(Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: Slug
     version: Annotated[str, Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}$")] = "0.1.0"
-    description: str = ""
-    license: str
-    provider: str
-    label: str | None = None  # the domain this expert answers for, e.g. an MMLU subject
+    description: Text = ""
+    license: Short
+    provider: Short
+    label: Label | None = None  # the domain this expert answers for, e.g. an MMLU subject
     expert: ModelRef
     meta: MetaInfo
     token: TokenInfo
     query_set: QuerySetInfo | None = None
     training: TrainingInfo | None = None
     model_card: RelPath | None = None
-    etr_hub_version: str = __version__
+    etr_hub_version: Annotated[str, Field(max_length=64)] = __version__
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
 
 

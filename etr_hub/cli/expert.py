@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -25,7 +26,8 @@ def _summary(row) -> dict:
         "enabled": row.enabled,
         "label": row.label,
         "description": row.description,
-        "expert": row.expert_ref,
+        "expert": _redacted(row.expert_ref),
+        "allowed_env": list(row.allowed_env or []),
         "meta_fingerprint": row.meta_fingerprint,
         "token_sha256": row.token_sha256,
         "tau": row.tau,
@@ -34,26 +36,56 @@ def _summary(row) -> dict:
     }
 
 
+def _redacted(ref: dict) -> dict:
+    from etr_hub.models.refs import redact_ref
+
+    return redact_ref(ref)  # never print a credential an older registry row may hold in its URL
+
+
 def _ref_text(ref: dict) -> str:
+    from pydantic import ValidationError
+
     from etr_hub.models.refs import ModelRef
 
-    return ModelRef.model_validate(ref).display()
+    ref = _redacted(ref)
+    try:
+        return ModelRef.model_validate(ref).display()
+    except ValidationError:  # a row from before a rule it now breaks: show it, redacted, anyway
+        return f"{ref.get('kind')}:{ref.get('url') or ref.get('path') or ref.get('name') or '?'} (invalid now)"
+
+
+def _check_add_options(allow_env: list[str] | None, max_bundle_mb: float | None) -> list[str]:
+    """Usage errors (exit 2, one line) before the registry opens or anything is read."""
+    from etr_hub.errors import EtrHubError
+    from etr_hub.registry.api import check_env_names
+
+    try:
+        if max_bundle_mb is not None and not 0 < max_bundle_mb < float("inf"):
+            raise EtrHubError(f"--max-bundle-mb must be a positive number of MB (got {max_bundle_mb:g})", "pass e.g. --max-bundle-mb 4096")
+        return check_env_names(allow_env)
+    except EtrHubError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
 
 
 @app.command("add")
 def add(
     paths: list[Path] = typer.Argument(..., help="Bundle directories (each holds expert.json), e.g. plugins/*/"),
     replace: bool = typer.Option(False, "--replace", help="Overwrite an expert with the same name and version."),
+    allow_env: list[str] = typer.Option(None, "--allow-env", metavar="NAME",
+                                        help="Let the bundle's remote expert send this environment variable as its API key (repeatable; never ETR_HUB_*)."),
+    max_bundle_mb: float = typer.Option(None, "--max-bundle-mb", help="Largest bundle accepted, in MB (default: $ETR_HUB_MAX_BUNDLE_MB or 2048)."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Validate bundles and register them (files are copied into the registry's store).
 
     Adding a bundle that is already registered, unchanged, does nothing, so this is safe to re-run."""
+    allowed = _check_add_options(allow_env, max_bundle_mb)
     reg = _registry()
     added = []
     for path in paths:
         before = {(e.name, e.version, e.token_sha256) for e in reg.list_experts()}
-        row = reg.add_expert(path, replace=replace)
+        row = reg.add_expert(path, replace=replace, allow_env=allowed, max_bundle_mb=max_bundle_mb)
         added.append(_summary(row))
         if not json_out:
             again = (row.name, row.version, row.token_sha256) in before and not replace
@@ -91,7 +123,7 @@ def show(name: str = typer.Argument(..., help="NAME or NAME@VERSION."), json_out
     reg = _registry()
     row = reg.get_expert(name)
     if json_out:
-        print_json(row.manifest)
+        print_json({**row.manifest, "expert": _redacted(row.manifest.get("expert") or {})})
         return
     from rich.table import Table
 
@@ -104,6 +136,7 @@ def show(name: str = typer.Argument(..., help="NAME or NAME@VERSION."), json_out
     for k, v in [
         ("enabled", "yes" if row.enabled else "no"), ("description", row.description or "-"), ("label", row.label or "-"),
         ("provider", m["provider"]), ("license", m["license"]), ("expert model", _ref_text(row.expert_ref)),
+        ("allowed env", ", ".join(row.allowed_env or []) or "-"),
         ("meta model", f"{m['meta']['reference']} ({short(row.meta_fingerprint)})"),
         ("token", f"{short(row.token_sha256)} {tuple(m['token']['shape'])} {m['token']['dtype']}"),
         ("query set", f"{qs.get('size', '-')} queries, τ={qs.get('tau')}, rule: {qs.get('selection_rule', '-')}" if qs else "-"),

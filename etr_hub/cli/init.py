@@ -19,7 +19,9 @@ def init(
     reg = Registry.open()
     current = reg.active_meta()
     ref = ModelRef.parse(meta or DEFAULT_META)
-    if current is not None and meta is None:
+    if current is not None and meta is None and current.max_row_norm is None:
+        ref = ModelRef.model_validate(current.reference)  # a registry from before row norms were recorded: record them
+    if current is not None and meta is None and current.max_row_norm is not None:
         row = current  # already initialised: keep the active meta model
     else:
         with err.status("preparing the meta model…") as status:

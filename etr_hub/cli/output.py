@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from contextlib import contextmanager
@@ -44,10 +45,21 @@ def lit(text: Any) -> str:
 
 
 def print_json(data: Any) -> None:
-    text = json.dumps(data, indent=2, default=str, ensure_ascii=False)
+    """Strict JSON on stdout: NaN/Infinity (which JSON has not) become null; control characters are escaped."""
+    text = json.dumps(_finite(data), indent=2, default=str, ensure_ascii=False, allow_nan=False)
     # json.dumps escapes C0 controls in strings; DEL, C1 and bidi controls become \uXXXX too (same value)
     sys.stdout.write(_JSON_UNSAFE.sub(lambda m: f"\\u{ord(m[0]):04x}", text) + "\n")
     sys.stdout.flush()
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def note(message: str) -> None:

@@ -54,8 +54,8 @@ class MiniLMEmbedder:
     def __init__(self, path: Path):
         from transformers import AutoModel, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(path), use_safetensors=True, local_files_only=True).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        self.model = AutoModel.from_pretrained(str(path), use_safetensors=True, local_files_only=True, trust_remote_code=False).eval()
         self.key = "minilm-l6-v2"
 
     @torch.no_grad()

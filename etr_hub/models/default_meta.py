@@ -79,9 +79,9 @@ def convert_gguf(gguf: Path, out: Path, progress: Progress = None) -> dict[str, 
 
     _report(progress, "loading and de-quantizing the GGUF (about 30 s)")
     loaded = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True, trust_remote_code=False
     )
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True, trust_remote_code=False)
     _report(progress, "saving as safetensors")
     model = _plain_copy(loaded)
     model.save_pretrained(str(out))
@@ -97,7 +97,7 @@ def _plain_copy(loaded: Any) -> Any:
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=loaded.dtype)
+    model = AutoModelForCausalLM.from_config(config, dtype=loaded.dtype, trust_remote_code=False)
     model.load_state_dict(loaded.state_dict(), strict=True)
     model.tie_weights()
     return model.eval()
@@ -106,7 +106,7 @@ def _plain_copy(loaded: Any) -> Any:
 def _check_saved_tokenizer(out: Path, original: Any) -> None:
     from transformers import AutoTokenizer
 
-    saved = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    saved = AutoTokenizer.from_pretrained(str(out), local_files_only=True, trust_remote_code=False)
     if not saved.chat_template or saved.chat_template != original.chat_template:
         raise ModelLoadError("the converted SmolLM2 tokenizer lost its chat template", "report this as a bug")
     if saved.eos_token != original.eos_token:

@@ -1,6 +1,7 @@
 """Load a frozen causal LM (+ tokenizer) from a ModelRef, safely and offline by default.
 
-Safety: never `trust_remote_code`, never unpickle (safetensors only; GGUF is not pickle).
+Safety: never `trust_remote_code` (passed as False to every loader, so no library ever asks on
+stdin whether to run a folder's code), never unpickle (safetensors only; GGUF is not pickle).
 Offline: Hub refs come from the local HF cache unless ETR_HUB_ALLOW_DOWNLOAD=1.
 A PEFT expert on the meta model shares the meta model's weight tensors (no copy) through a
 shallow structural clone, so wrapping it with LoRA layers leaves the meta model untouched.
@@ -124,7 +125,7 @@ def _load_peft(ref: ModelRef, *, meta: LoadedModel | None, dtype: str, progress:
         base = load_causal_lm(ref.base, dtype=dtype, progress=progress, role="base")
     name = adapter_name_for(adapter)
     _report(progress, f"applying adapter {adapter.name}")
-    model = PeftModel.from_pretrained(base.model, str(adapter), adapter_name=name, is_trainable=False)
+    model = PeftModel.from_pretrained(base.model, str(adapter), adapter_name=name, is_trainable=False, trust_remote_code=False)
     return LoadedModel(model, _adapter_tokenizer(adapter) or base.tokenizer, ref, shares_meta, name)
 
 
@@ -149,9 +150,9 @@ def _from_pretrained(source: str, *, dtype: str, **kwargs: Any) -> tuple[Any, An
     tok_kwargs = {k: v for k, v in kwargs.items() if k in ("gguf_file", "local_files_only")}
     # adapter_kwargs: transformers' adapter lookup ignores the top-level local_files_only
     model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=_torch_dtype(dtype), adapter_kwargs={"local_files_only": True}, **kwargs
+        source, dtype=_torch_dtype(dtype), adapter_kwargs={"local_files_only": True}, trust_remote_code=False, **kwargs
     )
-    tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, **tok_kwargs)
     return model, tokenizer
 
 
@@ -180,6 +181,11 @@ def _adapter_dir(path_text: str | None) -> Path:
             f"{path} has no adapter_model.safetensors; etr-hub never unpickles adapter_model.bin",
             "re-save the adapter with save_pretrained(dir, safe_serialization=True)",
         )
+    from etr_hub.bundle.safety import code_in_folder
+
+    why = code_in_folder(path)  # bundles are checked at `expert add`; this catches a store file changed since
+    if why:
+        raise ModelLoadError(f"adapter {path}: {why}", "etr-hub never runs code from an adapter; re-add the bundle with `etr-hub expert add --replace`")
     return path
 
 
@@ -189,7 +195,7 @@ def _adapter_tokenizer(adapter: Path) -> Any | None:
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(adapter), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(adapter), local_files_only=True, trust_remote_code=False)
 
 
 def _torch_dtype(name: str) -> Any:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from etr_hub.errors import ModelLoadError
 
@@ -31,7 +32,8 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 }
 _OPTIONAL: dict[str, tuple[str, ...]] = {"gguf": ("gguf_file",), "peft": ("base",), "openai": ("timeout_s", "api_key_env")}
 _FIELDS = ("repo_id", "revision", "path", "gguf_file", "base", "name", "url", "model", "timeout_s", "api_key_env")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+HUB_ENV_PREFIX = "ETR_HUB_"  # the hub's own settings and secrets: never handed to an expert
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -42,18 +44,18 @@ _FORMS = "use embedded:smollm2-135m-instruct, hf:ORG/NAME@COMMIT, openai:URL#MOD
 class ModelRef(BaseModel):
     """A reference to a model. `base=None` on a peft ref means "the meta model"."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: Kind
-    repo_id: str | None = None  # hf
-    revision: str | None = None  # hf: a pinned 40-hex commit
-    path: str | None = None  # local dir / gguf file (or dir) / peft adapter dir
-    gguf_file: str | None = None  # gguf: file name inside `path` when `path` is a dir
+    repo_id: Annotated[str, Field(max_length=256)] | None = None  # hf
+    revision: Annotated[str, Field(max_length=64)] | None = None  # hf: a pinned 40-hex commit
+    path: Annotated[str, Field(max_length=4096)] | None = None  # local dir / gguf file (or dir) / peft adapter dir
+    gguf_file: Annotated[str, Field(max_length=255)] | None = None  # gguf: file name inside `path` when `path` is a dir
     base: ModelRef | None = None  # peft: the base model; None = the meta model
-    name: str | None = None  # embedded
-    url: str | None = None  # openai: base URL, e.g. http://host:8000/v1
-    model: str | None = None  # openai: model name sent to the endpoint
-    timeout_s: float | None = None  # openai
+    name: Annotated[str, Field(max_length=64)] | None = None  # embedded
+    url: Annotated[str, Field(max_length=2048)] | None = None  # openai: base URL, e.g. http://host:8000/v1
+    model: Annotated[str, Field(max_length=512)] | None = None  # openai: model name sent to the endpoint
+    timeout_s: Annotated[float, Field(gt=0, le=86_400)] | None = None  # openai
     api_key_env: str | None = None  # openai: NAME of the environment variable holding the key (never the key)
 
     @model_validator(mode="after")
@@ -70,10 +72,20 @@ class ModelRef(BaseModel):
         if self.kind == "embedded" and self.name not in EMBEDDED_ALIASES.values():
             raise ValueError(f"unknown embedded model '{self.name}' (known: {DEFAULT_EMBEDDED})")
         if self.kind == "openai" and not str(self.url).startswith(("http://", "https://")):
-            raise ValueError(f"url '{self.url}' must start with http:// or https://")
+            raise ValueError(f"url '{redact_url(self.url or '')}' must start with http:// or https://")
+        if self.kind == "openai" and has_userinfo(self.url or ""):
+            raise ValueError(f"url '{redact_url(self.url or '')}' carries credentials (user:password@); a URL is shown and logged — "
+                             "remove them and name an environment variable in api_key_env instead")
         if self.api_key_env is not None and not _ENV_NAME_RE.match(self.api_key_env):
             raise ValueError("api_key_env must be the NAME of an environment variable (letters, digits and _, e.g. ASTRO_API_KEY), never the key")
+        if self.api_key_env is not None and self.api_key_env.upper().startswith(HUB_ENV_PREFIX):
+            raise ValueError(f"api_key_env may not name {self.api_key_env}: {HUB_ENV_PREFIX}* variables are the hub's own secrets")
         return self
+
+    def env_names(self) -> list[str]:
+        """Environment variables this reference (or its base) wants read."""
+        names = [self.api_key_env] if self.api_key_env else []
+        return names + (self.base.env_names() if self.base is not None else [])
 
     @classmethod
     def parse(cls, text: str) -> ModelRef:
@@ -134,11 +146,41 @@ def _parse_hf(rest: str) -> ModelRef:
     return ModelRef(kind="hf", repo_id=repo_id, revision=revision.lower())
 
 
+def has_userinfo(url: str) -> bool:
+    try:
+        return "@" in urlsplit(url).netloc
+    except ValueError:
+        return "@" in url
+
+
+def redact_url(url: str) -> str:
+    """`url` without a user:password@ part (for display: never print a credential)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def redact_ref(ref: dict) -> dict:
+    """A stored reference (a dict, maybe from an older registry) with credentials removed from URLs."""
+    out = dict(ref)
+    if isinstance(out.get("url"), str):
+        out["url"] = redact_url(out["url"])
+    if isinstance(out.get("base"), dict):
+        out["base"] = redact_ref(out["base"])
+    return out
+
+
 def _parse_openai(rest: str) -> ModelRef:
     url, _, model = rest.partition("#")
     fix = "write openai:http://HOST:PORT/v1#MODEL-NAME"
     if not url.startswith(("http://", "https://")):
-        raise ModelLoadError(f"'{url}' is not an http(s) URL", fix)
+        raise ModelLoadError(f"'{redact_url(url)}' is not an http(s) URL", fix)
+    if has_userinfo(url):
+        raise ModelLoadError(f"'{redact_url(url)}' carries credentials (user:password@)", "remove them; put a key in an environment variable and name it in the bundle's api_key_env")
     if not model:
         raise ModelLoadError(f"openai:{url} names no model", fix)
     return ModelRef(kind="openai", url=url.rstrip("/"), model=model)

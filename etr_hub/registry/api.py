@@ -3,20 +3,21 @@ records them, so a process killed mid-way leaves no half-registered expert."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy.exc import DatabaseError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DatabaseError, DataError, IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Session, select
 
 from etr_hub.bundle import Bundle, Manifest, load_bundle, write_bundle
 from etr_hub.config import Settings, settings as current_settings
-from etr_hub.errors import RegistryError
+from etr_hub.errors import BundleError, EtrHubError, RegistryError
 from etr_hub.registry.db import corrupt_sqlite, engine_for, migrate
 from etr_hub.registry.tables import Expert, MetaModel, QuerySet
-from etr_hub.store import Store
+from etr_hub.store import GcReport, Store
 
 
 class Registry:
@@ -63,14 +64,18 @@ class Registry:
         with self.session() as s:
             return s.exec(select(MetaModel).where(MetaModel.active == True)).first()  # noqa: E712
 
-    def register_meta(self, *, reference: dict, display: str, fingerprint: str, hidden_size: int, vocab_size: int) -> MetaModel:
-        """Record a meta model and make it the active one (idempotent)."""
+    def register_meta(self, *, reference: dict, display: str, fingerprint: str, hidden_size: int, vocab_size: int,
+                      max_row_norm: float | None = None) -> MetaModel:
+        """Record a meta model and make it the active one (idempotent; fills in max_row_norm when
+        a registry from before it was recorded runs `etr-hub init` again)."""
         with self.session(write=True) as s:
             for other in s.exec(select(MetaModel).where(MetaModel.active == True)):  # noqa: E712
                 other.active = False
             row = s.exec(select(MetaModel).where(MetaModel.fingerprint == fingerprint)).first()
             if row is None:
                 row = MetaModel(fingerprint=fingerprint, reference=reference, display=display, hidden_size=hidden_size, vocab_size=vocab_size)
+            if max_row_norm is not None:
+                row.max_row_norm = float(max_row_norm)
             row.active = True
             s.add(row)
         return row
@@ -91,17 +96,57 @@ class Registry:
         if manifest.meta.hidden_size != meta.hidden_size:
             raise RegistryError(f"expert '{manifest.name}' has token dimension {manifest.meta.hidden_size}, the meta model's hidden size is {meta.hidden_size}", "retrain the token against this meta model")
 
-    def add_expert(self, source: Bundle | Path | str, *, replace: bool = False) -> Expert:
-        bundle = source if isinstance(source, Bundle) else load_bundle(source)
+    def _check_env(self, bundle: Bundle, allowed: list[str]) -> None:
+        """A bundle reads an environment variable (an API key it sends to its endpoint) only when
+        the operator allowed that variable by name."""
+        from etr_hub.models.refs import redact_url
+
+        ref = bundle.manifest.expert
+        for name in ref.env_names():
+            if name not in allowed:
+                raise BundleError(f"bundle {bundle.root}: its expert reference asks for the environment variable ${name}, "
+                                  f"which the hub would send as an API key to {redact_url(ref.url or '?')}",
+                                  f"if you trust that endpoint with ${name}, add the bundle with --allow-env {name}")
+
+    def _check_norm(self, bundle: Bundle, meta: MetaModel) -> None:
+        """Refuse a row far larger than the meta model's own output rows (norm recorded at init;
+        a registry from before that is checked at W_E assembly instead)."""
+        from etr_hub.bundle.io import NORM_FIX, read_token, token_norm_problem
+
+        if meta.max_row_norm is None:
+            return
+        problem = token_norm_problem(read_token(bundle.root, bundle.token_path, bundle.manifest), meta.max_row_norm)
+        if problem:
+            raise BundleError(f"bundle {bundle.root}: {problem}", NORM_FIX)
+
+    def add_expert(self, source: Bundle | Path | str, *, replace: bool = False, allow_env: Sequence[str] = (),
+                   max_bundle_mb: float | None = None) -> Expert:
+        """Validate, copy into the store, record. `allow_env`: environment variables the bundle's
+        expert reference may read (never ETR_HUB_*); `max_bundle_mb`: the largest bundle accepted."""
+        allowed = check_env_names(allow_env)
+        bundle = source if isinstance(source, Bundle) else load_bundle(source, max_bundle_mb=max_bundle_mb)
         m = bundle.manifest
+        self._check_env(bundle, allowed)
         meta = self.require_meta()
         self._check_fits(m, meta)
+        self._check_norm(bundle, meta)
         existing = self._find(m.name, m.version)
         if existing is not None and not replace:
-            if self._same_bundle(existing, bundle):
+            if self._same_bundle(existing, bundle, allowed):
                 return existing  # the same bundle again: nothing to do (`expert add plugins/*/` is idempotent)
             raise RegistryError(f"expert '{m.name}' version {m.version} is already registered", "pass --replace to overwrite it, or bump 'version' in expert.json")
+        try:
+            with self.store.lock(exclusive=False):  # no gc between our copies and our commit
+                row = self._copy_and_record(bundle, replace, allowed)
+        except BaseException:
+            self._gc_quietly()  # copies no row references (a failed insert, an interrupt)
+            raise
+        if replace and existing is not None:
+            self._gc_quietly()  # the replaced version's files
+        return row
 
+    def _copy_and_record(self, bundle: Bundle, replace: bool, allowed: list[str]) -> Expert:
+        m = bundle.manifest
         # 1) content-addressed copies (idempotent; harmless if we die after this)
         _, token_file = self.store.put_file(bundle.token_path, m.token.sha256, ".safetensors")
         adapter = self.store.put_tree(bundle.adapter_path) if bundle.adapter_path else None
@@ -128,21 +173,39 @@ class Registry:
                     model_card_path=self._rel(card) if card else None, query_set_id=qs_id,
                     tau=m.query_set.tau if m.query_set else None,
                     expert_ref=m.expert.model_dump(mode="json", exclude_none=True),
-                    manifest=m.model_dump(mode="json", exclude_none=True),
+                    manifest=m.model_dump(mode="json", exclude_none=True), allowed_env=allowed,
                 )
                 s.add(row)
         except IntegrityError:
             raise RegistryError(f"expert '{m.name}' version {m.version} is already registered", "pass --replace to overwrite it, or bump 'version' in expert.json") from None
+        except DataError as e:  # the manifest schema's limits should make this unreachable
+            reason = " ".join(str(getattr(e, "orig", None) or e).split())[:200]
+            raise RegistryError(f"the registry database refused expert '{m.name}': {reason}", "fix the value in expert.json") from None
         return row
 
-    def _same_bundle(self, row: Expert, bundle: Bundle) -> bool:
+    def _gc_quietly(self) -> None:
+        try:
+            self.collect_garbage()
+        except Exception:  # noqa: BLE001 - never hide the error that got us here; `store gc` retries
+            pass
+
+    def collect_garbage(self, *, dry_run: bool = False) -> GcReport:
+        """Delete stored files no registry row references, and abandoned temporaries."""
+        with self.store.lock(exclusive=True):
+            with self.session() as s:
+                live = {p for e in s.exec(select(Expert)) for p in (e.token_path, e.adapter_path, e.model_card_path) if p}
+                live |= {q.store_path for q in s.exec(select(QuerySet))}
+            return self.store.gc(live, dry_run=dry_run)
+
+    def _same_bundle(self, row: Expert, bundle: Bundle, allowed: list[str]) -> bool:
         from etr_hub.store import tree_listing, tree_sha256
 
         adapter = tree_sha256(tree_listing(bundle.adapter_path)) if bundle.adapter_path else None
         def content(m: dict) -> dict:  # created_at defaults to "now" when a manifest omits it
             return {k: v for k, v in m.items() if k != "created_at"}
 
-        return content(row.manifest) == content(bundle.manifest.model_dump(mode="json", exclude_none=True)) and row.adapter_sha256 == adapter
+        return (content(row.manifest) == content(bundle.manifest.model_dump(mode="json", exclude_none=True)) and row.adapter_sha256 == adapter
+                and sorted(row.allowed_env or []) == allowed)
 
     def _upsert_query_set(self, s: Session, m: Manifest, store_rel: str) -> QuerySet:
         qs = m.query_set
@@ -197,17 +260,8 @@ class Registry:
             removed = list(s.exec(q))
             for row in removed:
                 s.delete(row)
-        self._collect_garbage(removed)
+        self._gc_quietly()  # their files, unless another expert shares them
         return removed
-
-    def _collect_garbage(self, removed: list[Expert]) -> None:
-        """Delete store entries that no remaining expert references (content is shared)."""
-        with self.session() as s:
-            live = {p for e in s.exec(select(Expert)) for p in (e.token_path, e.adapter_path, e.model_card_path) if p}
-        for row in removed:
-            for rel in (row.token_path, row.adapter_path, row.model_card_path):
-                if rel and rel not in live:
-                    self.store.discard(self.abspath(rel))
 
     def export_expert(self, selector: str, out: Path, *, replace: bool = False) -> Bundle:
         """Write a registered expert back out as a bundle (byte-identical token file)."""
@@ -236,15 +290,33 @@ class Registry:
             return s.exec(q.order_by(QuerySet.created_at.desc(), QuerySet.id.desc())).first()
 
     def add_query_set(self, *, name: str, meta_fingerprint: str, file: Path, info: dict, expert_ref: dict) -> QuerySet:
-        sha, stored = self.store.put_file(file, suffix=".jsonl")
-        with self.session(write=True) as s:
-            row = s.exec(select(QuerySet).where(QuerySet.name == name, QuerySet.sha256 == sha, QuerySet.meta_fingerprint == meta_fingerprint)).first()
-            if row is None:
-                row = QuerySet(name=name, meta_fingerprint=meta_fingerprint, sha256=sha, store_path=self._rel(stored), size=info["size"], tau=info.get("tau"), label=info.get("label"), expert_ref=expert_ref, provenance=info)
-            else:
-                row.provenance, row.created_at = info, datetime.now(timezone.utc)
-            s.add(row)
+        with self.store.lock(exclusive=False):
+            sha, stored = self.store.put_file(file, suffix=".jsonl")
+            with self.session(write=True) as s:
+                row = s.exec(select(QuerySet).where(QuerySet.name == name, QuerySet.sha256 == sha, QuerySet.meta_fingerprint == meta_fingerprint)).first()
+                if row is None:
+                    row = QuerySet(name=name, meta_fingerprint=meta_fingerprint, sha256=sha, store_path=self._rel(stored), size=info["size"], tau=info.get("tau"), label=info.get("label"), expert_ref=expert_ref, provenance=info)
+                else:
+                    row.provenance, row.created_at = info, datetime.now(timezone.utc)
+                s.add(row)
         return row
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def check_env_names(names: Sequence[str] | None) -> list[str]:
+    """The operator's --allow-env names, sorted and unique; ETR_HUB_* are the hub's own, never an expert's."""
+    from etr_hub.models.refs import HUB_ENV_PREFIX
+
+    names = list(names or [])
+    for name in names:
+        if not _ENV_NAME.match(name):
+            raise EtrHubError(f"--allow-env {name!r} is not an environment variable name", "pass the variable's NAME, e.g. --allow-env ASTRO_API_KEY (never the key)")
+        if name.upper().startswith(HUB_ENV_PREFIX):
+            raise EtrHubError(f"--allow-env {name}: {HUB_ENV_PREFIX}* variables are the hub's own secrets and are never given to an expert",
+                              "give the expert its own variable, e.g. ASTRO_API_KEY")
+    return sorted(set(names))
 
 
 def _unreachable(url: str, e: Exception) -> RegistryError:

@@ -14,6 +14,7 @@ DEFAULT_META = "embedded:smollm2-135m-instruct"
 def register_meta_model(registry: Registry, ref: ModelRef, progress: Callable[[str], None] | None = None) -> MetaModel:
     from etr_hub.models.fingerprint import meta_fingerprint, output_embedding
     from etr_hub.models.loading import load_causal_lm
+    from etr_hub.routing.math import max_row_norm
 
     loaded = load_causal_lm(ref, progress=progress)
     w_v = output_embedding(loaded.model)  # (V, C)
@@ -23,4 +24,5 @@ def register_meta_model(registry: Registry, ref: ModelRef, progress: Callable[[s
         fingerprint=meta_fingerprint(loaded.model),
         hidden_size=int(w_v.shape[1]),
         vocab_size=int(w_v.shape[0]),
+        max_row_norm=max_row_norm(w_v),  # `expert add` checks token rows against it without loading the model
     )

@@ -21,6 +21,7 @@ class MetaModel(SQLModel, table=True):
     display: str = Field(max_length=512)
     hidden_size: int
     vocab_size: int
+    max_row_norm: float | None = None  # largest L2 norm of a W_V row: expert rows far beyond it are refused
     active: bool = Field(default=False)  # the meta model experts are checked against
     created_at: datetime = Field(default_factory=_now)
 
@@ -62,4 +63,5 @@ class Expert(SQLModel, table=True):
     tau: float | None = None
     expert_ref: dict = Field(sa_column=Column(JSON, nullable=False))
     manifest: dict = Field(sa_column=Column(JSON, nullable=False))
+    allowed_env: list | None = Field(default=None, sa_column=Column(JSON, nullable=True))  # env variables the operator let it read (--allow-env)
     created_at: datetime = Field(default_factory=_now)

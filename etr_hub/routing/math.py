@@ -3,6 +3,8 @@
 eq. 1   p(· | h) = softmax([W_V; W_E] h)                 -> routing_logits
 eq. 4   L(e)     = -log p(expert token | query)            -> expert_token_loss
 init    e        = mean of the rows of W_V                 -> expert_token_init
+guard   |e| ≤ MAX_ROW_NORM_RATIO · max_v |w_v|;           -> row_norm_ratio, routable_logits
+        a non-finite expert logit never routes
 
 Training and routing decisions only need the word vocabulary's log-sum-exp, not its V
 logits: log p(expert k) = (W_E h)_k - logsumexp([lse_V(h), W_E h]). `pooled_routing_logits`
@@ -18,6 +20,10 @@ import torch
 import torch.nn.functional as F
 
 WORD = 0  # pooled class index: "some word token", experts follow at 1..N
+# A trained row starts at the mean of W_V's rows and weight decay keeps it near their size (the
+# shipped experts: 0.25-0.33x the largest). A row 100x the largest word row is not a trained
+# token: its logit dwarfs every word's, so it takes every prompt (a x1e4 row: p = 1.0 on small talk).
+MAX_ROW_NORM_RATIO = 100.0
 
 
 def assemble_expert_matrix(rows: Sequence[torch.Tensor], hidden_size: int) -> torch.Tensor:
@@ -31,6 +37,23 @@ def assemble_expert_matrix(rows: Sequence[torch.Tensor], hidden_size: int) -> to
 def expert_token_init(w_v: torch.Tensor) -> torch.Tensor:
     """Initial expert-token row: the mean of the output-embedding rows."""
     return w_v.float().mean(dim=0, keepdim=True)  # (V, C) -> (1, C)
+
+
+def max_row_norm(w_v: torch.Tensor) -> float:
+    """The largest L2 norm of an output-embedding row."""
+    return float(w_v.float().norm(dim=-1).max())  # (V, C) -> (V,) -> ()
+
+
+def row_norm_ratio(row: torch.Tensor, max_norm: float) -> float:
+    """|e| / max_v |w_v| for one expert row (inf when the row overflows or W_V is all zeros)."""
+    norm = float(row.double().norm())  # (1, C) -> (); float64: a float32 row near 3e38 overflows its own norm
+    return norm / max_norm if max_norm > 0 else float("inf")
+
+
+def routable_logits(expert: torch.Tensor) -> torch.Tensor:
+    """Expert logits with NaN/±Inf set to -inf: a non-finite logit (an overflowing row, a half-
+    precision overflow) means "not routable", never "wins"; the meta model answers instead."""
+    return expert.masked_fill(~torch.isfinite(expert), float("-inf"))  # (..., N)
 
 
 def routing_logits(h: torch.Tensor, w_v: torch.Tensor, w_e: torch.Tensor) -> torch.Tensor:

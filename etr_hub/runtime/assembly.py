@@ -1,8 +1,9 @@
 """Build W_E from the registry: the enabled experts that fit the loaded meta model.
 
 An expert joins when its manifest names this meta model's fingerprint and hidden size, its
-token file in the store still has the sha256 the registry recorded, and a backend can serve its
-expert reference. Everything else is skipped with a reason; nothing is modified. Changes to the
+token file in the store still has the sha256 the registry recorded, its row is within
+MAX_ROW_NORM_RATIO of W_V's largest row (rows already in a registry were never checked at add),
+and a backend can serve its expert reference. Everything else is skipped with a reason; nothing is modified. Changes to the
 registry (enable, disable, add) take effect at the next assembly, i.e. the next Hub.open().
 """
 
@@ -31,16 +32,20 @@ class Assembly:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
 
 
-def assemble(registry: Registry, *, fingerprint: str, hidden_size: int) -> Assembly:
+def assemble(registry: Registry, *, fingerprint: str, hidden_size: int, max_row_norm: float | None = None) -> Assembly:
+    """`max_row_norm`: the loaded meta model's largest W_V row norm (None: the registry's record)."""
+    if max_row_norm is None:
+        meta = registry.active_meta()
+        max_row_norm = meta.max_row_norm if meta is not None and meta.fingerprint == fingerprint else None
     rows, experts, specs, skipped = [], [], {}, []
     for expert in registry.list_experts(enabled_only=True):
         try:
-            row, ref = _admit(registry, expert, fingerprint, hidden_size)
+            row, ref = _admit(registry, expert, fingerprint, hidden_size, max_row_norm)
         except _Skip as skip:
             skipped.append((expert.name, str(skip)))
             continue
         rows.append(row)
-        specs[expert.name] = ExpertSpec(expert.name, ref)
+        specs[expert.name] = ExpertSpec(expert.name, ref, frozenset(expert.allowed_env or ()))
         experts.append(ExpertInfo(expert.name, expert.version, backend_name(ref) or "?", ref.display(), expert.label, expert.description))
     return Assembly(assemble_expert_matrix(rows, hidden_size), experts, specs, skipped)
 
@@ -49,8 +54,8 @@ class _Skip(Exception):
     pass
 
 
-def _admit(registry: Registry, expert: Expert, fingerprint: str, hidden_size: int) -> tuple[torch.Tensor, ModelRef]:
-    from etr_hub.bundle.io import read_token
+def _admit(registry: Registry, expert: Expert, fingerprint: str, hidden_size: int, max_row_norm: float | None) -> tuple[torch.Tensor, ModelRef]:
+    from etr_hub.bundle.io import NORM_FIX, read_token, token_norm_problem
 
     if expert.meta_fingerprint != fingerprint:
         raise _Skip(f"trained against meta model {expert.meta_fingerprint[:12]}…, this one is {fingerprint[:12]}… — retrain its token with `etr-hub train-token`")
@@ -70,6 +75,9 @@ def _admit(registry: Registry, expert: Expert, fingerprint: str, hidden_size: in
         row = read_token(token_path.parent, token_path, manifest)  # (1, C)
     except BundleError as exc:
         raise _Skip(exc.problem.split(": ", 1)[-1]) from None
+    problem = token_norm_problem(row, max_row_norm) if max_row_norm is not None else None
+    if problem:
+        raise _Skip(f"{problem} — {NORM_FIX}")
     ref = _resolve(registry, expert, manifest.expert)
     if backend_name(ref) is None:
         raise _Skip(f"no backend serves {ref.kind} experts")

@@ -19,11 +19,13 @@ NEG_INF = float("-inf")
 
 # -- the sampler: small pure functions ----------------------------------------------------------
 def next_token_logits(word: torch.Tensor, expert: torch.Tensor | None, blocked: torch.Tensor | None = None) -> torch.Tensor:
-    """[W_V h; W_E h] for one position, with blocked experts at -inf."""
+    """[W_V h; W_E h] for one position, with blocked and non-finite experts at -inf."""
+    from etr_hub.routing.math import routable_logits
+
     word = word.reshape(-1)  # (V,)
     if expert is None or expert.numel() == 0:
         return word
-    expert = expert.reshape(-1).to(word.dtype)  # (N,)
+    expert = routable_logits(expert.reshape(-1).to(word.dtype))  # (N,)
     if blocked is not None:
         expert = expert.masked_fill(blocked, NEG_INF)  # (N,)
     return torch.cat([word, expert])  # (V + N,)
@@ -194,6 +196,8 @@ class RoutedDecoder:
         self.w_e_t = w_e_t if w_e_t is not None and w_e_t.numel() else None  # (C, N)
         self.n_experts = 0 if self.w_e_t is None else int(self.w_e_t.shape[1])
         self.blocked: torch.Tensor | None = None  # (N,) bool: experts that failed in this answer
+        self.unroutable: set[int] = set()  # experts whose logit was NaN/Inf (never routed; reported once)
+        self._unreported: list[int] = []
         self.sampling = sampling
         self.h: torch.Tensor | None = None
         self.pending: list[int] = []
@@ -214,12 +218,21 @@ class RoutedDecoder:
         routing = self.w_e_t is not None and (self.route_window is None or self.steps < self.route_window)
         self.steps += 1
         expert = h @ self.w_e_t if routing else None  # (1, C) @ (C, N) -> (1, N)
+        if expert is not None and not bool(torch.isfinite(expert).all()):
+            bad = set(torch.nonzero(~torch.isfinite(expert.reshape(-1))).reshape(-1).tolist()) - self.unroutable
+            self.unroutable |= bad
+            self._unreported += sorted(bad)
         self.vocab = word.shape[-1]
         self.logits = next_token_logits(word, expert, self.blocked)  # (V + N,)
         index = self.sampling.pick(self.logits)
         if index < self.vocab:
             self.pending = [index]
         return index
+
+    def take_unroutable(self) -> list[int]:
+        """Experts newly found non-finite since the last call (to warn about once)."""
+        found, self._unreported = self._unreported, []
+        return found
 
     def probability(self, index: int) -> float:
         assert self.logits is not None

@@ -99,10 +99,13 @@ class Hub:
         if fingerprint != meta_row.fingerprint:
             raise EtrHubError(f"the meta model at {meta_row.display} is not the one the registry recorded (fingerprint changed)",
                               "re-run `etr-hub init --meta REF` with the original model, or retrain the experts")
-        hidden = int(output_embedding(meta.model).shape[1])
+        from etr_hub.routing.math import max_row_norm
+
+        w_v = output_embedding(meta.model)  # (V, C)
+        hidden = int(w_v.shape[1])
         if progress is not None:
             progress("assembling expert tokens")
-        assembly = assemble(registry, fingerprint=fingerprint, hidden_size=hidden)
+        assembly = assemble(registry, fingerprint=fingerprint, hidden_size=hidden, max_row_norm=max_row_norm(w_v))
         budget = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
         pool = ExpertPool(assembly.specs, meta, budget_bytes=budget, progress=progress)
         hub = cls(registry, meta, meta_row, assembly, pool, progress)
@@ -147,6 +150,7 @@ class Hub:
         import torch
 
         from etr_hub.models.chat import routing_prompt_ids
+        from etr_hub.routing.math import routable_logits
         from etr_hub.runtime.decode import CausalRunner
 
         messages = check_messages(text)
@@ -156,7 +160,7 @@ class Hub:
         with torch.inference_mode():
             h = runner.feed(ids)  # (1, C)
             word = runner.word_logits(h).reshape(-1).float()  # (V,)
-            expert = (h @ self._w_e_t).reshape(-1).float()  # (N,)
+            expert = routable_logits((h @ self._w_e_t).reshape(-1).float())  # (N,): non-finite -> -inf, as in decoding
         lse = torch.logsumexp(torch.cat([word, expert]), dim=-1)  # ()
         p_word, p_expert = torch.exp(word - lse), torch.exp(expert - lse)  # (V,), (N,)
         experts = sorted((ExpertScore(e.name, float(p_expert[k]), float(expert[k])) for k, e in enumerate(self.experts)),
@@ -205,6 +209,10 @@ class Hub:
                 finish = "length"
                 break
             index = decoder.next()
+            for k in decoder.take_unroutable():
+                message = f"expert '{self.experts[k].name}' gave a non-finite logit (its token row overflows) and was not routed to; the meta model answers"
+                result.warnings.append(message)
+                yield Warning(message)
             if index >= decoder.vocab:  # an expert token: hand the answer over (never fed back)
                 k = index - decoder.vocab
                 yield from _deltas(stream, detok.flush(), "meta")

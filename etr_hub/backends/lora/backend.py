@@ -34,7 +34,9 @@ class LoraBackend(LocalBackend):
             return None
         try:
             config = json.loads((Path(spec.ref.path) / "adapter_config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
+            return None
+        if not isinstance(config, dict):
             return None
         layers = config.get("layers_to_transform")
         layers = [layers] if isinstance(layers, int) else layers

@@ -58,9 +58,14 @@ class RemoteBackend(ExpertBackend):
             raise
 
     def _auth_headers(self) -> dict[str, str]:
+        from etr_hub.models.refs import HUB_ENV_PREFIX
+
         name = self.spec.ref.api_key_env
         if not name:
             return {}
+        if name not in self.spec.allowed_env or name.upper().startswith(HUB_ENV_PREFIX):  # the operator decides what it may read
+            raise ExpertError(f"{self._where()} asks for ${name}, which the operator did not allow it to read",
+                              f"if you trust the endpoint with it, re-add the bundle with `etr-hub expert add BUNDLE --replace --allow-env {name}`")
         key = os.environ.get(name, "").strip()
         if not key:
             raise ExpertError(f"{self._where()} needs an API key in ${name}, which is not set", f"export {name}=… in the hub's environment")
@@ -82,7 +87,9 @@ class RemoteBackend(ExpertBackend):
             self.client = None
 
     def _where(self) -> str:
-        return f"remote expert '{self.spec.name}' at {self.base_url}"
+        from etr_hub.models.refs import redact_url
+
+        return f"remote expert '{self.spec.name}' at {redact_url(self.base_url)}"
 
     def _with_retries(self, call):
         import httpx
