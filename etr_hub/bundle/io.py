@@ -20,7 +20,8 @@ from etr_hub.bundle.manifest import (
     Manifest,
     first_error,
 )
-from etr_hub.errors import BundleError
+from etr_hub.errors import BundleError, DataError
+from etr_hub.jsonl import iter_jsonl
 from etr_hub.store import sha256_file
 
 if TYPE_CHECKING:
@@ -144,16 +145,13 @@ def _check_query_set(root: Path, manifest: Manifest) -> None:
     if sha256_file(path) != qs.sha256:
         raise _fail(root, "query set sha256 does not match the manifest", "re-export the bundle so the manifest matches the query set")
     n = 0
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise _fail(root, f"query set line {lineno} is not JSON", "write one JSON object per line") from None
-        if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not row["query"].strip():
-            raise _fail(root, f"query set line {lineno} has no non-empty 'query'", "every line needs a 'query' string")
-        n += 1
+    try:
+        for lineno, row in iter_jsonl(path, f"query set {qs.file}"):
+            if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not row["query"].strip():
+                raise _fail(root, f"query set line {lineno} has no non-empty 'query'", "every line needs a 'query' string")
+            n += 1
+    except DataError as exc:  # not UTF-8, not JSON, too deep: named by line
+        raise _fail(root, exc.problem, exc.fix) from None
     if n != qs.size:
         raise _fail(root, f"query set has {n} rows but the manifest says {qs.size}", "re-export the bundle")
 
