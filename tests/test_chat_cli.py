@@ -75,12 +75,37 @@ def test_explain_json(hub_with_expert):
     (["chat", "--once", "hi", "--temperature", "-1"], "error: temperature must be ≥ 0"),
     (["chat", "--once", "hi", "--top-p", "0"], "error: top_p must be in (0, 1]"),
     (["explain", "hi", "--top", "-1"], "error: --top must be ≥ 0"),
+    (["chat", "--once", "hi", "--repetition-penalty", "0"], "error: repetition_penalty must be > 0"),
+    (["chat", "--once", "hi", "--seed", str(2**70)], f"error: seed {2**70} is out of range"),
+    (["chat", "--once", "hi", "--max-prompt-tokens", "0"], "error: max_prompt_tokens must be at least 1"),
+    (["chat", "--once", "caf\udce9"], "error: message 0 is not valid Unicode text"),  # undecodable bytes in argv
 ])
 def test_bad_input_is_one_line(args, message):
     res = run_cli(*args)
     assert res.returncode != 0
     assert res.stderr.strip().splitlines()[-1].startswith(message), res.stderr
     assert "Traceback" not in res.stderr and res.stdout == ""
+
+
+def test_binary_bytes_on_stdin_are_skipped_with_a_warning(hub_with_expert):
+    """Invalid UTF-8 on a piped stdin once ended the session ('internal error: TypeError')."""
+    script = b"\xff\xfe\x00binary\x89PNG\n" + ASK.encode() + b"\n" + "caf\u00e9?\n".encode()
+    res = subprocess.run([*etr_hub_cmd(), "chat", "--json", "--max-new-tokens", "4", "--temperature", "0"], input=script,
+                         capture_output=True, timeout=120, env=dict(os.environ))
+    err = res.stderr.decode()
+    assert res.returncode == 0, err
+    assert "warning: input line 1 is not UTF-8 text (byte 0xff at column 1); skipped it" in err and "Traceback" not in err
+    out, answers, at = res.stdout.decode(), [], 0
+    while out[at:].strip():  # one JSON object per answer (pretty-printed)
+        obj, at = json.JSONDecoder().raw_decode(out, len(out) - len(out[at:].lstrip()))
+        answers.append(obj)
+    assert len(answers) == 2 and answers[0]["expert"] == "astro"  # the valid lines after it were answered
+
+
+def test_temperature_zero_reproduces_exactly(hub_with_expert):
+    runs = [run_cli("chat", "--once", "say something", "--json", "--max-new-tokens", "12", "--temperature", "0") for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    assert json.loads(runs[0].stdout)["text"] == json.loads(runs[1].stdout)["text"]
 
 
 def test_ctrl_c_stops_the_answer_and_keeps_the_session(registry, tmp_path):
