@@ -126,6 +126,7 @@ BAD_REQUESTS = [
     ("deep-json", {"content": b'{"model": "etr-hub", "messages": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"}, 400, "nests JSON too deeply"),
     ("not-utf8", {"content": b'{"model": "etr-hub", "messages": [{"role": "user", "content": "caf\xe9"}]}'}, 400, "invalid_json"),
     ("lone-surrogate", {"content": b'{"model": "etr-hub", "messages": [{"role": "user", "content": "\\ud800"}]}'}, 400, "not valid Unicode"),
+    ("completion-lone-surrogate", {"content": b'{"model": "etr-hub", "prompt": "\\udfff once"}', "path": "/v1/completions"}, 400, "not valid Unicode"),
     ("5000-digit-number", {"content": b'{"model": "etr-hub", "messages": [], "max_tokens": ' + b"9" * 5000 + b"}"}, 400, "invalid_json"),
     ("missing-key", {"json": {"model": "etr-hub", "messages": ask("x")}, "key": None}, 401, "invalid_api_key"),
     ("wrong-key", {"json": {"model": "etr-hub", "messages": ask("x")}, "key": "test-key-7f3a9d"}, 401, "invalid_api_key"),

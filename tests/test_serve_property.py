@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from etr_hub.errors import EtrHubError
 from etr_hub.runtime.decode import Sampling
-from etr_hub.runtime.hub import check_messages, check_settings
+from etr_hub.runtime.options import check_messages, check_prompt, check_settings
 from etr_hub.server import protocol as p
 
 FIELDS = ["model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stream", "stream_options",
@@ -60,6 +60,8 @@ def handle(body: bytes, model: type) -> dict:
                        seed=knobs["seed"])
         if model is p.ChatRequest:
             check_messages(req.chat_messages())
+        else:
+            check_prompt(req.prompt)
     except EtrHubError as exc:  # the worker turns these into 400s (messages: before queueing)
         raise p.ApiError(400, str(exc)) from None
     Sampling.make(knobs["temperature"] or 0.0, knobs["top_p"] or 1.0, knobs["seed"])  # the decoder takes the seed

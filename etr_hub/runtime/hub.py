@@ -15,7 +15,7 @@ from typing import Any
 
 from etr_hub.backends.base import ExpertError, GenSettings, Handoff
 from etr_hub.errors import EtrHubError
-from etr_hub.runtime.options import Messages, check_messages, check_settings, is_unicode  # noqa: F401 - check_settings: re-exported
+from etr_hub.runtime.options import Messages, check_messages, check_prompt, check_settings  # noqa: F401 - check_settings: re-exported
 from etr_hub.runtime.options import Options as _Options
 from etr_hub.runtime.types import (
     ChatResult,
@@ -118,10 +118,7 @@ class Hub:
 
         opts = self._options(max_new_tokens, temperature, top_p, stop, seed, ignore_eos, repetition_penalty, presence_penalty,
                              frequency_penalty, max_prompt_tokens)
-        if not isinstance(prompt, str) or not prompt:
-            raise EtrHubError("empty prompt", "pass the text to continue")
-        if not is_unicode(prompt):
-            raise EtrHubError("the prompt is not valid Unicode text (it holds an unpaired surrogate)", "send UTF-8 text")
+        check_prompt(prompt)
         self.require_expert(expert)
         ids = _to_ids(self.meta.tokenizer(prompt, add_special_tokens=True))
         ids, notes, opts.max_new_tokens = self._fit_ids(ids, opts.max_new_tokens, "prompt", opts.max_prompt_tokens)
@@ -134,7 +131,7 @@ class Hub:
         from etr_hub.models.chat import _to_ids, routing_prompt_ids
 
         if prompt is not None:
-            return len(_to_ids(self.meta.tokenizer(prompt, add_special_tokens=True)))
+            return len(_to_ids(self.meta.tokenizer(check_prompt(prompt), add_special_tokens=True)))
         return len(routing_prompt_ids(self.meta.tokenizer, check_messages(messages))[0])
 
     def _options(self, max_new_tokens, temperature, top_p, stop, seed, ignore_eos, repetition_penalty, presence_penalty,

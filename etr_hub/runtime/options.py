@@ -73,6 +73,15 @@ def check_messages(messages: Messages) -> list[dict[str, str]]:
     return out
 
 
+def check_prompt(prompt: str) -> str:
+    """A raw prompt to continue: non-empty text every tokenizer takes."""
+    if not isinstance(prompt, str) or not prompt:
+        raise EtrHubError("empty prompt", "pass the text to continue")
+    if not is_unicode(prompt):
+        raise EtrHubError("the prompt is not valid Unicode text (it holds an unpaired surrogate)", "send UTF-8 text")
+    return prompt
+
+
 def is_unicode(text: str) -> bool:
     """False for text holding a lone surrogate (no tokenizer or terminal takes it)."""
     try:
