@@ -47,6 +47,7 @@ from pathlib import Path
 
 QUESTION = [{"role": "user", "content": "Explain in a few paragraphs how the planets of the solar system formed."}]
 OTHER = [{"role": "user", "content": "What is a black hole?"}]  # shares only the system prompt with QUESTION
+GREEDY = {"temperature": 0.0, "repetition_penalty": 1.0}  # what model.generate does here (chat's defaults sample)
 
 
 def main() -> None:
@@ -195,13 +196,13 @@ def run(source: Path, work: Path, counts: list[int], args) -> None:
 
     def routed(n: int):
         def call() -> str:
-            result = hubs[n].chat(QUESTION, max_new_tokens=args.new_tokens, ignore_eos=True)
+            result = hubs[n].chat(QUESTION, max_new_tokens=args.new_tokens, ignore_eos=True, **GREEDY)
             assert result.route == [] and result.completion_tokens == args.new_tokens, result.route
             return result.text
         return call
 
     def switching() -> str:
-        result = hubs["switch"].chat(QUESTION, max_new_tokens=args.new_tokens, ignore_eos=True)
+        result = hubs["switch"].chat(QUESTION, max_new_tokens=args.new_tokens, ignore_eos=True, **GREEDY)
         assert [(s.expert, s.token_index, s.fell_back) for s in result.route] == [("switch-lora", 0, False)], result.route
         assert result.completion_tokens == args.new_tokens
         return result.text
@@ -211,7 +212,7 @@ def run(source: Path, work: Path, counts: list[int], args) -> None:
 
     def other_conversation() -> None:  # untimed set-up of switch-warm
         forget_prefix()
-        hubs["switch"].chat(OTHER, max_new_tokens=1, expert="switch-lora")
+        hubs["switch"].chat(OTHER, max_new_tokens=1, expert="switch-lora", **GREEDY)
 
     runs = {"generate": plain, **{f"routed-{n}": routed(n) for n in counts}}
     setups = {}

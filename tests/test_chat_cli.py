@@ -72,12 +72,34 @@ def test_explain_json(hub_with_expert):
 @pytest.mark.parametrize("args, message", [
     (["chat", "--once", "  "], "error: empty message"),
     (["explain", ""], "error: empty message"),
+    (["chat", "--once", "caf\udce9"], "error: message 0 is not valid Unicode text"),  # undecodable bytes in argv
 ])
 def test_bad_input_is_one_line(args, message):
     res = run_cli(*args)
     assert res.returncode != 0
     assert res.stderr.strip().splitlines()[-1].startswith(message), res.stderr
     assert "Traceback" not in res.stderr and res.stdout == ""
+
+
+def test_binary_bytes_on_stdin_are_skipped_with_a_warning(hub_with_expert):
+    """Invalid UTF-8 on a piped stdin once ended the session ('internal error: TypeError')."""
+    script = b"\xff\xfe\x00binary\x89PNG\n" + ASK.encode() + b"\n" + "caf\u00e9?\n".encode()
+    res = subprocess.run([*etr_hub_cmd(), "chat", "--json", "--max-new-tokens", "4", "--temperature", "0"], input=script,
+                         capture_output=True, timeout=120, env=dict(os.environ))
+    err = res.stderr.decode()
+    assert res.returncode == 0, err
+    assert "warning: input line 1 is not UTF-8 text (byte 0xff at column 1); skipped it" in err and "Traceback" not in err
+    out, answers, at = res.stdout.decode(), [], 0
+    while out[at:].strip():  # one JSON object per answer (pretty-printed)
+        obj, at = json.JSONDecoder().raw_decode(out, len(out) - len(out[at:].lstrip()))
+        answers.append(obj)
+    assert len(answers) == 2 and answers[0]["expert"] == "astro"  # the valid lines after it were answered
+
+
+def test_temperature_zero_reproduces_exactly(hub_with_expert):
+    runs = [run_cli("chat", "--once", "say something", "--json", "--max-new-tokens", "12", "--temperature", "0") for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    assert json.loads(runs[0].stdout)["text"] == json.loads(runs[1].stdout)["text"]
 
 
 def test_ctrl_c_stops_the_answer_and_keeps_the_session(registry, tmp_path):

@@ -96,6 +96,31 @@ def test_expert_without_chat_template_falls_back_with_a_warning(world, tmp_path)
     assert "no chat template" in r.stderr
 
 
+def test_over_long_rows_are_skipped_and_counted(world, tmp_path):
+    """A 1 MB query once tried to allocate ~100 GB for attention; now rows whose query alone is over
+    --max-tokens (at most the model's context: 512 for the tiny model) are skipped and listed."""
+    from etr_hub.registry import Registry
+
+    init(world)
+    rows = world["data"].read_text().splitlines()
+    long_q = {"query": "Tell me about the sky. " * 15, "response": "It is blue."}  # ~350 tokens
+    huge_q = {"query": "word " * 200_000, "response": "A long question."}  # 1 MB
+    for line, row in ((4, long_q), (9, huge_q), (12, long_q)):
+        rows.insert(line - 1, json.dumps(row))
+    data = write_jsonl(tmp_path / "with-long.jsonl", rows)
+    for extra, skipped in (([], [9]), (["--max-tokens", "200"], [4, 9, 12])):
+        r = invoke("query-set", "build", "astronomy", "--expert", str(world["expert:astronomy"]), "--data", str(data),
+                   "--tau", "-1e9", "--size", "100", "--json", *extra)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["skipped_lines"] == skipped and out["n_pairs"] == 63 and out["size"] == 63 - len(skipped)
+        limit = f"{out['max_tokens']:,}"
+        assert f"skipped {len(skipped)} row(s) over {limit} tokens (lines {', '.join(map(str, skipped))})" in r.stderr
+        reg = Registry.open()
+        stored = reg.abspath(reg.latest_query_set("astronomy", reg.require_meta().fingerprint).store_path).read_text()
+        assert huge_q["query"] not in stored and (long_q["query"] in stored) == (4 not in skipped)
+
+
 def _bad_data(tmp: Path) -> dict[str, tuple[Path, str]]:
     return {
         "missing": (tmp / "nope.jsonl", "does not exist"),
@@ -106,7 +131,8 @@ def _bad_data(tmp: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "not-jsonl", "no-response", "empty-row", "empty-file", "unloadable-expert", "tau-selects-nothing", "no-init"])
+@pytest.mark.parametrize("case", ["missing", "not-jsonl", "no-response", "empty-row", "empty-file", "unloadable-expert", "tau-selects-nothing", "no-init",
+                                  "max-tokens-too-small"])
 def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, case):
     from etr_hub.config import settings
 
@@ -124,6 +150,8 @@ def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, case):
         extra, expect = ["--tau", "1e6"], "--tau"
     elif case == "no-init":
         expect = "etr-hub init"
+    elif case == "max-tokens-too-small":
+        extra, expect = ["--max-tokens", "1"], "--max-tokens must be at least 2"
     store_before = sorted(p.relative_to(settings().home) for p in settings().home.rglob("*") if "store" in p.parts and p.is_file())
     r = invoke("query-set", "build", "astronomy", "--expert", str(expert), "--data", str(data), *extra)
     assert r.returncode != 0

@@ -117,6 +117,17 @@ BAD_REQUESTS = [
     ("unknown-model", {"json": {"model": "gpt-9", "messages": ask("x")}}, 404, "model_not_found"),
     ("max-tokens-limit", {"json": {"model": "etr-hub", "messages": ask("x"), "max_tokens": 5000}}, 400, "max_tokens_too_large"),
     ("oversized-body", {"json": {"model": "etr-hub", "messages": ask("x" * 70_000)}}, 413, "request_too_large"),
+    ("prompt-over-limit", {"json": {"model": "etr-hub", "messages": ask("x " * 300)}}, 400, "at most 400 (--max-prompt-tokens)"),
+    ("completion-prompt-over-limit", {"json": {"model": "etr-hub", "prompt": "x " * 300}, "path": "/v1/completions"}, 400, "context_length_exceeded"),
+    ("seed-2**70", {"json": {"model": "etr-hub", "messages": ask("x"), "seed": 2**70}}, 400, "seed: Input should be less than or equal to"),
+    ("nan-temperature", {"content": b'{"model": "etr-hub", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}'}, 400, "temperature"),
+    ("infinite-penalty", {"content": b'{"model": "etr-hub", "messages": [{"role": "user", "content": "x"}], "repetition_penalty": Infinity}'}, 400, "repetition_penalty"),
+    ("penalty-range", {"json": {"model": "etr-hub", "messages": ask("x"), "presence_penalty": 2.5}}, 400, "presence_penalty"),
+    ("deep-json", {"content": b'{"model": "etr-hub", "messages": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"}, 400, "nests JSON too deeply"),
+    ("not-utf8", {"content": b'{"model": "etr-hub", "messages": [{"role": "user", "content": "caf\xe9"}]}'}, 400, "invalid_json"),
+    ("lone-surrogate", {"content": b'{"model": "etr-hub", "messages": [{"role": "user", "content": "\\ud800"}]}'}, 400, "not valid Unicode"),
+    ("completion-lone-surrogate", {"content": b'{"model": "etr-hub", "prompt": "\\udfff once"}', "path": "/v1/completions"}, 400, "not valid Unicode"),
+    ("5000-digit-number", {"content": b'{"model": "etr-hub", "messages": [], "max_tokens": ' + b"9" * 5000 + b"}"}, 400, "invalid_json"),
     ("missing-key", {"json": {"model": "etr-hub", "messages": ask("x")}, "key": None}, 401, "invalid_api_key"),
     ("wrong-key", {"json": {"model": "etr-hub", "messages": ask("x")}, "key": "test-key-7f3a9d"}, 401, "invalid_api_key"),
     ("key-not-bearer", {"json": {"model": "etr-hub", "messages": ask("x")}, "raw_auth": f"Basic {KEY}"}, 401, "invalid_api_key"),
@@ -131,7 +142,8 @@ def test_bad_requests_get_the_right_4xx(servers, send, status, expected):
     headers = {"Authorization": auth} if auth else {}
     if "content" in send:
         headers["Content-Type"] = "application/json"
-    resp = httpx.post(f"{servers['s'].url}/v1/chat/completions", headers=headers, timeout=30, **send)
+    path = send.pop("path", "/v1/chat/completions")
+    resp = httpx.post(f"{servers['s'].url}{path}", headers=headers, timeout=30, **send)
     assert resp.status_code == status, resp.text
     err = resp.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}
@@ -157,6 +169,52 @@ def test_refusals_before_loading_anything(servers):
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
     res = run_cli("serve", "--port", str(servers["s"].port))
     assert res.returncode == 1 and "already in use" in res.stderr
+
+
+@pytest.mark.parametrize("env", [{"ETR_HUB_API_KEY": "   "}, {"ETR_HUB_API_KEY": "\t\n"}, {"ETR_HUB_API_KEY": " k3y "}])
+def test_blank_api_key_is_refused_at_start(env):
+    res = run_cli("serve", "--port", str(free_port()), env=env)
+    assert res.returncode == 1 and res.stderr.startswith("error: the API key is ") and res.stderr.count("\n") == 1, res.stderr
+    assert env["ETR_HUB_API_KEY"] not in res.stderr.removeprefix("error:")
+
+
+def test_tiny_temperature_streams_like_greedy(servers):
+    c = client(servers["s"])
+    greedy = c.chat.completions.create(model="etr-hub", messages=ask("hello there"), max_tokens=12, temperature=0).choices[0].message.content
+    chunks = list(c.chat.completions.create(model="etr-hub", messages=ask("hello there"), max_tokens=12, temperature=1e-300, stream=True))
+    assert not any("error" in (ch.model_extra or {}) for ch in chunks)
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == greedy
+
+
+def test_penalties_reach_the_decoder(servers):
+    c = client(servers["s"])
+    kw = {"model": "etr-hub", "messages": ask("hello there"), "max_tokens": 24, "temperature": 0}
+    plain = c.chat.completions.create(**kw).choices[0].message.content
+    assert len(set(plain)) < len(plain) // 2  # the tiny model repeats itself...
+    for extra in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}, {"extra_body": {"repetition_penalty": 3.0}}):
+        assert c.chat.completions.create(**kw, **extra).choices[0].message.content != plain, extra  # ...less so with a penalty
+
+
+def test_over_long_prompt_is_refused_before_it_waits(servers):
+    """While the only worker is busy, a prompt over --max-prompt-tokens is refused at once (it never
+    queues); a 1 MB prompt to a server with the default 1 MiB body limit likewise."""
+    s = servers["s"]
+    before = health(s)
+    proc = streaming_client(s.url, {"model": "etr-hub", "messages": ask("keep the worker busy"), "stream": True, "max_tokens": 420, "ignore_eos": True}, KEY)
+    assert proc.stdout.readline().strip() == "got"
+    started = time.monotonic()
+    with pytest.raises(openai.BadRequestError) as err:
+        client(s).chat.completions.create(model="etr-hub", messages=ask("x " * 300), max_tokens=4)
+    assert time.monotonic() - started < 2 and health(s)["running"]  # answered while the long one still runs
+    assert err.value.body["code"] == "context_length_exceeded" and "at most 400" in err.value.body["message"]
+    proc.kill()
+    proc.wait()
+    after = health(s)
+    assert after["failed"] == before["failed"] and after["rejected"] == before["rejected"]  # it never reached the queue
+    b_before, started = health(servers["b"]), time.monotonic()
+    resp = httpx.post(f"{servers['b'].url}/v1/chat/completions", json={"model": "etr-hub", "messages": ask("word " * 200_000)}, timeout=60)
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "context_length_exceeded", resp.text
+    assert time.monotonic() - started < 30 and health(servers["b"]) == b_before
 
 
 # -- load and faults ------------------------------------------------------------------------------

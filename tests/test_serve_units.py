@@ -59,6 +59,9 @@ def test_is_loopback(host, loopback):
     ({"port": 0}, "port 0"),
     ({"max_queue": 0}, "--max-queue"),
     ({"cors_origins": ("*",)}, "--cors-origin '*'"),
+    ({"api_key": "   "}, "the API key is blank"),
+    ({"api_key": "k3y\n"}, "surrounded by whitespace"),
+    ({"max_prompt_tokens": 0}, "--max-prompt-tokens"),
 ])
 def test_unsafe_configs_are_refused(kw, message):
     with pytest.raises(EtrHubError, match=message.replace("*", r"\*")):
@@ -80,7 +83,8 @@ def test_request_parsing():
     req = p.parse(p.ChatRequest, {"model": "m", "messages": [{"role": "developer", "content": [{"type": "text", "text": "be brief"}]},
                                                               {"role": "user", "content": "hi"}], "stop": "x", "max_completion_tokens": 9})
     assert req.chat_messages() == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
-    assert req.settings(256, 512) == {"max_new_tokens": 9, "temperature": 0.0, "top_p": 1.0, "stop": ["x"], "seed": None, "ignore_eos": False}
+    assert req.settings(256, 512) == {"max_new_tokens": 9, "temperature": None, "top_p": None, "stop": ["x"], "seed": None, "ignore_eos": False,
+                                      "repetition_penalty": None, "presence_penalty": 0.0, "frequency_penalty": 0.0}  # None: the model's default
     with pytest.raises(p.ApiError, match="at most 512"):
         p.parse(p.ChatRequest, {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 600}).settings(256, 512)
     assert p.parse(p.CompletionRequest, {"model": "m", "prompt": ["once"]}).prompt == "once"

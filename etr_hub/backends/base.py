@@ -34,6 +34,7 @@ class Handoff:
     partial: str = ""  # the meta model's text so far in this assistant turn
     prompt: str | None = None
     meta_ids: list[int] | None = None  # meta prompt + partial as the meta model's token ids
+    answer_ids: list[int] | None = None  # the partial alone as the meta model's token ids
     meta_tokenizer: Any = None
     meta_runner: Any = None  # the meta model's CausalRunner, read-only: its cache holds meta_ids
 
@@ -46,6 +47,9 @@ class GenSettings:
     seed: int | None = None
     stop: Sequence[str] = field(default_factory=list)  # remote servers can stop early; the hub cuts anyway
     ignore_eos: bool = False
+    repetition_penalty: float = 1.0  # over the answer's tokens, the meta model's partial answer included
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,11 @@ def chat(
     once: str = typer.Option(None, "--once", help="Answer this one message and exit."),
     json_out: bool = typer.Option(False, "--json", help="With --once (or piped input): print each answer as one JSON object."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Most tokens per answer."),
-    temperature: float = typer.Option(0.0, "--temperature", callback=number(ge=0), help="0 = greedy (default); higher samples more freely."),
-    top_p: float = typer.Option(1.0, "--top-p", callback=number(gt=0, le=1), help="Nucleus sampling mass (with --temperature > 0)."),
-    seed: int = typer.Option(None, "--seed", callback=seed_range, help="Seed for sampling."),
+    temperature: float = typer.Option(None, "--temperature", callback=number(ge=0), help="Default: the meta model's recommendation (embedded SmolLM2: 0.2). 0 = greedy, for exact reproduction."),
+    top_p: float = typer.Option(None, "--top-p", callback=number(gt=0, le=1), help="Nucleus sampling mass (default: the meta model's recommendation, embedded SmolLM2: 0.9)."),
+    repetition_penalty: float = typer.Option(None, "--repetition-penalty", callback=number(gt=0), help="Divide the logits of tokens already in the answer (> 0; 1 = none; default: the meta model's recommendation, embedded SmolLM2: 1.2)."),
+    seed: int = typer.Option(None, "--seed", callback=seed_range, help="Seed for sampling: the same seed and settings give the same answer."),
+    max_prompt_tokens: int = typer.Option(None, "--max-prompt-tokens", min=1, help="Keep the conversation within this many tokens (oldest turns go first; default: the meta model's context)."),
     system: str = typer.Option(None, "--system", help="A system prompt for the conversation."),
     expert: str = typer.Option(None, "--expert", help="Let this expert answer directly (no routing)."),
     memory_budget_mb: int = typer.Option(None, "--memory-budget-mb", min=0, help="Memory for loaded experts (default: half the RAM)."),
@@ -35,10 +37,12 @@ def chat(
         raise EtrHubError("empty message", "pass the question as --once \"TEXT\"")
     if json_out and once is None and not piped:
         raise EtrHubError("--json needs --once TEXT (or piped input)", "e.g. etr-hub chat --once \"Why is the sky blue?\" --json")
-    from etr_hub.runtime.hub import check_settings
+    from etr_hub.runtime.hub import check_messages, check_settings
 
-    check_settings(max_new_tokens, temperature, top_p)
-    settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed, "expert": expert}
+    check_messages([*([{"role": "system", "content": system}] if system else []), {"role": "user", "content": once or "?"}])
+    check_settings(max_new_tokens, temperature, top_p, repetition_penalty=repetition_penalty, seed=seed, max_prompt_tokens=max_prompt_tokens)
+    settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "repetition_penalty": repetition_penalty,
+                "seed": seed, "expert": expert, "max_prompt_tokens": max_prompt_tokens}
     hub = _open_hub(quiet=json_out, memory_budget_mb=memory_budget_mb)
     if expert is not None:
         hub.require_expert(expert)
@@ -84,15 +88,23 @@ class Session:
         self.last: Any = None  # the last ChatResult
 
     def loop(self, piped: bool) -> None:
+        lineno = 0
         while True:
             try:
-                line = sys.stdin.readline() if piped else err.input("[bold green]you[/bold green] › ")
+                line = sys.stdin.buffer.readline() if piped else err.input("[bold green]you[/bold green] › ")
             except (EOFError, KeyboardInterrupt):
                 if not piped:
                     err.print()
                 return
-            if piped and line == "":
+            if piped and line == b"":
                 return  # end of input
+            lineno += 1
+            if piped:
+                try:
+                    line = line.decode("utf-8")
+                except UnicodeDecodeError as exc:  # binary bytes on stdin: skip that line, keep the session
+                    warn(f"input line {lineno} is not UTF-8 text (byte 0x{line[exc.start]:02x} at column {exc.start + 1}); skipped it — send UTF-8 text")
+                    continue
             text = line.strip()
             if not text:
                 continue

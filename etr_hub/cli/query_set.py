@@ -26,6 +26,7 @@ def build(
     versus: list[str] = typer.Option(None, "--versus", help="Also require the expert to beat this model (repeatable): another expert or a style-control adapter, so the set reflects expertise rather than answer style."),
     pick: str = typer.Option("random", "--pick", callback=one_of("random", "top"), help="random: down-sample the passing queries with --seed (paper); top: keep the largest gaps."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
+    max_tokens: int = typer.Option(1024, "--max-tokens", min=2, help="Longest row scored, in tokens (prompt + response; at most the model's context): longer responses are cut, rows whose query alone does not fit are skipped and listed."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Score the dataset with the meta model and the expert; keep where the expert is better."""
@@ -36,13 +37,14 @@ def build(
     reg = Registry.open()
     with bar_factory(quiet=json_out) as bars:
         res = build_query_set(reg, name, expert, data, tau=tau, size=size, seed=seed, label=label, label_field=label_field,
-                              rule=rule, versus=tuple(versus or ()), pick=pick, batch_size=batch_size, progress=bars, status=None if json_out else note)
+                              rule=rule, versus=tuple(versus or ()), pick=pick, batch_size=batch_size, max_tokens=max_tokens, progress=bars, status=None if json_out else note)
     for w in res.warnings:
         warn(w)
     summary = {"name": name, "rule": res.rule, "tau": res.tau, "size": len(res.selected), "dataset": res.dataset.name,
                "dataset_sha256": res.dataset.sha256, "n_pairs": len(res.dataset.rows), "sha256": res.info["sha256"],
                "loss_gap": res.gap_stats, "tau_table": res.tau_table, "purity": res.purity,
-               "in_domain_gap": res.in_domain_gap, "out_of_domain_gap": res.out_of_domain_gap}
+               "in_domain_gap": res.in_domain_gap, "out_of_domain_gap": res.out_of_domain_gap,
+               "max_tokens": res.max_tokens, "skipped_lines": res.skipped_lines}
     if json_out:
         print_json(summary)
         return

@@ -16,6 +16,7 @@ def serve(
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without an API key."),
     max_queue: int = typer.Option(16, "--max-queue", help="Requests that may wait for the meta model; more get 429 + Retry-After."),
     max_tokens: int = typer.Option(2048, "--max-tokens", min=1, help="The largest max_tokens a request may ask for."),
+    max_prompt_tokens: int = typer.Option(400, "--max-prompt-tokens", min=1, help="The longest prompt a request may send, in the meta model's tokens (chat template included); longer ones get 400 before they wait for the model."),
     max_body_kb: int = typer.Option(1024, "--max-body-kb", min=1, help="The largest request body, in KiB (413 above)."),
     cors_origin: list[str] = typer.Option(None, "--cors-origin", help="Allow browser pages from this origin (repeatable). CORS is off without it."),
     model_name: str = typer.Option("etr-hub", "--model-name", help="The hub's model id in /v1/models (experts are listed by name)."),
@@ -34,7 +35,7 @@ def serve(
     from etr_hub.server.runner import check_port_free
 
     config = ServerConfig(host=host, port=port, api_key=api_key or None, insecure=insecure, max_queue=max_queue,
-                          max_tokens_limit=max_tokens, max_body_bytes=max_body_kb * 1024, cors_origins=tuple(cor for cor in cors_origin or ()),
+                          max_tokens_limit=max_tokens, max_prompt_tokens=max_prompt_tokens, max_body_bytes=max_body_kb * 1024, cors_origins=tuple(cor for cor in cors_origin or ()),
                           model_id=model_name).check()
     check_port_free(config.host, config.port)  # before the slow part
     hub = _open_hub(memory_budget_mb)

@@ -88,7 +88,8 @@ def read_mmlu_file(path: Path, subject: str | None = None) -> tuple[list[Questio
     """(questions, skipped-row messages) of one CSV; malformed rows are reported, not fatal."""
     subject = subject or subject_of(path)
     questions, skipped = [], []
-    with open(path, newline="", encoding="utf-8") as f:
+    # surrogateescape: a non-UTF-8 byte marks its row (reported below) instead of ending the file
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.reader(f)
         while True:
             line = reader.line_num + 1
@@ -101,7 +102,8 @@ def read_mmlu_file(path: Path, subject: str | None = None) -> tuple[list[Questio
                 break
             if not row or all(not cell.strip() for cell in row):
                 continue
-            problem = _row_problem(row)
+            raw = next((ord(c) - 0xDC00 for cell in row for c in cell if 0xDC80 <= ord(c) <= 0xDCFF), None)
+            problem = f"not UTF-8 text (byte 0x{raw:02x})" if raw is not None else _row_problem(row)
             if problem:
                 skipped.append(f"{path.name}:{line}: {problem}")
                 continue

@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from etr_hub.cache import StateCache, query_key
-from etr_hub.errors import EtrHubError
+from etr_hub.errors import DataError, EtrHubError
 from etr_hub.eval.mmlu import Question, read_mmlu_dir, render_query
 from etr_hub.eval.scoring import SCORE_FORMAT, VectorCache, score_letters
+from etr_hub.jsonl import iter_jsonl, query_column
 from etr_hub.models.refs import ModelRef
 from etr_hub.queryset.build import ModelSession, ProgressFactory, no_progress
 from etr_hub.registry import Registry
@@ -73,8 +74,7 @@ def load_experts(registry: Registry, fingerprint: str) -> list[ExpertEntry]:
         qs = registry.query_set_for(e)
         queries = None
         if qs is not None:
-            lines = registry.abspath(qs.store_path).read_text(encoding="utf-8").splitlines()
-            queries = [json.loads(line)["query"] for line in lines if line.strip()]
+            queries = query_column(registry.abspath(qs.store_path))
         entries.append(ExpertEntry(e.name, e.label, e.description or "", ref, read_token(token.parent, token, m).float(),
                                    _h(SCORE_FORMAT, fingerprint, identity), queries))
     return entries
@@ -83,8 +83,13 @@ def load_experts(registry: Registry, fingerprint: str) -> list[ExpertEntry]:
 def read_general_prompts(path: Path | None, split: str = "eval") -> list[str]:
     if path is None or not Path(path).is_file():
         return []
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r["query"] for r in rows if r.get("split", split) == split and r.get("query")]
+    prompts = []
+    for lineno, r in iter_jsonl(path):
+        if not isinstance(r, dict):
+            raise DataError(f"{path}:{lineno} is not a JSON object", "write one {\"query\": …, \"split\": …} object per line")
+        if r.get("split", split) == split and isinstance(r.get("query"), str) and r["query"].strip():
+            prompts.append(r["query"])
+    return prompts
 
 
 class Evaluator:

@@ -34,6 +34,10 @@ SOURCE_FILE = "etr_hub_source.json"  # written last: its presence marks a finish
 WHEEL_ENV = "ETR_HUB_SMOLLM2_WHEEL"
 STALE_TMP_S = 3600  # a temp dir this old belongs to a conversion that was killed
 
+# How to sample it: the model card's recommendation (temperature 0.2, top_p 0.9; the GGUF carries
+# no generation settings), plus a repetition penalty, without which the 135M model loops.
+RECOMMENDED_SAMPLING = {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.2}
+
 Progress = Callable[[str], None] | None
 
 
@@ -44,6 +48,17 @@ def default_meta_dir() -> Path:
 def is_converted(path: Path | None = None) -> bool:
     path = path or default_meta_dir()
     return all((path / f).is_file() for f in ("config.json", "model.safetensors", SOURCE_FILE))
+
+
+def recommended_sampling(model_dir: str | Path) -> dict[str, float] | None:
+    """RECOMMENDED_SAMPLING when `model_dir` holds our conversion of the embedded default, else None."""
+    if not str(model_dir):
+        return None
+    try:
+        source = json.loads((Path(model_dir) / SOURCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return dict(RECOMMENDED_SAMPLING) if isinstance(source, dict) and source.get("gguf_sha256") == GGUF_SHA256 else None
 
 
 def ensure_default_meta(progress: Progress = None) -> Path:

@@ -17,6 +17,7 @@ from etr_hub.errors import DataError, EtrHubError
 from etr_hub.models.refs import ModelRef
 from etr_hub.queryset import select
 from etr_hub.queryset.dataset import Dataset, read_dataset
+from etr_hub.queryset.scoring import MAX_TOKENS
 from etr_hub.registry import Registry
 from etr_hub.store import sha256_bytes, tree_listing, tree_sha256
 
@@ -42,6 +43,8 @@ class BuildResult:
     out_of_domain_gap: float | None
     info: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    max_tokens: int = MAX_TOKENS
+    skipped_lines: list[int] = field(default_factory=list)  # rows over max_tokens, by file line
 
 
 def expert_cache_key(ref: ModelRef, meta_fingerprint: str) -> str:
@@ -81,33 +84,48 @@ class ModelSession:
         return load_causal_lm(ref, meta=self.meta if needs_meta else None, progress=self.progress)
 
 
-def meta_pass(session: ModelSession, dataset: Dataset, progress: ProgressFactory, batch_size: int):
-    """Meta losses on the dataset, from the cache or one pass that also caches routing states."""
+def _loss_key(model_key: str, max_tokens: int) -> str:
+    """The loss cache key: another row limit cuts other rows, so it keys other losses."""
+    return model_key if max_tokens == MAX_TOKENS else sha256_bytes(f"{model_key}:max_tokens={max_tokens}".encode())
+
+
+def _row_limit(loaded, max_tokens: int) -> int:
+    from etr_hub.runtime.modelinfo import context_limit
+
+    return min(max_tokens, context_limit(loaded.model, loaded.tokenizer))
+
+
+def meta_pass(session: ModelSession, dataset: Dataset, progress: ProgressFactory, batch_size: int, max_tokens: int = MAX_TOKENS):
+    """Meta losses on the dataset (NaN: a row over `max_tokens`), from the cache or one pass that
+    also caches routing states."""
     from etr_hub.models.fingerprint import output_embedding
     from etr_hub.queryset.scoring import encode_pairs, score_pairs
 
     fp = session.meta_row.fingerprint
     cache = LossCache(session.registry.settings.cache_dir)
-    cached = cache.get(fp, dataset.sha256)
+    cached = cache.get(_loss_key(fp, max_tokens), dataset.sha256)
     if cached is not None:
         return cached
     meta = session.meta
     queries, responses = [r["query"] for r in dataset.rows], [r["response"] for r in dataset.rows]
-    pairs = encode_pairs(meta.tokenizer, queries, responses)
+    pairs = encode_pairs(meta.tokenizer, queries, responses, _row_limit(meta, max_tokens))
     result = score_pairs(meta.model, meta.tokenizer, pairs, batch_size=batch_size, want_states=True,
                          advance=progress("meta model pass", len(pairs)))
+    kept = [i for i, pair in enumerate(pairs) if pair is not None]
     states = StateCache(session.registry.settings.cache_dir, fp)
-    states.put([query_key(q) for q in queries], result.hidden, result.lse)
+    if kept:
+        states.put([query_key(queries[i]) for i in kept], result.hidden[kept], result.lse[kept])
     states.put_mean_row(output_embedding(meta.model))
-    cache.put(fp, dataset.sha256, result.loss)
+    cache.put(_loss_key(fp, max_tokens), dataset.sha256, result.loss)
     return result.loss
 
 
-def expert_pass(session: ModelSession, ref: ModelRef, dataset: Dataset, progress: ProgressFactory, batch_size: int, warnings: list[str]):
+def expert_pass(session: ModelSession, ref: ModelRef, dataset: Dataset, progress: ProgressFactory, batch_size: int, warnings: list[str],
+                max_tokens: int = MAX_TOKENS):
     from etr_hub.models.chat import has_chat_template
     from etr_hub.queryset.scoring import encode_pairs, score_pairs
 
-    key = expert_cache_key(ref, session.meta_row.fingerprint)
+    key = _loss_key(expert_cache_key(ref, session.meta_row.fingerprint), max_tokens)
     cache = LossCache(session.registry.settings.cache_dir)
     cached = cache.get(key, dataset.sha256)
     if cached is not None:
@@ -115,7 +133,8 @@ def expert_pass(session: ModelSession, ref: ModelRef, dataset: Dataset, progress
     expert = session.expert(ref)
     if not has_chat_template(expert.tokenizer):
         warnings.append(f"expert {ref.display()} has no chat template; scoring it on a plain 'User:/Assistant:' format")
-    pairs = encode_pairs(expert.tokenizer, [r["query"] for r in dataset.rows], [r["response"] for r in dataset.rows])
+    pairs = encode_pairs(expert.tokenizer, [r["query"] for r in dataset.rows], [r["response"] for r in dataset.rows],
+                         _row_limit(expert, max_tokens))
     loss = score_pairs(expert.model, expert.tokenizer, pairs, batch_size=batch_size, advance=progress("expert pass", len(pairs))).loss
     cache.put(key, dataset.sha256, loss)
     return loss
@@ -124,9 +143,12 @@ def expert_pass(session: ModelSession, ref: ModelRef, dataset: Dataset, progress
 def build_query_set(registry: Registry, name: str, expert: str | ModelRef, data: str | Path, *, tau: float = 0.0,
                     size: int = 100, seed: int = 0, label: str | None = None, label_field: str = "label",
                     rule: str = "paper", versus: tuple = (), pick: str = "random", batch_size: int = 8, progress: ProgressFactory = no_progress,
-                    status: Callable[[str], None] | None = None, session: ModelSession | None = None) -> BuildResult:
+                    status: Callable[[str], None] | None = None, session: ModelSession | None = None,
+                    max_tokens: int = MAX_TOKENS) -> BuildResult:
     """Score `data` with the meta model and the expert, select the query set, record it.
 
+    Rows longer than `max_tokens` (prompt + response, or the model's context if smaller) have
+    their response cut; a row whose prompt alone does not fit is skipped and reported.
     Pass a `session` to reuse already loaded models across builds (recipes, benchmarks)."""
     import torch
 
@@ -136,6 +158,8 @@ def build_query_set(registry: Registry, name: str, expert: str | ModelRef, data:
         raise EtrHubError(f"--size must be at least 1 (got {size})", "pass e.g. --size 100")
     if pick not in ("random", "top"):
         raise EtrHubError(f"unknown --pick '{pick}'", "use --pick random (the paper) or --pick top (largest gaps first)")
+    if max_tokens < 2:
+        raise EtrHubError(f"--max-tokens must be at least 2 (got {max_tokens})", f"pass e.g. --max-tokens {MAX_TOKENS}")
     if rule == "labelled" and not label:
         raise EtrHubError("--rule labelled needs --label", "pass the label of the expert's domain, e.g. --label astronomy")
     ref = expert if isinstance(expert, ModelRef) else ModelRef.parse(expert)
@@ -143,19 +167,29 @@ def build_query_set(registry: Registry, name: str, expert: str | ModelRef, data:
     dataset = read_dataset(data)
     session = session or ModelSession(registry, status)
     warnings: list[str] = []
-    labels = dataset.labels(label_field)
-    loss_meta = meta_pass(session, dataset, progress, batch_size)
-    loss_expert = expert_pass(session, ref, dataset, progress, batch_size, warnings)
+    loss_meta = meta_pass(session, dataset, progress, batch_size, max_tokens)
+    loss_expert = expert_pass(session, ref, dataset, progress, batch_size, warnings, max_tokens)
     versus_refs = [_absolute(v if isinstance(v, ModelRef) else ModelRef.parse(v)) for v in versus]
     baseline = loss_meta
     for v in versus_refs:  # "better than the meta model AND than these models": expertise, not a shared style
-        baseline = torch.minimum(baseline, expert_pass(session, v, dataset, progress, batch_size, warnings))
-    gap = select.loss_gap(baseline, loss_expert)  # (N,)
+        baseline = torch.minimum(baseline, expert_pass(session, v, dataset, progress, batch_size, warnings, max_tokens))
+    full_gap = select.loss_gap(baseline, loss_expert)  # (N,) NaN where a model skipped the row
+    kept = [i for i, g in enumerate(full_gap.tolist()) if g == g]
+    skipped = [dataset.line(i) for i in range(len(dataset.rows)) if full_gap[i] != full_gap[i]]
+    if not kept:
+        raise DataError(f"every row of {dataset.path} is over {max_tokens:,} tokens (the query alone, in a model's chat template)",
+                        "shorten the queries, or raise --max-tokens (at most the models' context)")
+    if skipped:
+        shown = ", ".join(map(str, skipped[:10])) + (", …" if len(skipped) > 10 else "")
+        warnings.append(f"skipped {len(skipped):,} row(s) over {max_tokens:,} tokens (lines {shown}); raise --max-tokens to keep them")
+    gap = full_gap[kept]  # (K,): selection runs on the rows that fit; indices map back through `kept`
+    all_labels = dataset.labels(label_field)
+    labels = [all_labels[i] for i in kept]
     table = select.tau_table(gap)
     if tau not in {row["tau"] for row in table}:
         table.append({"tau": tau, "passing": int((gap > tau).sum())})
     if rule == "paper":
-        chosen = select.select_by_tau(gap, tau, size, seed, top=pick == "top")
+        chosen = [kept[i] for i in select.select_by_tau(gap, tau, size, seed, top=pick == "top")]
         if not chosen:
             raise DataError(
                 f"τ={tau:g} selects no query (loss-gap quantiles {select.gap_stats(gap)['quantiles']}; passing at τ: "
@@ -163,7 +197,7 @@ def build_query_set(registry: Registry, name: str, expert: str | ModelRef, data:
                 f"lower τ, e.g. --tau {select.suggest_tau(gap, size):g}",
             )
     else:
-        chosen = select.select_by_label(labels, label, size, seed)
+        chosen = [kept[i] for i in select.select_by_label(labels, label, size, seed)]
         if not chosen:
             raise DataError(f"no row of {dataset.path} has {label_field} == '{label}'", f"check --label and --label-field (the dataset's '{label_field}' values are the labels)")
 
@@ -173,9 +207,9 @@ def build_query_set(registry: Registry, name: str, expert: str | ModelRef, data:
         in_dom = float(gap[mask].mean()) if mask.any() else None
         out_dom = float(gap[~mask].mean()) if (~mask).any() else None
     result = BuildResult(name=name, rule=rule, tau=tau if rule == "paper" else None, selected=chosen, dataset=dataset,
-                         gap_stats=select.gap_stats(gap), tau_table=table, purity=select.purity(chosen, labels, label) if label else None,
-                         in_domain_gap=in_dom, out_of_domain_gap=out_dom, warnings=warnings)
-    _record(registry, session, result, ref, loss_meta, loss_expert, gap, seed, size, label, label_field, versus_refs, pick)
+                         gap_stats=select.gap_stats(gap), tau_table=table, purity=select.purity(chosen, all_labels, label) if label else None,
+                         in_domain_gap=in_dom, out_of_domain_gap=out_dom, warnings=warnings, max_tokens=max_tokens, skipped_lines=skipped)
+    _record(registry, session, result, ref, loss_meta, loss_expert, full_gap, seed, size, label, label_field, versus_refs, pick)
     return result
 
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from etr_hub.models.chat import prompt_and_response_ids, routing_prompt_ids
 
 Advance = Callable[[int], None] | None
-MAX_TOKENS = 1024  # per example; longer responses are cut (their NLL is summed over what fits)
+MAX_TOKENS = 1024  # per example (query-set build --max-tokens); longer responses are cut (their NLL is
+# summed over what fits), a row whose prompt alone leaves no room is skipped (scored NaN)
 
 
 @dataclass
@@ -27,11 +28,16 @@ class PassResult:
     lse: torch.Tensor | None  # (N,) logsumexp of the word-token logits there
 
 
-def encode_pairs(tokenizer, queries: Sequence[str], responses: Sequence[str]) -> list[tuple[list[int], list[int]]]:
-    pairs = []
+Pair = tuple[list[int], list[int]]
+
+
+def encode_pairs(tokenizer, queries: Sequence[str], responses: Sequence[str], max_tokens: int = MAX_TOKENS) -> list[Pair | None]:
+    """(prompt ids, response ids) cut to `max_tokens` in all; None where the prompt leaves no
+    room for one response token (attention over a huge row would need memory quadratic in it)."""
+    pairs: list[Pair | None] = []
     for q, r in zip(queries, responses):
         prompt, response = prompt_and_response_ids(tokenizer, q, r)
-        pairs.append((prompt, response[: max(1, MAX_TOKENS - len(prompt))]))
+        pairs.append((prompt, response[: max_tokens - len(prompt)]) if len(prompt) < max_tokens else None)
     return pairs
 
 
@@ -51,15 +57,22 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def score_pairs(model, tokenizer, pairs: list[tuple[list[int], list[int]]], *, batch_size: int = 8,
+def score_pairs(model, tokenizer, pairs: list[Pair | None], *, batch_size: int = 8,
                 want_states: bool = False, advance: Advance = None) -> PassResult:
-    """Summed response NLL per pair (+ routing-position states), right-padded batches."""
+    """Summed response NLL per pair (+ routing-position states), right-padded batches; NaN
+    (and zero states) for a skipped (None) pair."""
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n = len(pairs)
-    loss = torch.zeros(n)
+    loss = torch.full((n,), float("nan"))
     hidden = lse = None
-    for batch in _batches([len(p) + len(r) for p, r in pairs], batch_size):
+    if want_states:
+        hidden, lse = torch.zeros(n, model.config.hidden_size), torch.zeros(n)
+    scored = [i for i, pair in enumerate(pairs) if pair is not None]
+    if advance and len(scored) < n:
+        advance(n - len(scored))
+    for part in _batches([len(pairs[i][0]) + len(pairs[i][1]) for i in scored], batch_size):
+        batch = [scored[j] for j in part]
         ids, mask = right_pad([pairs[i][0] + pairs[i][1] for i in batch], pad)  # (B, T), (B, T)
         h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
 
@@ -78,8 +91,6 @@ def score_pairs(model, tokenizer, pairs: list[tuple[list[int], list[int]]], *, b
         loss[batch] = per_example
 
         if want_states:
-            if hidden is None:
-                hidden, lse = torch.zeros(n, h.shape[-1]), torch.zeros(n)
             first = torch.tensor([owner.index(b) for b in range(len(batch))])  # routing position row
             hidden[batch] = h_resp[first].float()  # (B, C)
             lse[batch] = torch.logsumexp(logits[first], dim=-1)  # (B,)

@@ -8,13 +8,15 @@ Expert tokens are never fed back: when one wins, the caller hands the answer to 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 NEG_INF = float("-inf")
+MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy: logits / 1e-300 overflow to inf and NaN
 
 
 # -- the sampler: small pure functions ----------------------------------------------------------
@@ -31,12 +33,33 @@ def next_token_logits(word: torch.Tensor, expert: torch.Tensor | None, blocked: 
     return torch.cat([word, expert])  # (V + N,)
 
 
+def penalize(logits: torch.Tensor, counts: Counter[int], repetition_penalty: float = 1.0, presence_penalty: float = 0.0,
+             frequency_penalty: float = 0.0) -> torch.Tensor:
+    """Logits of the tokens already in the answer (`counts`: id -> times), lowered.
+
+    repetition_penalty p (transformers'/vLLM's): a seen token's logit l becomes l / p if l > 0
+    else l * p. presence/frequency (OpenAI's): l - presence - frequency * count."""
+    if not counts or (repetition_penalty == 1.0 and presence_penalty == 0.0 and frequency_penalty == 0.0):
+        return logits
+    ids = torch.tensor(list(counts), dtype=torch.long)  # (S,)
+    times = torch.tensor(list(counts.values()), dtype=logits.dtype)  # (S,)
+    seen = logits[ids]  # (S,)
+    if repetition_penalty != 1.0:
+        seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
+    seen = seen - frequency_penalty * times - presence_penalty
+    return logits.index_put((ids,), seen)  # a copy: the caller's logits stay eq. 1's
+
+
 def sample_index(logits: torch.Tensor, *, temperature: float = 0.0, top_p: float = 1.0,
                  generator: torch.Generator | None = None) -> int:
-    """Greedy when temperature is 0, else temperature + nucleus (top-p) sampling."""
-    if temperature <= 0.0:
+    """Greedy when temperature is (about) 0, else temperature + nucleus (top-p) sampling. Logits
+    the model made NaN never win, and a distribution that is not finite falls back to greedy."""
+    logits = torch.nan_to_num(logits.float(), nan=NEG_INF)  # (V + N,)
+    if temperature < MIN_TEMPERATURE:
         return int(logits.argmax())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (V + N,)
+    probs = torch.softmax((logits - logits.max()) / temperature, dim=-1)  # (V + N,) the max maps to 0: no overflow
+    if not bool(probs.isfinite().all()) or not float(probs.sum()) > 0:
+        return int(logits.argmax())
     if top_p < 1.0:
         sorted_p, order = probs.sort(descending=True)  # (V + N,), (V + N,)
         before = sorted_p.cumsum(-1) - sorted_p  # (V + N,) mass strictly before each token
@@ -165,17 +188,31 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 @dataclass
 class Sampling:
+    """How the next token is chosen, and the answer's tokens so far (what the penalties see)."""
+
     temperature: float = 0.0
     top_p: float = 1.0
     generator: torch.Generator | None = None
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    counts: Counter[int] = field(default_factory=Counter)
 
     @classmethod
-    def make(cls, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Sampling:
+    def make(cls, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, *, repetition_penalty: float = 1.0,
+             presence_penalty: float = 0.0, frequency_penalty: float = 0.0, answer: Iterable[int] = ()) -> Sampling:
+        """`answer`: tokens already in this answer (e.g. the meta model's, before an expert took over)."""
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        return cls(float(temperature), float(top_p), gen)
+        return cls(float(temperature), float(top_p), gen, float(repetition_penalty), float(presence_penalty),
+                   float(frequency_penalty), Counter(answer))
 
     def pick(self, logits: torch.Tensor) -> int:
+        logits = penalize(logits, self.counts, self.repetition_penalty, self.presence_penalty, self.frequency_penalty)
         return sample_index(logits, temperature=self.temperature, top_p=self.top_p, generator=self.generator)
+
+    def observe(self, ids: Iterable[int]) -> None:
+        """Count tokens that joined the answer."""
+        self.counts.update(ids)
 
 
 class RoutedDecoder:
@@ -227,6 +264,7 @@ class RoutedDecoder:
         index = self.sampling.pick(self.logits)
         if index < self.vocab:
             self.pending = [index]
+            self.sampling.observe(self.pending)
         return index
 
     def take_unroutable(self) -> list[int]:
@@ -247,6 +285,7 @@ class RoutedDecoder:
     def extend(self, ids: Sequence[int]) -> None:
         """Add tokens the meta model did not sample (an expert's text after a failure)."""
         self.pending.extend(ids)
+        self.sampling.observe(ids)
 
 
 @torch.inference_mode()
@@ -271,6 +310,7 @@ def plain_tokens(model: Any, prompt_ids: Sequence[int], *, max_new_tokens: int, 
         h = _prefill(runner, rest)  # (1, C)
     for step in range(max_new_tokens):
         token = _pick(runner, h, sampling)
+        sampling.observe([token])
         yield token
         if token in eos_ids or step == max_new_tokens - 1:
             return

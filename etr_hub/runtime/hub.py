@@ -9,12 +9,14 @@ A Hub is not thread-safe; serialise calls.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from etr_hub.backends.base import ExpertError, GenSettings, Handoff
 from etr_hub.errors import EtrHubError
+from etr_hub.runtime.options import Messages, check_messages, check_prompt, check_settings  # noqa: F401 - check_settings: re-exported
+from etr_hub.runtime.options import Options as _Options
 from etr_hub.runtime.types import (
     ChatResult,
     Done,
@@ -28,37 +30,9 @@ from etr_hub.runtime.types import (
     WordScore,
 )
 
-ROLES = ("system", "user", "assistant")
-Messages = Sequence[Mapping[str, str]] | str
-
-
-@dataclass
-class _Options:
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    stop: list[str]
-    seed: int | None
-    ignore_eos: bool
-
-    def check(self) -> _Options:
-        if self.max_new_tokens < 1:
-            raise EtrHubError(f"max_new_tokens must be at least 1 (got {self.max_new_tokens})", "pass e.g. --max-new-tokens 256")
-        if self.temperature < 0:
-            raise EtrHubError(f"temperature must be ≥ 0 (got {self.temperature})", "use 0 for greedy decoding")
-        if not 0 < self.top_p <= 1:
-            raise EtrHubError(f"top_p must be in (0, 1] (got {self.top_p})", "use 1.0 to disable nucleus sampling")
-        return self
-
-
-def check_settings(max_new_tokens: int = 1, temperature: float = 0.0, top_p: float = 1.0) -> None:
-    """Raise the one-line error for out-of-range decoding settings (callers check before loading)."""
-    _Options(max_new_tokens, temperature, top_p, [], None, False).check()
-
-
 class Hub:
     def __init__(self, registry: Any, meta: Any, meta_row: Any, assembly: Any, pool: Any, progress: Callable[[str], None] | None):
-        from etr_hub.runtime.modelinfo import context_limit, eos_ids
+        from etr_hub.runtime.modelinfo import context_limit, eos_ids, sampling_defaults
 
         self.registry = registry
         self.meta = meta  # LoadedModel
@@ -72,6 +46,7 @@ class Hub:
         self._w_e_t = assembly.w_e.to(dtype).T.contiguous()  # (C, N): one matmul per step
         self.eos = eos_ids(meta.model, meta.tokenizer)
         self.context = context_limit(meta.model, meta.tokenizer)
+        self.sampling = sampling_defaults(meta.model)  # what None means for temperature, top_p, repetition_penalty
         self.route_window: int | None = 1
         self.keep_layer: int | None = None  # decoder layer whose input the meta runner keeps (LoRA experts)
 
@@ -117,32 +92,57 @@ class Hub:
         self.pool.close()
 
     # -- public calls ---------------------------------------------------------------------------
-    def chat(self, messages: Messages, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+    def chat(self, messages: Messages, *, max_new_tokens: int = 256, temperature: float | None = None, top_p: float | None = None,
              stop: list[str] | None = None, seed: int | None = None, stream: bool = False, expert: str | None = None,
-             ignore_eos: bool = False) -> ChatResult | Iterator[Event]:
-        """Answer the conversation: routed (expert=None) or by the named expert directly."""
-        opts = _Options(max_new_tokens, temperature, top_p, list(stop or []), seed, ignore_eos).check()
+             ignore_eos: bool = False, repetition_penalty: float | None = None, presence_penalty: float = 0.0,
+             frequency_penalty: float = 0.0, max_prompt_tokens: int | None = None) -> ChatResult | Iterator[Event]:
+        """Answer the conversation: routed (expert=None) or by the named expert directly.
+
+        temperature / top_p / repetition_penalty None: the meta model's recommendation
+        (`self.sampling`); temperature 0 is greedy. The penalties count the answer's tokens
+        (the meta model's and the experts'). A conversation longer than `max_prompt_tokens`
+        (or the context) loses its oldest turns, then the start of the last message."""
+        opts = self._options(max_new_tokens, temperature, top_p, stop, seed, ignore_eos, repetition_penalty, presence_penalty,
+                             frequency_penalty, max_prompt_tokens)
         messages = check_messages(messages)
         self.require_expert(expert)
-        ids, messages, notes, opts.max_new_tokens = self._fit_chat(messages, opts.max_new_tokens)
+        ids, messages, notes, opts.max_new_tokens = self._fit_chat(messages, opts.max_new_tokens, opts.max_prompt_tokens)
         handoff = Handoff(messages=messages, meta_tokenizer=self.meta.tokenizer)
         events = self._answer(ids, handoff, opts, expert=expert, routed=expert is None, notes=notes)
         return events if stream else _collect(events)
 
-    def complete(self, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+    def complete(self, prompt: str, *, max_new_tokens: int = 256, temperature: float | None = None, top_p: float | None = None,
                  stop: list[str] | None = None, seed: int | None = None, expert: str | None = None, stream: bool = False,
-                 ignore_eos: bool = False) -> ChatResult | Iterator[Event]:
-        """Raw continuation of `prompt` (no chat template, no routing) by the meta model or one expert."""
+                 ignore_eos: bool = False, repetition_penalty: float | None = None, presence_penalty: float = 0.0,
+                 frequency_penalty: float = 0.0, max_prompt_tokens: int | None = None) -> ChatResult | Iterator[Event]:
+        """Raw continuation of `prompt` (no chat template, no routing) by the meta model or one expert
+        (settings as in `chat`; a prompt over `max_prompt_tokens` keeps its end)."""
         from etr_hub.models.chat import _to_ids
 
-        opts = _Options(max_new_tokens, temperature, top_p, list(stop or []), seed, ignore_eos).check()
-        if not isinstance(prompt, str) or not prompt:
-            raise EtrHubError("empty prompt", "pass the text to continue")
+        opts = self._options(max_new_tokens, temperature, top_p, stop, seed, ignore_eos, repetition_penalty, presence_penalty,
+                             frequency_penalty, max_prompt_tokens)
+        check_prompt(prompt)
         self.require_expert(expert)
         ids = _to_ids(self.meta.tokenizer(prompt, add_special_tokens=True))
-        ids, notes, opts.max_new_tokens = self._fit_ids(ids, opts.max_new_tokens, "prompt")
+        ids, notes, opts.max_new_tokens = self._fit_ids(ids, opts.max_new_tokens, "prompt", opts.max_prompt_tokens)
         events = self._answer(ids, Handoff(prompt=prompt, meta_tokenizer=self.meta.tokenizer), opts, expert=expert, routed=False, notes=notes)
         return events if stream else _collect(events)
+
+    def prompt_tokens(self, messages: Messages | None = None, *, prompt: str | None = None) -> int:
+        """How many meta-model tokens a conversation (in the chat template) or a raw prompt takes
+        (the server checks its limit with it before a request waits for the model)."""
+        from etr_hub.models.chat import _to_ids, routing_prompt_ids
+
+        if prompt is not None:
+            return len(_to_ids(self.meta.tokenizer(check_prompt(prompt), add_special_tokens=True)))
+        return len(routing_prompt_ids(self.meta.tokenizer, check_messages(messages))[0])
+
+    def _options(self, max_new_tokens, temperature, top_p, stop, seed, ignore_eos, repetition_penalty, presence_penalty,
+                 frequency_penalty, max_prompt_tokens) -> _Options:
+        d = self.sampling
+        return _Options(max_new_tokens, d.temperature if temperature is None else temperature, d.top_p if top_p is None else top_p,
+                        list(stop or []), seed, ignore_eos, d.repetition_penalty if repetition_penalty is None else repetition_penalty,
+                        presence_penalty, frequency_penalty, max_prompt_tokens).check()
 
     def explain(self, text: str, *, top: int = 10) -> Explanation:
         """At the routing position of `text` (as one user message): every expert token's
@@ -199,7 +199,9 @@ class Hub:
             elif outcome.text:  # the meta model finishes what the expert started
                 answer_ids = _to_ids(tokenizer(outcome.text, add_special_tokens=False))
 
-        decoder = RoutedDecoder(self.meta.model, self._w_e_t if routed else None, Sampling.make(opts.temperature, opts.top_p, opts.seed),
+        sampling = Sampling.make(opts.temperature, opts.top_p, opts.seed, repetition_penalty=opts.repetition_penalty,
+                                 presence_penalty=opts.presence_penalty, frequency_penalty=opts.frequency_penalty, answer=answer_ids)
+        decoder = RoutedDecoder(self.meta.model, self._w_e_t if routed else None, sampling,
                                 route_window=self.route_window, keep_layer=self.keep_layer)
         detok = Detokenizer(tokenizer, (prompt_ids + answer_ids)[-4:])
         if finish is None:
@@ -217,7 +219,7 @@ class Hub:
                 k = index - decoder.vocab
                 yield from _deltas(stream, detok.flush(), "meta")
                 switch = RouteSwitch(self.experts[k].name, len(answer_ids), decoder.probability(index))
-                handoff.partial, handoff.meta_ids = stream.text, prompt_ids + answer_ids
+                handoff.partial, handoff.meta_ids, handoff.answer_ids = stream.text, prompt_ids + answer_ids, list(answer_ids)
                 handoff.meta_runner = decoder.runner  # holds exactly meta_ids: a LoRA expert may continue it
                 outcome = yield from self._run_expert(switch.expert, switch, handoff, opts, opts.max_new_tokens - used, stream, result)
                 used += outcome.tokens
@@ -252,7 +254,8 @@ class Hub:
         result.route.append(switch)
         yield Switch(switch)
         text, tokens, finish = "", 0, None
-        settings = GenSettings(budget, opts.temperature, opts.top_p, opts.seed, opts.stop, opts.ignore_eos)
+        settings = GenSettings(budget, opts.temperature, opts.top_p, opts.seed, opts.stop, opts.ignore_eos,
+                               opts.repetition_penalty, opts.presence_penalty, opts.frequency_penalty)
         try:
             chunks = self.pool.get(name).generate(handoff, settings)
             try:
@@ -289,13 +292,16 @@ class Hub:
             why = dict(self.skipped).get(expert)
             raise EtrHubError(f"expert '{expert}' is not available" + (f" (skipped: {why})" if why else ""), f"use one of: {known}")
 
-    def _fit_chat(self, messages: list[dict], max_new: int) -> tuple[list[int], list[dict], list[str], int]:
-        """Prompt ids that leave room for the answer: drop the oldest turns, then cut the last
-        message from the left, and say so."""
+    def _fit_chat(self, messages: list[dict], max_new: int, max_prompt: int | None = None) -> tuple[list[int], list[dict], list[str], int]:
+        """Prompt ids that leave room for the answer (and stay within `max_prompt`): drop the
+        oldest turns, then cut the last message from the left, and say so."""
         from etr_hub.models.chat import _to_ids, routing_prompt_ids
 
         tokenizer = self.meta.tokenizer
         room = max(self.context - max_new, self.context // 2)
+        limit = f"the meta model's context of {self.context} tokens with room for the answer"
+        if max_prompt is not None and max_prompt < room:
+            room, limit = max_prompt, f"the prompt limit of {max_prompt} tokens"
         ids, _ = routing_prompt_ids(tokenizer, messages)
         original, dropped, cut = len(ids), 0, 0
         while len(ids) > room:
@@ -307,8 +313,8 @@ class Hub:
                 content = _to_ids(tokenizer(messages[-1]["content"], add_special_tokens=False))
                 excess = len(ids) - room + 2  # +2: re-tokenising the cut text can merge differently
                 if excess >= len(content):
-                    raise EtrHubError(f"the system prompt alone ({len(ids) - len(content)} tokens) leaves no room in the meta model's context of {self.context}",
-                                      "shorten the system prompt or lower --max-new-tokens")
+                    raise EtrHubError(f"the system prompt alone ({len(ids) - len(content)} tokens) leaves no room within {limit}",
+                                      "shorten the system prompt, or lower --max-new-tokens or raise --max-prompt-tokens")
                 messages[-1] = {**messages[-1], "content": tokenizer.decode(content[excess:], skip_special_tokens=True)}
                 cut += excess
             ids, _ = routing_prompt_ids(tokenizer, messages)
@@ -316,14 +322,17 @@ class Hub:
         if dropped or cut:
             what = ", ".join(x for x in (f"dropped the {dropped} oldest message(s)" if dropped else "",
                                          f"kept only the end of the last message ({cut} tokens cut)" if cut else "") if x)
-            notes.append(f"the conversation ({original} tokens) did not fit the meta model's context of {self.context} tokens with room for the answer; {what}")
+            notes.append(f"the conversation ({original} tokens) did not fit {limit}; {what}")
         return ids, messages, notes, min(max_new, self.context - len(ids))
 
-    def _fit_ids(self, ids: list[int], max_new: int, what: str) -> tuple[list[int], list[str], int]:
+    def _fit_ids(self, ids: list[int], max_new: int, what: str, max_prompt: int | None = None) -> tuple[list[int], list[str], int]:
         room = max(self.context - max_new, self.context // 2)
+        limit = f"the meta model's context of {self.context}"
+        if max_prompt is not None and max_prompt < room:
+            room, limit = max_prompt, f"the prompt limit of {max_prompt} tokens"
         notes = []
         if len(ids) > room:
-            notes.append(f"the {what} ({len(ids)} tokens) did not fit the meta model's context of {self.context}; kept its last {room} tokens")
+            notes.append(f"the {what} ({len(ids)} tokens) did not fit {limit}; kept its last {room} tokens")
             ids = ids[-room:]
         return ids, notes, min(max_new, self.context - len(ids))
 
@@ -346,21 +355,3 @@ def _collect(events: Iterator[Event]) -> ChatResult:
         if isinstance(event, Done):
             return event.result
     raise RuntimeError("the answer ended without a result")  # unreachable: _answer always ends with Done
-
-
-def check_messages(messages: Messages) -> list[dict[str, str]]:
-    """OpenAI-style messages, the last one a non-empty user message."""
-    if isinstance(messages, str):
-        messages = [{"role": "user", "content": messages}]
-    if not isinstance(messages, Sequence) or not messages:
-        raise EtrHubError("no messages", "pass at least one {'role': 'user', 'content': ...} message")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, Mapping) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise EtrHubError(f"message {i} is not {{'role': system|user|assistant, 'content': str}}", "fix the message list")
-        out.append({"role": m["role"], "content": m["content"]})
-    if out[-1]["role"] != "user":
-        raise EtrHubError(f"the last message is from the {out[-1]['role']}, not the user", "end the conversation with a user message")
-    if not out[-1]["content"].strip():
-        raise EtrHubError("empty message", "type a question")
-    return out

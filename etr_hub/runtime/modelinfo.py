@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 FALLBACK_CONTEXT = 2048  # for configs that state no context length
@@ -61,3 +63,39 @@ def unshared_bytes(model: Any, shared_with: Any | None = None) -> int:
         seen.add(ptr)
         total += t.numel() * t.element_size()
     return total
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """How a model is meant to be sampled, where it says so (else greedy, no penalty)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    source: str = "greedy: the model recommends no sampling settings"
+
+
+def sampling_defaults(model: Any) -> SamplingDefaults:
+    """The model's own generation_config.json when it sets sampling or a repetition penalty (as
+    transformers reads it: greedy unless do_sample), else the embedded default's model card."""
+    from etr_hub.models.default_meta import recommended_sampling
+
+    config = getattr(model, "generation_config", None)
+    sample = getattr(config, "do_sample", None) is True
+    penalty = _number(getattr(config, "repetition_penalty", None), 1.0, lambda v: v > 0)
+    if sample or penalty != 1.0:
+        return SamplingDefaults(
+            temperature=_number(getattr(config, "temperature", None), 1.0, lambda v: v >= 0) if sample else 0.0,
+            top_p=_number(getattr(config, "top_p", None), 1.0, lambda v: 0 < v <= 1) if sample else 1.0,
+            repetition_penalty=penalty, source="the model's generation_config.json")
+    card = recommended_sampling(getattr(model, "name_or_path", None) or "")
+    if card is not None:
+        return SamplingDefaults(**card, source="the embedded SmolLM2-135M-Instruct's model card, plus a repetition penalty")
+    return SamplingDefaults()
+
+
+def _number(value: Any, default: float, ok: Any) -> float:
+    """A config value if it is a finite number `ok` accepts, else the default."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and ok(value):
+        return float(value)
+    return default

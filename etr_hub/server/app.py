@@ -85,10 +85,17 @@ def create_app(hub: Any, config: ServerConfig) -> FastAPI:
             body += chunk
             if len(body) > config.max_body_bytes:
                 raise too_big
+        return p.decode_json(bytes(body))
+
+    async def check_prompt_length(count: Callable[[], int], param: str) -> None:
+        """Refuse an over-long prompt before it waits for (and then holds) the one worker."""
         try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise p.ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+            n = await asyncio.to_thread(count)  # tokenizing up to --max-body-kb must not stall the event loop
+        except EtrHubError as exc:
+            raise p.ApiError(400, str(exc), param=param) from None
+        if n > config.max_prompt_tokens:
+            raise p.ApiError(400, f"the prompt is {n:,} tokens; this server takes at most {config.max_prompt_tokens:,} (--max-prompt-tokens)",
+                             code="context_length_exceeded", param=param)
 
     def expert_for(model: str) -> str | None:
         if model == config.model_id:
@@ -152,6 +159,7 @@ def create_app(hub: Any, config: ServerConfig) -> FastAPI:
         expert = expert_for(req.model)
         settings = req.settings(config.default_max_tokens, config.max_tokens_limit)
         messages = _checked_messages(req.chat_messages())
+        await check_prompt_length(lambda: hub.prompt_tokens(messages), "messages")
         job = submit(request, lambda h: h.chat(messages, stream=True, expert=expert, **settings))
         rid, now = p.new_id("chatcmpl"), p.now()
         if req.stream:
@@ -167,6 +175,7 @@ def create_app(hub: Any, config: ServerConfig) -> FastAPI:
         req = p.parse(p.CompletionRequest, await read_json(request))
         expert = expert_for(req.model)
         settings = req.settings(config.default_max_tokens, config.max_tokens_limit)
+        await check_prompt_length(lambda: hub.prompt_tokens(prompt=req.prompt), "prompt")
         job = submit(request, lambda h: h.complete(req.prompt, stream=True, expert=expert, **settings))
         rid, now = p.new_id("cmpl"), p.now()
         if req.stream:

@@ -20,12 +20,18 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     max_tokens_limit: int = 2048  # the largest max_tokens a request may ask for
     default_max_tokens: int = 256
+    max_prompt_tokens: int = 400  # longer prompts get 400 before they wait: one would hold the only worker
     cors_origins: tuple[str, ...] = ()
     model_id: str = DEFAULT_MODEL_ID
 
     def check(self) -> ServerConfig:
         if not 0 < self.port < 65536:
             raise EtrHubError(f"port {self.port} is out of range", "pass --port between 1 and 65535")
+        if self.api_key is not None and (not self.api_key.strip() or self.api_key != self.api_key.strip()):
+            what = "blank" if not self.api_key.strip() else "surrounded by whitespace (no client could send it)"
+            raise EtrHubError(f"the API key is {what}", "set ETR_HUB_API_KEY (or --api-key) to a real secret, e.g. $(openssl rand -hex 24)")
+        if self.max_prompt_tokens < 1:
+            raise EtrHubError(f"--max-prompt-tokens must be at least 1 (got {self.max_prompt_tokens})", "pass e.g. --max-prompt-tokens 400")
         if self.max_queue < 1:
             raise EtrHubError(f"--max-queue must be at least 1 (got {self.max_queue})", "pass e.g. --max-queue 16")
         if not self.api_key and not is_loopback(self.host) and not self.insecure:

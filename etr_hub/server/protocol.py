@@ -1,8 +1,9 @@
 """OpenAI's request and response shapes for the endpoints `etr-hub serve` offers.
 
-Requests are strict: a parameter we would silently ignore (n=3, logprobs, penalties) is a 400,
-not a surprise. The route record travels in extension fields (`etr_route`, `etr_switch`,
-`etr_source`), never in the text.
+Requests are strict: a parameter we would silently ignore (n=3, logprobs) is a 400, not a
+surprise; so is a number out of range, NaN or infinite. Sampling settings a request leaves out
+are the meta model's recommendation (as vLLM reads generation_config.json). The route record
+travels in extension fields (`etr_route`, `etr_switch`, `etr_source`), never in the text.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from etr_hub.runtime.options import SEED_RANGE
 from etr_hub.runtime.types import ChatResult
 
 
@@ -36,7 +38,7 @@ def error_body(message: str, type: str = "invalid_request_error", code: str | No
 
 # -- requests ------------------------------------------------------------------------------------
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TextPart(_Strict):
@@ -61,16 +63,17 @@ class StreamOptions(_Strict):
 class _Common(_Strict):
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
+    temperature: float | None = Field(default=None, ge=0, le=2)  # tiny values decode greedily
     top_p: float | None = Field(default=None, gt=0, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     n: Literal[1] | None = None
     user: str | None = Field(default=None, max_length=256)  # accepted, not used
-    presence_penalty: Literal[0] | None = None  # not supported: only the neutral value
-    frequency_penalty: Literal[0] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)  # OpenAI's: l - presence, over the answer's tokens
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)  # OpenAI's: l - frequency * count
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)  # vLLM's extension: l / p if l > 0 else l * p
     ignore_eos: bool = False  # vLLM's extension; benchmarks use it for equal lengths
 
     @field_validator("stop")
@@ -87,9 +90,9 @@ class _Common(_Strict):
         max_new = self.max_new_tokens() or min(default_max, limit)
         if max_new > limit:
             raise ApiError(400, f"max_tokens is {max_new}, this server allows at most {limit}", param="max_tokens", code="max_tokens_too_large")
-        return {"max_new_tokens": max_new, "temperature": 0.0 if self.temperature is None else self.temperature,
-                "top_p": 1.0 if self.top_p is None else self.top_p, "stop": self.stop or None, "seed": self.seed,
-                "ignore_eos": self.ignore_eos}
+        return {"max_new_tokens": max_new, "temperature": self.temperature, "top_p": self.top_p, "stop": self.stop or None,
+                "seed": self.seed, "ignore_eos": self.ignore_eos, "repetition_penalty": self.repetition_penalty,
+                "presence_penalty": self.presence_penalty or 0.0, "frequency_penalty": self.frequency_penalty or 0.0}
 
     def max_new_tokens(self) -> int | None:
         return self.max_tokens
@@ -129,6 +132,16 @@ class CompletionRequest(_Common):
         if not v:
             raise ValueError("empty prompt")
         return v
+
+
+def decode_json(body: bytes) -> Any:
+    """The request body as JSON, or a 400: not UTF-8, not JSON, numbers too long, nesting too deep."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ApiError(400, "the request body nests JSON too deeply", code="invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer over 4300 digits
+        raise ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
 
 
 def parse(model: type[BaseModel], data: Any) -> Any:

@@ -40,8 +40,9 @@ class TrainResult:
 
 
 def _queries(registry: Registry, qs: QuerySet) -> list[str]:
-    lines = registry.abspath(qs.store_path).read_text(encoding="utf-8").splitlines()
-    return [json.loads(line)["query"] for line in lines if line.strip()]
+    from etr_hub.jsonl import query_column
+
+    return query_column(registry.abspath(qs.store_path))
 
 
 def general_prompts(split: str) -> list[str]:

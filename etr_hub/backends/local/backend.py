@@ -88,6 +88,14 @@ class LocalBackend(ExpertBackend):
             ids += _to_ids(tokenizer(handoff.partial, add_special_tokens=False))
         return ids
 
+    def answer_ids(self, handoff: Handoff) -> list[int]:
+        """The meta model's partial answer in this expert's tokens: the penalties count it too."""
+        from etr_hub.models.chat import _to_ids
+
+        if self.shares_tokenizer and handoff.answer_ids is not None:
+            return list(handoff.answer_ids)
+        return _to_ids(self.loaded.tokenizer(handoff.partial, add_special_tokens=False)) if handoff.partial else []
+
     def generate(self, handoff: Handoff, settings: GenSettings) -> Iterator[Chunk]:
         from etr_hub.runtime.decode import (
             CausalRunner,
@@ -101,7 +109,9 @@ class LocalBackend(ExpertBackend):
         budget = max(0, min(settings.max_new_tokens, self.context - 1))
         ids = self.prompt_ids(handoff)[-(self.context - budget) :]  # keep the end: the open turn
         detok = Detokenizer(self.loaded.tokenizer, ids[-4:])
-        sampling = Sampling.make(settings.temperature, settings.top_p, settings.seed)
+        sampling = Sampling.make(settings.temperature, settings.top_p, settings.seed, repetition_penalty=settings.repetition_penalty,
+                                 presence_penalty=settings.presence_penalty, frequency_penalty=settings.frequency_penalty,
+                                 answer=self.answer_ids(handoff))
         stops = frozenset() if settings.ignore_eos else self.eos
         runner, self._prefix = self._prefix or CausalRunner(self.loaded.model), None  # taken: interleaved answers never share it
         consistent = False  # the cache matches runner.ids (not so after an error inside a forward pass)

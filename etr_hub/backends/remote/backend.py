@@ -132,6 +132,11 @@ class RemoteBackend(ExpertBackend):
             body["seed"] = settings.seed
         if settings.ignore_eos:
             body["ignore_eos"] = True  # vLLM/SGLang extension, for benchmarks
+        for name in ("presence_penalty", "frequency_penalty"):  # OpenAI's fields: sent only when used
+            if getattr(settings, name):
+                body[name] = getattr(settings, name)
+        if settings.repetition_penalty != 1.0:
+            body["repetition_penalty"] = settings.repetition_penalty  # vLLM/SGLang/etr-hub extension
 
         url = f"{self.base_url}/completions"
         request = self.client.build_request("POST", url, json=body)
