@@ -43,6 +43,7 @@ BAD_SETTINGS = [
     (["chat", "--once", "hi", "--repetition-penalty", "0"], "'--repetition-penalty'"),
     (["chat", "--once", "hi", "--max-prompt-tokens", "0"], "'--max-prompt-tokens'"),
     (["serve", "--max-prompt-tokens", "0"], "'--max-prompt-tokens'"),
+    (["query-set", "build", "x", "--expert", "e", "--data", "d.jsonl", "--max-tokens", "1"], "'--max-tokens'"),
     (["chat", "--once", "hi", "--seed", str(2**70)], "'--seed'"),
     (["chat", "--once", "hi", "--memory-budget-mb", "-1"], "'--memory-budget-mb'"),
     (["explain", "hi", "--top", "-1"], "'--top'"),

@@ -20,7 +20,8 @@ from etr_hub.bundle.manifest import (
     first_error,
 )
 from etr_hub.bundle.safety import PICKLE_SUFFIXES, Refused, check_json_file, check_json_tree, max_bundle_bytes, parse_json, read_json_file, scan, walk
-from etr_hub.errors import BundleError
+from etr_hub.errors import BundleError, DataError
+from etr_hub.jsonl import iter_jsonl
 from etr_hub.store import sha256_file
 
 if TYPE_CHECKING:
@@ -165,19 +166,12 @@ def _check_query_set(root: Path, manifest: Manifest) -> None:
         raise _fail(root, "query set sha256 does not match the manifest", "re-export the bundle so the manifest matches the query set")
     n = 0
     try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise _fail(root, f"query set '{qs.file}' is not UTF-8 (byte {e.start})", "write it as UTF-8 JSON lines") from None
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = parse_json(line, f"{qs.file}:{lineno}", constants=True)  # a row's loss may be NaN
-        except Refused:
-            raise _fail(root, f"query set line {lineno} is not JSON", "write one JSON object per line") from None
-        if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not row["query"].strip():
-            raise _fail(root, f"query set line {lineno} has no non-empty 'query'", "every line needs a 'query' string")
-        n += 1
+        for lineno, row in iter_jsonl(path, f"query set {qs.file}"):
+            if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not row["query"].strip():
+                raise _fail(root, f"query set line {lineno} has no non-empty 'query'", "every line needs a 'query' string")
+            n += 1
+    except DataError as exc:  # not UTF-8, not JSON, too deep: named by line
+        raise _fail(root, exc.problem, exc.fix) from None
     if n != qs.size:
         raise _fail(root, f"query set has {n} rows but the manifest says {qs.size}", "re-export the bundle")
 

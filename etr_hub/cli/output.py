@@ -83,7 +83,7 @@ def progress(quiet: bool = False):
     bar = Progress(
         SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
         MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        console=err, disable=quiet, transient=False,
+        console=err, disable=quiet or not err.is_terminal, transient=False,
     )
     with bar:
         yield bar

@@ -131,7 +131,9 @@ def main() -> None:
     ap.add_argument("--skills", default=",".join(SKILLS))
     ap.add_argument("--fresh", action="store_true", help="retrain adapters that already exist")
     ap.add_argument("--data-only", action="store_true", help="only write the generated data and WORK/eval.jsonl")
+    ap.add_argument("--eval", type=int, default=SIZES["eval"], help="evaluation questions per skill (the first N of the seeded eval split)")
     args = ap.parse_args()
+    SIZES["eval"] = args.eval
     work, cli, log = args.work.resolve(), etr_hub(), []
     skills = [s for s in args.skills.split(",") if s]
     t_start = time.perf_counter()
