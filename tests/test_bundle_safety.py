@@ -127,8 +127,8 @@ REFUSED = [
     ("manifest-deep-in-field", _manifest_text_replace('"description": "', '"description": ' + "[" * 50_000 + "]" * 50_000 + ', "x": "'),
      ["'expert.json' nests JSON too deeply"]),
     ("manifest-bytes-not-utf8", _write("expert.json", b'{"name": "caf\xe9"}'), ["'expert.json' is not UTF-8"]),
-    ("query-set-line-deep", lambda root: _query_set(root, DEEP + "\n"), ["query set line 1 is not JSON"]),
-    ("query-set-not-utf8", lambda root: _query_set(root, b'{"query": "caf\xe9"}\n'), ["query set 'query_set.jsonl' is not UTF-8"]),
+    ("query-set-line-deep", lambda root: _query_set(root, DEEP + "\n"), ["query set query_set.jsonl:1 nests JSON too deeply"]),
+    ("query-set-not-utf8", lambda root: _query_set(root, b'{"query": "caf\xe9"}\n'), ["query set query_set.jsonl:1 is not UTF-8"]),
     # item 5: values PostgreSQL refuses (or JSON cannot carry) are refused by the schema everywhere
     ("label-129", _edit(label="x" * 129), ["field 'label'", "at most 128 characters"]),
     ("query-set-label-129", _edit(query_set__label="x" * 129), ["field 'query_set.label'"]),
