@@ -12,7 +12,7 @@ import torch
 
 from etr_hub.eval.answers import is_correct
 from tests.conftest import run_cli
-from tests.test_mmlu_eval import _bundle, _states
+from tests.test_mmlu_eval import _bundle, _states, forget_row_norms
 from tests.tiny_models import make_tiny_llama, train_tiny_lora
 
 TASKS = ("sevens", "nines")
@@ -82,12 +82,7 @@ def registered(world):
     home = world["root"] / "home"
     reg = Registry.open(Settings(home=home, database_url=f"sqlite:///{home / 'registry.db'}"))
     row = register_meta_model(reg, ModelRef.parse(str(world["meta"])))
-    # Rows solved for exact logits on a random tiny model are far beyond a trained row's size, so
-    # `expert add` would refuse them; forget the meta model's row-norm record, as an older registry has none.
-    from etr_hub.registry.tables import MetaModel
-
-    with reg.session(write=True) as s:
-        s.get(MetaModel, row.id).max_row_norm = None
+    forget_row_norms(reg, row)
     for k, t in enumerate(TASKS):
         reg.add_expert(_bundle(world["root"] / "bundles" / t, t, world["w"][k], world["experts"][t], row.fingerprint, [f"{t} q{i}" for i in range(3)]))
     return reg

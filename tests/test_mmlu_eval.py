@@ -140,16 +140,20 @@ def registered(world, expected):
     home = world["root"] / "home"
     reg = Registry.open(Settings(home=home, database_url=f"sqlite:///{home / 'registry.db'}"))
     row = register_meta_model(reg, ModelRef.parse(str(world["meta"])))
-    # These rows are solved for exact logits, far beyond a trained row's size, so `expert add` would
-    # refuse them; forget the meta model's row-norm record as a registry from before the check has none.
-    from etr_hub.registry.tables import MetaModel
-
-    with reg.session(write=True) as s:
-        s.get(MetaModel, row.id).max_row_norm = None
+    forget_row_norms(reg, row)  # these rows are solved for exact logits, far beyond a trained row's size
     for k, s in enumerate(SUBJECTS):
         qs = [f"a {s} question number {i}?" for i in range(4)]
         reg.add_expert(_bundle(world["root"] / "bundles" / s, s, expected["w"][k], world["experts"][s], row.fingerprint, qs))
     return reg
+
+
+def forget_row_norms(reg, meta_row) -> None:
+    """Forget the meta model's row-norm record, as a registry from before the check has none, so
+    `expert add` takes rows solved for exact logits (far beyond a trained row's size)."""
+    from etr_hub.registry.tables import MetaModel
+
+    with reg.session(write=True) as s:
+        s.get(MetaModel, meta_row.id).max_row_norm = None
 
 
 def _evaluate(world, reg, **kw):

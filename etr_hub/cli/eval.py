@@ -40,28 +40,14 @@ def mmlu(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Route MMLU questions with the registered experts' tokens and score the answers, next to baselines."""
-    from etr_hub.cli.progress import bar_factory
     from etr_hub.eval.run import GENERAL_PROMPTS, EvalOptions, evaluate_mmlu
-    from etr_hub.registry import Registry
 
     wanted = [s.strip() for item in (subjects or []) for s in item.split(",") if s.strip()] or None
     if general_prompts is not None and not general_prompts.is_file():
         raise EtrHubError(f"--general-prompts {general_prompts} does not exist", "pass a JSONL file with 'query' and 'split' fields")
     opts = EvalOptions(data_dir=data_dir, subjects=wanted, mapping=_parse_map(mapping or []), general_prompts=general_prompts or GENERAL_PROMPTS,
                        batch_size=batch_size, baselines=not no_baselines, seed=seed)
-    reg = Registry.open()
-    with bar_factory(quiet=json_out) as bars:
-        report = evaluate_mmlu(reg, opts, progress=bars, status=None if json_out else note)
-    if plot is not None:
-        from etr_hub.eval.plot import plot_report
-
-        report["plot"] = str(plot_report(report, plot))
-    for w in report["warnings"]:
-        warn(w)
-    if json_out:
-        print_json(report)
-        return
-    _show(report)
+    _run_and_report(evaluate_mmlu, opts, plot, json_out)
 
 
 @app.command("tasks")
@@ -77,18 +63,24 @@ def tasks(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Route open-answer questions with the experts' tokens, generate the answers, and score them against baselines."""
-    from etr_hub.cli.progress import bar_factory
     from etr_hub.eval.run import GENERAL_PROMPTS
     from etr_hub.eval.tasks import TaskOptions, evaluate_tasks
-    from etr_hub.registry import Registry
 
     if general_prompts is not None and not general_prompts.is_file():
         raise EtrHubError(f"--general-prompts {general_prompts} does not exist", "pass a JSONL file with 'query' and 'split' fields")
     opts = TaskOptions(data=data, mapping=_parse_map(mapping or [], "TASK"), general_prompts=general_prompts or GENERAL_PROMPTS,
                        batch_size=batch_size, max_new_tokens=max_new_tokens, baselines=not no_baselines, seed=seed)
+    _run_and_report(evaluate_tasks, opts, plot, json_out, per_key="per_task", title="tasks")
+
+
+def _run_and_report(evaluate, opts, plot: Path | None, json_out: bool, **show) -> None:
+    """Run an evaluation with progress bars, then the plot, the warnings and a table or JSON."""
+    from etr_hub.cli.progress import bar_factory
+    from etr_hub.registry import Registry
+
     reg = Registry.open()
     with bar_factory(quiet=json_out) as bars:
-        report = evaluate_tasks(reg, opts, progress=bars, status=None if json_out else note)
+        report = evaluate(reg, opts, progress=bars, status=None if json_out else note)
     if plot is not None:
         from etr_hub.eval.plot import plot_report
 
@@ -98,7 +90,7 @@ def tasks(
     if json_out:
         print_json(report)
         return
-    _show(report, per_key="per_task", title="tasks")
+    _show(report, **show)
 
 
 def _show(r: dict, per_key: str = "per_subject", title: str = "MMLU-Expert") -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +78,18 @@ def load_experts(registry: Registry, fingerprint: str) -> list[ExpertEntry]:
         entries.append(ExpertEntry(e.name, e.label, e.description or "", ref, read_token(token.parent, token, m).float(),
                                    _h(SCORE_FORMAT, fingerprint, identity), queries))
     return entries
+
+
+def experts_for(names: Iterable[str], experts: list[ExpertEntry], mapping: dict[str, str]) -> dict[str, str | None]:
+    """Each subject or task -> the expert that should answer it: `--map` first, else the expert
+    whose manifest label is that name; None where neither names one."""
+    registered = [e.name for e in experts]
+    for what, name in mapping.items():
+        if name not in registered:
+            raise EtrHubError(f"--map {what}={name}: no enabled expert named '{name}' for this meta model",
+                              f"registered: {', '.join(registered) or 'none'} (see `etr-hub expert list`)")
+    by_label = {e.label: e.name for e in experts if e.label}
+    return {n: mapping.get(n) or by_label.get(n) for n in names}
 
 
 def read_general_prompts(path: Path | None, split: str = "eval") -> list[str]:
@@ -155,13 +167,7 @@ class Evaluator:
             if absent:
                 self.warnings.append(f"no CSV for subject(s) {', '.join(absent)} in {self.opts.data_dir}")
         experts = load_experts(self.registry, self.fp)
-        names = [e.name for e in experts]
-        for subject, name in self.opts.mapping.items():
-            if name not in names:
-                raise EtrHubError(f"--map {subject}={name}: no enabled expert named '{name}' for this meta model",
-                                  f"registered: {', '.join(names) or 'none'} (see `etr-hub expert list`)")
-        label_map = {e.label: e.name for e in experts if e.label}
-        gold_of = {s: self.opts.mapping.get(s) or label_map.get(s) for s in read.questions}
+        gold_of = experts_for(read.questions, experts, self.opts.mapping)
         unmapped = {s: len(qs) for s, qs in read.questions.items() if gold_of[s] is None}
         if not experts:
             self.warnings.append("no experts are registered for this meta model: only the meta model is evaluated (register experts with `etr-hub expert add plugins/NAME`)")
@@ -169,7 +175,7 @@ class Evaluator:
             self.warnings.append(f"{len(unmapped)} subject(s) have no expert (no manifest label or --map), not evaluated: "
                                  + ", ".join(sorted(unmapped)[:8]) + (" …" if len(unmapped) > 8 else ""))
         if experts and len(unmapped) == len(read.questions):
-            raise EtrHubError(f"no subject in {self.opts.data_dir} maps to a registered expert (labels: {', '.join(sorted(label_map)) or 'none'})",
+            raise EtrHubError(f"no subject in {self.opts.data_dir} maps to a registered expert (labels: {', '.join(sorted(e.label for e in experts if e.label)) or 'none'})",
                               "pass --map SUBJECT=EXPERT, or evaluate a folder with those subjects")
         questions = [q for s in sorted(read.questions) for q in read.questions[s] if not experts or gold_of[s] is not None]
         report = self._evaluate(questions, experts, gold_of)

@@ -23,7 +23,7 @@ import torch
 from etr_hub.cache import query_key
 from etr_hub.errors import DataError, EtrHubError
 from etr_hub.eval.answers import KINDS, gold_value, infer_kind, is_correct
-from etr_hub.eval.run import GENERAL_PROMPTS, Evaluator, EvalOptions, ExpertEntry, _h, _mean, gap_closed, load_experts
+from etr_hub.eval.run import GENERAL_PROMPTS, Evaluator, EvalOptions, ExpertEntry, _h, _mean, experts_for, gap_closed, load_experts
 from etr_hub.queryset.build import ProgressFactory, no_progress
 from etr_hub.registry import Registry
 
@@ -165,13 +165,7 @@ class TaskEvaluator(Evaluator):
         items, skipped = read_tasks(self.task_opts.data)  # bad data fails before any model loads
         self._open()
         experts = load_experts(self.registry, self.fp)
-        names = [e.name for e in experts]
-        for task, name in self.opts.mapping.items():
-            if name not in names:
-                raise EtrHubError(f"--map {task}={name}: no enabled expert named '{name}' for this meta model",
-                                  f"registered: {', '.join(names) or 'none'} (see `etr-hub expert list`)")
-        label_map = {e.label: e.name for e in experts if e.label}
-        expert_of = {t: self.opts.mapping.get(t) or label_map.get(t) for t in {i.task for i in items}}
+        expert_of = experts_for({i.task for i in items}, experts, self.opts.mapping)
         if not experts:
             self.warnings.append("no experts are registered for this meta model: only the meta model is evaluated (register experts with `etr-hub expert add plugins/NAME`)")
             self._warn_skipped(skipped)
@@ -185,7 +179,7 @@ class TaskEvaluator(Evaluator):
         usable = [i for i in items if expert_of[i.task] is not None]
         self._warn_skipped(skipped)
         if not usable:
-            raise EtrHubError(f"no task in {self.task_opts.data} maps to a registered expert (labels: {', '.join(sorted(label_map)) or 'none'})",
+            raise EtrHubError(f"no task in {self.task_opts.data} maps to a registered expert (labels: {', '.join(sorted(e.label for e in experts if e.label)) or 'none'})",
                               "pass --map TASK=EXPERT")
         report = self._evaluate_tasks(usable, experts, expert_of)
         report.update({"data": str(self.task_opts.data), "skipped_lines": skipped, "meta": self.session.meta_row.display,
