@@ -46,12 +46,22 @@ def test_concurrent_adds_from_several_processes(fake_meta, tmp_path):
 
 def test_killed_add_leaves_no_half_registered_expert(fake_meta, tmp_path, hub_home, registry):
     """SIGKILL `expert add` at staggered moments: each expert is either fully there or absent."""
+    bundles = []
     for i, delay in enumerate([0.05, 0.2, 0.4, 0.6, 0.9, 1.3]):
-        bundle = make_bundle(tmp_path / f"k{i}", f"killed-{i}", seed=100 + i, adapter=True)
-        proc = subprocess.Popen([*etr_hub_cmd(), "expert", "add", str(bundle)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        bundles.append(make_bundle(tmp_path / f"k{i}", f"killed-{i}", seed=100 + i, adapter=True))
+        proc = subprocess.Popen([*etr_hub_cmd(), "expert", "add", str(bundles[-1])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    survived = {row.name for row in registry.list_experts()}
+    # Adding each bundle again, uninterrupted, must agree with what the kills left: an expert that is
+    # there is "already registered" (so it was complete), one that is not registers cleanly now. So
+    # the test checks something however many kills landed before the commit.
+    for i, bundle in enumerate(bundles):
+        res = run_cli("expert", "add", str(bundle))
+        assert res.returncode == 0, res.stderr
+        assert ("already registered" in res.stdout + res.stderr) == (f"killed-{i}" in survived), (res.stdout, res.stderr, survived)
+    assert sorted(row.name for row in registry.list_experts()) == [f"killed-{i}" for i in range(6)]
     for row in registry.list_experts():
         assert registry.abspath(row.token_path).is_file()
         assert registry.abspath(row.adapter_path).is_dir()

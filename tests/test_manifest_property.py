@@ -54,11 +54,13 @@ def test_unknown_top_level_fields_are_rejected(extra, value):
 
 
 @given(text=st.text(max_size=200))
-def test_arbitrary_text_never_crashes(text):
+def test_arbitrary_text_is_a_manifest_or_one_line_bundle_error(text):
     try:
-        parse_manifest(ROOT, text)
-    except BundleError:
-        pass
+        m = parse_manifest(ROOT, text)
+    except BundleError as e:
+        assert e.exit_code == 2 and "\n" not in str(e) and str(e).startswith("bundle ")
+    else:  # only a text that is the JSON of a valid manifest gets through
+        assert isinstance(m, Manifest) and json.loads(text)["name"] == m.name
 
 
 @given(name=st.from_regex(r"^[a-z0-9][a-z0-9_-]{0,20}$", fullmatch=True), version=st.from_regex(r"^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$", fullmatch=True))

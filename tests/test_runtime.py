@@ -93,6 +93,7 @@ def switch_step(t, k=3):
 # -- routed decoding ------------------------------------------------------------------------------
 def test_plain_answer_equals_no_cache_greedy(tiny):
     hub = open_hub(tiny)
+    assert hub.experts == [] and hub.skipped == [] and hub.meta_name  # no experts: a plain chat with the meta model
     result = hub.chat(QUESTION, max_new_tokens=MAX_NEW)
     assert result.text == decode(tiny.tok, tiny.trajectory)
     assert result.route == [] and result.expert is None
@@ -330,11 +331,6 @@ def test_bad_input_is_one_clear_error(tiny, messages, kwargs, message):
     hub = open_hub(tiny)
     with pytest.raises(EtrHubError, match=message):
         hub.chat(messages, stream=True, **kwargs)  # raised at the call, before any decoding
-
-
-def test_no_experts_plain_chat(tiny):
-    hub = open_hub(tiny)
-    assert hub.experts == [] and hub.skipped == [] and hub.meta_name
 
 
 def test_explain_shows_the_winning_expert(tiny):

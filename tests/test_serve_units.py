@@ -70,7 +70,8 @@ def test_unsafe_configs_are_refused(kw, message):
 
 @pytest.mark.parametrize("kw", [{"host": "0.0.0.0", "api_key": "k"}, {"host": "0.0.0.0", "insecure": True}, {}])
 def test_safe_configs_pass(kw):
-    assert ServerConfig(**kw).check()
+    config = ServerConfig(**kw)
+    assert config.check() is config  # no error, and check() hands back the same config for chaining
 
 
 def test_api_key_is_not_in_repr():
