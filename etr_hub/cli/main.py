@@ -96,7 +96,7 @@ def _register() -> None:
     app.command("chat")(chat.chat)
     app.command("explain")(explain.explain)
     app.command("serve")(serve.serve)
-    app.add_typer(eval_cli.app, name="eval", help="Measure routing and answer accuracy (MMLU-Expert) against baselines.")
+    app.add_typer(eval_cli.app, name="eval", help="Measure routing and answer accuracy against baselines (MMLU-Expert; open-answer tasks).")
     app.add_typer(__import__("etr_hub.cli.store", fromlist=["app"]).app, name="store", help="Maintain the content-addressed store (gc).")
 
 
