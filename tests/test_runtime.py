@@ -28,7 +28,7 @@ from etr_hub.models.chat import _to_ids, plain_prompt, routing_prompt_ids
 from etr_hub.models.fingerprint import meta_fingerprint
 from etr_hub.models.loading import load_causal_lm
 from etr_hub.models.refs import ModelRef
-from etr_hub.runtime import Done, Hub, Switch, TextDelta, Warning
+from etr_hub.runtime import Done, Hub, Switch, TextDelta, RouteWarning
 from etr_hub.runtime.modelinfo import eos_ids, unshared_bytes
 
 MAX_NEW = 14
@@ -170,7 +170,7 @@ def test_fallback_when_adapter_deleted_from_store(tiny):
     hub = open_hub(tiny)
     shutil.rmtree(tiny.registry.abspath(tiny.registry.get_expert("astro").adapter_path))
     events = list(hub.chat(QUESTION, max_new_tokens=MAX_NEW, stream=True))
-    assert any(isinstance(e, Warning) for e in events)
+    assert any(isinstance(e, RouteWarning) for e in events)
     _assert_fell_back(tiny, events[-1].result, "astro", ["adapter"])
 
 

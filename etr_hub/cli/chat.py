@@ -165,7 +165,7 @@ def _render(events, shown: list[str]):
     """Stream the answer to stdout; markers and warnings to stderr. Returns the ChatResult."""
     from rich.text import Text
 
-    from etr_hub.runtime import Done, Switch, TextDelta, Warning
+    from etr_hub.runtime import Done, Switch, TextDelta, RouteWarning
 
     for event in events:
         if isinstance(event, TextDelta):
@@ -178,7 +178,7 @@ def _render(events, shown: list[str]):
             sys.stdout.flush()
             lead = " " if shown and not shown[-1].endswith("\n") else ""
             err.print(Text.assemble(lead, safe(f"[→ {s.expert}, {where}]", style="dim"), " "), end="", highlight=False)
-        elif isinstance(event, Warning):
+        elif isinstance(event, RouteWarning):
             _end_line(shown)
             warn(event.message)
         elif isinstance(event, Done):

@@ -22,7 +22,7 @@ from etr_hub.runtime.types import (
     RouteSwitch,
     Switch,
     TextDelta,
-    Warning,
+    RouteWarning,
     WordScore,
 )
 
@@ -40,7 +40,7 @@ __all__ = [
     "RouteSwitch",
     "Switch",
     "TextDelta",
-    "Warning",
+    "RouteWarning",
     "WordScore",
 ]
 

@@ -26,7 +26,7 @@ from etr_hub.runtime.types import (
     RouteSwitch,
     Switch,
     TextDelta,
-    Warning,
+    RouteWarning,
     WordScore,
 )
 
@@ -185,7 +185,7 @@ class Hub:
         stream = TextStream(opts.stop)
         for note in notes:
             result.warnings.append(note)
-            yield Warning(note)
+            yield RouteWarning(note)
         used, answer_ids, finish = 0, [], None  # completion tokens; the answer as meta token ids
 
         if expert is not None:
@@ -213,7 +213,7 @@ class Hub:
             for k in decoder.take_unroutable():
                 message = f"expert '{self.experts[k].name}' gave a non-finite logit (its token row overflows) and was not routed to; the meta model answers"
                 result.warnings.append(message)
-                yield Warning(message)
+                yield RouteWarning(message)
             if index >= decoder.vocab:  # an expert token: hand the answer over (never fed back)
                 k = index - decoder.vocab
                 yield from _deltas(stream, detok.flush(), "meta")
@@ -275,7 +275,7 @@ class Hub:
                 result.expert = name
             message = f"expert '{name}' failed ({error.problem}); the meta model finished the answer"
             result.warnings.append(message)
-            yield Warning(message)
+            yield RouteWarning(message)
             return _Outcome(False, tokens, None, text)
         result.expert = name
         if stream.stopped:

@@ -75,7 +75,7 @@ class Switch:
 
 
 @dataclass(frozen=True)
-class Warning:
+class RouteWarning:
     message: str
 
 
@@ -84,7 +84,7 @@ class Done:
     result: ChatResult
 
 
-Event = TextDelta | Switch | Warning | Done
+Event = TextDelta | Switch | RouteWarning | Done
 
 
 # -- explain ------------------------------------------------------------------------------------

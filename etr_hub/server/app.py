@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from etr_hub.errors import EtrHubError
-from etr_hub.runtime.types import Done, Switch, TextDelta, Warning
+from etr_hub.runtime.types import Done, Switch, TextDelta, RouteWarning
 from etr_hub.server import protocol as p
 from etr_hub.server.config import ServerConfig
 from etr_hub.server.worker import END, Failed, HubWorker, Job, NotServing, QueueFull
@@ -260,7 +260,7 @@ async def _sse_events(job: Job, chunk: Callable[..., dict], text: Callable[[str]
             yield _sse(chunk(**text(item.text), etr_source=item.source))
         elif isinstance(item, Switch):
             yield _sse(chunk(etr_switch=item.switch.to_json()))
-        elif isinstance(item, Warning) and warnings:
+        elif isinstance(item, RouteWarning) and warnings:
             yield _sse(chunk(etr_warning=item.message))
         elif isinstance(item, Done):
             yield _sse(chunk(finish=item.result.finish_reason, etr_route=p.route_record(item.result)))
