@@ -26,7 +26,7 @@ def query_key(messages: list[dict[str, str]] | str) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def _save_atomic(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+def save_atomic(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ class LossCache:
         return load_file(path)["loss"]
 
     def put(self, model_key: str, dataset_sha: str, loss: "torch.Tensor") -> None:
-        _save_atomic({"loss": loss.float().cpu()}, self._path(model_key, dataset_sha))
+        save_atomic({"loss": loss.float().cpu()}, self._path(model_key, dataset_sha))
 
 
 class StateCache:
@@ -98,7 +98,7 @@ class StateCache:
         from etr_hub.routing import expert_token_init
 
         if not (self.dir / "mean_row.st").exists():
-            _save_atomic({"mean_row": expert_token_init(w_v)}, self.dir / "mean_row.st")
+            save_atomic({"mean_row": expert_token_init(w_v)}, self.dir / "mean_row.st")
 
     def get_mean_row(self) -> "torch.Tensor | None":
         from safetensors.torch import load_file
@@ -110,4 +110,4 @@ class StateCache:
         if not keys:
             return
         shard = hashlib.sha256("".join(keys).encode()).hexdigest()[:24]
-        _save_atomic({"hidden": hidden.float().cpu(), "lse": lse.float().cpu()}, self.dir / f"{shard}.safetensors", {"query_keys": json.dumps(keys)})
+        save_atomic({"hidden": hidden.float().cpu(), "lse": lse.float().cpu()}, self.dir / f"{shard}.safetensors", {"query_keys": json.dumps(keys)})

@@ -16,7 +16,7 @@ from tiny_models import make_tiny_llama, make_tiny_lora
 
 from etr_hub.errors import ModelLoadError
 from etr_hub.models import default_meta
-from etr_hub.models.chat import _to_ids, plain_prompt, prompt_and_response_ids, routing_prompt_ids
+from etr_hub.models.chat import to_ids, plain_prompt, prompt_and_response_ids, routing_prompt_ids
 from etr_hub.models.fingerprint import meta_fingerprint, output_embedding
 from etr_hub.models.loading import load_causal_lm
 from etr_hub.models.refs import ModelRef
@@ -345,7 +345,7 @@ def test_prompt_and_response_prefix_property(tokenizers, messages, response):
     assert body[-1] == tok.eos_token_id and body.count(tok.eos_token_id) == 1
     assert tok.decode(body) == response + "<|im_end|>"
     as_list = [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
-    full = _to_ids(tok.apply_chat_template([*as_list, {"role": "assistant", "content": response}]))
+    full = to_ids(tok.apply_chat_template([*as_list, {"role": "assistant", "content": response}]))
     assert full[: len(prompt) + len(body)] == prompt + body  # what the model sees when trained on it
 
 
@@ -378,7 +378,7 @@ def test_to_ids_normalises(encoded):
         encoded = torch.tensor([[5, 6, 7]])
     elif encoded == "batch_encoding":
         encoded = BatchEncoding({"input_ids": torch.tensor([5, 6, 7])})
-    assert _to_ids(encoded) == [5, 6, 7]
+    assert to_ids(encoded) == [5, 6, 7]
 
 
 # --- the embedded default meta model -------------------------------------------------------------

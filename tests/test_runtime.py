@@ -24,7 +24,7 @@ from runtime_support import (
 from tiny_models import make_tiny_lora
 
 from etr_hub.errors import EtrHubError
-from etr_hub.models.chat import _to_ids, plain_prompt, routing_prompt_ids
+from etr_hub.models.chat import to_ids, plain_prompt, routing_prompt_ids
 from etr_hub.models.fingerprint import meta_fingerprint
 from etr_hub.models.loading import load_causal_lm
 from etr_hub.models.refs import ModelRef
@@ -117,8 +117,8 @@ def test_forced_route_keeps_meta_text_and_expert_continues(tiny, kind):
         add_expert(tiny.registry, "astro", row, ModelRef(kind="local", path=str(path)), fingerprint=tiny.fp, hidden=tiny.hidden)
         expert = load_causal_lm(ModelRef(kind="local", path=str(path)))
         partial = decode(tiny.tok, tiny.trajectory[:k])
-        expert_ids = _to_ids(expert.tokenizer(plain_prompt(QUESTION), add_special_tokens=True))
-        expert_ids += _to_ids(expert.tokenizer(partial, add_special_tokens=False)) if partial else []
+        expert_ids = to_ids(expert.tokenizer(plain_prompt(QUESTION), add_special_tokens=True))
+        expert_ids += to_ids(expert.tokenizer(partial, add_special_tokens=False)) if partial else []
     reference = greedy_no_cache(expert.model, expert_ids, MAX_NEW - k, set(eos_ids(expert.model, expert.tokenizer)))
 
     events = list(open_hub(tiny).chat(QUESTION, max_new_tokens=MAX_NEW, stream=True))
@@ -297,7 +297,7 @@ def test_sampling_is_seeded(tiny):
 
 def test_complete_is_a_raw_unrouted_continuation(tiny):
     lora_expert(tiny, k=0)  # would win at once in a routed chat
-    ids = _to_ids(tiny.tok("once upon a time", add_special_tokens=True))
+    ids = to_ids(tiny.tok("once upon a time", add_special_tokens=True))
     reference = greedy_no_cache(tiny.meta.model, ids, 6, tiny.eos)
     result = open_hub(tiny).complete("once upon a time", max_new_tokens=6)
     assert result.text == decode(tiny.tok, reference) and result.route == []

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from etr_hub.cli.checks import number, seed as seed_range
+from etr_hub.cli.common import open_hub
 from etr_hub.cli.output import clean, err, lit, note, print_json, safe, warn
 from etr_hub.errors import EtrHubError
 
@@ -43,7 +44,7 @@ def chat(
     check_settings(max_new_tokens, temperature, top_p, repetition_penalty=repetition_penalty, seed=seed, max_prompt_tokens=max_prompt_tokens)
     settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "repetition_penalty": repetition_penalty,
                 "seed": seed, "expert": expert, "max_prompt_tokens": max_prompt_tokens}
-    hub = _open_hub(quiet=json_out, memory_budget_mb=memory_budget_mb)
+    hub = open_hub(quiet=json_out, memory_budget_mb=memory_budget_mb)
     if expert is not None:
         hub.require_expert(expert)
     session = Session(hub, settings, system, json_out)
@@ -53,21 +54,6 @@ def chat(
     if not piped:
         _banner(hub)
     session.loop(piped)
-
-
-def _open_hub(*, quiet: bool, memory_budget_mb: int | None):
-    from etr_hub.runtime import Hub
-
-    if quiet:
-        hub = Hub.open(memory_budget_mb=memory_budget_mb)
-    else:
-        with err.status("loading the meta model…") as status:
-            hub = Hub.open(progress=lambda m: status.update(safe(f"{m}…")), memory_budget_mb=memory_budget_mb)
-    for name, reason in hub.skipped:
-        warn(f"skipped expert '{name}': {reason}")
-    if not hub.experts and not quiet:
-        note("no experts registered: plain meta-model chat (add one with `etr-hub expert add PATH`)")
-    return hub
 
 
 def _banner(hub) -> None:

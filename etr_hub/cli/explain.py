@@ -14,11 +14,11 @@ def explain(
     top: int = typer.Option(10, "--top", min=0, help="How many word tokens to show next to the expert tokens."),
 ) -> None:
     """At the routing position: every expert token's probability next to the top-K word tokens, and which would win."""
-    from etr_hub.cli.chat import _open_hub
+    from etr_hub.cli.common import open_hub
 
     if not text.strip():
         raise EtrHubError("empty message", "pass the message to explain, e.g. etr-hub explain \"Why do stars twinkle?\"")
-    hub = _open_hub(quiet=json_out, memory_budget_mb=None)
+    hub = open_hub(quiet=json_out)
     result = hub.explain(text, top=top)
     if json_out:
         print_json({"meta_model": hub.meta_name, **result.to_json()})

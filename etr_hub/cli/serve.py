@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from etr_hub.cli.checks import one_of
-from etr_hub.cli.output import err, lit, note, safe, warn
+from etr_hub.cli.common import open_hub
+from etr_hub.cli.output import err, lit, note, warn
 
 
 def serve(
@@ -38,7 +39,7 @@ def serve(
                           max_tokens_limit=max_tokens, max_prompt_tokens=max_prompt_tokens, max_body_bytes=max_body_kb * 1024, cors_origins=tuple(cor for cor in cors_origin or ()),
                           model_id=model_name).check()
     check_port_free(config.host, config.port)  # before the slow part
-    hub = _open_hub(memory_budget_mb)
+    hub = open_hub(memory_budget_mb=memory_budget_mb, plain_note=False)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/v1"
     names = ", ".join(e.name for e in hub.experts) or "none"
     err.print(f"serving [bold]{lit(config.model_id)}[/bold] ({lit(hub.meta_name)}) with {len(hub.experts)} expert(s): {lit(names)}", highlight=False)
@@ -49,13 +50,3 @@ def serve(
     from etr_hub.server.runner import serve as run
 
     run(hub, config, log_level=log_level)
-
-
-def _open_hub(memory_budget_mb: int | None):
-    from etr_hub.runtime import Hub
-
-    with err.status("loading the meta model…") as status:
-        hub = Hub.open(progress=lambda m: status.update(safe(f"{m}…")), memory_budget_mb=memory_budget_mb)
-    for name, reason in hub.skipped:
-        warn(f"skipped expert '{name}': {reason}")
-    return hub

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from etr_hub.cache import _save_atomic
+from etr_hub.cache import save_atomic
 from etr_hub.eval.mmlu import ANSWER_PREFIX, LETTERS
 from etr_hub.models.chat import routing_prompt_ids
 from etr_hub.queryset.scoring import right_pad
@@ -123,7 +123,7 @@ class VectorCache:
                 old_keys, old = json.loads(f.metadata()["keys"]), f.get_tensor("values")
         merged = dict(zip(old_keys, old)) if old is not None and old.shape[1] == values.shape[1] else {}
         merged.update(zip(keys, values.float()))
-        _save_atomic({"values": torch.stack(list(merged.values()))}, path, {"keys": json.dumps(list(merged))})
+        save_atomic({"values": torch.stack(list(merged.values()))}, path, {"keys": json.dumps(list(merged))})
 
     def fetch(self, model_key: str, keys: list[str], compute: Callable[[list[int]], torch.Tensor]) -> torch.Tensor:
         """Cached rows for `keys`; `compute(missing indices)` fills and stores the rest."""

@@ -22,8 +22,8 @@ def routing_prompt_ids(tokenizer: Any, messages: Messages) -> tuple[list[int], b
     messages = _as_messages(messages)
     if has_chat_template(tokenizer):
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return _to_ids(ids), True
-    return _to_ids(tokenizer(plain_prompt(messages), add_special_tokens=True)), False
+        return to_ids(ids), True
+    return to_ids(tokenizer(plain_prompt(messages), add_special_tokens=True)), False
 
 
 def prompt_and_response_ids(tokenizer: Any, messages: Messages, response: str) -> tuple[list[int], list[int]]:
@@ -34,14 +34,14 @@ def prompt_and_response_ids(tokenizer: Any, messages: Messages, response: str) -
         full = tokenizer.apply_chat_template(
             [*messages, {"role": "assistant", "content": response}], add_generation_prompt=False, tokenize=True
         )
-        full = _to_ids(full)
+        full = to_ids(full)
         # Templates may tokenize differently across the boundary; only trust an exact prefix.
         if full[: len(prompt)] == prompt and len(full) > len(prompt):
             return prompt, _end_at_eos(full[len(prompt) :], tokenizer.eos_token_id)
         text = response
     else:
         text = " " + response  # "Assistant:" is followed by a space in the plain format
-    body = _to_ids(tokenizer(text, add_special_tokens=False))
+    body = to_ids(tokenizer(text, add_special_tokens=False))
     return prompt, _end_at_eos(body, tokenizer.eos_token_id)
 
 
@@ -69,7 +69,7 @@ def _as_messages(messages: Messages) -> list[dict[str, str]]:
     return [dict(m) for m in messages]
 
 
-def _to_ids(encoded: Any) -> list[int]:
+def to_ids(encoded: Any) -> list[int]:
     """Normalise what tokenizers return (list, BatchEncoding/dict, tensor, batch of one) to list[int]."""
     if isinstance(encoded, Mapping) or hasattr(encoded, "input_ids"):
         encoded = encoded["input_ids"]

@@ -116,13 +116,13 @@ class Hub:
                  frequency_penalty: float = 0.0, max_prompt_tokens: int | None = None) -> ChatResult | Iterator[Event]:
         """Raw continuation of `prompt` (no chat template, no routing) by the meta model or one expert
         (settings as in `chat`; a prompt over `max_prompt_tokens` keeps its end)."""
-        from etr_hub.models.chat import _to_ids
+        from etr_hub.models.chat import to_ids
 
         opts = self._options(max_new_tokens, temperature, top_p, stop, seed, ignore_eos, repetition_penalty, presence_penalty,
                              frequency_penalty, max_prompt_tokens)
         check_prompt(prompt)
         self.require_expert(expert)
-        ids = _to_ids(self.meta.tokenizer(prompt, add_special_tokens=True))
+        ids = to_ids(self.meta.tokenizer(prompt, add_special_tokens=True))
         ids, notes, opts.max_new_tokens = self._fit_ids(ids, opts.max_new_tokens, "prompt", opts.max_prompt_tokens)
         events = self._answer(ids, Handoff(prompt=prompt, meta_tokenizer=self.meta.tokenizer), opts, expert=expert, routed=False, notes=notes)
         return events if stream else _collect(events)
@@ -130,10 +130,10 @@ class Hub:
     def prompt_tokens(self, messages: Messages | None = None, *, prompt: str | None = None) -> int:
         """How many meta-model tokens a conversation (in the chat template) or a raw prompt takes
         (the server checks its limit with it before a request waits for the model)."""
-        from etr_hub.models.chat import _to_ids, routing_prompt_ids
+        from etr_hub.models.chat import to_ids, routing_prompt_ids
 
         if prompt is not None:
-            return len(_to_ids(self.meta.tokenizer(check_prompt(prompt), add_special_tokens=True)))
+            return len(to_ids(self.meta.tokenizer(check_prompt(prompt), add_special_tokens=True)))
         return len(routing_prompt_ids(self.meta.tokenizer, check_messages(messages))[0])
 
     def _options(self, max_new_tokens, temperature, top_p, stop, seed, ignore_eos, repetition_penalty, presence_penalty,
@@ -172,7 +172,7 @@ class Hub:
     # -- the answer loop ------------------------------------------------------------------------
     def _answer(self, prompt_ids: list[int], handoff: Handoff, opts: _Options, *, expert: str | None, routed: bool,
                 notes: list[str]) -> Iterator[Event]:
-        from etr_hub.models.chat import _to_ids
+        from etr_hub.models.chat import to_ids
         from etr_hub.runtime.decode import (
             Detokenizer,
             RoutedDecoder,
@@ -196,7 +196,7 @@ class Hub:
             if outcome.ok:
                 finish = outcome.finish
             elif outcome.text:  # the meta model finishes what the expert started
-                answer_ids = _to_ids(tokenizer(outcome.text, add_special_tokens=False))
+                answer_ids = to_ids(tokenizer(outcome.text, add_special_tokens=False))
 
         sampling = Sampling.make(opts.temperature, opts.top_p, opts.seed, repetition_penalty=opts.repetition_penalty,
                                  presence_penalty=opts.presence_penalty, frequency_penalty=opts.frequency_penalty, answer=answer_ids)
@@ -227,7 +227,7 @@ class Hub:
                     break
                 decoder.block(k)
                 if outcome.text:
-                    extra = _to_ids(tokenizer(outcome.text, add_special_tokens=False))
+                    extra = to_ids(tokenizer(outcome.text, add_special_tokens=False))
                     decoder.extend(extra)
                     answer_ids += extra
                     detok = Detokenizer(tokenizer, (prompt_ids + answer_ids)[-4:])
@@ -294,7 +294,7 @@ class Hub:
     def _fit_chat(self, messages: list[dict], max_new: int, max_prompt: int | None = None) -> tuple[list[int], list[dict], list[str], int]:
         """Prompt ids that leave room for the answer (and stay within `max_prompt`): drop the
         oldest turns, then cut the last message from the left, and say so."""
-        from etr_hub.models.chat import _to_ids, routing_prompt_ids
+        from etr_hub.models.chat import to_ids, routing_prompt_ids
 
         tokenizer = self.meta.tokenizer
         room = max(self.context - max_new, self.context // 2)
@@ -309,7 +309,7 @@ class Hub:
                 del messages[older[0]]
                 dropped += 1
             else:
-                content = _to_ids(tokenizer(messages[-1]["content"], add_special_tokens=False))
+                content = to_ids(tokenizer(messages[-1]["content"], add_special_tokens=False))
                 excess = len(ids) - room + 2  # +2: re-tokenising the cut text can merge differently
                 if excess >= len(content):
                     raise EtrHubError(f"the system prompt alone ({len(ids) - len(content)} tokens) leaves no room within {limit}",

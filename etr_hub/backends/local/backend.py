@@ -76,25 +76,25 @@ class LocalBackend(ExpertBackend):
     def prompt_ids(self, handoff: Handoff) -> list[int]:
         """The expert's input: the meta model's ids when the tokenizers agree, else the
         conversation in the expert's own chat template with the assistant turn left open."""
-        from etr_hub.models.chat import _to_ids, routing_prompt_ids
+        from etr_hub.models.chat import to_ids, routing_prompt_ids
 
         tokenizer = self.loaded.tokenizer
         if handoff.prompt is not None:
-            return _to_ids(tokenizer(handoff.prompt, add_special_tokens=True))
+            return to_ids(tokenizer(handoff.prompt, add_special_tokens=True))
         if self.shares_tokenizer and handoff.meta_ids is not None:
             return list(handoff.meta_ids)
         ids, _ = routing_prompt_ids(tokenizer, handoff.messages or [])
         if handoff.partial:
-            ids += _to_ids(tokenizer(handoff.partial, add_special_tokens=False))
+            ids += to_ids(tokenizer(handoff.partial, add_special_tokens=False))
         return ids
 
     def answer_ids(self, handoff: Handoff) -> list[int]:
         """The meta model's partial answer in this expert's tokens: the penalties count it too."""
-        from etr_hub.models.chat import _to_ids
+        from etr_hub.models.chat import to_ids
 
         if self.shares_tokenizer and handoff.answer_ids is not None:
             return list(handoff.answer_ids)
-        return _to_ids(self.loaded.tokenizer(handoff.partial, add_special_tokens=False)) if handoff.partial else []
+        return to_ids(self.loaded.tokenizer(handoff.partial, add_special_tokens=False)) if handoff.partial else []
 
     def generate(self, handoff: Handoff, settings: GenSettings) -> Iterator[Chunk]:
         from etr_hub.runtime.decode import (

@@ -1,0 +1,21 @@
+"""What several commands share: opening the hub with a spinner and the skipped experts reported."""
+
+from __future__ import annotations
+
+from etr_hub.cli.output import err, note, safe, warn
+
+
+def open_hub(*, quiet: bool = False, memory_budget_mb: int | None = None, plain_note: bool = True):
+    """Hub.open() for a command: a spinner on stderr unless `quiet`, each skipped expert a warning."""
+    from etr_hub.runtime import Hub
+
+    if quiet:
+        hub = Hub.open(memory_budget_mb=memory_budget_mb)
+    else:
+        with err.status("loading the meta model…") as status:
+            hub = Hub.open(progress=lambda m: status.update(safe(f"{m}…")), memory_budget_mb=memory_budget_mb)
+    for name, reason in hub.skipped:
+        warn(f"skipped expert '{name}': {reason}")
+    if plain_note and not hub.experts and not quiet:
+        note("no experts registered: plain meta-model chat (add one with `etr-hub expert add PATH`)")
+    return hub
