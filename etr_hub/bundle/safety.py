@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from etr_hub.models.loading import PICKLE_SUFFIXES
+
 DEFAULT_MAX_BUNDLE_MB = 2048  # the whole bundle folder; override: --max-bundle-mb / ETR_HUB_MAX_BUNDLE_MB
 MAX_FILES = 10_000
 MAX_DEPTH = 32  # folder nesting inside a bundle
 MAX_JSON_BYTES = 64 << 20  # any one JSON file read into memory (a large tokenizer.json is ~20 MB)
 
 # Formats that unpickle (and so can execute code) on load; a bundle carries safetensors only.
-PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"}
 # Code a library could import or run (transformers imports *.py named by auto_map).
 CODE_SUFFIXES = {".py", ".pyc", ".pyo", ".pyd", ".pyw", ".pyx", ".so", ".dylib", ".dll", ".exe", ".sh", ".bash", ".zsh",
                  ".bat", ".cmd", ".ps1", ".js", ".mjs", ".jar", ".whl", ".egg"}

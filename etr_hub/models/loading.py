@@ -22,7 +22,8 @@ from etr_hub.models.refs import ModelRef
 
 Progress = Callable[[str], None] | None
 DTYPES = ("float32", "bfloat16", "float16")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Weight formats that unpickle (run code) on load: never read, and never allowed in a bundle.
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"})
 HF_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]  # weights, config, tokenizer
 
 
