@@ -224,16 +224,9 @@ class Evaluator:
             report["expert_accuracy"][s] = {n: _mean(ok[k][m]) for k, n in enumerate(names)}
         meta_acc, oracle_acc = _mean(meta_ok), _mean(oracle_ok)
         report["gap_closed"], report["gap_closed_reason"] = gap_closed(meta_acc, oracle_acc, report["accuracy"])
-        baselines = {
-            "meta": {"routing_accuracy": None, "accuracy": meta_acc},
-            "oracle": {"routing_accuracy": 1.0, "accuracy": oracle_acc},
-            "random": {"routing_accuracy": 1 / len(experts), "accuracy": float(ok.float().mean())},  # the exact expectation
-            "etr_always_expert": {"routing_accuracy": report["routing_accuracy"], "accuracy": _mean(answered(winner))},
-        }
-        if self.opts.baselines:
-            baselines["prompt_router"] = self._prompt_router(queries, keys, experts, gold, answered)
-            baselines["embedding_router"] = self._embedding_router(queries, keys, experts, gold, answered)
-        report["baselines"] = baselines
+        random_expert = {"routing_accuracy": 1 / len(experts), "accuracy": float(ok.float().mean())}  # the exact expectation
+        report["baselines"] = self._baselines(meta_acc, oracle_acc, random_expert, report["routing_accuracy"], winner,
+                                              queries, keys, experts, gold, answered)
         report["false_fire_rate"], report["general_prompts"] = self._false_fire(w_e, names)
         report["dynamic"] = self._dynamic(experts, hidden, lse, max_word, gold, answered)
         in_sets = {x for e in experts for x in (e.query_set or [])}
@@ -244,6 +237,19 @@ class Evaluator:
         return report
 
     # -- baselines ----------------------------------------------------------------------------
+    def _baselines(self, meta_acc, oracle_acc, random_expert: dict, routing_accuracy, winner, queries, keys, experts, gold, answered) -> dict:
+        """Every method's routing and answer accuracy next to ETR's; `answered(route)` scores a routing."""
+        baselines = {
+            "meta": {"routing_accuracy": None, "accuracy": meta_acc},
+            "oracle": {"routing_accuracy": 1.0, "accuracy": oracle_acc},
+            "random": random_expert,
+            "etr_always_expert": {"routing_accuracy": routing_accuracy, "accuracy": _mean(answered(winner))},
+        }
+        if self.opts.baselines:
+            baselines["prompt_router"] = self._prompt_router(queries, keys, experts, gold, answered)
+            baselines["embedding_router"] = self._embedding_router(queries, keys, experts, gold, answered)
+        return baselines
+
     def _prompt_router(self, queries, keys, experts, gold, answered) -> dict:
         from etr_hub.eval.routers import prompt_router_scores
 

@@ -276,17 +276,10 @@ class TaskEvaluator(Evaluator):
                 "n": int(m.sum()), "expert": expert_of[task], "routing_accuracy": _mean((winner == gold)[m]), "fire_rate": _mean(fired[m]),
                 "accuracy": _mean(etr_ok[m]), "meta_accuracy": _mean(meta_ok[m]), "oracle_accuracy": _mean(oracle_ok[m])}
             report["confusion"][task] = {n: int((winner[m] == k).sum()) for k, n in enumerate(names)}
-        baselines = {
-            "meta": {"routing_accuracy": None, "accuracy": meta_acc},
-            "oracle": {"routing_accuracy": 1.0, "accuracy": oracle_acc},
-            "random": {"routing_accuracy": _mean(random_route == gold), "accuracy": _mean(answered(random_route)),
-                       "note": "one seeded random expert per question"},
-            "etr_always_expert": {"routing_accuracy": report["routing_accuracy"], "accuracy": _mean(answered(winner))},
-        }
-        if self.opts.baselines:
-            baselines["prompt_router"] = self._prompt_router(queries, keys, experts, gold, answered)
-            baselines["embedding_router"] = self._embedding_router(queries, keys, experts, gold, answered)
-        report["baselines"] = baselines
+        random_expert = {"routing_accuracy": _mean(random_route == gold), "accuracy": _mean(answered(random_route)),
+                         "note": "one seeded random expert per question"}
+        report["baselines"] = self._baselines(meta_acc, oracle_acc, random_expert, report["routing_accuracy"], winner,
+                                              queries, keys, experts, gold, answered)
         report["false_fire_rate"], report["general_prompts"] = self._false_fire(w_e, names)
         report["examples"] = [{"line": items[i].line, "task": items[i].task, "question": items[i].question, "answer": items[i].answer,
                                "expert": names[int(winner[i])] if bool(fired[i]) else None,
