@@ -22,7 +22,12 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repository root holds `recipes`
+
+from recipes.skills.phrasings import ARITHMETIC_TEMPLATES, BASE_TEMPLATES, ROMAN_TEMPLATES, SORTING_TEMPLATES  # noqa: E402
 
 SKILLS = ("arithmetic", "sorting", "roman", "base_conversion")
 SPLITS = {"train": range(0, 80), "pool": range(80, 90), "eval": range(90, 100)}  # % of problem-key hashes
@@ -163,35 +168,6 @@ def sample_arithmetic(rng: random.Random) -> Problem:
     return Problem(f"{op}:{a}:{b}", {"a": a, "b": b}, "integer", str(value), response, op)
 
 
-def _neg_ok(template: str) -> bool:
-    return "{na}" not in template  # word-problem templates read wrong with negative numbers
-
-
-ARITHMETIC_TEMPLATES: dict[str, list[str]] = {
-    "add": [
-        "What is {a} + {b}?", "what's {a}+{b}", "Calculate {a} plus {b}.", "{a} + {b} = ?",
-        "Could you please add {a} and {b} for me?", "What do you get when you add {b} to {a}?",
-        "Quick question: {a} plus {b}?", "Find the sum of {a} and {b}.", "I need {a} + {b}, thanks!",
-        "Compute {a} + {b}", "Hey, what's {a} and {b} added together?", "Please work out {a} plus {b}.",
-        "How much is {a} + {b}?", "Add {a} to {b}.", "Sum {a} and {b} please",
-    ],
-    "sub": [
-        "What is {a} - {b}?", "what's {a}-{b}", "Calculate {a} minus {b}.", "{a} - {b} = ?",
-        "Could you please subtract {b} from {a}?", "What is {a} take away {b}?",
-        "Quick question: {a} minus {b}?", "Find the difference {a} - {b}.", "I need {a} - {b}, thanks!",
-        "Compute {a} - {b}", "Hey, what's {a} take away {b}?", "Please work out {a} minus {b}.",
-        "How much is {a} - {b}?", "Take {b} away from {a}.", "What do you get if you subtract {b} from {a}?",
-    ],
-    "mul": [
-        "What is {a} * {b}?", "what's {a}x{b}", "Calculate {a} times {b}.", "{a} × {b} = ?",
-        "Could you please multiply {a} by {b}?", "What is {a} multiplied by {b}?",
-        "Quick question: {a} times {b}?", "Find the product of {a} and {b}.", "I need {a} * {b}, thanks!",
-        "Compute {a} x {b}", "Hey, what's {a} times {b}?", "Please work out {a} × {b}.",
-        "How much is {a} times {b}?", "Multiply {a} and {b}.", "What's the product of {a} and {b}?",
-    ],
-}
-
-
 # ---------------------------------------------------------------- sorting
 def sample_sorting(rng: random.Random) -> Problem:
     n = rng.randint(4, 10)
@@ -205,24 +181,6 @@ def sample_sorting(rng: random.Random) -> Problem:
     response = f"The {n} numbers: {', '.join(map(str, nums))}.\nIn {order} order: {answer}"
     form = "desc" if desc else "asc"
     return Problem(f"sort:{form}:{','.join(map(str, nums))}", {"nums": nums}, "integer_list", answer, response, form)
-
-
-SORTING_TEMPLATES: dict[str, list[str]] = {
-    "asc": [
-        "Sort these numbers in ascending order: {list}", "sort {list}", "Can you put {list} in order from smallest to largest?",
-        "Please arrange the following from lowest to highest: {list}.", "Order these: {list} (smallest first)",
-        "I have the scores {list}. Could you sort them ascending?", "Sort ascending: {list}", "Put {list} in increasing order.",
-        "list {list} from least to greatest pls", "Rank these numbers from smallest to biggest: {list}",
-        "What is {list} sorted in ascending order?", "Arrange {list} in ascending order, please.",
-    ],
-    "desc": [
-        "Sort these numbers in descending order: {list}", "sort {list} descending", "Can you put {list} in order from largest to smallest?",
-        "Please arrange the following from highest to lowest: {list}.", "Order these: {list} (largest first)",
-        "I have the scores {list}. Could you sort them descending?", "Sort descending: {list}", "Put {list} in decreasing order.",
-        "list {list} from greatest to least pls", "Rank these numbers from biggest to smallest: {list}",
-        "What is {list} sorted in descending order?", "Arrange {list} in descending order, please.",
-    ],
-}
 
 
 def _list_text(nums: list[int], rng: random.Random) -> str:
@@ -266,24 +224,6 @@ def sample_roman(rng: random.Random) -> Problem:
         return Problem(f"to_roman:{n}", {"n": n}, "roman", numeral, response, "to_roman")
     response = f"{numeral} = {syms}\n= {values}\nSo {numeral} is {n}."
     return Problem(f"from_roman:{n}", {"r": numeral}, "integer", str(n), response, "from_roman")
-
-
-ROMAN_TEMPLATES: dict[str, list[str]] = {
-    "to_roman": [
-        "What is {n} in Roman numerals?", "convert {n} to roman numerals", "How do you write {n} in Roman numerals?",
-        "Could you please write the number {n} as a Roman numeral?", "{n} in roman?", "Roman numeral for {n}",
-        "I'm making a clock face, how would {n} look in Roman numerals?", "Please convert {n} into Roman numerals.",
-        "Write {n} using Roman numerals.", "What's the Roman numeral for {n}?", "Express {n} in Roman numerals, please.",
-        "My movie's copyright year is {n}; what is that as a Roman numeral?",
-    ],
-    "from_roman": [
-        "What number is {r}?", "convert {r} to a number", "What is the Roman numeral {r} in regular numbers?",
-        "Could you please tell me what {r} means as a number?", "{r} in arabic numerals?", "Value of the Roman numeral {r}",
-        "I saw {r} on a building, what year is that?", "Please convert the Roman numeral {r} to an integer.",
-        "What does {r} stand for?", "What's {r} as a decimal number?", "Translate {r} into a normal number, please.",
-        "The film credits end with {r}. Which year is it?",
-    ],
-}
 
 
 # ---------------------------------------------------------------- base conversion
@@ -335,29 +275,6 @@ def sample_base_conversion(rng: random.Random) -> Problem:
                 f"= {' + '.join(map(str, vals))}\nRunning total: {', '.join(sums)}\nSo {hexs} in decimal is {n}.")
     return Problem(f"from_hex:{n}", {"h": shown}, "integer", str(n), response, form)
 
-
-BASE_TEMPLATES: dict[str, list[str]] = {
-    "to_bin": [
-        "Convert {n} to binary.", "what is {n} in binary", "How do you write {n} in base 2?", "Could you please give me the binary for {n}?",
-        "{n} in binary?", "Binary representation of {n}", "I'm learning about bits: what's {n} in binary?", "Please express the decimal number {n} in binary.",
-        "Turn {n} into binary, please.", "What's {n} written in base two?", "decimal {n} to binary pls", "Show {n} as a binary number.",
-    ],
-    "from_bin": [
-        "Convert binary {b} to decimal.", "what is {b} in decimal", "What number is the binary {b}?", "Could you please convert 0b{b} to decimal?",
-        "binary {b} = ? in decimal", "Decimal value of binary {b}", "My register shows {b} in binary. What's that in decimal?", "Please turn the binary number {b} into base 10.",
-        "What's 0b{b} in base ten?", "How much is {b} (base 2) in decimal?", "binary {b} to decimal pls", "Read the binary number {b} as a decimal.",
-    ],
-    "to_hex": [
-        "Convert {n} to hexadecimal.", "what is {n} in hex", "How do you write {n} in base 16?", "Could you please give me the hex for {n}?",
-        "{n} in hex?", "Hexadecimal representation of {n}", "I need a color channel value: what's {n} in hex?", "Please express the decimal number {n} in hexadecimal.",
-        "Turn {n} into hex, please.", "What's {n} written in base sixteen?", "decimal {n} to hex pls", "Show {n} as a hexadecimal number.",
-    ],
-    "from_hex": [
-        "Convert hex {h} to decimal.", "what is 0x{h} in decimal", "What number is the hexadecimal {h}?", "Could you please convert 0x{h} to decimal?",
-        "hex {h} = ? in decimal", "Decimal value of hex {h}", "A debugger shows 0x{h}. What's that in decimal?", "Please turn the hexadecimal number {h} into base 10.",
-        "What's 0x{h} in base ten?", "How much is {h} (base 16) in decimal?", "hex {h} to decimal pls", "Read the hex number {h} as a decimal.",
-    ],
-}
 
 GENERATORS: dict[str, tuple[Callable[[random.Random], Problem], dict[str, list[str]]]] = {
     "arithmetic": (sample_arithmetic, ARITHMETIC_TEMPLATES),
