@@ -33,14 +33,15 @@ def iter_jsonl(path: str | Path, label: str | None = None) -> Iterator[tuple[int
                 raise DataError(f"{label}:{lineno} is not JSON ({e})", "write one JSON object per line") from None
             if isinstance(value, dict):
                 for key, v in value.items():
-                    bad = next((s for s in (key, v) if isinstance(s, str) and not _is_unicode(s)), None)
+                    bad = next((s for s in (key, v) if isinstance(s, str) and not is_unicode(s)), None)
                     if bad is not None:  # it would break every tokenizer (and the terminal) later
                         raise DataError(f"{label}:{lineno} field {key!r} holds an unpaired surrogate escape (\\u{_surrogate(bad):04x})",
                                         "write the text as UTF-8 (escapes like \\ud83d must come in pairs)")
             yield lineno, value
 
 
-def _is_unicode(text: str) -> bool:
+def is_unicode(text: str) -> bool:
+    """False for text holding a lone surrogate (no tokenizer or terminal takes it)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

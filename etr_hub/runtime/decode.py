@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from etr_hub.routing.math import routable_logits
+
 NEG_INF = float("-inf")
 MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy: logits / 1e-300 overflow to inf and NaN
 
@@ -22,8 +24,6 @@ MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy: logits / 1e-300 overfl
 # -- the sampler: small pure functions ----------------------------------------------------------
 def next_token_logits(word: torch.Tensor, expert: torch.Tensor | None, blocked: torch.Tensor | None = None) -> torch.Tensor:
     """[W_V h; W_E h] for one position, with blocked and non-finite experts at -inf."""
-    from etr_hub.routing.math import routable_logits
-
     word = word.reshape(-1)  # (V,)
     if expert is None or expert.numel() == 0:
         return word

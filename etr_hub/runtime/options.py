@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from etr_hub.errors import EtrHubError
+from etr_hub.jsonl import is_unicode
 
 ROLES = ("system", "user", "assistant")
 Messages = Sequence[Mapping[str, str]] | str
@@ -80,12 +81,3 @@ def check_prompt(prompt: str) -> str:
     if not is_unicode(prompt):
         raise EtrHubError("the prompt is not valid Unicode text (it holds an unpaired surrogate)", "send UTF-8 text")
     return prompt
-
-
-def is_unicode(text: str) -> bool:
-    """False for text holding a lone surrogate (no tokenizer or terminal takes it)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
