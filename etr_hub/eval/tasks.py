@@ -106,10 +106,13 @@ class Generations:
 
     def __init__(self, root: Path):
         self.dir = root / "generations"
+        self._read: dict[str, dict[str, str]] = {}  # each model's file is read once per run
 
     def get(self, model_key: str) -> dict[str, str]:
+        if model_key in self._read:
+            return self._read[model_key]
         path = self.dir / f"{model_key[:40]}.jsonl"
-        cached: dict[str, str] = {}
+        cached: dict[str, str] = self._read.setdefault(model_key, {})
         if path.is_file():
             for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
@@ -124,6 +127,8 @@ class Generations:
         with open(self.dir / f"{model_key[:40]}.jsonl", "a", encoding="utf-8") as f:
             for q, reply in replies.items():
                 f.write(json.dumps({"q": q, "reply": reply}, ensure_ascii=False) + "\n")
+        if model_key in self._read:  # keep what was read in step with the file
+            self._read[model_key].update(replies)
 
 
 @torch.no_grad()
@@ -227,8 +232,7 @@ class TaskEvaluator(Evaluator):
             texts = generate_greedy(loaded.model, loaded.tokenizer, prompts, max_new_tokens=self.task_opts.max_new_tokens,
                                     batch_size=self.opts.batch_size, advance=self.progress(f"answers: {what}", len(missing)))
             new = {qkeys[i]: t for i, t in zip(missing, texts)}
-            self.gens.add(key, new)
-            cached.update(new)
+            self.gens.add(key, new)  # also updates `cached`, the same dict
         return {i: cached[qkeys[i]] for i in idx}
 
     def _evaluate_tasks(self, items: list[TaskItem], experts: list[ExpertEntry], expert_of: dict[str, str | None]) -> dict:
