@@ -127,3 +127,17 @@ def test_clean_keeps_text_and_escapes_controls():
     for text, shown in HOSTILE:
         assert clean(text) == shown
     assert clean("a\tb\nc", keep="\n\t") == "a\tb\nc" and clean("é ü 中文 🙂") == "é ü 中文 🙂"
+
+
+def test_markup_in_a_bundles_own_manifest_is_printed_literally(fake_meta, bundle_factory):
+    """The same through `expert add` itself: a provider's manifest with markup in its label and description."""
+    bundle = bundle_factory("marked")
+    manifest = json.loads((bundle / "expert.json").read_text())
+    manifest.update(label="[/]", description="[link=http://evil.example]click[/link] [bold red]x[/]")
+    (bundle / "expert.json").write_text(json.dumps(manifest))
+    assert run("expert", "add", str(bundle)).returncode == 0
+    for args in (("expert", "list"), ("expert", "show", "marked")):
+        res = run(*args)
+        assert_clean(res)
+        assert "[/]" in res.stdout and "internal error" not in res.stderr
+    assert "[link=http://evil.example]click[/link]" in run("expert", "show", "marked").stdout
