@@ -57,7 +57,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps a shared machine quiet)")
     parser.add_argument("--experts", default="6,1000", help="comma-separated expert counts")
     parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True, help="time routed vs generate")
-    parser.add_argument("--switch", action=argparse.BooleanOptionalAction, default=True, help="time a switch to a LoRA expert")
+    parser.add_argument(
+        "--switch", action=argparse.BooleanOptionalAction, default=True, help="time a switch to a LoRA expert"
+    )
     parser.add_argument("--switch-reps", type=int, default=0, help="repetitions of the switch timing (default: --reps)")
     args = parser.parse_args()
 
@@ -103,13 +105,21 @@ def add_synthetic_experts(registry, n: int, hidden: int, meta_row, progress) -> 
 
     gen = torch.Generator().manual_seed(n)
     ref = ModelRef(kind="openai", url="http://127.0.0.1:9/v1", model="never-called")
-    meta = MetaInfo(reference=meta_row.display, hidden_size=hidden, vocab_size=meta_row.vocab_size, fingerprint=meta_row.fingerprint)
+    meta = MetaInfo(
+        reference=meta_row.display, hidden_size=hidden, vocab_size=meta_row.vocab_size, fingerprint=meta_row.fingerprint
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
             token = Path(tmp) / "token.safetensors"
             save_token(token, torch.randn(1, hidden, generator=gen) * 1e-3)
-            manifest = Manifest(name=f"synthetic-{i:04d}", license="CC0-1.0", provider="bench", expert=ref, meta=meta,
-                                token=TokenInfo(sha256=sha256_file(token), shape=(1, hidden)))
+            manifest = Manifest(
+                name=f"synthetic-{i:04d}",
+                license="CC0-1.0",
+                provider="bench",
+                expert=ref,
+                meta=meta,
+                token=TokenInfo(sha256=sha256_file(token), shape=(1, hidden)),
+            )
             registry.add_expert(write_bundle(Path(tmp) / f"b{i}", manifest, {"token.safetensors": token}))
             shutil.rmtree(Path(tmp) / f"b{i}")
             progress(1)
@@ -133,7 +143,9 @@ def add_switching_lora(registry, meta, meta_row, work: Path) -> str:
         shutil.copytree(shipped, work / "adapter")
     else:
         layers = meta.model.config.num_hidden_layers
-        config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], layers_to_transform=list(range(layers - 8, layers)))
+        config = LoraConfig(
+            r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], layers_to_transform=list(range(layers - 8, layers))
+        )
         peft_model = get_peft_model(share_weights(meta.model), config)
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
@@ -145,11 +157,24 @@ def add_switching_lora(registry, meta, meta_row, work: Path) -> str:
         ids = torch.tensor([routing_prompt_ids(meta.tokenizer, QUESTION)[0]])
         h = meta.model.get_decoder()(input_ids=ids).last_hidden_state[0, -1].float()  # (C,)
     save_token(work / "token.safetensors", (h * (100.0 / float(h @ h))).reshape(1, -1))  # logit 100 there
-    manifest = Manifest(name="switch-lora", license="CC0-1.0", provider="bench", expert=ModelRef(kind="peft", path="adapter"),
-                        meta=MetaInfo(reference=meta_row.display, hidden_size=meta_row.hidden_size, vocab_size=meta_row.vocab_size,
-                                      fingerprint=meta_row.fingerprint),
-                        token=TokenInfo(sha256=sha256_file(work / "token.safetensors"), shape=(1, meta_row.hidden_size)))
-    registry.add_expert(write_bundle(work / "bundle", manifest, {"token.safetensors": work / "token.safetensors", "adapter": work / "adapter"}))
+    manifest = Manifest(
+        name="switch-lora",
+        license="CC0-1.0",
+        provider="bench",
+        expert=ModelRef(kind="peft", path="adapter"),
+        meta=MetaInfo(
+            reference=meta_row.display,
+            hidden_size=meta_row.hidden_size,
+            vocab_size=meta_row.vocab_size,
+            fingerprint=meta_row.fingerprint,
+        ),
+        token=TokenInfo(sha256=sha256_file(work / "token.safetensors"), shape=(1, meta_row.hidden_size)),
+    )
+    registry.add_expert(
+        write_bundle(
+            work / "bundle", manifest, {"token.safetensors": work / "token.safetensors", "adapter": work / "adapter"}
+        )
+    )
     return "switch-lora"
 
 
@@ -167,7 +192,9 @@ def run(source: Path, work: Path, counts: list[int], args) -> None:
     console = Console(stderr=True)
     first = make_home(source, work / "base")
     meta_row = first.require_meta()
-    console.print(f"meta model {meta_row.display}; torch threads {torch.get_num_threads()}; {args.new_tokens} new tokens; {args.reps} reps")
+    console.print(
+        f"meta model {meta_row.display}; torch threads {torch.get_num_threads()}; {args.new_tokens} new tokens; {args.reps} reps"
+    )
     with console.status("loading the meta model"):
         meta = load_causal_lm(ModelRef.model_validate(meta_row.reference), role="meta")
     hubs = {}
@@ -187,8 +214,13 @@ def run(source: Path, work: Path, counts: list[int], args) -> None:
 
     model, tok = meta.model, meta.tokenizer
     ids = torch.tensor([routing_prompt_ids(tok, QUESTION)[0]])  # (1, T)
-    config = GenerationConfig(max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=None,
-                              pad_token_id=tok.pad_token_id, bos_token_id=None)
+    config = GenerationConfig(
+        max_new_tokens=args.new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
 
     def plain() -> str:
         out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
@@ -199,11 +231,14 @@ def run(source: Path, work: Path, counts: list[int], args) -> None:
             result = hubs[n].chat(QUESTION, max_new_tokens=args.new_tokens, ignore_eos=True, **GREEDY)
             assert result.route == [] and result.completion_tokens == args.new_tokens, result.route
             return result.text
+
         return call
 
     def switching() -> str:
         result = hubs["switch"].chat(QUESTION, max_new_tokens=args.new_tokens, ignore_eos=True, **GREEDY)
-        assert [(s.expert, s.token_index, s.fell_back) for s in result.route] == [("switch-lora", 0, False)], result.route
+        assert [(s.expert, s.token_index, s.fell_back) for s in result.route] == [("switch-lora", 0, False)], (
+            result.route
+        )
         assert result.completion_tokens == args.new_tokens
         return result.text
 
@@ -224,16 +259,22 @@ def run(source: Path, work: Path, counts: list[int], args) -> None:
         setups.get(name, lambda: None)()
         texts[name] = fn()
     differ = [name for name, t in texts.items() if not name.startswith("switch") and t != texts["generate"]]
-    console.print(f"identical greedy output across the routed and generate runs: {'NO: ' + ', '.join(differ) if differ else 'yes'}")
+    console.print(
+        f"identical greedy output across the routed and generate runs: {'NO: ' + ', '.join(differ) if differ else 'yes'}"
+    )
     if args.switch:
-        console.print(f"identical expert output cold and warm: {'yes' if texts['switch-cold'] == texts['switch-warm'] else 'NO'}")
+        console.print(
+            f"identical expert output cold and warm: {'yes' if texts['switch-cold'] == texts['switch-warm'] else 'NO'}"
+        )
         backend = hubs["switch"].pool.get("switch-lora")
         first_layer, backend.first_layer = backend.first_layer, None  # once, untimed: the whole prompt recomputed
         forget_prefix()
         recomputed = switching()
         backend.first_layer = first_layer
-        console.print(f"expert continues the meta cache from layer {first_layer}; "
-                      f"same output as recomputing the whole prompt: {'yes' if recomputed == texts['switch-cold'] else 'NO'}")
+        console.print(
+            f"expert continues the meta cache from layer {first_layer}; "
+            f"same output as recomputing the whole prompt: {'yes' if recomputed == texts['switch-cold'] else 'NO'}"
+        )
 
     def timed(names: list[str], reps: int, label: str) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
         """Wall and CPU time (this process's: robust to other load on a shared machine) per run,
@@ -252,8 +293,10 @@ def run(source: Path, work: Path, counts: list[int], args) -> None:
                     bar.advance(task)
         for name in names:
             med = statistics.median(wall[name])
-            print(f"{name:>12}: median {med:.3f} s ({args.new_tokens / med:.1f} tok/s), min {min(wall[name]):.3f} s, "
-                  f"CPU time median {statistics.median(cpu[name]):.3f} s")
+            print(
+                f"{name:>12}: median {med:.3f} s ({args.new_tokens / med:.1f} tok/s), min {min(wall[name]):.3f} s, "
+                f"CPU time median {statistics.median(cpu[name]):.3f} s"
+            )
         return wall, cpu
 
     def paired(a: list[float], b: list[float]) -> float:
@@ -268,17 +311,22 @@ def run(source: Path, work: Path, counts: list[int], args) -> None:
         for n in counts:
             target = 0.95 if n <= 6 else 0.9
             ratio = paired(wall["generate"], wall[f"routed-{n}"])
-            lines.append(f"speed ratio routed ({n} experts) / generate: {ratio:.3f} wall, {paired(cpu['generate'], cpu[f'routed-{n}']):.3f} "
-                         f"CPU time (medians of {args.reps} paired runs; target ≥ {target}) {'PASS' if ratio >= target else 'FAIL'}")
+            lines.append(
+                f"speed ratio routed ({n} experts) / generate: {ratio:.3f} wall, {paired(cpu['generate'], cpu[f'routed-{n}']):.3f} "
+                f"CPU time (medians of {args.reps} paired runs; target ≥ {target}) {'PASS' if ratio >= target else 'FAIL'}"
+            )
     if args.switch:
         base = f"routed-{counts[0]}"
         reps = args.switch_reps or args.reps
         wall, cpu = timed([base, "switch-cold", "switch-warm"], reps, "timing the switch")
         for name, what in (("switch-cold", "meta cache continued"), ("switch-warm", "system prompt cached")):
             cost, cost_cpu = paired(wall[name], wall[base]) - 1, paired(cpu[name], cpu[base]) - 1
-            lines.append(f"switch cost, {name} ({what}; LoRA expert from the first token vs {base}, no switch): {cost:+.1%} wall, "
-                         f"{cost_cpu:+.1%} CPU time (medians of {reps} paired runs; target ≤ +1.7%) {'PASS' if cost <= 0.017 else 'FAIL'}")
+            lines.append(
+                f"switch cost, {name} ({what}; LoRA expert from the first token vs {base}, no switch): {cost:+.1%} wall, "
+                f"{cost_cpu:+.1%} CPU time (medians of {reps} paired runs; target ≤ +1.7%) {'PASS' if cost <= 0.017 else 'FAIL'}"
+            )
     print("\n".join(lines))
+
 
 if __name__ == "__main__":
     main()

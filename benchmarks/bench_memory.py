@@ -38,8 +38,12 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--experts", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps a shared machine quiet)")
-    parser.add_argument("--source", choices=["plugins", "random"], default="plugins",
-                        help="the shipped plugins/ bundles (falls back to random adapters if they do not fit) or random adapters")
+    parser.add_argument(
+        "--source",
+        choices=["plugins", "random"],
+        default="plugins",
+        help="the shipped plugins/ bundles (falls back to random adapters if they do not fit) or random adapters",
+    )
     parser.add_argument("--child", choices=["meta-alone", "six-lora"], help=argparse.SUPPRESS)
     parser.add_argument("--home", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -79,19 +83,33 @@ def parent(source: Path, work: Path, args) -> None:
     peaks = {}
     for case in ("meta-alone", "six-lora"):
         with console.status(f"{case}: fresh process"):
-            cmd = [sys.executable, __file__, "--child", case, "--home", str(work / case), "--new-tokens", str(args.new_tokens),
-                   "--threads", str(args.threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                case,
+                "--home",
+                str(work / case),
+                "--new-tokens",
+                str(args.new_tokens),
+                "--threads",
+                str(args.threads),
+            ]
             env = {**os.environ, "ETR_HUB_HOME": str(work / case)}
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             raise SystemExit(f"{case} failed:\n{out.stderr[-2000:]}")
         data = json.loads(out.stdout.strip().splitlines()[-1])
         peaks[case] = data["peak_rss_mb"]
-        print(f"{case:>10}: peak RSS {data['peak_rss_mb']:.0f} MB, RSS at the end {data['rss_end_mb']:.0f} MB, "
-              f"{data['answers']} answers in {data['seconds']:.1f} s, experts loaded: {data['experts_loaded']}")
+        print(
+            f"{case:>10}: peak RSS {data['peak_rss_mb']:.0f} MB, RSS at the end {data['rss_end_mb']:.0f} MB, "
+            f"{data['answers']} answers in {data['seconds']:.1f} s, experts loaded: {data['experts_loaded']}"
+        )
     ratio = peaks["six-lora"] / peaks["meta-alone"]
-    print(f"peak RSS ratio, {args.experts} LoRA experts loaded / meta model alone: {ratio:.3f}× "
-          f"(+{peaks['six-lora'] - peaks['meta-alone']:.0f} MB; target ≤ 1.1×) {'PASS' if ratio <= 1.1 else 'FAIL'}")
+    print(
+        f"peak RSS ratio, {args.experts} LoRA experts loaded / meta model alone: {ratio:.3f}× "
+        f"(+{peaks['six-lora'] - peaks['meta-alone']:.0f} MB; target ≤ 1.1×) {'PASS' if ratio <= 1.1 else 'FAIL'}"
+    )
 
 
 def add_plugins(registry, n: int, console) -> list[str]:
@@ -99,7 +117,11 @@ def add_plugins(registry, n: int, console) -> list[str]:
     from etr_hub.errors import EtrHubError
 
     root = Path(__file__).resolve().parent.parent / "plugins"
-    folders = sorted(p for p in root.glob("*") if (p / "expert.json").is_file() and (p / "adapter").is_dir())[:n] if root.is_dir() else []
+    folders = (
+        sorted(p for p in root.glob("*") if (p / "expert.json").is_file() and (p / "adapter").is_dir())[:n]
+        if root.is_dir()
+        else []
+    )
     if len(folders) < n:
         console.print(f"plugins/ has {len(folders)} LoRA bundles, not {n}: using random adapters")
         return []
@@ -127,22 +149,39 @@ def add_lora_experts(registry, work: Path, n: int) -> None:
 
     meta_row = registry.require_meta()
     meta = load_causal_lm(ModelRef.model_validate(meta_row.reference), role="meta")
-    info = MetaInfo(reference=meta_row.display, hidden_size=meta_row.hidden_size, vocab_size=meta_row.vocab_size,
-                    fingerprint=meta_row.fingerprint)
+    info = MetaInfo(
+        reference=meta_row.display,
+        hidden_size=meta_row.hidden_size,
+        vocab_size=meta_row.vocab_size,
+        fingerprint=meta_row.fingerprint,
+    )
     gen = torch.Generator().manual_seed(0)
     for i in range(n):
         folder = work / f"lora{i}"
-        peft_model = get_peft_model(share_weights(meta.model), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+        peft_model = get_peft_model(
+            share_weights(meta.model), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+        )
         with torch.no_grad():
             for name, param in peft_model.named_parameters():
                 if "lora_B" in name:
                     param.copy_(torch.randn(param.shape, generator=gen) * 0.01)
         peft_model.save_pretrained(folder / "adapter")
         save_token(folder / "token.safetensors", torch.randn(1, meta_row.hidden_size, generator=gen) * 1e-3)
-        manifest = Manifest(name=f"lora-{i}", license="CC0-1.0", provider="bench", expert=ModelRef(kind="peft", path="adapter"), meta=info,
-                            token=TokenInfo(sha256=sha256_file(folder / "token.safetensors"), shape=(1, meta_row.hidden_size)))
-        registry.add_expert(write_bundle(folder / "bundle", manifest,
-                                         {"token.safetensors": folder / "token.safetensors", "adapter": folder / "adapter"}))
+        manifest = Manifest(
+            name=f"lora-{i}",
+            license="CC0-1.0",
+            provider="bench",
+            expert=ModelRef(kind="peft", path="adapter"),
+            meta=info,
+            token=TokenInfo(sha256=sha256_file(folder / "token.safetensors"), shape=(1, meta_row.hidden_size)),
+        )
+        registry.add_expert(
+            write_bundle(
+                folder / "bundle",
+                manifest,
+                {"token.safetensors": folder / "token.safetensors", "adapter": folder / "adapter"},
+            )
+        )
 
 
 def child(args) -> None:
@@ -162,13 +201,17 @@ def child(args) -> None:
             answers += 1
     hub.chat(QUESTION, max_new_tokens=args.new_tokens, ignore_eos=True)  # routed (a plugin expert may take it)
     answers += 1
-    print(json.dumps({
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
-        "rss_end_mb": _rss_now_mb(),
-        "answers": answers,
-        "seconds": time.perf_counter() - t0,
-        "experts_loaded": len(hub.pool.loaded),
-    }))
+    print(
+        json.dumps(
+            {
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+                "rss_end_mb": _rss_now_mb(),
+                "answers": answers,
+                "seconds": time.perf_counter() - t0,
+                "experts_loaded": len(hub.pool.loaded),
+            }
+        )
+    )
 
 
 def _rss_now_mb() -> float:

@@ -63,7 +63,12 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     exe = shutil.which("etr-hub", path=str(Path(sys.executable).parent)) or "etr-hub"
     log = open(home.parent / "serve.log", "w")
-    server = subprocess.Popen([exe, "serve", "--port", str(port), "--max-queue", "64", "--log-level", "warning"], env=env, stdout=log, stderr=log)
+    server = subprocess.Popen(
+        [exe, "serve", "--port", str(port), "--max-queue", "64", "--log-level", "warning"],
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         from etr_hub.runtime import Hub
@@ -85,14 +90,19 @@ def main() -> None:
         client.chat.completions.create(**request)  # warm both paths
         hub.chat(QUESTION, max_new_tokens=n, ignore_eos=True)
 
-        print(f"meta model {hub.meta_name}, {len(hub.experts)} expert(s), {n} new tokens per request, {args.threads} thread(s)")
+        print(
+            f"meta model {hub.meta_name}, {len(hub.experts)} expert(s), {n} new tokens per request, {args.threads} thread(s)"
+        )
         print(f"{'clients':>8} {'requests':>9} {'seconds':>9} {'req/s':>8} {'tokens/s':>9}")
         for c in [int(x) for x in args.concurrency.split(",")]:
+
             def run(k: int) -> int:
                 cl = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
                 tokens = 0
                 for _ in range(k):
-                    for chunk in cl.chat.completions.create(**request, stream=True, stream_options={"include_usage": True}):
+                    for chunk in cl.chat.completions.create(
+                        **request, stream=True, stream_options={"include_usage": True}
+                    ):
                         if chunk.usage:
                             tokens += chunk.usage.completion_tokens
                 return tokens
@@ -117,7 +127,9 @@ def main() -> None:
                     assert hub.chat(QUESTION, max_new_tokens=n, ignore_eos=True).completion_tokens == n
                 times[which] = time.perf_counter() - start
             ratios.append(times["http"] / times["local"])
-        print(f"overhead ratio http / in-process (one request, {n} tokens, median of {args.reps}): {statistics.median(ratios):.3f}")
+        print(
+            f"overhead ratio http / in-process (one request, {n} tokens, median of {args.reps}): {statistics.median(ratios):.3f}"
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -93,14 +93,22 @@ def main() -> None:
     experts = [random_lora(meta.model, tmp / f"expert-{k}", seed=k) for k in range(2)]
 
     # 1) the first build pays for the meta pass (and caches its losses and routing states)
-    t_first, first = timed(lambda: build_query_set(reg, "astronomy", str(experts[0]), data, rule="labelled", label="astronomy", session=session))
+    t_first, first = timed(
+        lambda: build_query_set(
+            reg, "astronomy", str(experts[0]), data, rule="labelled", label="astronomy", session=session
+        )
+    )
 
     # 2) one expert forward pass over the dataset, no cache (the denominator of B) ...
     expert = load_causal_lm(ModelRef.parse(str(experts[1])), meta=meta)
     pairs = encode_pairs(expert.tokenizer, [r["query"] for r in rows], [r["response"] for r in rows])
     t_expert, _ = timed(lambda: score_pairs(expert.model, expert.tokenizer, pairs, batch_size=8))
     # ... side by side with the second build over the same dataset, another expert (the numerator)
-    t_second, _ = timed(lambda: build_query_set(reg, "prehistory", str(experts[1]), data, rule="labelled", label="prehistory", session=session))
+    t_second, _ = timed(
+        lambda: build_query_set(
+            reg, "prehistory", str(experts[1]), data, rule="labelled", label="prehistory", session=session
+        )
+    )
 
     # 3) one meta forward pass over the query set, no cache (the denominator of A) ...
     queries = [first.dataset.rows[i]["query"] for i in first.selected]
@@ -110,14 +118,18 @@ def main() -> None:
     train_token(reg, "prehistory", session=session)
     t_train, result = timed(lambda: train_token(reg, "astronomy", session=session))
 
-    print(f"rows {len(rows)}; query set {len(queries)} queries (+{result.n_negatives} negatives); "
-          f"token: {result.outcome.epochs} epochs, {result.outcome.steps} steps, {result.outcome.stopped}")
+    print(
+        f"rows {len(rows)}; query set {len(queries)} queries (+{result.n_negatives} negatives); "
+        f"token: {result.outcome.epochs} epochs, {result.outcome.steps} steps, {result.outcome.stopped}"
+    )
     print(f"first query-set build (meta + expert pass)          {t_first:7.2f} s")
     print(f"one expert forward pass over the dataset            {t_expert:7.2f} s")
     print(f"second query-set build (meta losses cached)         {t_second:7.2f} s")
     print(f"one meta forward pass over the query set            {t_meta_qs:7.2f} s")
     print(f"train-token after model load                        {t_train:7.2f} s")
-    print(f"ratio A train-token / meta pass over query set      {t_train / t_meta_qs:7.3f}   (target <= 1.2; official ETR code >= 5)")
+    print(
+        f"ratio A train-token / meta pass over query set      {t_train / t_meta_qs:7.3f}   (target <= 1.2; official ETR code >= 5)"
+    )
     print(f"ratio B second build / one expert pass              {t_second / t_expert:7.3f}   (target <= 1.1)")
 
 

@@ -35,7 +35,9 @@ TEXT = "Explain in a few paragraphs how the planets of the solar system formed."
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--experts", type=int, default=6, help="LoRA experts registered (they load lazily, so they should cost little)")
+    parser.add_argument(
+        "--experts", type=int, default=6, help="LoRA experts registered (they load lazily, so they should cost little)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -86,26 +88,36 @@ def parent(source: Path, work: Path, args) -> None:
             start = time.perf_counter()
             subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
             phases.setdefault("interpreter start", []).append(time.perf_counter() - start)
-            out = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True, text=True, check=False)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child"], env=env, capture_output=True, text=True, check=False
+            )
             if out.returncode != 0:
                 raise SystemExit(f"breakdown failed:\n{out.stderr[-2000:]}")
             for name, seconds in json.loads(out.stdout.strip().splitlines()[-1]).items():
                 phases.setdefault(name, []).append(seconds)
 
-    print(f"meta model {registry.require_meta().display}, {args.experts} LoRA experts registered, {args.reps} fresh processes each")
+    print(
+        f"meta model {registry.require_meta().display}, {args.experts} LoRA experts registered, {args.reps} fresh processes each"
+    )
     print("breakdown (medians):")
     for name, values in phases.items():
         print(f"  {name:<38} {statistics.median(values):5.2f} s")
     print(f"`etr-hub chat --once` exit (8 new tokens): median {statistics.median(total):.2f} s")
-    print(f"time to first streamed token, `etr-hub chat --once TEXT`: median {statistics.median(first):.2f} s "
-          f"(min {min(first):.2f} s, max {max(first):.2f} s, {args.reps} runs)")
+    print(
+        f"time to first streamed token, `etr-hub chat --once TEXT`: median {statistics.median(first):.2f} s "
+        f"(min {min(first):.2f} s, max {max(first):.2f} s, {args.reps} runs)"
+    )
 
 
 def time_cli(script: str, env: dict) -> tuple[float, float]:
     """(seconds to the first stdout byte, seconds to exit) of one `etr-hub chat --once` process."""
     start = time.perf_counter()
-    proc = subprocess.Popen([script, "chat", "--once", TEXT, "--max-new-tokens", "8"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [script, "chat", "--once", TEXT, "--max-new-tokens", "8"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout is not None
     byte = proc.stdout.read(1)
     first = time.perf_counter() - start

@@ -47,7 +47,7 @@ class LossCache:
     def _path(self, model_key: str, dataset_sha: str) -> Path:
         return self.root / model_key[:32] / f"{dataset_sha}.safetensors"
 
-    def get(self, model_key: str, dataset_sha: str) -> "torch.Tensor | None":
+    def get(self, model_key: str, dataset_sha: str) -> torch.Tensor | None:
         path = self._path(model_key, dataset_sha)
         if not path.is_file():
             return None
@@ -55,7 +55,7 @@ class LossCache:
 
         return load_file(path)["loss"]
 
-    def put(self, model_key: str, dataset_sha: str, loss: "torch.Tensor") -> None:
+    def put(self, model_key: str, dataset_sha: str, loss: torch.Tensor) -> None:
         save_atomic({"loss": loss.float().cpu()}, self._path(model_key, dataset_sha))
 
 
@@ -75,7 +75,7 @@ class StateCache:
             index.update({k: (shard, i) for i, k in enumerate(keys)})
         return index
 
-    def get(self, keys: list[str]) -> tuple["torch.Tensor | None", "torch.Tensor | None", list[int]]:
+    def get(self, keys: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[int]]:
         """(hidden (N, C), lse (N,), indices of keys not cached); rows of missing keys are zero."""
         import torch
         from safetensors.torch import load_file
@@ -93,21 +93,25 @@ class StateCache:
                 hidden[i], lse[i] = shards[path]["hidden"][row], shards[path]["lse"][row]
         return hidden, lse, missing
 
-    def put_mean_row(self, w_v: "torch.Tensor") -> None:
+    def put_mean_row(self, w_v: torch.Tensor) -> None:
         """Cache the mean output-embedding row: the expert-token initialisation."""
         from etr_hub.routing import expert_token_init
 
         if not (self.dir / "mean_row.st").exists():
             save_atomic({"mean_row": expert_token_init(w_v)}, self.dir / "mean_row.st")
 
-    def get_mean_row(self) -> "torch.Tensor | None":
+    def get_mean_row(self) -> torch.Tensor | None:
         from safetensors.torch import load_file
 
         path = self.dir / "mean_row.st"
         return load_file(path)["mean_row"] if path.is_file() else None
 
-    def put(self, keys: list[str], hidden: "torch.Tensor", lse: "torch.Tensor") -> None:
+    def put(self, keys: list[str], hidden: torch.Tensor, lse: torch.Tensor) -> None:
         if not keys:
             return
         shard = hashlib.sha256("".join(keys).encode()).hexdigest()[:24]
-        save_atomic({"hidden": hidden.float().cpu(), "lse": lse.float().cpu()}, self.dir / f"{shard}.safetensors", {"query_keys": json.dumps(keys)})
+        save_atomic(
+            {"hidden": hidden.float().cpu(), "lse": lse.float().cpu()},
+            self.dir / f"{shard}.safetensors",
+            {"query_keys": json.dumps(keys)},
+        )

@@ -19,8 +19,10 @@ def iter_jsonl(path: str | Path, label: str | None = None) -> Iterator[tuple[int
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{label}:{lineno} is not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})",
-                                "save the file as UTF-8") from None
+                raise DataError(
+                    f"{label}:{lineno} is not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})",
+                    "save the file as UTF-8",
+                ) from None
             if lineno == 1:
                 line = line.removeprefix("\ufeff")  # a byte-order mark some editors write
             if not line.strip():
@@ -28,15 +30,19 @@ def iter_jsonl(path: str | Path, label: str | None = None) -> Iterator[tuple[int
             try:
                 value = json.loads(line)
             except RecursionError:
-                raise DataError(f"{label}:{lineno} nests JSON too deeply to read", "write one flat JSON object of strings per line") from None
+                raise DataError(
+                    f"{label}:{lineno} nests JSON too deeply to read", "write one flat JSON object of strings per line"
+                ) from None
             except ValueError as e:  # JSONDecodeError, or an integer too long to convert
                 raise DataError(f"{label}:{lineno} is not JSON ({e})", "write one JSON object per line") from None
             if isinstance(value, dict):
                 for key, v in value.items():
                     bad = next((s for s in (key, v) if isinstance(s, str) and not is_unicode(s)), None)
                     if bad is not None:  # it would break every tokenizer (and the terminal) later
-                        raise DataError(f"{label}:{lineno} field {key!r} holds an unpaired surrogate escape (\\u{_surrogate(bad):04x})",
-                                        "write the text as UTF-8 (escapes like \\ud83d must come in pairs)")
+                        raise DataError(
+                            f"{label}:{lineno} field {key!r} holds an unpaired surrogate escape (\\u{_surrogate(bad):04x})",
+                            "write the text as UTF-8 (escapes like \\ud83d must come in pairs)",
+                        )
             yield lineno, value
 
 

@@ -48,11 +48,7 @@ def sha256_bytes(data: bytes) -> str:
 
 def tree_listing(root: Path) -> dict[str, str]:
     """{relative posix path: sha256} of every regular file below `root`."""
-    return {
-        p.relative_to(root).as_posix(): sha256_file(p)
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def tree_sha256(listing: dict[str, str]) -> str:
@@ -124,8 +120,14 @@ class Store:
                         if not dry_run:
                             _remove(entry)
                             _remove(entry.with_name(entry.name + LOCK))
-                    elif entry.name.startswith(TMP) and entry.name.endswith(LOCK) and not entry.with_name(entry.name[: -len(LOCK)]).exists():
-                        if not dry_run and _older_than(entry, 60) and _unlocked(entry):  # a lock whose temporary is gone
+                    elif (
+                        entry.name.startswith(TMP)
+                        and entry.name.endswith(LOCK)
+                        and not entry.with_name(entry.name[: -len(LOCK)]).exists()
+                    ):
+                        if (
+                            not dry_run and _older_than(entry, 60) and _unlocked(entry)
+                        ):  # a lock whose temporary is gone
                             _remove(entry)
         except OSError:  # a read-only or vanished store: nothing to sweep here
             pass
@@ -136,8 +138,14 @@ class Store:
         temporaries. Call under `lock(exclusive=True)`, with `live` read under it."""
         report = GcReport(temporaries=self.swept + self.sweep(dry_run=dry_run), dry_run=dry_run)
         self.swept = []
-        candidates = sorted(p for p in (self.root / "sha256").glob("??/*") if p.is_file()) if (self.root / "sha256").is_dir() else []
-        candidates += sorted(p for p in (self.root / "trees").iterdir() if p.is_dir()) if (self.root / "trees").is_dir() else []
+        candidates = (
+            sorted(p for p in (self.root / "sha256").glob("??/*") if p.is_file())
+            if (self.root / "sha256").is_dir()
+            else []
+        )
+        candidates += (
+            sorted(p for p in (self.root / "trees").iterdir() if p.is_dir()) if (self.root / "trees").is_dir() else []
+        )
         for path in candidates:
             rel = path.relative_to(self.root).as_posix()
             if path.name.startswith(TMP) or rel in live:

@@ -54,15 +54,30 @@ def registry(hub_home):
 @pytest.fixture
 def fake_meta(registry):
     """A registered meta model (hidden 16) without loading any weights."""
-    return registry.register_meta(reference={"kind": "local", "path": "/nonexistent/tiny"}, display="tiny-test-meta", fingerprint=FAKE_FP, hidden_size=HIDDEN, vocab_size=100)
+    return registry.register_meta(
+        reference={"kind": "local", "path": "/nonexistent/tiny"},
+        display="tiny-test-meta",
+        fingerprint=FAKE_FP,
+        hidden_size=HIDDEN,
+        vocab_size=100,
+    )
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
     (root / "expert.json").write_text(json.dumps(manifest, indent=2))
 
 
-def make_bundle(root: Path, name: str = "astronomy", *, hidden: int = HIDDEN, fingerprint: str = FAKE_FP, seed: int = 0,
-                query_set: bool = True, adapter: bool = False, version: str = "0.1.0") -> Path:
+def make_bundle(
+    root: Path,
+    name: str = "astronomy",
+    *,
+    hidden: int = HIDDEN,
+    fingerprint: str = FAKE_FP,
+    seed: int = 0,
+    query_set: bool = True,
+    adapter: bool = False,
+    version: str = "0.1.0",
+) -> Path:
     """A complete, valid bundle with tiny random tensors."""
     import torch
     from safetensors.torch import save_file
@@ -73,17 +88,33 @@ def make_bundle(root: Path, name: str = "astronomy", *, hidden: int = HIDDEN, fi
     g = torch.Generator().manual_seed(seed)
     save_file({"expert_token": torch.randn(1, hidden, generator=g)}, str(root / "token.safetensors"))
     manifest = {
-        "schema_version": 1, "name": name, "version": version, "description": f"{name} expert", "license": "Apache-2.0",
-        "provider": "tests", "label": name,
+        "schema_version": 1,
+        "name": name,
+        "version": version,
+        "description": f"{name} expert",
+        "license": "Apache-2.0",
+        "provider": "tests",
+        "label": name,
         "expert": {"kind": "peft", "path": "adapter"} if adapter else {"kind": "local", "path": "/models/expert"},
         "meta": {"reference": "tiny-test-meta", "hidden_size": hidden, "vocab_size": 100, "fingerprint": fingerprint},
-        "token": {"file": "token.safetensors", "sha256": sha256_file(root / "token.safetensors"), "shape": [1, hidden], "dtype": "float32"},
+        "token": {
+            "file": "token.safetensors",
+            "sha256": sha256_file(root / "token.safetensors"),
+            "shape": [1, hidden],
+            "dtype": "float32",
+        },
     }
     if query_set:
         rng = random.Random(seed)
         rows = [{"query": f"question {rng.random():.6f} about {name}", "response": "answer"} for _ in range(5)]
         (root / "query_set.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        manifest["query_set"] = {"file": "query_set.jsonl", "sha256": sha256_file(root / "query_set.jsonl"), "size": 5, "tau": 0.5, "seed": seed}
+        manifest["query_set"] = {
+            "file": "query_set.jsonl",
+            "sha256": sha256_file(root / "query_set.jsonl"),
+            "size": 5,
+            "tau": 0.5,
+            "seed": seed,
+        }
     if adapter:
         (root / "adapter").mkdir()
         (root / "adapter" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2}))
@@ -110,8 +141,17 @@ def etr_hub_cmd() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "etr_hub.cli.main"]
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*etr_hub_cmd(), *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout, input=input)
+def run_cli(
+    *args: str, env: dict | None = None, timeout: float = 120, input: str | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*etr_hub_cmd(), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        input=input,
+    )
 
 
 def invoke(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
@@ -150,7 +190,13 @@ def world(tmp_path_factory) -> dict[str, Path]:
     # the pool mixes domains; the second half of each domain is held out from the experts' training
     data = write_jsonl(root / "pool.jsonl", astro[20:] + law[20:] + cooking[20:])
     held_out = {d: domain_rows(d, 10, seed=7) for d in experts}
-    return {"root": root, "meta": meta, "data": data, "held_out": held_out, **{f"expert:{k}": v for k, v in experts.items()}}
+    return {
+        "root": root,
+        "meta": meta,
+        "data": data,
+        "held_out": held_out,
+        **{f"expert:{k}": v for k, v in experts.items()},
+    }
 
 
 def init_world(world) -> None:

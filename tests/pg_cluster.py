@@ -74,8 +74,16 @@ class Cluster:
     def _run(self, *args: str, timeout: float = 60) -> None:
         # Output to a file, not a pipe: the postmaster inherits it and would hold a pipe open.
         with tempfile.TemporaryFile("w+") as out:
-            res = subprocess.run([str(a) for a in args], stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=timeout,
-                                 user=self.run_as, cwd=self.root, env={**os.environ, "LC_ALL": "C", "LANG": "C"})
+            res = subprocess.run(
+                [str(a) for a in args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                timeout=timeout,
+                user=self.run_as,
+                cwd=self.root,
+                env={**os.environ, "LC_ALL": "C", "LANG": "C"},
+            )
             out.seek(0)
             said = out.read().strip()
         if res.returncode != 0:
@@ -86,7 +94,18 @@ class Cluster:
         self.sockets.mkdir()
         if self.run_as:
             shutil.chown(self.sockets, user=self.run_as)
-        self._run(self.bin / "initdb", "-D", self.data, "-U", SUPERUSER, "--auth=trust", "--no-sync", "-E", "UTF8", "--no-instructions")
+        self._run(
+            self.bin / "initdb",
+            "-D",
+            self.data,
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        )
         return self
 
     @property
@@ -101,7 +120,21 @@ class Cluster:
         self._run(self.bin / "pg_ctl", "stop", "-w", "-t", "30", "-m", mode, "-D", self.data)
 
     def restart(self, mode: str = "fast") -> None:
-        self._run(self.bin / "pg_ctl", "restart", "-w", "-t", "30", "-m", mode, "-D", self.data, "-l", self.log, "-o", self._options)
+        self._run(
+            self.bin / "pg_ctl",
+            "restart",
+            "-w",
+            "-t",
+            "30",
+            "-m",
+            mode,
+            "-D",
+            self.data,
+            "-l",
+            self.log,
+            "-o",
+            self._options,
+        )
 
     def destroy(self) -> None:
         try:
@@ -133,7 +166,14 @@ def _conninfo(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     u = make_url(url)
-    parts = {"host": u.host, "port": u.port, "user": u.username, "password": u.password, "dbname": u.database, **u.query}
+    parts = {
+        "host": u.host,
+        "port": u.port,
+        "user": u.username,
+        "password": u.password,
+        "dbname": u.database,
+        **u.query,
+    }
     return " ".join(f"{k}={v}" for k, v in parts.items() if v not in (None, ""))
 
 
@@ -169,7 +209,7 @@ def main(argv: list[str]) -> int:
             return 1
         return 0
     if argv[:1] == ["run"] and "--" in argv:
-        cmd = argv[argv.index("--") + 1:]
+        cmd = argv[argv.index("--") + 1 :]
         cluster = start_cluster()
         print(f"throwaway PostgreSQL on 127.0.0.1:{cluster.port} ({cluster.root})", file=sys.stderr)
         try:

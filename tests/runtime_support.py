@@ -38,8 +38,18 @@ def lively_llama(path: Path, seed: int = 0, chat_template: bool = True) -> Path:
     return path
 
 
-def add_expert(registry, name: str, row: torch.Tensor, expert: ModelRef, *, fingerprint: str, hidden: int,
-               adapter: Path | None = None, vocab: int = 272, allow_env: tuple[str, ...] = ()):
+def add_expert(
+    registry,
+    name: str,
+    row: torch.Tensor,
+    expert: ModelRef,
+    *,
+    fingerprint: str,
+    hidden: int,
+    adapter: Path | None = None,
+    vocab: int = 272,
+    allow_env: tuple[str, ...] = (),
+):
     """Write a bundle whose token is `row` (1, hidden) and register it (`allow_env`: as --allow-env)."""
     with tempfile.TemporaryDirectory() as tmp:
         token = Path(tmp) / "token.safetensors"
@@ -49,7 +59,11 @@ def add_expert(registry, name: str, row: torch.Tensor, expert: ModelRef, *, fing
             files["adapter"] = adapter
             expert = ModelRef(kind="peft", path="adapter")
         manifest = Manifest(
-            name=name, license="Apache-2.0", provider="tests", label=name, expert=expert,
+            name=name,
+            license="Apache-2.0",
+            provider="tests",
+            label=name,
+            expert=expert,
             meta=MetaInfo(reference="tiny", hidden_size=hidden, vocab_size=vocab, fingerprint=fingerprint),
             token=TokenInfo(sha256=sha256_file(token), shape=(1, hidden)),
         )
@@ -110,7 +124,11 @@ class CompletionsServer:
                 if not self._authorized():
                     return
                 if self.path.rstrip("/") == "/v1/models":
-                    self._send(200, "application/json", json.dumps({"object": "list", "data": [{"id": "tiny-remote"}]}).encode())
+                    self._send(
+                        200,
+                        "application/json",
+                        json.dumps({"object": "list", "data": [{"id": "tiny-remote"}]}).encode(),
+                    )
                 else:
                     self._send(404, "application/json", b"{}")
 
@@ -123,11 +141,23 @@ class CompletionsServer:
                 words = [w + " " for w in server.reply.split(" ")]
                 words[-1] = words[-1][:-1]
                 if body.get("stream"):
-                    events = b"".join(b"data: " + json.dumps({"choices": [{"text": w, "index": 0, "finish_reason": None}]}).encode() + b"\n\n" for w in words)
-                    events += b"data: " + json.dumps({"choices": [{"text": "", "index": 0, "finish_reason": "stop"}]}).encode() + b"\n\ndata: [DONE]\n\n"
+                    events = b"".join(
+                        b"data: "
+                        + json.dumps({"choices": [{"text": w, "index": 0, "finish_reason": None}]}).encode()
+                        + b"\n\n"
+                        for w in words
+                    )
+                    events += (
+                        b"data: "
+                        + json.dumps({"choices": [{"text": "", "index": 0, "finish_reason": "stop"}]}).encode()
+                        + b"\n\ndata: [DONE]\n\n"
+                    )
                     self._send(200, "text/event-stream", events)
                 else:
-                    payload = {"choices": [{"text": server.reply, "index": 0, "finish_reason": "stop"}], "usage": {"completion_tokens": len(words)}}
+                    payload = {
+                        "choices": [{"text": server.reply, "index": 0, "finish_reason": "stop"}],
+                        "usage": {"completion_tokens": len(words)},
+                    }
                     self._send(200, "application/json", json.dumps(payload).encode())
 
             def _send(self, code, ctype, data):

@@ -73,13 +73,31 @@ def make_world(root: Path, *, meta_seed: int = 0, experts: dict[str, dict] | Non
         for k, (name, ref) in enumerate((experts or {}).items()):
             bundle = root / "bundles" / name
             bundle.mkdir(parents=True)
-            token = (h / h.norm() * (10.0 - k)).reshape(1, -1).contiguous()  # (1, C): wins at ROUTE_PROMPT, within the row-norm limit
+            token = (
+                (h / h.norm() * (10.0 - k)).reshape(1, -1).contiguous()
+            )  # (1, C): wins at ROUTE_PROMPT, within the row-norm limit
             save_file({"expert_token": token}, str(bundle / "token.safetensors"))
             manifest = {
-                "schema_version": 1, "name": name, "version": "0.1.0", "description": f"{name} test expert",
-                "license": "Apache-2.0", "provider": "tests", "label": name, "expert": ref,
-                "meta": {"reference": row.display, "hidden_size": row.hidden_size, "vocab_size": row.vocab_size, "fingerprint": row.fingerprint},
-                "token": {"file": "token.safetensors", "sha256": sha256_file(bundle / "token.safetensors"), "shape": [1, row.hidden_size], "dtype": "float32"},
+                "schema_version": 1,
+                "name": name,
+                "version": "0.1.0",
+                "description": f"{name} test expert",
+                "license": "Apache-2.0",
+                "provider": "tests",
+                "label": name,
+                "expert": ref,
+                "meta": {
+                    "reference": row.display,
+                    "hidden_size": row.hidden_size,
+                    "vocab_size": row.vocab_size,
+                    "fingerprint": row.fingerprint,
+                },
+                "token": {
+                    "file": "token.safetensors",
+                    "sha256": sha256_file(bundle / "token.safetensors"),
+                    "shape": [1, row.hidden_size],
+                    "dtype": "float32",
+                },
             }
             (bundle / "expert.json").write_text(json.dumps(manifest, indent=2))
             reg.add_expert(bundle)
@@ -89,15 +107,22 @@ def make_world(root: Path, *, meta_seed: int = 0, experts: dict[str, dict] | Non
 class Server:
     """`etr-hub serve` in a subprocess on 127.0.0.1."""
 
-    def __init__(self, home: Path, *args: str, port: int | None = None, env: dict | None = None, log: Path | None = None):
+    def __init__(
+        self, home: Path, *args: str, port: int | None = None, env: dict | None = None, log: Path | None = None
+    ):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log or home.parent / f"serve-{self.port}.log"
         full_env = {**os.environ, "ETR_HUB_HOME": str(home), "OMP_NUM_THREADS": "1", **(env or {})}
         full_env.pop("ETR_HUB_DATABASE_URL", None)
         self._out = open(self.log, "w")
-        self.proc = subprocess.Popen([*etr_hub_cmd(), "serve", "--port", str(self.port), *args], env=full_env,
-                                     stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [*etr_hub_cmd(), "serve", "--port", str(self.port), *args],
+            env=full_env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
 
     def wait_ready(self, timeout: float = 90) -> Server:
         import httpx
@@ -146,4 +171,6 @@ with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers={"Aut
 
 def streaming_client(url: str, body: dict, key: str = "") -> subprocess.Popen:
     """A separate process that streams one chat answer and prints 'got' per content chunk."""
-    return subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, url, key, json.dumps(body)], stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CLIENT_SCRIPT, url, key, json.dumps(body)], stdout=subprocess.PIPE, text=True
+    )

@@ -56,14 +56,33 @@ def test_extraction_rule(kind, reply, gold, counts):
     assert is_correct(reply, gold, kind) is counts
 
 
-@pytest.mark.parametrize("answer,kind", [("-1234", "integer"), ("-3, 5, 12", "integer_list"), ("MCMXC", "roman"), ("2F", "hex"),
-                                         ("101101", "integer"), ("7", "integer")])
+@pytest.mark.parametrize(
+    "answer,kind",
+    [
+        ("-1234", "integer"),
+        ("-3, 5, 12", "integer_list"),
+        ("MCMXC", "roman"),
+        ("2F", "hex"),
+        ("101101", "integer"),
+        ("7", "integer"),
+    ],
+)
 def test_kind_is_inferred_from_the_gold_answer(answer, kind):
     assert infer_kind(answer) == kind
 
 
-@pytest.mark.parametrize("answer,kind", [("", "integer"), ("12.5", "integer"), ("3,5", "integer_list"), ("IIII", "roman"),
-                                         ("2f", "hex"), ("0b101", "binary"), ("12", "words")])
+@pytest.mark.parametrize(
+    "answer,kind",
+    [
+        ("", "integer"),
+        ("12.5", "integer"),
+        ("3,5", "integer_list"),
+        ("IIII", "roman"),
+        ("2f", "hex"),
+        ("0b101", "binary"),
+        ("12", "words"),
+    ],
+)
 def test_invalid_gold_answers_are_refused(answer, kind):
     with pytest.raises(ValueError):
         gold_value(answer, kind)

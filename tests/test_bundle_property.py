@@ -47,17 +47,39 @@ def deep(depth: int, kind: str) -> str:
 
 
 odd_text = st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=30)  # NUL, controls, surrogates
-numbers = st.one_of(st.integers(min_value=-(10**80), max_value=10**80), st.floats(allow_nan=True, allow_infinity=True),
-                    st.sampled_from([2**31 - 1, 2**31, 2**63, -(2**63) - 1, 1e308, 5e-324]))
+numbers = st.one_of(
+    st.integers(min_value=-(10**80), max_value=10**80),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([2**31 - 1, 2**31, 2**63, -(2**63) - 1, 1e308, 5e-324]),
+)
 json_values = st.recursive(
     st.none() | st.booleans() | numbers | odd_text,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(odd_text, children, max_size=4),
     max_leaves=12,
 )
-PATHS = [("name",), ("version",), ("label",), ("description",), ("license",), ("expert",), ("expert", "path"), ("expert", "base"),
-         ("meta", "hidden_size"), ("meta", "fingerprint"), ("token", "shape"), ("token", "file"), ("token", "dtype"),
-         ("query_set", "size"), ("query_set", "tau"), ("query_set", "file"), ("query_set", "loss_gap"), ("model_card",),
-         ("training",), ("created_at",), ("schema_version",)]
+PATHS = [
+    ("name",),
+    ("version",),
+    ("label",),
+    ("description",),
+    ("license",),
+    ("expert",),
+    ("expert", "path"),
+    ("expert", "base"),
+    ("meta", "hidden_size"),
+    ("meta", "fingerprint"),
+    ("token", "shape"),
+    ("token", "file"),
+    ("token", "dtype"),
+    ("query_set", "size"),
+    ("query_set", "tau"),
+    ("query_set", "file"),
+    ("query_set", "loss_gap"),
+    ("model_card",),
+    ("training",),
+    ("created_at",),
+    ("schema_version",),
+]
 
 
 def manifest() -> dict:
@@ -75,7 +97,11 @@ def with_value(path: tuple[str, ...], value) -> dict:
     return m
 
 
-@given(path=st.sampled_from(PATHS), value=json_values, corrupt=st.one_of(st.none(), st.tuples(st.integers(0, 10**6), st.binary(min_size=1, max_size=3))))
+@given(
+    path=st.sampled_from(PATHS),
+    value=json_values,
+    corrupt=st.one_of(st.none(), st.tuples(st.integers(0, 10**6), st.binary(min_size=1, max_size=3))),
+)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_generated_manifest_values(path, value, corrupt):
     text = json.dumps(with_value(path, value), ensure_ascii=bool(corrupt is None))  # NaN/Infinity literals included
@@ -87,7 +113,11 @@ def test_generated_manifest_values(path, value, corrupt):
     check({"expert.json": data})
 
 
-@given(depth=st.integers(1, 120_000), kind=st.sampled_from(["list", "dict"]), where=st.sampled_from(["description", "expert", "whole"]))
+@given(
+    depth=st.integers(1, 120_000),
+    kind=st.sampled_from(["list", "dict"]),
+    where=st.sampled_from(["description", "expert", "whole"]),
+)
 @settings(max_examples=40, deadline=None)
 def test_deeply_nested_manifests(depth, kind, where):
     nested = deep(depth, kind)
@@ -99,8 +129,12 @@ def test_deeply_nested_manifests(depth, kind, where):
     check({"expert.json": data.encode()})
 
 
-@given(digits=st.integers(1, 20_000), where=st.sampled_from(["query_set.size", "meta.hidden_size", "query_set.tau", "token.shape"]),
-       sign=st.sampled_from(["", "-"]), exp=st.sampled_from(["", "e999", "e-999", ".5"]))
+@given(
+    digits=st.integers(1, 20_000),
+    where=st.sampled_from(["query_set.size", "meta.hidden_size", "query_set.tau", "token.shape"]),
+    sign=st.sampled_from(["", "-"]),
+    exp=st.sampled_from(["", "e999", "e-999", ".5"]),
+)
 @settings(max_examples=60, deadline=None)
 def test_huge_numbers(digits, where, sign, exp):
     outer, inner = where.split(".")
@@ -108,9 +142,14 @@ def test_huge_numbers(digits, where, sign, exp):
     check({"expert.json": text.encode()})
 
 
-@given(name=st.sampled_from(["adapter/adapter_config.json", "adapter/tokenizer_config.json", "adapter/config.json"]),
-       payload=st.one_of(json_values.map(lambda v: json.dumps(v).encode()), st.binary(max_size=200),
-                         st.builds(deep, st.integers(1, 100_000), st.sampled_from(["list", "dict"])).map(str.encode)))
+@given(
+    name=st.sampled_from(["adapter/adapter_config.json", "adapter/tokenizer_config.json", "adapter/config.json"]),
+    payload=st.one_of(
+        json_values.map(lambda v: json.dumps(v).encode()),
+        st.binary(max_size=200),
+        st.builds(deep, st.integers(1, 100_000), st.sampled_from(["list", "dict"])).map(str.encode),
+    ),
+)
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_generated_adapter_configs(name, payload):
     check({name: payload})

@@ -22,7 +22,9 @@ ETR_HUB = Path(__file__).resolve().parents[1] / "etr_hub"
 
 def store_files(home: Path) -> list[str]:
     store = home / "store"
-    return sorted(p.relative_to(store).as_posix() for p in store.rglob("*") if p.name != ".lock") if store.exists() else []
+    return (
+        sorted(p.relative_to(store).as_posix() for p in store.rglob("*") if p.name != ".lock") if store.exists() else []
+    )
 
 
 def list_json() -> list[dict]:
@@ -55,6 +57,7 @@ def _edit(**changes):
                 node = node[p]
             node[last] = value
         write_manifest(root, m)
+
     return mutate
 
 
@@ -63,6 +66,7 @@ def _write(rel: str, data: bytes | str):
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data.encode() if isinstance(data, str) else data)
+
     return mutate
 
 
@@ -82,6 +86,7 @@ def _query_set(root: Path, data: bytes | str) -> None:
 def _symlink(rel: str, target: str):
     def mutate(root: Path) -> None:
         os.symlink(target, root / rel)
+
     return mutate
 
 
@@ -89,6 +94,7 @@ def _manifest_text_replace(old: str, new: str):
     def mutate(root: Path) -> None:
         path = root / "expert.json"
         path.write_text(path.read_text().replace(old, new, 1))
+
     return mutate
 
 
@@ -103,32 +109,84 @@ REFUSED = [
     ("pyc", _write("adapter/__pycache__/evil.cpython-311.pyc", b"\x00" * 16), ["evil.cpython-311.pyc' is code"]),
     ("shared-object", _write("adapter/libevil.so", b"\x7fELF" + b"\x00" * 60), ["'adapter/libevil.so' is code"]),
     ("shell-script", _write("install.sh", "#!/bin/sh\nrm -rf ~\n"), ["'install.sh' is code"]),
-    ("shebang-no-suffix", _write("adapter/helper", "#!/usr/bin/env python\nimport os\n"), ["'adapter/helper' is a script or an executable"]),
-    ("elf-no-suffix", _write("README", b"\x7fELF\x02\x01\x01" + b"\x00" * 57), ["'README' is a script or an executable"]),
-    ("auto-map-tokenizer", _write("adapter/tokenizer_config.json", AUTO_MAP), ["'adapter/tokenizer_config.json' has 'auto_map'"]),
-    ("auto-map-deep", _write("adapter/sub/dir/config.json", json.dumps({"a": [{"b": {"auto_map": {"AutoModel": "x.Y"}}}]})),
-     ["'adapter/sub/dir/config.json' has 'auto_map'"]),
-    ("trust-remote-code-tokenizer", _write("adapter/tokenizer_config.json", json.dumps({"trust_remote_code": True})), ["trust_remote_code"]),
+    (
+        "shebang-no-suffix",
+        _write("adapter/helper", "#!/usr/bin/env python\nimport os\n"),
+        ["'adapter/helper' is a script or an executable"],
+    ),
+    (
+        "elf-no-suffix",
+        _write("README", b"\x7fELF\x02\x01\x01" + b"\x00" * 57),
+        ["'README' is a script or an executable"],
+    ),
+    (
+        "auto-map-tokenizer",
+        _write("adapter/tokenizer_config.json", AUTO_MAP),
+        ["'adapter/tokenizer_config.json' has 'auto_map'"],
+    ),
+    (
+        "auto-map-deep",
+        _write("adapter/sub/dir/config.json", json.dumps({"a": [{"b": {"auto_map": {"AutoModel": "x.Y"}}}]})),
+        ["'adapter/sub/dir/config.json' has 'auto_map'"],
+    ),
+    (
+        "trust-remote-code-tokenizer",
+        _write("adapter/tokenizer_config.json", json.dumps({"trust_remote_code": True})),
+        ["trust_remote_code"],
+    ),
     # item 4: bundle paths and JSON that used to be an internal error
     ("symlink-loop", _symlink("loop", "loop"), ["'loop' is a broken symlink or a symlink loop"]),
-    ("symlink-loop-token", _symlink("tok.safetensors", "tok.safetensors"), ["'tok.safetensors' is a broken symlink or a symlink loop"]),
+    (
+        "symlink-loop-token",
+        _symlink("tok.safetensors", "tok.safetensors"),
+        ["'tok.safetensors' is a broken symlink or a symlink loop"],
+    ),
     ("symlinked-folder", _symlink("adapter/again", "."), ["'adapter/again' is a symlinked folder"]),
     ("fifo", lambda root: os.mkfifo(root / "adapter" / "pipe.json"), ["'adapter/pipe.json' is not a regular file"]),
     ("nul-in-token-path", _edit(token__file="token\x00.safetensors"), ["field 'token.file'"]),
     ("nul-in-model-card-path", _edit(model_card="README\x00.md"), ["field 'model_card'"]),
-    ("adapter-config-not-utf8", _write("adapter/adapter_config.json", b'{"peft_type": "LORA", "r": 2, "x": "\xff\xfe"}'),
-     ["'adapter/adapter_config.json' is not UTF-8"]),
-    ("adapter-config-malformed", _write("adapter/adapter_config.json", '{"peft_type": "LORA", "r": '),
-     ["'adapter/adapter_config.json' is not valid JSON"]),
-    ("adapter-config-not-object", _write("adapter/adapter_config.json", "[1, 2]"), ["'adapter/adapter_config.json' must hold a JSON object"]),
-    ("adapter-config-deep", _write("adapter/adapter_config.json", DEEP), ["'adapter/adapter_config.json' nests JSON too deeply"]),
-    ("tokenizer-config-deep", _write("adapter/tokenizer_config.json", DEEP), ["'adapter/tokenizer_config.json' nests JSON too deeply"]),
+    (
+        "adapter-config-not-utf8",
+        _write("adapter/adapter_config.json", b'{"peft_type": "LORA", "r": 2, "x": "\xff\xfe"}'),
+        ["'adapter/adapter_config.json' is not UTF-8"],
+    ),
+    (
+        "adapter-config-malformed",
+        _write("adapter/adapter_config.json", '{"peft_type": "LORA", "r": '),
+        ["'adapter/adapter_config.json' is not valid JSON"],
+    ),
+    (
+        "adapter-config-not-object",
+        _write("adapter/adapter_config.json", "[1, 2]"),
+        ["'adapter/adapter_config.json' must hold a JSON object"],
+    ),
+    (
+        "adapter-config-deep",
+        _write("adapter/adapter_config.json", DEEP),
+        ["'adapter/adapter_config.json' nests JSON too deeply"],
+    ),
+    (
+        "tokenizer-config-deep",
+        _write("adapter/tokenizer_config.json", DEEP),
+        ["'adapter/tokenizer_config.json' nests JSON too deeply"],
+    ),
     ("manifest-deep", _raw_manifest(DEEP), ["'expert.json' nests JSON too deeply"]),
-    ("manifest-deep-in-field", _manifest_text_replace('"description": "', '"description": ' + "[" * 50_000 + "]" * 50_000 + ', "x": "'),
-     ["'expert.json' nests JSON too deeply"]),
+    (
+        "manifest-deep-in-field",
+        _manifest_text_replace('"description": "', '"description": ' + "[" * 50_000 + "]" * 50_000 + ', "x": "'),
+        ["'expert.json' nests JSON too deeply"],
+    ),
     ("manifest-bytes-not-utf8", _write("expert.json", b'{"name": "caf\xe9"}'), ["'expert.json' is not UTF-8"]),
-    ("query-set-line-deep", lambda root: _query_set(root, DEEP + "\n"), ["query set query_set.jsonl:1 nests JSON too deeply"]),
-    ("query-set-not-utf8", lambda root: _query_set(root, b'{"query": "caf\xe9"}\n'), ["query set query_set.jsonl:1 is not UTF-8"]),
+    (
+        "query-set-line-deep",
+        lambda root: _query_set(root, DEEP + "\n"),
+        ["query set query_set.jsonl:1 nests JSON too deeply"],
+    ),
+    (
+        "query-set-not-utf8",
+        lambda root: _query_set(root, b'{"query": "caf\xe9"}\n'),
+        ["query set query_set.jsonl:1 is not UTF-8"],
+    ),
     # item 5: values PostgreSQL refuses (or JSON cannot carry) are refused by the schema everywhere
     ("label-129", _edit(label="x" * 129), ["field 'label'", "at most 128 characters"]),
     ("query-set-label-129", _edit(query_set__label="x" * 129), ["field 'query_set.label'"]),
@@ -137,10 +195,18 @@ REFUSED = [
     ("infinity-literal", _manifest_text_replace('"tau": 0.5', '"tau": -Infinity'), ["Infinity is not a JSON number"]),
     ("float-overflow", _manifest_text_replace('"tau": 0.5', '"tau": 1e999'), ["field 'query_set.tau'", "finite"]),
     ("int-over-int32", _edit(query_set__size=2**31), ["field 'query_set.size'"]),
-    ("int-4301-digits", _manifest_text_replace('"seed": 3', '"seed": ' + "9" * 4301), ["'expert.json' is not valid JSON"]),
+    (
+        "int-4301-digits",
+        _manifest_text_replace('"seed": 3', '"seed": ' + "9" * 4301),
+        ["'expert.json' is not valid JSON"],
+    ),
     ("nul-in-description", _edit(description="astro\x00nomy"), ["NUL character"]),
     ("lone-surrogate", _manifest_text_replace('"license": "Apache-2.0"', '"license": "\\ud800"'), ["field 'license'"]),
-    ("timeout-negative", _edit(expert={"kind": "openai", "url": "http://127.0.0.1:1/v1", "model": "m", "timeout_s": -1}), ["field 'expert.timeout_s'"]),
+    (
+        "timeout-negative",
+        _edit(expert={"kind": "openai", "url": "http://127.0.0.1:1/v1", "model": "m", "timeout_s": -1}),
+        ["field 'expert.timeout_s'"],
+    ),
 ]
 
 
@@ -221,7 +287,8 @@ def _plant_custom_tokenizer(adapter: Path, marker: Path) -> None:
     (adapter / "tokenizer_config.json").write_text(json.dumps(cfg))
     (adapter / "evil.py").write_text(
         f"open({str(marker)!r}, 'w').write('evil.py ran')\n"
-        "from transformers import PreTrainedTokenizerFast\n\nclass EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+        "from transformers import PreTrainedTokenizerFast\n\nclass EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
+    )
 
 
 def test_custom_code_in_an_adapter_is_refused_and_never_runs_even_when_stdin_says_yes(registry, tmp_path):
@@ -245,7 +312,15 @@ def test_custom_code_in_an_adapter_is_refused_and_never_runs_even_when_stdin_say
     adapter = make_tiny_lora(meta_path, tmp_path / "lora", seed=1)
 
     # 1) at validation: `etr-hub expert add` refuses the bundle
-    add_expert(registry, "astro", row, ModelRef(kind="peft", path="adapter"), fingerprint=meta_row.fingerprint, hidden=32, adapter=adapter)
+    add_expert(
+        registry,
+        "astro",
+        row,
+        ModelRef(kind="peft", path="adapter"),
+        fingerprint=meta_row.fingerprint,
+        hidden=32,
+        adapter=adapter,
+    )
     bundle = tmp_path / "evil-bundle"
     registry.export_expert("astro", bundle)
     _plant_custom_tokenizer(bundle / "adapter", marker)
@@ -267,7 +342,10 @@ def test_custom_code_in_an_adapter_is_refused_and_never_runs_even_when_stdin_say
     # 3) and without the .py file, auto_map alone still never prompts nor loads code
     (stored / "evil.py").unlink()
     (bundle / "adapter" / "evil.py").unlink()
-    assert_refused(run_cli("expert", "add", str(bundle), "--replace", input="y\n"), "'adapter/tokenizer_config.json' has 'auto_map'")
+    assert_refused(
+        run_cli("expert", "add", str(bundle), "--replace", input="y\n"),
+        "'adapter/tokenizer_config.json' has 'auto_map'",
+    )
     res = run_cli("chat", "--once", QUESTION[0]["content"], "--json", "--max-new-tokens", "6", input="y\n")
     assert res.returncode == 0 and "[y/N]" not in res.stdout + res.stderr and not marker.exists()
     assert json.loads(res.stdout)["route"][0]["fell_back"] is True
@@ -283,7 +361,10 @@ def test_show_json_is_strict_json_even_for_a_nan_already_in_the_registry(fake_me
     assert invoke("expert", "add", str(make_bundle(tmp_path / "b", "astronomy"))).returncode == 0
     with registry.session(write=True) as s:
         row = s.get(Expert, registry.get_expert("astronomy").id)
-        row.manifest = {**row.manifest, "query_set": {**row.manifest["query_set"], "tau": float("nan"), "purity": float("inf")}}
+        row.manifest = {
+            **row.manifest,
+            "query_set": {**row.manifest["query_set"], "tau": float("nan"), "purity": float("inf")},
+        }
         row.tau = float("nan")
 
     def strict(text: str):
@@ -297,7 +378,9 @@ def test_show_json_is_strict_json_even_for_a_nan_already_in_the_registry(fake_me
 
 # -- item 6: the largest bundle ---------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["flag", "env"])
-def test_a_bundle_over_the_size_limit_is_refused_before_anything_is_copied(fake_meta, tmp_path, hub_home, monkeypatch, how):
+def test_a_bundle_over_the_size_limit_is_refused_before_anything_is_copied(
+    fake_meta, tmp_path, hub_home, monkeypatch, how
+):
     bundle = make_bundle(tmp_path / "big", "astronomy", adapter=True)
     (bundle / "adapter" / "extra.safetensors").write_bytes(b"\x00" * (3 << 20))
     args = ["expert", "add", str(bundle)]
@@ -311,12 +394,15 @@ def test_a_bundle_over_the_size_limit_is_refused_before_anything_is_copied(fake_
     assert invoke("expert", "add", str(bundle)).returncode == 0
 
 
-@pytest.mark.parametrize("args,words", [
-    (["--max-bundle-mb", "0"], ["--max-bundle-mb must be a positive number"]),
-    (["--max-bundle-mb", "nan"], ["--max-bundle-mb must be a positive number"]),
-    (["--allow-env", "sk-live-123"], ["--allow-env 'sk-live-123' is not an environment variable name"]),
-    (["--allow-env", "ETR_HUB_API_KEY"], ["ETR_HUB_* variables are the hub's own secrets"]),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--max-bundle-mb", "0"], ["--max-bundle-mb must be a positive number"]),
+        (["--max-bundle-mb", "nan"], ["--max-bundle-mb must be a positive number"]),
+        (["--allow-env", "sk-live-123"], ["--allow-env 'sk-live-123' is not an environment variable name"]),
+        (["--allow-env", "ETR_HUB_API_KEY"], ["ETR_HUB_* variables are the hub's own secrets"]),
+    ],
+)
 def test_add_options_are_checked_before_anything_is_read(fake_meta, bundle_factory, hub_home, args, words):
     assert_refused(invoke("expert", "add", str(bundle_factory()), *args), *words)
     assert list_json() == [] and store_files(hub_home) == []

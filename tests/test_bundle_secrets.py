@@ -35,13 +35,21 @@ def tiny(tmp_path_factory):
     meta = load_causal_lm(ModelRef(kind="local", path=str(path)))
     prompt = routing_prompt_ids(meta.tokenizer, QUESTION)[0]
     row = row_winning_at(routing_states(meta.model, prompt)[len(prompt) - 1 :], 0)  # the expert wins at token 0
-    return SimpleNamespace(path=path, fp=meta_fingerprint(meta.model), row=row, max_norm=max_row_norm(output_embedding(meta.model)))
+    return SimpleNamespace(
+        path=path, fp=meta_fingerprint(meta.model), row=row, max_norm=max_row_norm(output_embedding(meta.model))
+    )
 
 
 @pytest.fixture
 def hub(tiny, registry):
-    registry.register_meta(reference={"kind": "local", "path": str(tiny.path)}, display="tiny-meta", fingerprint=tiny.fp,
-                           hidden_size=32, vocab_size=272, max_row_norm=tiny.max_norm)
+    registry.register_meta(
+        reference={"kind": "local", "path": str(tiny.path)},
+        display="tiny-meta",
+        fingerprint=tiny.fp,
+        hidden_size=32,
+        vocab_size=272,
+        max_row_norm=tiny.max_norm,
+    )
     return registry
 
 
@@ -53,10 +61,19 @@ def remote_bundle(root: Path, tiny, expert: dict) -> Path:
     root.mkdir(parents=True)
     save_token(root / "token.safetensors", tiny.row)
     manifest = {
-        "schema_version": 1, "name": "astro", "version": "1.0.0", "license": "MIT", "provider": "tests",
+        "schema_version": 1,
+        "name": "astro",
+        "version": "1.0.0",
+        "license": "MIT",
+        "provider": "tests",
         "expert": {"kind": "openai", "model": "tiny-remote", "timeout_s": 5, **expert},
         "meta": {"reference": "tiny", "hidden_size": 32, "vocab_size": 272, "fingerprint": tiny.fp},
-        "token": {"file": "token.safetensors", "sha256": sha256_file(root / "token.safetensors"), "shape": [1, 32], "dtype": "float32"},
+        "token": {
+            "file": "token.safetensors",
+            "sha256": sha256_file(root / "token.safetensors"),
+            "shape": [1, 32],
+            "dtype": "float32",
+        },
     }
     (root / "expert.json").write_text(json.dumps(manifest))
     return root
@@ -65,9 +82,19 @@ def remote_bundle(root: Path, tiny, expert: dict) -> Path:
 REFUSED = [
     ("hub-secret", {"api_key_env": "ETR_HUB_API_KEY"}, [], ["ETR_HUB_API_KEY", "the hub's own secrets"]),
     ("hub-secret-lowercase", {"api_key_env": "etr_hub_api_key"}, [], ["the hub's own secrets"]),
-    ("hub-secret-allowed", {"api_key_env": "ETR_HUB_API_KEY"}, ["--allow-env", "ETR_HUB_API_KEY"], ["the hub's own secrets"]),
+    (
+        "hub-secret-allowed",
+        {"api_key_env": "ETR_HUB_API_KEY"},
+        ["--allow-env", "ETR_HUB_API_KEY"],
+        ["the hub's own secrets"],
+    ),
     ("unallowed-variable", {"api_key_env": "OTHER_SECRET"}, [], ["$OTHER_SECRET", "--allow-env OTHER_SECRET"]),
-    ("another-variable-allowed", {"api_key_env": "OTHER_SECRET"}, ["--allow-env", "ASTRO_KEY"], ["--allow-env OTHER_SECRET"]),
+    (
+        "another-variable-allowed",
+        {"api_key_env": "OTHER_SECRET"},
+        ["--allow-env", "ASTRO_KEY"],
+        ["--allow-env OTHER_SECRET"],
+    ),
     ("credentials-in-url", {"url": "http://user:hunter2@127.0.0.1:9/v1"}, [], ["carries credentials (user:password@)"]),
     ("user-only-in-url", {"url": "https://token-abc@example.invalid/v1"}, [], ["carries credentials"]),
 ]
@@ -122,8 +149,15 @@ def test_a_stored_row_gets_no_secret_it_was_not_given(hub, tiny, tmp_path, chang
             row.manifest = {**row.manifest, "expert": {**row.manifest["expert"], **change}}
             row.allowed_env = allowed
         res = run_cli("chat", "--once", ASK, "--json", "--max-new-tokens", "8", env=ENV)
-        shown = [invoke(*args).stdout for args in (["expert", "list"], ["expert", "list", "--json"], ["expert", "show", "astro"],
-                                                   ["expert", "show", "astro", "--json"])]
+        shown = [
+            invoke(*args).stdout
+            for args in (
+                ["expert", "list"],
+                ["expert", "list", "--json"],
+                ["expert", "show", "astro"],
+                ["expert", "show", "astro", "--json"],
+            )
+        ]
     assert res.returncode == 0, res.stderr
     for auth in server.authorizations:  # whatever reached the server carried no credential at all
         assert auth is None, auth

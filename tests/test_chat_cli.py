@@ -36,7 +36,15 @@ def meta_and_winning_row(registry, tmp_path):
 def hub_with_expert(registry, tmp_path):
     path, meta_row, row = meta_and_winning_row(registry, tmp_path)
     adapter = make_tiny_lora(path, tmp_path / "lora", seed=1)
-    add_expert(registry, "astro", row, ModelRef(kind="peft", path="adapter"), fingerprint=meta_row.fingerprint, hidden=32, adapter=adapter)
+    add_expert(
+        registry,
+        "astro",
+        row,
+        ModelRef(kind="peft", path="adapter"),
+        fingerprint=meta_row.fingerprint,
+        hidden=32,
+        adapter=adapter,
+    )
     return registry
 
 
@@ -69,11 +77,14 @@ def test_explain_json(hub_with_expert):
     assert data["experts"][0]["name"] == "astro" and data["experts"][0]["probability"] > 0.99
 
 
-@pytest.mark.parametrize("args, message", [
-    (["chat", "--once", "  "], "error: empty message"),
-    (["explain", ""], "error: empty message"),
-    (["chat", "--once", "caf\udce9"], "error: message 0 is not valid Unicode text"),  # undecodable bytes in argv
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["chat", "--once", "  "], "error: empty message"),
+        (["explain", ""], "error: empty message"),
+        (["chat", "--once", "caf\udce9"], "error: message 0 is not valid Unicode text"),  # undecodable bytes in argv
+    ],
+)
 def test_bad_input_is_one_line(args, message):
     res = run_cli(*args)
     assert res.returncode != 0
@@ -84,11 +95,18 @@ def test_bad_input_is_one_line(args, message):
 def test_binary_bytes_on_stdin_are_skipped_with_a_warning(hub_with_expert):
     """Invalid UTF-8 on a piped stdin once ended the session ('internal error: TypeError')."""
     script = b"\xff\xfe\x00binary\x89PNG\n" + ASK.encode() + b"\n" + "caf\u00e9?\n".encode()
-    res = subprocess.run([*etr_hub_cmd(), "chat", "--json", "--max-new-tokens", "4", "--temperature", "0"], input=script,
-                         capture_output=True, timeout=120, env=dict(os.environ))
+    res = subprocess.run(
+        [*etr_hub_cmd(), "chat", "--json", "--max-new-tokens", "4", "--temperature", "0"],
+        input=script,
+        capture_output=True,
+        timeout=120,
+        env=dict(os.environ),
+    )
     err = res.stderr.decode()
     assert res.returncode == 0, err
-    assert "warning: input line 1 is not UTF-8 text (byte 0xff at column 1); skipped it" in err and "Traceback" not in err
+    assert (
+        "warning: input line 1 is not UTF-8 text (byte 0xff at column 1); skipped it" in err and "Traceback" not in err
+    )
     out, answers, at = res.stdout.decode(), [], 0
     while out[at:].strip():  # one JSON object per answer (pretty-printed)
         obj, at = json.JSONDecoder().raw_decode(out, len(out) - len(out[at:].lstrip()))
@@ -97,7 +115,10 @@ def test_binary_bytes_on_stdin_are_skipped_with_a_warning(hub_with_expert):
 
 
 def test_temperature_zero_reproduces_exactly(hub_with_expert):
-    runs = [run_cli("chat", "--once", "say something", "--json", "--max-new-tokens", "12", "--temperature", "0") for _ in range(2)]
+    runs = [
+        run_cli("chat", "--once", "say something", "--json", "--max-new-tokens", "12", "--temperature", "0")
+        for _ in range(2)
+    ]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr
     assert json.loads(runs[0].stdout)["text"] == json.loads(runs[1].stdout)["text"]
 
@@ -110,9 +131,15 @@ def test_ctrl_c_stops_the_answer_and_keeps_the_session(registry, tmp_path):
         ref = ModelRef(kind="openai", url=server.url, model="tiny-remote", timeout_s=60)
         add_expert(registry, "slow", row, ref, fingerprint=meta_row.fingerprint, hidden=32)
         # as from a terminal: test runners (pytest-xdist workers) may ignore SIGINT, and children inherit that
-        proc = subprocess.Popen([*etr_hub_cmd(), "chat", "--max-new-tokens", "6"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=dict(os.environ),
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        proc = subprocess.Popen(
+            [*etr_hub_cmd(), "chat", "--max-new-tokens", "6"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         try:
             proc.stdin.write(ASK + "\n")
             proc.stdin.flush()

@@ -48,7 +48,18 @@ CASES = _usage_cases()
 
 def test_the_walk_sees_every_command():
     paths = {" ".join(p) for p, _ in _commands()}
-    assert {"", "expert", "expert add", "query-set build", "train-token", "chat", "explain", "serve", "eval mmlu", "init"} <= paths
+    assert {
+        "",
+        "expert",
+        "expert add",
+        "query-set build",
+        "train-token",
+        "chat",
+        "explain",
+        "serve",
+        "eval mmlu",
+        "init",
+    } <= paths
     assert (["expert", "add"], "Missing") in CASES and (["chat", "--no-such-option"], "No such option") in CASES
 
 
@@ -71,7 +82,9 @@ def test_usage_errors_do_not_import_torch():
         "    try:\n        m.app(argv, prog_name='etr-hub')\n    except SystemExit as e:\n        codes.append(e.code)\n"
         "print(json.dumps([codes, [x for x in ('torch', 'transformers', 'peft', 'sqlmodel') if x in sys.modules]]))\n"
     )
-    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    probe = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=dict(os.environ)
+    )
     codes, heavy = json.loads(probe.stdout.strip().splitlines()[-1])
     assert codes == [2] * len(CASES), probe.stderr
     assert heavy == []

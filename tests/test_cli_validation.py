@@ -72,7 +72,9 @@ def test_bad_settings_are_refused_before_torch_is_imported():
         "    try:\n        m.app(argv, prog_name='etr-hub')\n    except SystemExit as e:\n        codes.append(e.code)\n"
         "print(json.dumps([codes, 'torch' in sys.modules]))\n"
     )
-    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    probe = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=dict(os.environ)
+    )
     assert json.loads(probe.stdout.strip().splitlines()[-1]) == [[2] * len(BAD_SETTINGS), False], probe.stderr
 
 
@@ -90,7 +92,9 @@ def test_diverged_training_says_lower_lr_and_writes_nothing(world):
     res = run_cli("train-token", "astronomy", "--lr", "1e30")
     assert res.returncode == 1, res.stderr
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: training diverged at --lr 1e+30") and last.endswith("lower --lr (the paper's is 5e-4)"), res.stderr
+    assert last.startswith("error: training diverged at --lr 1e+30") and last.endswith(
+        "lower --lr (the paper's is 5e-4)"
+    ), res.stderr
     assert "expert.json" not in res.stderr and "Traceback" not in res.stderr
     assert _no_bundles_no_experts()
 
@@ -124,14 +128,20 @@ def test_train_token_conflicts_are_found_before_training(fake_meta, bundle_facto
 
 
 def _valid_registry_bytes(tmp_path) -> bytes:
-    assert run_cli("expert", "list", env={"ETR_HUB_HOME": str(tmp_path / "donor"), "ETR_HUB_DATABASE_URL": ""}).returncode == 0
+    assert (
+        run_cli("expert", "list", env={"ETR_HUB_HOME": str(tmp_path / "donor"), "ETR_HUB_DATABASE_URL": ""}).returncode
+        == 0
+    )
     return (tmp_path / "donor" / "registry.db").read_bytes()
 
 
-@pytest.mark.parametrize("damage, reason", [
-    ("random-bytes", "file is not a database"),
-    ("truncated", "database disk image is malformed"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("random-bytes", "file is not a database"),
+        ("truncated", "database disk image is malformed"),
+    ],
+)
 @pytest.mark.parametrize("command", [["expert", "list"], ["expert", "add", "."], ["chat", "--once", "hi"]])
 def test_a_corrupted_registry_database_is_one_line(hub_home, tmp_path, damage, reason, command):
     hub_home.mkdir(parents=True, exist_ok=True)
@@ -141,8 +151,10 @@ def test_a_corrupted_registry_database_is_one_line(hub_home, tmp_path, damage, r
     env = {"ETR_HUB_DATABASE_URL": ""}  # the SQLite file, also when the suite runs on PostgreSQL
     res = run_cli(*command, env=env)
     assert res.returncode == 3, res.stderr
-    assert res.stderr == (f"error: registry database {db} is not a valid SQLite database ({reason}) — "
-                          "restore it from a backup or move it away and run `etr-hub init`\n")
+    assert res.stderr == (
+        f"error: registry database {db} is not a valid SQLite database ({reason}) — "
+        "restore it from a backup or move it away and run `etr-hub init`\n"
+    )
     db.rename(hub_home / "registry.db.broken")  # what the message says to do, and then it works
     assert run_cli("expert", "list", env=env).returncode == 0
 
@@ -153,13 +165,19 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-@pytest.mark.parametrize("url, says", [
-    ("foo", "ETR_HUB_DATABASE_URL 'foo' is not a database URL"),
-    ("mysql://etr:s3cret@db.internal/etr", "ETR_HUB_DATABASE_URL names a 'mysql' database"),
-    ("etr:s3cret@db.internal", "ETR_HUB_DATABASE_URL is not a database URL"),
-    pytest.param("postgresql+pg8000://etr:s3cret@127.0.0.1/etr", "ETR_HUB_DATABASE_URL names PostgreSQL but its driver is missing (pg8000)",
-                 marks=pytest.mark.skipif(_installed("pg8000"), reason="pg8000 is installed here")),
-])
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("foo", "ETR_HUB_DATABASE_URL 'foo' is not a database URL"),
+        ("mysql://etr:s3cret@db.internal/etr", "ETR_HUB_DATABASE_URL names a 'mysql' database"),
+        ("etr:s3cret@db.internal", "ETR_HUB_DATABASE_URL is not a database URL"),
+        pytest.param(
+            "postgresql+pg8000://etr:s3cret@127.0.0.1/etr",
+            "ETR_HUB_DATABASE_URL names PostgreSQL but its driver is missing (pg8000)",
+            marks=pytest.mark.skipif(_installed("pg8000"), reason="pg8000 is installed here"),
+        ),
+    ],
+)
 def test_an_unsupported_database_url_is_one_line(url, says):
     res = run_cli("expert", "list", env={"ETR_HUB_DATABASE_URL": url})
     assert res.returncode == 3 and res.stderr.startswith(f"error: {says}") and res.stderr.count("\n") == 1, res.stderr

@@ -19,10 +19,16 @@ def test_help_is_fast_and_lists_commands():
         assert cmd in res.stdout
     # --help must not import the heavy stack
     probe = subprocess.run(
-        [os.sys.executable, "-c", "import sys, etr_hub.cli.main as m\n"
-         "try:\n    m.app(['--help'])\nexcept SystemExit:\n    pass\n"
-         "print(','.join(x for x in ('torch','transformers','sqlmodel','peft') if x in sys.modules), file=sys.stderr)"],
-        capture_output=True, text=True)
+        [
+            os.sys.executable,
+            "-c",
+            "import sys, etr_hub.cli.main as m\n"
+            "try:\n    m.app(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(','.join(x for x in ('torch','transformers','sqlmodel','peft') if x in sys.modules), file=sys.stderr)",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert probe.stderr.strip() == "", probe.stderr
 
 
@@ -49,7 +55,9 @@ def test_killed_add_leaves_no_half_registered_expert(fake_meta, tmp_path, hub_ho
     bundles = []
     for i, delay in enumerate([0.05, 0.2, 0.4, 0.6, 0.9, 1.3]):
         bundles.append(make_bundle(tmp_path / f"k{i}", f"killed-{i}", seed=100 + i, adapter=True))
-        proc = subprocess.Popen([*etr_hub_cmd(), "expert", "add", str(bundles[-1])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*etr_hub_cmd(), "expert", "add", str(bundles[-1])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -60,7 +68,11 @@ def test_killed_add_leaves_no_half_registered_expert(fake_meta, tmp_path, hub_ho
     for i, bundle in enumerate(bundles):
         res = run_cli("expert", "add", str(bundle))
         assert res.returncode == 0, res.stderr
-        assert ("already registered" in res.stdout + res.stderr) == (f"killed-{i}" in survived), (res.stdout, res.stderr, survived)
+        assert ("already registered" in res.stdout + res.stderr) == (f"killed-{i}" in survived), (
+            res.stdout,
+            res.stderr,
+            survived,
+        )
     assert sorted(row.name for row in registry.list_experts()) == [f"killed-{i}" for i in range(6)]
     for row in registry.list_experts():
         assert registry.abspath(row.token_path).is_file()

@@ -70,7 +70,9 @@ def test_bundle_query_set_names_the_line(tmp_path, fake_meta, data, line, proble
     res = run_cli("expert", "add", str(bundle))
     assert res.returncode == 2, res.stderr
     [message] = res.stderr.strip().splitlines()
-    assert message.startswith("error: bundle ") and f"query set query_set.jsonl:{line} " in message and problem in message, message
+    assert (
+        message.startswith("error: bundle ") and f"query set query_set.jsonl:{line} " in message and problem in message
+    ), message
 
 
 def test_everyday_prompts_name_the_line(tmp_path):
@@ -85,7 +87,9 @@ def test_everyday_prompts_name_the_line(tmp_path):
 
 def test_mmlu_csv_reports_a_non_utf8_row_and_reads_the_rest(tmp_path):
     path = tmp_path / "astronomy_test.csv"
-    path.write_bytes(b"What is a star?,gas,rock,ice,dust,A\nCaf\xe9 star?,a,b,c,d,B\nWhat orbits Earth?,Moon,Sun,Mars,Venus,A\n")
+    path.write_bytes(
+        b"What is a star?,gas,rock,ice,dust,A\nCaf\xe9 star?,a,b,c,d,B\nWhat orbits Earth?,Moon,Sun,Mars,Venus,A\n"
+    )
     questions, skipped = read_mmlu_file(path)
     assert [q.question for q in questions] == ["What is a star?", "What orbits Earth?"]
     assert skipped == ["astronomy_test.csv:2: not UTF-8 text (byte 0xe9)"]
@@ -93,9 +97,14 @@ def test_mmlu_csv_reports_a_non_utf8_row_and_reads_the_rest(tmp_path):
 
 # -- property: whatever the bytes, a Dataset or a DataError ---------------------------------------------
 JSON_LEAVES = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text()
-JSON_VALUES = st.recursive(JSON_LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-                           max_leaves=12)
-ROW = st.fixed_dictionaries({"query": st.text() | JSON_VALUES, "response": st.text() | JSON_VALUES}, optional={"label": JSON_VALUES})
+JSON_VALUES = st.recursive(
+    JSON_LEAVES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+ROW = st.fixed_dictionaries(
+    {"query": st.text() | JSON_VALUES, "response": st.text() | JSON_VALUES}, optional={"label": JSON_VALUES}
+)
 
 
 def _line(kind_and_value) -> bytes:
@@ -118,7 +127,9 @@ LINES = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(lines=st.lists(LINES, min_size=1, max_size=6))
 def test_dataset_reading_is_a_dataset_or_a_data_error(tmp_path, lines):
     path = tmp_path / "prop.jsonl"

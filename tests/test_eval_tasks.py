@@ -34,11 +34,18 @@ def _reference_reply(meta_dir: Path, adapter: Path | None, question: str) -> str
     model = AutoModelForCausalLM.from_pretrained(meta_dir).eval()
     if adapter is not None:
         model = PeftModel.from_pretrained(model, str(adapter)).eval()
-    ids = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=False)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=MAX_NEW, do_sample=False, pad_token_id=tok.eos_token_id,
-                         eos_token_id=tok.eos_token_id)
-    return tok.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+    out = model.generate(
+        input_ids=torch.tensor([ids]),
+        max_new_tokens=MAX_NEW,
+        do_sample=False,
+        pad_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    return tok.decode(out[0, len(ids) :], skip_special_tokens=True).strip()
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +62,12 @@ def world(tmp_path_factory) -> dict:
         replies[t] = [_reference_reply(meta, experts[t], q) for _, q in questions]
     data = root / "tasks.jsonl"
     lines = [{"question": q, "answer": {"sevens": "7", "nines": "9"}[t], "task": t} for t, q in questions]
-    bad = ['{"question": "no answer", "task": "sevens"}', "not json", '{"question": "q", "answer": "5", "task": "cooking"}',
-           '{"question": "q", "answer": "", "task": "nines"}']
+    bad = [
+        '{"question": "no answer", "task": "sevens"}',
+        "not json",
+        '{"question": "q", "answer": "5", "task": "cooking"}',
+        '{"question": "q", "answer": "", "task": "nines"}',
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in lines) + "\n".join(bad) + "\n")
     general = root / "general.jsonl"
     general.write_text("".join(json.dumps({"query": q, "split": s}) + "\n" for q, s, _ in GENERAL))
@@ -68,8 +79,16 @@ def world(tmp_path_factory) -> dict:
     for i, (winner, fires) in enumerate(design):
         target[i, TASKS.index(winner) if winner else 0] = float(top[i]) + (2.0 if fires else -2.0)
     w = torch.linalg.lstsq(h.double(), target.double()).solution.T.float()  # (E, C)
-    return {"root": root, "meta": meta, "experts": experts, "questions": questions, "replies": replies, "data": data,
-            "general": general, "w": w}
+    return {
+        "root": root,
+        "meta": meta,
+        "experts": experts,
+        "questions": questions,
+        "replies": replies,
+        "data": data,
+        "general": general,
+        "w": w,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +103,25 @@ def registered(world):
     row = register_meta_model(reg, ModelRef.parse(str(world["meta"])))
     forget_row_norms(reg, row)
     for k, t in enumerate(TASKS):
-        reg.add_expert(_bundle(world["root"] / "bundles" / t, t, world["w"][k], world["experts"][t], row.fingerprint, [f"{t} q{i}" for i in range(3)]))
+        reg.add_expert(
+            _bundle(
+                world["root"] / "bundles" / t,
+                t,
+                world["w"][k],
+                world["experts"][t],
+                row.fingerprint,
+                [f"{t} q{i}" for i in range(3)],
+            )
+        )
     return reg
 
 
 def _evaluate(world, reg, **kw):
     from etr_hub.eval.tasks import TaskOptions, evaluate_tasks
 
-    return evaluate_tasks(reg, TaskOptions(data=world["data"], general_prompts=world["general"], max_new_tokens=MAX_NEW, **kw))
+    return evaluate_tasks(
+        reg, TaskOptions(data=world["data"], general_prompts=world["general"], max_new_tokens=MAX_NEW, **kw)
+    )
 
 
 def test_routing_and_answers_match_the_reference(world, registered):
@@ -119,8 +149,12 @@ def test_routing_and_answers_match_the_reference(world, registered):
     assert r["per_task"]["nines"]["fire_rate"] == pytest.approx(2 / 3)
     # every bad line is named and the rest evaluated
     skipped = " | ".join(r["skipped_lines"])
-    for needle in ("line 7: missing or empty 'answer'", "line 8: not a JSON object", "line 9: task 'cooking' maps to no expert",
-                   "line 10: missing or empty 'answer'"):
+    for needle in (
+        "line 7: missing or empty 'answer'",
+        "line 8: not a JSON object",
+        "line 9: task 'cooking' maps to no expert",
+        "line 10: missing or empty 'answer'",
+    ):
         assert needle in skipped
 
 
@@ -153,21 +187,60 @@ def test_second_run_is_served_from_the_generation_cache(world, registered, monke
 def test_cli_json_plot_map_and_bad_input(world, registered, tmp_path):
     env = {"ETR_HUB_HOME": str(registered.settings.home)}
     png = tmp_path / "tasks.png"
-    res = run_cli("eval", "tasks", "--data", str(world["data"]), "--general-prompts", str(world["general"]), "--max-new-tokens", str(MAX_NEW),
-                  "--batch-size", "1", "--json", "--plot", str(png), env=env)
+    res = run_cli(
+        "eval",
+        "tasks",
+        "--data",
+        str(world["data"]),
+        "--general-prompts",
+        str(world["general"]),
+        "--max-new-tokens",
+        str(MAX_NEW),
+        "--batch-size",
+        "1",
+        "--json",
+        "--plot",
+        str(png),
+        env=env,
+    )
     assert res.returncode == 0, res.stderr
     r = json.loads(res.stdout)
-    for key in ("n", "routing_accuracy", "accuracy", "fire_rate", "false_fire_rate", "per_task", "baselines", "gap_closed", "confusion"):
+    for key in (
+        "n",
+        "routing_accuracy",
+        "accuracy",
+        "fire_rate",
+        "false_fire_rate",
+        "per_task",
+        "baselines",
+        "gap_closed",
+        "confusion",
+    ):
         assert key in r
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "line 9" in res.stderr  # the warning names the lines left out
-    res = run_cli("eval", "tasks", "--data", str(world["data"]), "--map", "cooking=sevens", "--json", "--no-baselines",
-                  "--max-new-tokens", str(MAX_NEW), "--batch-size", "1", env=env)
+    res = run_cli(
+        "eval",
+        "tasks",
+        "--data",
+        str(world["data"]),
+        "--map",
+        "cooking=sevens",
+        "--json",
+        "--no-baselines",
+        "--max-new-tokens",
+        str(MAX_NEW),
+        "--batch-size",
+        "1",
+        env=env,
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["per_task"]["cooking"]["expert"] == "sevens"
-    for args, needle in [(["--data", str(tmp_path / "none.jsonl")], "does not exist"),
-                         (["--data", str(world["data"]), "--map", "sevens=nobody"], "no enabled expert named 'nobody'"),
-                         (["--data", str(world["data"]), "--map", "oops"], "is not TASK=EXPERT")]:
+    for args, needle in [
+        (["--data", str(tmp_path / "none.jsonl")], "does not exist"),
+        (["--data", str(world["data"]), "--map", "sevens=nobody"], "no enabled expert named 'nobody'"),
+        (["--data", str(world["data"]), "--map", "oops"], "is not TASK=EXPERT"),
+    ]:
         res = run_cli("eval", "tasks", *args, env=env)
         assert res.returncode not in (0, 70) and needle in res.stderr and "Traceback" not in res.stderr
         assert res.stderr.strip().count("\n") == 0

@@ -120,6 +120,7 @@ def _edit(**changes):
             else:
                 node[last] = value
         write_manifest(root, m)
+
     return mutate
 
 
@@ -138,6 +139,7 @@ def _token(values):
         m["token"]["shape"] = list(values().shape)
         m["meta"]["hidden_size"] = values().shape[1]
         write_manifest(root, m)
+
     return mutate
 
 
@@ -168,12 +170,14 @@ def _pickle_file(root):
 def _file(name, text):
     def mutate(root):
         (root / name).write_text(text)
+
     return mutate
 
 
 def _remove(name):
     def mutate(root):
         (root / name).unlink()
+
     return mutate
 
 
@@ -197,7 +201,11 @@ BAD_BUNDLES = [
     ("escape-symlink", _symlink_out, "symlink pointing outside the bundle"),
     ("pickle-file", _pickle_file, "pickle-based file"),
     ("trust-remote-code", _edit(trust_remote_code=True), "trust_remote_code"),
-    ("trust-remote-code-nested", _edit(expert={"kind": "local", "path": "/m", "trust_remote_code": True}), "trust_remote_code"),
+    (
+        "trust-remote-code-nested",
+        _edit(expert={"kind": "local", "path": "/m", "trust_remote_code": True}),
+        "trust_remote_code",
+    ),
     ("query-set-sha", _edit(query_set__sha256="d" * 64), "query set sha256 does not match"),
     ("query-set-missing", _remove("query_set.jsonl"), "query set 'query_set.jsonl' is missing"),
 ]

@@ -41,8 +41,12 @@ def test_penalties_change_the_argmax_as_the_formula_says(penalties, expected, pi
     logits = torch.tensor(LOGITS)
     counts = Sampling.make(answer=ANSWER).counts
     assert penalize(logits, counts, rep, presence, frequency).tolist() == pytest.approx(expected)
-    assert logits.tolist() == pytest.approx(LOGITS)  # the caller's logits (eq. 1, for route probabilities) are untouched
-    sampling = Sampling.make(0.0, repetition_penalty=rep, presence_penalty=presence, frequency_penalty=frequency, answer=ANSWER)
+    assert logits.tolist() == pytest.approx(
+        LOGITS
+    )  # the caller's logits (eq. 1, for route probabilities) are untouched
+    sampling = Sampling.make(
+        0.0, repetition_penalty=rep, presence_penalty=presence, frequency_penalty=frequency, answer=ANSWER
+    )
     assert sampling.pick(logits) == pick
     if presence == frequency == 0.0:  # the same definition as transformers' processor
         ours = penalize(logits, counts, rep)
@@ -57,7 +61,9 @@ def test_tiny_temperatures_decode_greedily(temperature):
     assert {sample_index(logits, temperature=temperature, top_p=0.9, generator=gen) for _ in range(20)} == {1}
 
 
-@pytest.mark.parametrize("logits", [[float("nan")] * 4, [float("inf"), 1.0, float("inf"), 0.0], [-float("inf"), 2.0, -float("inf"), 1.0]])
+@pytest.mark.parametrize(
+    "logits", [[float("nan")] * 4, [float("inf"), 1.0, float("inf"), 0.0], [-float("inf"), 2.0, -float("inf"), 1.0]]
+)
 def test_non_finite_logits_never_crash_sampling(logits):
     index = sample_index(torch.tensor(logits), temperature=0.7, top_p=0.9, generator=torch.Generator().manual_seed(0))
     numbers = [i for i, x in enumerate(logits) if x == x]  # NaN logits never win, unless all are NaN
@@ -72,19 +78,33 @@ def models(tmp_path_factory):
     expert_path = lively_llama(root / "expert", seed=3)
     meta = load_causal_lm(ModelRef(kind="local", path=str(meta_path)), role="meta")
     expert = load_causal_lm(ModelRef(kind="local", path=str(expert_path)))
-    return SimpleNamespace(root=root, meta_path=meta_path, meta=meta, expert_path=expert_path, expert=expert,
-                           fp=meta_fingerprint(meta.model), eos=set(eos_ids(meta.model, meta.tokenizer)))
+    return SimpleNamespace(
+        root=root,
+        meta_path=meta_path,
+        meta=meta,
+        expert_path=expert_path,
+        expert=expert,
+        fp=meta_fingerprint(meta.model),
+        eos=set(eos_ids(meta.model, meta.tokenizer)),
+    )
 
 
 @pytest.fixture
 def hub(models, registry):
-    registry.register_meta(reference={"kind": "local", "path": str(models.meta_path)}, display="tiny-meta", fingerprint=models.fp,
-                           hidden_size=32, vocab_size=272)
+    registry.register_meta(
+        reference={"kind": "local", "path": str(models.meta_path)},
+        display="tiny-meta",
+        fingerprint=models.fp,
+        hidden_size=32,
+        vocab_size=272,
+    )
     return lambda **kw: Hub.open(registry, meta=models.meta, **kw)
 
 
 @torch.no_grad()
-def penalized_greedy(model, ids: list[int], answer: list[int], max_new: int, eos: set[int], penalty: float) -> list[int]:
+def penalized_greedy(
+    model, ids: list[int], answer: list[int], max_new: int, eos: set[int], penalty: float
+) -> list[int]:
     """Reference: re-encode everything each step; transformers' processor over the answer's tokens."""
     out = []
     for _ in range(max_new):
@@ -120,29 +140,46 @@ def test_expert_continuation_counts_the_meta_models_partial_answer(models, hub, 
     prompt = routing_prompt_ids(tok, QUESTION)[0]
     partial = penalized_greedy(models.meta.model, prompt, [], k, set(), penalty)
     states = routing_states(models.meta.model, prompt + partial)[len(prompt) - 1 :]
-    add_expert(registry, "astro", row_winning_at(states, k), ModelRef(kind="local", path=str(models.expert_path)), fingerprint=models.fp, hidden=32)
+    add_expert(
+        registry,
+        "astro",
+        row_winning_at(states, k),
+        ModelRef(kind="local", path=str(models.expert_path)),
+        fingerprint=models.fp,
+        hidden=32,
+    )
     result = hub(route_window=None).chat(QUESTION, max_new_tokens=20, temperature=0, repetition_penalty=penalty)
     assert [(s.expert, s.token_index) for s in result.route] == [("astro", k)]
     expected = penalized_greedy(models.expert.model, prompt + partial, partial, 20 - k, models.eos, penalty)
     own_only = penalized_greedy(models.expert.model, prompt + partial, [], 20 - k, models.eos, penalty)
     assert expected != own_only  # counting the partial answer makes a difference here
-    assert result.text == text(tok, partial, prompt) + text(tok, [t for t in expected if t not in models.eos], prompt + partial)
+    assert result.text == text(tok, partial, prompt) + text(
+        tok, [t for t in expected if t not in models.eos], prompt + partial
+    )
 
 
 def test_seeded_sampling_repeats_and_seeds_differ(hub):
     h = hub()
-    runs = {seed: h.chat(QUESTION, max_new_tokens=16, temperature=1.0, top_p=0.95, repetition_penalty=1.3, seed=seed).text for seed in range(4)}
-    assert h.chat(QUESTION, max_new_tokens=16, temperature=1.0, top_p=0.95, repetition_penalty=1.3, seed=2).text == runs[2]
+    runs = {
+        seed: h.chat(QUESTION, max_new_tokens=16, temperature=1.0, top_p=0.95, repetition_penalty=1.3, seed=seed).text
+        for seed in range(4)
+    }
+    assert (
+        h.chat(QUESTION, max_new_tokens=16, temperature=1.0, top_p=0.95, repetition_penalty=1.3, seed=2).text == runs[2]
+    )
     assert len(set(runs.values())) > 1  # it does sample
 
 
-@pytest.mark.parametrize("kw,message", [
-    ({"seed": 2**70}, "seed 1180591620717411303424 is out of range"),
-    ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
-    ({"temperature": float("nan")}, "temperature must be ≥ 0"),
-    ({"presence_penalty": 3.0}, "presence_penalty must be in [-2, 2]"),
-    ({"max_prompt_tokens": 0}, "max_prompt_tokens must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"seed": 2**70}, "seed 1180591620717411303424 is out of range"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
+        ({"temperature": float("nan")}, "temperature must be ≥ 0"),
+        ({"presence_penalty": 3.0}, "presence_penalty must be in [-2, 2]"),
+        ({"max_prompt_tokens": 0}, "max_prompt_tokens must be at least 1"),
+    ],
+)
 def test_out_of_range_settings_are_one_line_errors(hub, kw, message):
     with pytest.raises(EtrHubError) as err:
         hub().chat(QUESTION, **kw)
@@ -151,7 +188,10 @@ def test_out_of_range_settings_are_one_line_errors(hub, kw, message):
 
 def test_max_prompt_tokens_keeps_the_conversation_within_it(hub):
     h = hub()
-    history = [{"role": "user", "content": "an old question " * 10}, {"role": "assistant", "content": "an old answer " * 10}]
+    history = [
+        {"role": "user", "content": "an old question " * 10},
+        {"role": "assistant", "content": "an old answer " * 10},
+    ]
     full = h.prompt_tokens([*history, *QUESTION])
     result = h.chat([*history, *QUESTION], max_new_tokens=4, temperature=0, max_prompt_tokens=full - 10)
     assert result.prompt_tokens <= full - 10 and "did not fit the prompt limit of" in result.warnings[0]
@@ -180,7 +220,11 @@ def test_sampling_defaults_come_from_the_model(models, tmp_path, config, embedde
         (path / SOURCE_FILE).write_text(json.dumps({"gguf_sha256": GGUF_SHA256}))
     got = sampling_defaults(load_causal_lm(ModelRef(kind="local", path=str(path))).model)
     want = expected if isinstance(expected, SamplingDefaults) else SamplingDefaults(*expected)
-    assert (got.temperature, got.top_p, got.repetition_penalty) == (want.temperature, want.top_p, want.repetition_penalty)
+    assert (got.temperature, got.top_p, got.repetition_penalty) == (
+        want.temperature,
+        want.top_p,
+        want.repetition_penalty,
+    )
 
 
 def test_hub_uses_the_models_defaults_when_none_are_given(models, registry, tmp_path):
@@ -188,12 +232,29 @@ def test_hub_uses_the_models_defaults_when_none_are_given(models, registry, tmp_
 
     path = shutil.copytree(models.meta_path, tmp_path / "model")
     gen_file = path / "generation_config.json"
-    gen_file.write_text(json.dumps({**json.loads(gen_file.read_text()), "do_sample": True, "temperature": 0.9, "top_p": 0.8,
-                                    "repetition_penalty": 1.4}))
+    gen_file.write_text(
+        json.dumps(
+            {
+                **json.loads(gen_file.read_text()),
+                "do_sample": True,
+                "temperature": 0.9,
+                "top_p": 0.8,
+                "repetition_penalty": 1.4,
+            }
+        )
+    )
     meta = load_causal_lm(ModelRef(kind="local", path=str(path)), role="meta")
-    registry.register_meta(reference={"kind": "local", "path": str(path)}, display="tiny", fingerprint=models.fp, hidden_size=32, vocab_size=272)
+    registry.register_meta(
+        reference={"kind": "local", "path": str(path)},
+        display="tiny",
+        fingerprint=models.fp,
+        hidden_size=32,
+        vocab_size=272,
+    )
     h = Hub.open(registry, meta=meta)
     assert (h.sampling.temperature, h.sampling.top_p, h.sampling.repetition_penalty) == (0.9, 0.8, 1.4)
     default = h.chat(QUESTION, max_new_tokens=16, seed=11).text
-    assert default == h.chat(QUESTION, max_new_tokens=16, seed=11, temperature=0.9, top_p=0.8, repetition_penalty=1.4).text
+    assert (
+        default == h.chat(QUESTION, max_new_tokens=16, seed=11, temperature=0.9, top_p=0.8, repetition_penalty=1.4).text
+    )
     assert default != h.chat(QUESTION, max_new_tokens=16, seed=11, temperature=0).text

@@ -13,7 +13,11 @@ from etr_hub.bundle.manifest import Manifest
 from etr_hub.errors import BundleError
 
 VALID = {
-    "schema_version": 1, "name": "astronomy", "version": "1.0.0", "license": "MIT", "provider": "p",
+    "schema_version": 1,
+    "name": "astronomy",
+    "version": "1.0.0",
+    "license": "MIT",
+    "provider": "p",
     "expert": {"kind": "local", "path": "/m"},
     "meta": {"reference": "m", "hidden_size": 16, "vocab_size": 100, "fingerprint": "a" * 64},
     "token": {"sha256": "b" * 64, "shape": [1, 16], "dtype": "float32"},
@@ -21,7 +25,11 @@ VALID = {
 ROOT = Path("bundle")
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),  # JSON has no NaN/Infinity (refused as not JSON: test_bundle_property)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),  # JSON has no NaN/Infinity (refused as not JSON: test_bundle_property)
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=10,
 )
@@ -43,7 +51,9 @@ def test_replacing_a_field_gives_manifest_or_bundle_error(key, value):
 KNOWN = set(VALID) | set(Manifest.model_fields) | {f.alias for f in Manifest.model_fields.values() if f.alias}
 
 
-@given(extra=st.text(min_size=1, max_size=12).filter(lambda k: k not in KNOWN), value=json_values)  # optional fields are not unknown
+@given(
+    extra=st.text(min_size=1, max_size=12).filter(lambda k: k not in KNOWN), value=json_values
+)  # optional fields are not unknown
 def test_unknown_top_level_fields_are_rejected(extra, value):
     try:
         parse_manifest(ROOT, json.dumps({**VALID, extra: value}))
@@ -63,7 +73,10 @@ def test_arbitrary_text_is_a_manifest_or_one_line_bundle_error(text):
         assert isinstance(m, Manifest) and json.loads(text)["name"] == m.name
 
 
-@given(name=st.from_regex(r"^[a-z0-9][a-z0-9_-]{0,20}$", fullmatch=True), version=st.from_regex(r"^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$", fullmatch=True))
+@given(
+    name=st.from_regex(r"^[a-z0-9][a-z0-9_-]{0,20}$", fullmatch=True),
+    version=st.from_regex(r"^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$", fullmatch=True),
+)
 def test_valid_names_and_versions_round_trip(name, version):
     m = parse_manifest(ROOT, json.dumps({**VALID, "name": name, "version": version}))
     assert (m.name, m.version) == (name, version)

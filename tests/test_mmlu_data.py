@@ -20,8 +20,7 @@ from etr_hub.eval.mmlu import (
 )
 
 TRICKY = (
-    '"Which is true, if any?\nPick one.",A star,"A planet, maybe",The moon,"He said ""no""",B\n'
-    "What is 2+2?,3,4,5,6,b\n"
+    '"Which is true, if any?\nPick one.",A star,"A planet, maybe",The moon,"He said ""no""",B\nWhat is 2+2?,3,4,5,6,b\n'
 )
 
 
@@ -33,17 +32,23 @@ def test_reads_quoted_commas_newlines_and_lowercase_answers(tmp_path):
     assert qs[0].question == "Which is true, if any?\nPick one."
     assert qs[0].choices == ("A star", "A planet, maybe", "The moon", 'He said "no"')
     assert qs[0].subject == "astronomy"
-    assert render_query(qs[0]) == "Which is true, if any?\nPick one.\nA. A star\nB. A planet, maybe\nC. The moon\nD. He said \"no\""
+    assert (
+        render_query(qs[0])
+        == 'Which is true, if any?\nPick one.\nA. A star\nB. A planet, maybe\nC. The moon\nD. He said "no"'
+    )
     assert render_response(qs[0]) == "Answer: B. A planet, maybe"
 
 
-@pytest.mark.parametrize("row, problem", [
-    ("q,a,b,c,d\n", "5 columns, expected 6 (question,A,B,C,D,answer)"),
-    ("q,a,b,c,d,A,extra\n", "7 columns, expected 6 (question,A,B,C,D,answer)"),
-    ("q,a,b,c,d,E\n", "answer 'E' is not one of A, B, C, D"),
-    ("q,a,b,c,d,\n", "answer '' is not one of A, B, C, D"),
-    (",a,b,c,d,A\n", "empty question"),
-])
+@pytest.mark.parametrize(
+    "row, problem",
+    [
+        ("q,a,b,c,d\n", "5 columns, expected 6 (question,A,B,C,D,answer)"),
+        ("q,a,b,c,d,A,extra\n", "7 columns, expected 6 (question,A,B,C,D,answer)"),
+        ("q,a,b,c,d,E\n", "answer 'E' is not one of A, B, C, D"),
+        ("q,a,b,c,d,\n", "answer '' is not one of A, B, C, D"),
+        (",a,b,c,d,A\n", "empty question"),
+    ],
+)
 def test_malformed_rows_are_skipped_with_file_and_line(tmp_path, row, problem):
     (tmp_path / "law_test.csv").write_text("ok,a,b,c,d,A\n" + row + "fine,a,b,c,d,C\n")
     res = read_mmlu_dir(tmp_path)
@@ -71,8 +76,15 @@ def test_only_malformed_rows_is_an_error(tmp_path):
         read_mmlu_dir(tmp_path)
 
 
-@pytest.mark.parametrize("name, subject", [("astronomy_test.csv", "astronomy"), ("international_law_val.csv", "international_law"),
-                                           ("security_studies_heldout.csv", "security_studies"), ("plain.csv", "plain")])
+@pytest.mark.parametrize(
+    "name, subject",
+    [
+        ("astronomy_test.csv", "astronomy"),
+        ("international_law_val.csv", "international_law"),
+        ("security_studies_heldout.csv", "security_studies"),
+        ("plain.csv", "plain"),
+    ],
+)
 def test_subject_from_file_name(tmp_path, name, subject):
     assert subject_of(tmp_path / name) == subject
 

@@ -20,12 +20,21 @@ from tests.tiny_models import make_tiny_llama, make_tiny_lora
 
 SUBJECTS = ("astronomy", "law", "cooking")
 CSV = {
-    "astronomy": ['"Why, of all things, is the sky blue?",scattering,"oceans, mostly",dust,paint,A',
-                  "Which planet is largest?,Mars,Jupiter,Venus,Earth,B", "What orbits the Earth?,Sun,Mars,Moon,Venus,C"],
-    "law": ['"A treaty binds whom?\nChoose one.",states,rivers,clouds,fish,A', "What does a court issue?,rain,rulings,bread,stars,B",
-            "Who ratifies treaties?,cats,stones,states,waves,C"],
-    "cooking": ["What rises in an oven?,stone,bread,iron,glass,B", "What is salty?,sugar,honey,salt,milk,C",
-                "What do you boil pasta in?,water,sand,oil,air,A"],
+    "astronomy": [
+        '"Why, of all things, is the sky blue?",scattering,"oceans, mostly",dust,paint,A',
+        "Which planet is largest?,Mars,Jupiter,Venus,Earth,B",
+        "What orbits the Earth?,Sun,Mars,Moon,Venus,C",
+    ],
+    "law": [
+        '"A treaty binds whom?\nChoose one.",states,rivers,clouds,fish,A',
+        "What does a court issue?,rain,rulings,bread,stars,B",
+        "Who ratifies treaties?,cats,stones,states,waves,C",
+    ],
+    "cooking": [
+        "What rises in an oven?,stone,bread,iron,glass,B",
+        "What is salty?,sugar,honey,salt,milk,C",
+        "What do you boil pasta in?,water,sand,oil,air,A",
+    ],
 }
 # designed routing: (winner, fires) per question, in subject order; experts are named like the subjects
 DESIGN = {
@@ -33,8 +42,12 @@ DESIGN = {
     "law": [("law", True), ("law", False), ("law", True)],
     "cooking": [("cooking", True), ("cooking", True), ("cooking", True)],
 }
-GENERAL = [("Hi there, how are you?", "eval", False), ("Write a haiku about tea.", "eval", True), ("Tell me a joke.", "eval", False),
-           ("Plan my weekend.", "train", False)]
+GENERAL = [
+    ("Hi there, how are you?", "eval", False),
+    ("Write a haiku about tea.", "eval", True),
+    ("Tell me a joke.", "eval", False),
+    ("Plan my weekend.", "train", False),
+]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +73,9 @@ def _states(meta_dir: Path, texts: list[str]) -> tuple[torch.Tensor, torch.Tenso
     hs, tops = [], []
     with torch.no_grad():
         for t in texts:
-            ids = tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True, return_dict=False)
+            ids = tok.apply_chat_template(
+                [{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
             ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
             out = model(input_ids=torch.tensor([list(ids)]), output_hidden_states=True)
             hs.append(out.hidden_states[-1][0, -1])
@@ -81,7 +96,10 @@ def _letter_choice(model_dir: Path, adapter: Path | None, queries: list[str]) ->
     picks = []
     with torch.no_grad():
         for q in queries:
-            text = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False) + "Answer: "
+            text = (
+                tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+                + "Answer: "
+            )
             logits = model(input_ids=torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])).logits[0, -1]
             picks.append(int(torch.stack([logits[i] for i in letter_ids]).argmax()))
     return picks
@@ -99,10 +117,20 @@ def _bundle(root: Path, name: str, row: torch.Tensor, adapter: Path, fp: str, qu
     shutil.copytree(adapter, root / "adapter")
     (root / "query_set.jsonl").write_text("".join(json.dumps({"query": q, "response": "x"}) + "\n" for q in queries))
     manifest = {
-        "name": name, "version": "1.0.0", "description": f"knows {name}", "license": "MIT", "provider": "tests", "label": name,
+        "name": name,
+        "version": "1.0.0",
+        "description": f"knows {name}",
+        "license": "MIT",
+        "provider": "tests",
+        "label": name,
         "expert": {"kind": "peft", "path": "adapter"},
         "meta": {"reference": "tiny", "hidden_size": row.numel(), "vocab_size": 272, "fingerprint": fp},
-        "token": {"file": "token.safetensors", "sha256": sha256_file(root / "token.safetensors"), "shape": [1, row.numel()], "dtype": "float32"},
+        "token": {
+            "file": "token.safetensors",
+            "sha256": sha256_file(root / "token.safetensors"),
+            "shape": [1, row.numel()],
+            "dtype": "float32",
+        },
         "query_set": {"file": "query_set.jsonl", "sha256": sha256_file(root / "query_set.jsonl"), "size": len(queries)},
     }
     (root / "expert.json").write_text(json.dumps(manifest))
@@ -126,7 +154,14 @@ def expected(world) -> dict:
     assert torch.allclose(h @ w.T, target, atol=1e-2)
     meta_pick = _letter_choice(world["meta"], None, queries)
     expert_pick = {s: _letter_choice(world["meta"], world["experts"][s], queries) for s in SUBJECTS}
-    return {"questions": questions, "queries": queries, "w": w, "design": design, "meta_pick": meta_pick, "expert_pick": expert_pick}
+    return {
+        "questions": questions,
+        "queries": queries,
+        "w": w,
+        "design": design,
+        "meta_pick": meta_pick,
+        "expert_pick": expert_pick,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +178,9 @@ def registered(world, expected):
     forget_row_norms(reg, row)  # these rows are solved for exact logits, far beyond a trained row's size
     for k, s in enumerate(SUBJECTS):
         qs = [f"a {s} question number {i}?" for i in range(4)]
-        reg.add_expert(_bundle(world["root"] / "bundles" / s, s, expected["w"][k], world["experts"][s], row.fingerprint, qs))
+        reg.add_expert(
+            _bundle(world["root"] / "bundles" / s, s, expected["w"][k], world["experts"][s], row.fingerprint, qs)
+        )
     return reg
 
 
@@ -204,10 +241,22 @@ def test_second_run_is_served_from_the_caches(world, expected, registered, monke
     def refuse(*a, **k):
         raise AssertionError("a model was loaded although every score is cached")
 
-    monkeypatch.setattr(build_mod, "ModelSession", type("NoLoad", (build_mod.ModelSession,), {"meta": property(refuse), "expert": refuse}))
+    monkeypatch.setattr(
+        build_mod,
+        "ModelSession",
+        type("NoLoad", (build_mod.ModelSession,), {"meta": property(refuse), "expert": refuse}),
+    )
     monkeypatch.setattr(run_mod, "ModelSession", build_mod.ModelSession)
     second = _evaluate(world, registered)
-    for key in ("routing_accuracy", "accuracy", "fire_rate", "false_fire_rate", "baselines", "per_subject", "confusion"):
+    for key in (
+        "routing_accuracy",
+        "accuracy",
+        "fire_rate",
+        "false_fire_rate",
+        "baselines",
+        "per_subject",
+        "confusion",
+    ):
         assert second[key] == first[key]
 
 
@@ -236,10 +285,30 @@ def test_subject_without_an_expert_is_skipped_and_reported(world, registered, tm
 def test_cli_json_plot_and_bad_input(world, registered, tmp_path):
     png = tmp_path / "confusion.png"
     env = {"ETR_HUB_HOME": str(registered.settings.home)}
-    res = run_cli("eval", "mmlu", "--data-dir", str(world["data"]), "--general-prompts", str(world["general"]), "--json", "--plot", str(png), env=env)
+    res = run_cli(
+        "eval",
+        "mmlu",
+        "--data-dir",
+        str(world["data"]),
+        "--general-prompts",
+        str(world["general"]),
+        "--json",
+        "--plot",
+        str(png),
+        env=env,
+    )
     assert res.returncode == 0, res.stderr
     r = json.loads(res.stdout)
-    for key in ("n", "routing_accuracy", "accuracy", "fire_rate", "false_fire_rate", "per_subject", "baselines", "dynamic"):
+    for key in (
+        "n",
+        "routing_accuracy",
+        "accuracy",
+        "fire_rate",
+        "false_fire_rate",
+        "per_subject",
+        "baselines",
+        "dynamic",
+    ):
         assert key in r
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = run_cli("eval", "mmlu", "--data-dir", str(tmp_path / "empty"), env=env)

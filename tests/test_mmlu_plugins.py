@@ -14,7 +14,7 @@ SHIPPED = [s for s in MMLU_EXPERT_SUBJECTS if (PLUGINS / s / "expert.json").is_f
 
 
 def test_all_six_are_shipped():
-    assert SHIPPED == list(MMLU_EXPERT_SUBJECTS)
+    assert list(MMLU_EXPERT_SUBJECTS) == SHIPPED
 
 
 @pytest.mark.parametrize("subject", SHIPPED)
@@ -30,7 +30,9 @@ def test_bundle_is_complete_and_its_hashes_match(subject):
     assert m.name == subject and m.label == subject and m.description
     assert sha256_file(root / m.token.file) == m.token.sha256
     assert m.token.shape == (1, 576) and m.meta.hidden_size == 576
-    assert m.expert.kind == "peft" and m.expert.path == "adapter" and m.expert.base is None  # an adapter on the meta model
+    assert (
+        m.expert.kind == "peft" and m.expert.path == "adapter" and m.expert.base is None
+    )  # an adapter on the meta model
     assert m.query_set is not None and sha256_file(root / m.query_set.file) == m.query_set.sha256
     rows = [json.loads(line) for line in (root / m.query_set.file).read_text().splitlines()]
     assert len(rows) == m.query_set.size >= 40
@@ -38,7 +40,9 @@ def test_bundle_is_complete_and_its_hashes_match(subject):
     weights = load_file(str(root / "adapter" / "adapter_model.safetensors"))
     assert {str(t.dtype) for t in weights.values()} <= {"torch.float16", "torch.bfloat16"}
     cfg = json.loads((root / "adapter" / "adapter_config.json").read_text())
-    assert not Path(cfg["base_model_name_or_path"]).exists()  # not a local path: etr-hub reads it as "on the meta model"
+    assert not Path(
+        cfg["base_model_name_or_path"]
+    ).exists()  # not a local path: etr-hub reads it as "on the meta model"
 
 
 def test_shipped_files_are_small():
@@ -48,8 +52,13 @@ def test_shipped_files_are_small():
 
 def test_expert_add_accepts_all_six(registry):
     m = json.loads((PLUGINS / SHIPPED[0] / "expert.json").read_text())["meta"]
-    registry.register_meta(reference={"kind": "embedded", "name": "smollm2-135m-instruct"}, display=m["reference"],
-                           fingerprint=m["fingerprint"], hidden_size=m["hidden_size"], vocab_size=m["vocab_size"])
+    registry.register_meta(
+        reference={"kind": "embedded", "name": "smollm2-135m-instruct"},
+        display=m["reference"],
+        fingerprint=m["fingerprint"],
+        hidden_size=m["hidden_size"],
+        vocab_size=m["vocab_size"],
+    )
     for subject in SHIPPED:
         row = registry.add_expert(PLUGINS / subject)
         assert row.label == subject

@@ -16,7 +16,7 @@ from tiny_models import make_tiny_llama, make_tiny_lora
 
 from etr_hub.errors import ModelLoadError
 from etr_hub.models import default_meta
-from etr_hub.models.chat import to_ids, plain_prompt, prompt_and_response_ids, routing_prompt_ids
+from etr_hub.models.chat import plain_prompt, prompt_and_response_ids, routing_prompt_ids, to_ids
 from etr_hub.models.fingerprint import meta_fingerprint, output_embedding
 from etr_hub.models.loading import load_causal_lm
 from etr_hub.models.refs import ModelRef
@@ -67,10 +67,19 @@ GOOD_REFS = [
     ("smollm2", {"kind": "embedded", "name": "smollm2-135m-instruct"}),
     ("default", {"kind": "embedded", "name": "smollm2-135m-instruct"}),
     ("embedded:default", {"kind": "embedded", "name": "smollm2-135m-instruct"}),
-    (f"hf:HuggingFaceTB/SmolLM2-135M-Instruct@{SHA}", {"kind": "hf", "repo_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "revision": SHA}),
+    (
+        f"hf:HuggingFaceTB/SmolLM2-135M-Instruct@{SHA}",
+        {"kind": "hf", "repo_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "revision": SHA},
+    ),
     (f"hf:org/name@{SHA.upper()}", {"kind": "hf", "repo_id": "org/name", "revision": SHA}),
-    ("openai:http://localhost:8000/v1#my-model", {"kind": "openai", "url": "http://localhost:8000/v1", "model": "my-model"}),
-    ("openai:https://api.example.com/v1/#org/model:7b", {"kind": "openai", "url": "https://api.example.com/v1", "model": "org/model:7b"}),
+    (
+        "openai:http://localhost:8000/v1#my-model",
+        {"kind": "openai", "url": "http://localhost:8000/v1", "model": "my-model"},
+    ),
+    (
+        "openai:https://api.example.com/v1/#org/model:7b",
+        {"kind": "openai", "url": "https://api.example.com/v1", "model": "org/model:7b"},
+    ),
     ("{tiny}", {"kind": "local", "path": "{tiny}"}),
     ("local:{tiny}", {"kind": "local", "path": "{tiny}"}),
     ("{lora_local}", {"kind": "peft", "path": "{lora_local}", "base": {"kind": "local", "path": "{tiny}"}}),
@@ -161,6 +170,7 @@ def test_refs_import_without_torch():
 
 
 # --- loading ------------------------------------------------------------------------------------
+
 
 def test_load_local_is_frozen_with_pad(zoo):
     loaded = load_causal_lm(ModelRef.parse(str(zoo["tiny"])))
@@ -277,7 +287,10 @@ def test_broken_weights_give_one_line_error(zoo, tmp_path):
     ("ref", "message"),
     [
         (ModelRef(kind="openai", url="http://h/v1", model="m"), "not a local model"),
-        (ModelRef(kind="hf", repo_id="etr-hub-test/does-not-exist", revision=SHA), "not in the local Hugging Face cache"),
+        (
+            ModelRef(kind="hf", repo_id="etr-hub-test/does-not-exist", revision=SHA),
+            "not in the local Hugging Face cache",
+        ),
         (ModelRef(kind="gguf", path="/no/such.gguf"), "GGUF file not found"),
     ],
 )
@@ -292,6 +305,7 @@ def test_unknown_dtype(zoo):
 
 
 # --- fingerprint -------------------------------------------------------------------------------
+
 
 def test_fingerprint_stable_and_distinct(zoo):
     first = load_causal_lm(ModelRef.parse(str(zoo["tiny"])))
@@ -382,6 +396,7 @@ def test_to_ids_normalises(encoded):
 
 
 # --- the embedded default meta model -------------------------------------------------------------
+
 
 @pytest.mark.parametrize(("content", "message"), [(None, "is not a file"), (b"fake wheel", "has sha256")])
 def test_default_meta_rejects_bad_wheel(tmp_path, monkeypatch, content, message):

@@ -13,7 +13,9 @@ from tiny_models import domain_rows, make_tiny_llama
 
 
 def build(world, name: str, *extra: str) -> subprocess.CompletedProcess:
-    return invoke("query-set", "build", name, "--expert", str(world[f"expert:{name}"]), "--data", str(world["data"]), *extra)
+    return invoke(
+        "query-set", "build", name, "--expert", str(world[f"expert:{name}"]), "--data", str(world["data"]), *extra
+    )
 
 
 def test_build_selects_the_experts_domain_and_records_provenance(world):
@@ -56,21 +58,49 @@ def test_second_build_reuses_cached_meta_losses(world, tmp_path):
     saved = meta_weights.read_bytes()
     meta_weights.write_bytes(b"broken")
     try:
-        r = invoke("query-set", "build", "standalone", "--expert", str(standalone), "--data", str(world["data"]), "--tau", "-1e9", "--json")
+        r = invoke(
+            "query-set",
+            "build",
+            "standalone",
+            "--expert",
+            str(standalone),
+            "--data",
+            str(world["data"]),
+            "--tau",
+            "-1e9",
+            "--json",
+        )
         other_data = write_jsonl(tmp_path / "other.jsonl", domain_rows("law", 5, seed=99))
-        uncached = invoke("query-set", "build", "standalone", "--expert", str(standalone), "--data", str(other_data), "--tau", "-1e9")
+        uncached = invoke(
+            "query-set", "build", "standalone", "--expert", str(standalone), "--data", str(other_data), "--tau", "-1e9"
+        )
     finally:
         meta_weights.write_bytes(saved)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["size"] == 60
-    assert uncached.returncode != 0 and "could not load meta model" in uncached.stderr  # the control: a new dataset needs the meta
+    assert (
+        uncached.returncode != 0 and "could not load meta model" in uncached.stderr
+    )  # the control: a new dataset needs the meta
 
 
 def test_versus_and_top_select_expertise_over_a_shared_style(world):
     init(world)
     plain = json.loads(build(world, "astronomy", "--size", "10", "--label", "astronomy", "--json").stdout)
-    versus = build(world, "astronomy", "--size", "10", "--label", "astronomy", "--pick", "top",
-                   "--versus", str(world["expert:law"]), "--versus", str(world["expert:cooking"]), "--json")
+    versus = build(
+        world,
+        "astronomy",
+        "--size",
+        "10",
+        "--label",
+        "astronomy",
+        "--pick",
+        "top",
+        "--versus",
+        str(world["expert:law"]),
+        "--versus",
+        str(world["expert:cooking"]),
+        "--json",
+    )
     assert versus.returncode == 0, versus.stderr
     out = json.loads(versus.stdout)
     assert out["purity"] == 1.0 and out["purity"] >= plain["purity"]
@@ -78,8 +108,22 @@ def test_versus_and_top_select_expertise_over_a_shared_style(world):
 
 def test_labelled_route_through_the_console_script(world):
     init(world)
-    r = run_cli("query-set", "build", "law", "--expert", str(world["expert:law"]), "--data", str(world["data"]),
-                "--rule", "labelled", "--label", "law", "--size", "12", "--json")
+    r = run_cli(
+        "query-set",
+        "build",
+        "law",
+        "--expert",
+        str(world["expert:law"]),
+        "--data",
+        str(world["data"]),
+        "--rule",
+        "labelled",
+        "--label",
+        "law",
+        "--size",
+        "12",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["size"] == 12 and out["purity"] == 1.0 and out["tau"] is None
@@ -109,8 +153,21 @@ def test_over_long_rows_are_skipped_and_counted(world, tmp_path):
         rows.insert(line - 1, json.dumps(row))
     data = write_jsonl(tmp_path / "with-long.jsonl", rows)
     for extra, skipped in (([], [9]), (["--max-tokens", "200"], [4, 9, 12])):
-        r = invoke("query-set", "build", "astronomy", "--expert", str(world["expert:astronomy"]), "--data", str(data),
-                   "--tau", "-1e9", "--size", "100", "--json", *extra)
+        r = invoke(
+            "query-set",
+            "build",
+            "astronomy",
+            "--expert",
+            str(world["expert:astronomy"]),
+            "--data",
+            str(data),
+            "--tau",
+            "-1e9",
+            "--size",
+            "100",
+            "--json",
+            *extra,
+        )
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         assert out["skipped_lines"] == skipped and out["n_pairs"] == 63 and out["size"] == 63 - len(skipped)
@@ -124,14 +181,32 @@ def test_over_long_rows_are_skipped_and_counted(world, tmp_path):
 def _bad_data(tmp: Path) -> dict[str, tuple[Path, str]]:
     return {
         "missing": (tmp / "nope.jsonl", "does not exist"),
-        "not-jsonl": (write_jsonl(tmp / "bad.jsonl", ["{\"query\": \"a\", \"response\": \"b\"}", "this is not json"]), "bad.jsonl:2 is not JSON"),
+        "not-jsonl": (
+            write_jsonl(tmp / "bad.jsonl", ['{"query": "a", "response": "b"}', "this is not json"]),
+            "bad.jsonl:2 is not JSON",
+        ),
         "no-response": (write_jsonl(tmp / "noresp.jsonl", [{"query": "a"}]), "response"),
-        "empty-row": (write_jsonl(tmp / "empty.jsonl", [{"query": "a", "response": "b"}, {"query": "", "response": "b"}]), "empty"),
+        "empty-row": (
+            write_jsonl(tmp / "empty.jsonl", [{"query": "a", "response": "b"}, {"query": "", "response": "b"}]),
+            "empty",
+        ),
         "empty-file": (write_jsonl(tmp / "nothing.jsonl", []), "no rows"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "not-jsonl", "no-response", "empty-row", "empty-file", "unloadable-expert", "tau-selects-nothing", "no-init"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "not-jsonl",
+        "no-response",
+        "empty-row",
+        "empty-file",
+        "unloadable-expert",
+        "tau-selects-nothing",
+        "no-init",
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, case):
     from etr_hub.config import settings
 
@@ -149,13 +224,17 @@ def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, case):
         extra, expect = ["--tau", "1e6"], "--tau"
     elif case == "no-init":
         expect = "etr-hub init"
-    store_before = sorted(p.relative_to(settings().home) for p in settings().home.rglob("*") if "store" in p.parts and p.is_file())
+    store_before = sorted(
+        p.relative_to(settings().home) for p in settings().home.rglob("*") if "store" in p.parts and p.is_file()
+    )
     r = invoke("query-set", "build", "astronomy", "--expert", str(expert), "--data", str(data), *extra)
     assert r.returncode != 0
     lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert expect.lower() in lines[0].lower(), lines[0]
-    store_after = sorted(p.relative_to(settings().home) for p in settings().home.rglob("*") if "store" in p.parts and p.is_file())
+    store_after = sorted(
+        p.relative_to(settings().home) for p in settings().home.rglob("*") if "store" in p.parts and p.is_file()
+    )
     assert store_after == store_before
     if case != "no-init":
         from etr_hub.registry import Registry

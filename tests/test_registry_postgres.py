@@ -51,7 +51,13 @@ def _open():
 
 def _with_meta():
     reg = _open()
-    reg.register_meta(reference={"kind": "local", "path": "/nonexistent/tiny"}, display="tiny-test-meta", fingerprint=FAKE_FP, hidden_size=HIDDEN, vocab_size=100)
+    reg.register_meta(
+        reference={"kind": "local", "path": "/nonexistent/tiny"},
+        display="tiny-test-meta",
+        fingerprint=FAKE_FP,
+        hidden_size=HIDDEN,
+        vocab_size=100,
+    )
     return reg
 
 
@@ -81,14 +87,25 @@ def test_every_registry_operation(pg_url, tmp_path):
         reg.require_meta()
     meta = _with_meta().require_meta()
     assert meta.fingerprint == FAKE_FP and meta.hidden_size == HIDDEN
-    assert reg.register_meta(reference={"kind": "local", "path": "/x"}, display="again", fingerprint=FAKE_FP, hidden_size=HIDDEN, vocab_size=100).id == meta.id
+    assert (
+        reg.register_meta(
+            reference={"kind": "local", "path": "/x"},
+            display="again",
+            fingerprint=FAKE_FP,
+            hidden_size=HIDDEN,
+            vocab_size=100,
+        ).id
+        == meta.id
+    )
 
     # add (with adapter, query set and model card), get, list
     a = reg.add_expert(make_bundle(tmp_path / "a", "astronomy", seed=1, adapter=True))
     reg.add_expert(make_bundle(tmp_path / "p", "prehistory", seed=2))
     assert [e.name for e in reg.list_experts()] == ["astronomy", "prehistory"]
     got = reg.get_expert("astronomy")
-    assert got.id == a.id and got.manifest["name"] == "astronomy" and got.expert_ref == {"kind": "peft", "path": "adapter"}
+    assert (
+        got.id == a.id and got.manifest["name"] == "astronomy" and got.expert_ref == {"kind": "peft", "path": "adapter"}
+    )
     assert reg.get_expert("astronomy@0.1.0").id == a.id
     assert reg.abspath(got.adapter_path).is_dir()
     with pytest.raises(RegistryError, match="no expert named 'nope'"):
@@ -100,11 +117,17 @@ def test_every_registry_operation(pg_url, tmp_path):
     replaced = reg.add_expert(make_bundle(tmp_path / "a3", "astronomy", seed=4), replace=True)
     assert reg.get_expert("astronomy").token_sha256 == replaced.token_sha256
     reg.add_expert(make_bundle(tmp_path / "a4", "astronomy", seed=5, version="0.2.0"))
-    assert {(e.version, e.enabled) for e in reg.list_experts() if e.name == "astronomy"} == {("0.1.0", False), ("0.2.0", True)}
+    assert {(e.version, e.enabled) for e in reg.list_experts() if e.name == "astronomy"} == {
+        ("0.1.0", False),
+        ("0.2.0", True),
+    }
 
     # enable / disable
     reg.set_enabled("astronomy@0.1.0", True)
-    assert {(e.version, e.enabled) for e in reg.list_experts() if e.name == "astronomy"} == {("0.1.0", True), ("0.2.0", False)}
+    assert {(e.version, e.enabled) for e in reg.list_experts() if e.name == "astronomy"} == {
+        ("0.1.0", True),
+        ("0.2.0", False),
+    }
     reg.set_enabled("prehistory", False)
     assert [e.name for e in reg.list_experts(enabled_only=True)] == ["astronomy"]
 
@@ -113,7 +136,13 @@ def test_every_registry_operation(pg_url, tmp_path):
     assert qs is not None and qs.size == 5 and qs.provenance["tau"] == 0.5
     qfile = tmp_path / "qs.jsonl"
     qfile.write_text('{"query": "q", "response": "r"}\n')
-    added = reg.add_query_set(name="prehistory", meta_fingerprint=FAKE_FP, file=qfile, info={"size": 1, "tau": 0.3}, expert_ref={"kind": "local", "path": "/m"})
+    added = reg.add_query_set(
+        name="prehistory",
+        meta_fingerprint=FAKE_FP,
+        file=qfile,
+        info={"size": 1, "tau": 0.3},
+        expert_ref={"kind": "local", "path": "/m"},
+    )
     assert reg.latest_query_set("prehistory", FAKE_FP).id == added.id
 
     # export is byte-identical, remove frees unshared store files
@@ -194,7 +223,13 @@ def test_concurrent_cli_adds_lose_nothing(pg_url, tmp_path):
     for r in results:
         assert r.returncode == 0, r.stderr
     rows = reg.list_experts()
-    assert sorted((r.name, r.version) for r in rows) == [("expert-0", "0.1.0"), ("expert-1", "0.1.0"), ("expert-2", "0.1.0"), ("shared", "1.0.0"), ("shared", "1.1.0")]
+    assert sorted((r.name, r.version) for r in rows) == [
+        ("expert-0", "0.1.0"),
+        ("expert-1", "0.1.0"),
+        ("expert-2", "0.1.0"),
+        ("shared", "1.0.0"),
+        ("shared", "1.1.0"),
+    ]
     assert sum(r.enabled for r in rows if r.name == "shared") == 1  # writers are serialised
     _complete(reg)
 
@@ -215,7 +250,11 @@ def test_server_down_fails_cleanly_and_recovers(pg_url, cluster, tmp_path):
         with pytest.raises(RegistryError):
             reg.add_expert(make_bundle(tmp_path / "p", "prehistory", seed=2))
         res = run_cli("expert", "list")
-        assert res.returncode == 3 and res.stderr.startswith("error: the registry database") and res.stderr.count("\n") == 1, res.stderr
+        assert (
+            res.returncode == 3
+            and res.stderr.startswith("error: the registry database")
+            and res.stderr.count("\n") == 1
+        ), res.stderr
         assert "Traceback" not in res.stderr
     finally:
         cluster.start()

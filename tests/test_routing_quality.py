@@ -39,14 +39,28 @@ def test_tokens_trained_one_by_one_route_held_out_questions(tmp_path):
 
     assert invoke("init").returncode == 0
     meta_dir = settings().models_dir / "smollm2-135m-instruct"
-    adapter = make_tiny_lora(meta_dir, tmp_path / "adapter", r=2)  # any expert will do: the labelled route picks by subject
+    adapter = make_tiny_lora(
+        meta_dir, tmp_path / "adapter", r=2
+    )  # any expert will do: the labelled route picks by subject
     held_out: dict[str, list[str]] = {}
     for subject in SUBJECTS:
         qs = questions(subject)
         rows = [{"query": q, "response": "I can help with that.", "label": subject} for q in qs[:30]]
         held_out[subject] = qs[30:42]
         data = write_jsonl(tmp_path / f"{subject}.jsonl", rows)
-        r = invoke("query-set", "build", subject, "--expert", str(adapter), "--data", str(data), "--rule", "labelled", "--label", subject)
+        r = invoke(
+            "query-set",
+            "build",
+            subject,
+            "--expert",
+            str(adapter),
+            "--data",
+            str(data),
+            "--rule",
+            "labelled",
+            "--label",
+            subject,
+        )
         assert r.returncode == 0, r.stderr
         r = invoke("train-token", subject, "--json")  # the defaults: lr 5e-4, weight decay 1.0, until a plateau
         assert r.returncode == 0, r.stderr
@@ -70,7 +84,9 @@ def test_tokens_trained_one_by_one_route_held_out_questions(tmp_path):
         with torch.no_grad():
             for text in texts:
                 ids, _ = routing_prompt_ids(meta.tokenizer, [{"role": "user", "content": text}])
-                h = meta.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][:, -1]  # (1, C)
+                h = meta.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][
+                    :, -1
+                ]  # (1, C)
                 out.append(routing_logits(h.float(), w_v.float(), w_e).argmax(dim=-1))  # (1,)
         return torch.cat(out)  # (Q,)
 

@@ -24,11 +24,11 @@ from runtime_support import (
 from tiny_models import make_tiny_lora
 
 from etr_hub.errors import EtrHubError
-from etr_hub.models.chat import to_ids, plain_prompt, routing_prompt_ids
+from etr_hub.models.chat import plain_prompt, routing_prompt_ids, to_ids
 from etr_hub.models.fingerprint import meta_fingerprint
 from etr_hub.models.loading import load_causal_lm
 from etr_hub.models.refs import ModelRef
-from etr_hub.runtime import Done, Hub, Switch, TextDelta, RouteWarning
+from etr_hub.runtime import Done, Hub, RouteWarning, Switch, TextDelta
 from etr_hub.runtime.modelinfo import eos_ids, unshared_bytes
 
 MAX_NEW = 14
@@ -51,18 +51,36 @@ def zoo(tmp_path_factory):
     def adapter(seed: int, layers: tuple[int, ...] | None = None):
         if (seed, layers) not in adapters:
             suffix = "" if layers is None else "-layers" + "_".join(map(str, layers))
-            adapters[seed, layers] = make_tiny_lora(path, root / f"lora-{seed}{suffix}", seed=seed, layers=None if layers is None else list(layers))
+            adapters[seed, layers] = make_tiny_lora(
+                path, root / f"lora-{seed}{suffix}", seed=seed, layers=None if layers is None else list(layers)
+            )
         return adapters[seed, layers]
 
-    return SimpleNamespace(path=path, meta=meta, fp=meta_fingerprint(meta.model), hidden=32, tok=tok, prompt=prompt, eos=eos,
-                           trajectory=trajectory, states=states, adapter=adapter, root=root)
+    return SimpleNamespace(
+        path=path,
+        meta=meta,
+        fp=meta_fingerprint(meta.model),
+        hidden=32,
+        tok=tok,
+        prompt=prompt,
+        eos=eos,
+        trajectory=trajectory,
+        states=states,
+        adapter=adapter,
+        root=root,
+    )
 
 
 @pytest.fixture
 def tiny(zoo, registry, tmp_path):
     """The zoo's meta model registered in this test's own registry."""
-    registry.register_meta(reference={"kind": "local", "path": str(zoo.path)}, display="tiny-meta", fingerprint=zoo.fp,
-                           hidden_size=zoo.hidden, vocab_size=272)
+    registry.register_meta(
+        reference={"kind": "local", "path": str(zoo.path)},
+        display="tiny-meta",
+        fingerprint=zoo.fp,
+        hidden_size=zoo.hidden,
+        vocab_size=272,
+    )
     return SimpleNamespace(**vars(zoo), registry=registry, tmp=tmp_path)
 
 
@@ -77,8 +95,15 @@ def open_hub(t, **kw) -> Hub:
 
 def lora_expert(t, name="astro", k=3, seed=1):
     adapter = t.adapter(seed)
-    add_expert(t.registry, name, row_winning_at(t.states, k), ModelRef(kind="peft", path="adapter"), fingerprint=t.fp,
-               hidden=t.hidden, adapter=adapter)
+    add_expert(
+        t.registry,
+        name,
+        row_winning_at(t.states, k),
+        ModelRef(kind="peft", path="adapter"),
+        fingerprint=t.fp,
+        hidden=t.hidden,
+        adapter=adapter,
+    )
     return adapter
 
 
@@ -109,12 +134,22 @@ def test_forced_route_keeps_meta_text_and_expert_continues(tiny, kind):
     row = row_winning_at(tiny.states, k)
     if kind == "lora":
         adapter = tiny.adapter(1)
-        add_expert(tiny.registry, "astro", row, ModelRef(kind="peft", path="adapter"), fingerprint=tiny.fp, hidden=tiny.hidden, adapter=adapter)
+        add_expert(
+            tiny.registry,
+            "astro",
+            row,
+            ModelRef(kind="peft", path="adapter"),
+            fingerprint=tiny.fp,
+            hidden=tiny.hidden,
+            adapter=adapter,
+        )
         expert = load_causal_lm(ModelRef(kind="peft", path=str(adapter)), meta=tiny.meta)
         expert_ids = tiny.prompt + tiny.trajectory[:k]  # same tokenizer: the meta's ids are reused
     else:  # a different model whose tokenizer has no chat template: it gets its own (plain) format
         path = lively_llama(tiny.tmp / "plain-expert", seed=7, chat_template=False)
-        add_expert(tiny.registry, "astro", row, ModelRef(kind="local", path=str(path)), fingerprint=tiny.fp, hidden=tiny.hidden)
+        add_expert(
+            tiny.registry, "astro", row, ModelRef(kind="local", path=str(path)), fingerprint=tiny.fp, hidden=tiny.hidden
+        )
         expert = load_causal_lm(ModelRef(kind="local", path=str(path)))
         partial = decode(tiny.tok, tiny.trajectory[:k])
         expert_ids = to_ids(expert.tokenizer(plain_prompt(QUESTION), add_special_tokens=True))
@@ -132,7 +167,16 @@ def test_forced_route_keeps_meta_text_and_expert_continues(tiny, kind):
     assert (switch.expert, switch.token_index, switch.fell_back) == ("astro", k, False)
     assert switch.probability > 0.99
     # events: meta deltas, then the Switch, then the expert's deltas, then Done
-    kinds = [("meta" if isinstance(e, TextDelta) and e.source == "meta" else "expert" if isinstance(e, TextDelta) else type(e).__name__) for e in events]
+    kinds = [
+        (
+            "meta"
+            if isinstance(e, TextDelta) and e.source == "meta"
+            else "expert"
+            if isinstance(e, TextDelta)
+            else type(e).__name__
+        )
+        for e in events
+    ]
     assert kinds.index("Switch") > max((i for i, x in enumerate(kinds) if x == "meta"), default=-1)
     assert "".join(e.text for e in events if isinstance(e, TextDelta) and e.source == "astro") == expert_text
     assert isinstance(events[-1], Done) and result.completion_tokens == k + len(reference)
@@ -176,22 +220,40 @@ def test_fallback_when_adapter_deleted_from_store(tiny):
 
 def test_fallback_when_remote_unreachable(tiny):
     ref = ModelRef(kind="openai", url=f"http://127.0.0.1:{closed_port()}/v1", model="x", timeout_s=2)
-    add_expert(tiny.registry, "far", row_winning_at(tiny.states, switch_step(tiny)), ref, fingerprint=tiny.fp, hidden=tiny.hidden)
+    add_expert(
+        tiny.registry,
+        "far",
+        row_winning_at(tiny.states, switch_step(tiny)),
+        ref,
+        fingerprint=tiny.fp,
+        hidden=tiny.hidden,
+    )
     _assert_fell_back(tiny, open_hub(tiny).chat(QUESTION, max_new_tokens=MAX_NEW), "far", ["unreachable"])
 
 
 def test_fallback_when_remote_too_slow(tiny):
     with CompletionsServer(delay_s=1.5) as server:
         ref = ModelRef(kind="openai", url=server.url, model="tiny-remote", timeout_s=0.3)
-        add_expert(tiny.registry, "slow", row_winning_at(tiny.states, switch_step(tiny)), ref, fingerprint=tiny.fp, hidden=tiny.hidden)
-        _assert_fell_back(tiny, open_hub(tiny).chat(QUESTION, max_new_tokens=MAX_NEW), "slow", ["did not answer", "stopped answering"])
+        add_expert(
+            tiny.registry,
+            "slow",
+            row_winning_at(tiny.states, switch_step(tiny)),
+            ref,
+            fingerprint=tiny.fp,
+            hidden=tiny.hidden,
+        )
+        _assert_fell_back(
+            tiny, open_hub(tiny).chat(QUESTION, max_new_tokens=MAX_NEW), "slow", ["did not answer", "stopped answering"]
+        )
 
 
 def test_remote_expert_continues_the_open_assistant_turn(tiny):
     k = switch_step(tiny)
     with CompletionsServer(" the remote expert speaks") as server:
         ref = ModelRef(kind="openai", url=server.url, model="tiny-remote", timeout_s=5)
-        add_expert(tiny.registry, "remote", row_winning_at(tiny.states, k), ref, fingerprint=tiny.fp, hidden=tiny.hidden)
+        add_expert(
+            tiny.registry, "remote", row_winning_at(tiny.states, k), ref, fingerprint=tiny.fp, hidden=tiny.hidden
+        )
         result = open_hub(tiny).chat(QUESTION, max_new_tokens=MAX_NEW, stop=["never-seen"])
     partial = decode(tiny.tok, tiny.trajectory[:k])
     assert result.text == partial + " the remote expert speaks"
@@ -199,17 +261,22 @@ def test_remote_expert_continues_the_open_assistant_turn(tiny):
     [request] = server.requests
     template = tiny.tok.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
     assert request["prompt"] == template + partial  # the assistant turn is continued, not restarted
-    assert request["model"] == "tiny-remote" and request["max_tokens"] == MAX_NEW - k and request["stop"] == ["never-seen"]
+    assert (
+        request["model"] == "tiny-remote" and request["max_tokens"] == MAX_NEW - k and request["stop"] == ["never-seen"]
+    )
 
 
 KEY = "sk-test-0123456789abcdef"  # a made-up key for the local test server
 
 
-@pytest.mark.parametrize("env_value, ok, words", [
-    (KEY, True, []),
-    (None, False, ["ASTRO_KEY", "not set"]),
-    ("sk-wrong-key", False, ["refused the API key in $ASTRO_KEY", "401"]),
-])
+@pytest.mark.parametrize(
+    "env_value, ok, words",
+    [
+        (KEY, True, []),
+        (None, False, ["ASTRO_KEY", "not set"]),
+        ("sk-wrong-key", False, ["refused the API key in $ASTRO_KEY", "401"]),
+    ],
+)
 def test_remote_expert_sends_the_api_key_from_the_named_environment_variable(tiny, monkeypatch, env_value, ok, words):
     if env_value is None:
         monkeypatch.delenv("ASTRO_KEY", raising=False)
@@ -218,7 +285,15 @@ def test_remote_expert_sends_the_api_key_from_the_named_environment_variable(tin
     k = switch_step(tiny)
     with CompletionsServer(" the keyed expert speaks", api_key=KEY) as server:
         ref = ModelRef(kind="openai", url=server.url, model="tiny-remote", timeout_s=5, api_key_env="ASTRO_KEY")
-        add_expert(tiny.registry, "keyed", row_winning_at(tiny.states, k), ref, fingerprint=tiny.fp, hidden=tiny.hidden, allow_env=("ASTRO_KEY",))
+        add_expert(
+            tiny.registry,
+            "keyed",
+            row_winning_at(tiny.states, k),
+            ref,
+            fingerprint=tiny.fp,
+            hidden=tiny.hidden,
+            allow_env=("ASTRO_KEY",),
+        )
         result = open_hub(tiny).chat(QUESTION, max_new_tokens=MAX_NEW)
     stored = tiny.registry.get_expert("keyed").manifest["expert"]
     assert stored["api_key_env"] == "ASTRO_KEY" and KEY not in str(stored)  # the bundle names the variable only
@@ -317,16 +392,19 @@ def test_old_turns_are_dropped_first(tiny):
     assert result.text.startswith(decode(tiny.tok, tiny.trajectory[:3]))  # the question itself survives intact
 
 
-@pytest.mark.parametrize("messages, kwargs, message", [
-    ([{"role": "user", "content": "   "}], {}, "empty message"),
-    ([], {}, "no messages"),
-    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], {}, "not the user"),
-    ([{"role": "robot", "content": "hi"}], {}, "message 0"),
-    (QUESTION, {"max_new_tokens": 0}, "max_new_tokens"),
-    (QUESTION, {"temperature": -1}, "temperature"),
-    (QUESTION, {"top_p": 0}, "top_p"),
-    (QUESTION, {"expert": "nobody"}, "not available"),
-])
+@pytest.mark.parametrize(
+    "messages, kwargs, message",
+    [
+        ([{"role": "user", "content": "   "}], {}, "empty message"),
+        ([], {}, "no messages"),
+        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], {}, "not the user"),
+        ([{"role": "robot", "content": "hi"}], {}, "message 0"),
+        (QUESTION, {"max_new_tokens": 0}, "max_new_tokens"),
+        (QUESTION, {"temperature": -1}, "temperature"),
+        (QUESTION, {"top_p": 0}, "top_p"),
+        (QUESTION, {"expert": "nobody"}, "not available"),
+    ],
+)
 def test_bad_input_is_one_clear_error(tiny, messages, kwargs, message):
     hub = open_hub(tiny)
     with pytest.raises(EtrHubError, match=message):
@@ -335,7 +413,14 @@ def test_bad_input_is_one_clear_error(tiny, messages, kwargs, message):
 
 def test_explain_shows_the_winning_expert(tiny):
     lora_expert(tiny, name="astro", k=0)
-    add_expert(tiny.registry, "quiet", quiet_row(tiny), ModelRef(kind="local", path=str(tiny.path)), fingerprint=tiny.fp, hidden=tiny.hidden)
+    add_expert(
+        tiny.registry,
+        "quiet",
+        quiet_row(tiny),
+        ModelRef(kind="local", path=str(tiny.path)),
+        fingerprint=tiny.fp,
+        hidden=tiny.hidden,
+    )
     exp = open_hub(tiny).explain(QUESTION[0]["content"], top=5)
     assert exp.winner == "astro" and [e.name for e in exp.experts] == ["astro", "quiet"]
     assert exp.routing_position == len(tiny.prompt) - 1 and len(exp.words) == 5
@@ -376,7 +461,9 @@ def test_lora_expert_merges_only_while_it_answers_and_the_meta_stays_bit_exact(t
     assert next(e for e in events if isinstance(e, TextDelta)).source == "astro"  # the expert is mid-answer
     layers = hub.pool.get("astro").lean_layers
     meta_ptrs = {p.data_ptr() for p in tiny.meta.model.parameters()}
-    assert layers and all(x.merged is not None and x.merged.data_ptr() not in meta_ptrs for x in layers)  # separate copies
+    assert layers and all(
+        x.merged is not None and x.merged.data_ptr() not in meta_ptrs for x in layers
+    )  # separate copies
     events.close()
     assert all(x.merged is None for x in layers)  # dropped with the answer
     assert meta_fingerprint(tiny.meta.model) == fingerprint
@@ -391,7 +478,9 @@ def test_prefix_cache_recomputes_only_what_differs(tiny):
     hub = open_hub(tiny)
     fed: list[int] = []
     decoder = hub.pool.get("astro").loaded.model.get_decoder()
-    decoder.register_forward_pre_hook(lambda m, args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    decoder.register_forward_pre_hook(
+        lambda m, args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
     other = [{"role": "user", "content": "tell me about the sea"}]
     first_feed = []
     for messages in (other, QUESTION, QUESTION):
@@ -413,8 +502,15 @@ def test_upper_layer_lora_continues_the_meta_cache(tiny, layers, continues):
     Either way the answer is what the expert gives re-encoding everything at every step."""
     k = switch_step(tiny)
     adapter = tiny.adapter(1, layers)
-    add_expert(tiny.registry, "astro", row_winning_at(tiny.states, k), ModelRef(kind="peft", path="adapter"), fingerprint=tiny.fp,
-               hidden=tiny.hidden, adapter=adapter)
+    add_expert(
+        tiny.registry,
+        "astro",
+        row_winning_at(tiny.states, k),
+        ModelRef(kind="peft", path="adapter"),
+        fingerprint=tiny.fp,
+        hidden=tiny.hidden,
+        adapter=adapter,
+    )
     expert = load_causal_lm(ModelRef(kind="peft", path=str(adapter)), meta=tiny.meta)
     reference = greedy_no_cache(expert.model, tiny.prompt + tiny.trajectory[:k], MAX_NEW - k, tiny.eos)
     hub = open_hub(tiny)
@@ -422,8 +518,9 @@ def test_upper_layer_lora_continues_the_meta_cache(tiny, layers, continues):
     assert (hub.keep_layer, backend.first_layer) == ((1, 1) if continues else (None, None))
     widths: list[int] = []  # tokens per call of the expert's first decoder layer
     first = backend.loaded.model.get_decoder().layers[0]
-    hook = first.register_forward_pre_hook(lambda m, args, kwargs: widths.append((args[0] if args else kwargs["hidden_states"]).shape[1]),
-                                          with_kwargs=True)
+    hook = first.register_forward_pre_hook(
+        lambda m, args, kwargs: widths.append((args[0] if args else kwargs["hidden_states"]).shape[1]), with_kwargs=True
+    )
     try:
         result = hub.chat(QUESTION, max_new_tokens=MAX_NEW)
     finally:
@@ -465,8 +562,14 @@ def test_default_route_window_only_routes_at_the_routing_position(tiny):
     """Expert rows are trained at the first assistant position; by default they compete only there."""
     k = switch_step(tiny)
     assert k > 0
-    add_expert(tiny.registry, "astro", row_winning_at(tiny.states, k), ModelRef(kind="local", path=str(tiny.tmp / "nowhere")),
-               fingerprint=tiny.fp, hidden=tiny.hidden)
+    add_expert(
+        tiny.registry,
+        "astro",
+        row_winning_at(tiny.states, k),
+        ModelRef(kind="local", path=str(tiny.tmp / "nowhere")),
+        fingerprint=tiny.fp,
+        hidden=tiny.hidden,
+    )
     result = open_hub(tiny, route_window=1).chat(QUESTION, max_new_tokens=MAX_NEW)
     assert result.route == [] and result.expert is None
     assert open_hub(tiny).chat(QUESTION, max_new_tokens=MAX_NEW).route[0].token_index == k  # the control

@@ -34,9 +34,21 @@ def damage_disabled(registry, name):
 
 def damage_other_meta(registry, name):
     """Registered while another meta model was active; then the original came back."""
-    registry.register_meta(reference={"kind": "local", "path": "/other"}, display="other", fingerprint=OTHER_FP, hidden_size=HIDDEN, vocab_size=100)
+    registry.register_meta(
+        reference={"kind": "local", "path": "/other"},
+        display="other",
+        fingerprint=OTHER_FP,
+        hidden_size=HIDDEN,
+        vocab_size=100,
+    )
     add_expert(registry, name, row(2), LOCAL, fingerprint=OTHER_FP, hidden=HIDDEN, vocab=100)
-    registry.register_meta(reference={"kind": "local", "path": "/nonexistent/tiny"}, display="tiny-test-meta", fingerprint=FAKE_FP, hidden_size=HIDDEN, vocab_size=100)
+    registry.register_meta(
+        reference={"kind": "local", "path": "/nonexistent/tiny"},
+        display="tiny-test-meta",
+        fingerprint=FAKE_FP,
+        hidden_size=HIDDEN,
+        vocab_size=100,
+    )
 
 
 def damage_hidden_size(registry, name):
@@ -56,13 +68,16 @@ def damage_deleted_token(registry, name):
     registry.abspath(registry.get_expert(name).token_path).unlink()
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (damage_disabled, None),  # disabled experts are simply not part of W_E
-    (damage_other_meta, "trained against meta model bbbbbbbbbbbb"),
-    (damage_hidden_size, "token dimension 8 ≠ the meta model's hidden size 16"),
-    (damage_tampered_token, "does not match the recorded"),
-    (damage_deleted_token, "missing from the store"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (damage_disabled, None),  # disabled experts are simply not part of W_E
+        (damage_other_meta, "trained against meta model bbbbbbbbbbbb"),
+        (damage_hidden_size, "token dimension 8 ≠ the meta model's hidden size 16"),
+        (damage_tampered_token, "does not match the recorded"),
+        (damage_deleted_token, "missing from the store"),
+    ],
+)
 def test_assembly_skips_what_does_not_fit(registry, fake_meta, damage, reason):
     add_expert(registry, "good", row(10), LOCAL, fingerprint=FAKE_FP, hidden=HIDDEN, vocab=100)
     damage(registry, "victim")
@@ -85,11 +100,15 @@ def test_lora_adapter_missing_from_store_is_skipped(registry, fake_meta, tmp_pat
     save_file({"lora_A": torch.zeros(2, HIDDEN)}, str(adapter / "adapter_model.safetensors"))
     add_expert(registry, "lora", row(1), LOCAL, fingerprint=FAKE_FP, hidden=HIDDEN, vocab=100, adapter=adapter)
     ok = assemble(registry, fingerprint=FAKE_FP, hidden_size=HIDDEN)
-    assert [e.backend for e in ok.experts] == ["lora"] and ok.experts[0].reference.startswith("peft:" + str(registry.store.root))
+    assert [e.backend for e in ok.experts] == ["lora"] and ok.experts[0].reference.startswith(
+        "peft:" + str(registry.store.root)
+    )
     import shutil
 
     shutil.rmtree(registry.abspath(registry.get_expert("lora").adapter_path))
-    assert assemble(registry, fingerprint=FAKE_FP, hidden_size=HIDDEN).skipped == [("lora", "its adapter folder is missing from the store — re-add the bundle")]
+    assert assemble(registry, fingerprint=FAKE_FP, hidden_size=HIDDEN).skipped == [
+        ("lora", "its adapter folder is missing from the store — re-add the bundle")
+    ]
 
 
 def test_enable_disable_take_effect_at_next_assembly(registry, fake_meta):

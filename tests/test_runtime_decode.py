@@ -25,16 +25,22 @@ from etr_hub.runtime.decode import (
 NEG = float("-inf")
 
 
-@pytest.mark.parametrize("word, expert, blocked, expected", [
-    ([1.0, 3.0, 2.0], [0.5, 2.5], None, 1),  # a word token wins
-    ([1.0, 3.0, 2.0], [0.5, 4.0], None, 4),  # expert 1 wins: index V + 1
-    ([1.0, 3.0, 2.0], [5.0, 4.0], [True, False], 4),  # expert 0 failed: the next best is expert 1
-    ([1.0, 3.0, 2.0], [5.0, 4.0], [True, True], 1),  # all experts failed: the best word
-    ([1.0, 3.0, 2.0], [], None, 1),  # no experts registered
-])
+@pytest.mark.parametrize(
+    "word, expert, blocked, expected",
+    [
+        ([1.0, 3.0, 2.0], [0.5, 2.5], None, 1),  # a word token wins
+        ([1.0, 3.0, 2.0], [0.5, 4.0], None, 4),  # expert 1 wins: index V + 1
+        ([1.0, 3.0, 2.0], [5.0, 4.0], [True, False], 4),  # expert 0 failed: the next best is expert 1
+        ([1.0, 3.0, 2.0], [5.0, 4.0], [True, True], 1),  # all experts failed: the best word
+        ([1.0, 3.0, 2.0], [], None, 1),  # no experts registered
+    ],
+)
 def test_greedy_choice_over_words_and_experts(word, expert, blocked, expected):
-    logits = next_token_logits(torch.tensor([word]), torch.tensor([expert]) if expert else None,
-                               torch.tensor(blocked) if blocked is not None else None)
+    logits = next_token_logits(
+        torch.tensor([word]),
+        torch.tensor([expert]) if expert else None,
+        torch.tensor(blocked) if blocked is not None else None,
+    )
     assert logits.shape == (len(word) + len(expert),)
     assert sample_index(logits) == expected
 
@@ -62,13 +68,31 @@ def test_sampling_with_a_seed_repeats():
     assert len({s.pick(logits) for _ in range(100)}) > 5  # it does sample
 
 
-@pytest.mark.parametrize("deltas, stops, shown, text", [
-    ([("Hello", "meta"), (" wor", "meta"), ("ld", "x")], [], [("Hello", "meta"), (" wor", "meta"), ("ld", "x")], "Hello world"),
-    ([("abc", "meta"), ("STO", "meta"), ("P and more", "meta")], ["STOP"], [("abc", "meta")], "abc"),  # across deltas
-    ([("abS", "meta"), ("Tx", "meta")], ["STOP"], [("ab", "meta"), ("STx", "meta")], "abSTx"),  # held back, then released
-    ([("one ", "meta"), ("ST", "e1"), ("OP", "e1")], ["STOP"], [("one ", "meta")], "one "),  # across sources
-    ([("a", "meta"), ("b", "e1")], ["zz"], [("a", "meta"), ("b", "e1")], "ab"),
-])
+@pytest.mark.parametrize(
+    "deltas, stops, shown, text",
+    [
+        (
+            [("Hello", "meta"), (" wor", "meta"), ("ld", "x")],
+            [],
+            [("Hello", "meta"), (" wor", "meta"), ("ld", "x")],
+            "Hello world",
+        ),
+        (
+            [("abc", "meta"), ("STO", "meta"), ("P and more", "meta")],
+            ["STOP"],
+            [("abc", "meta")],
+            "abc",
+        ),  # across deltas
+        (
+            [("abS", "meta"), ("Tx", "meta")],
+            ["STOP"],
+            [("ab", "meta"), ("STx", "meta")],
+            "abSTx",
+        ),  # held back, then released
+        ([("one ", "meta"), ("ST", "e1"), ("OP", "e1")], ["STOP"], [("one ", "meta")], "one "),  # across sources
+        ([("a", "meta"), ("b", "e1")], ["zz"], [("a", "meta"), ("b", "e1")], "ab"),
+    ],
+)
 def test_text_stream_applies_stop_strings(deltas, stops, shown, text):
     stream = TextStream(stops)
     pieces = [p for d in deltas for p in stream.push(*d)] + stream.finish()
@@ -98,12 +122,17 @@ def model(tmp_path_factory):
 def test_kv_cached_routed_decoding_equals_no_cache_greedy(model, n_experts):
     prompt = model.tokenizer("a short prompt", add_special_tokens=False)["input_ids"]
     reference = greedy_no_cache(model.model, prompt, 24, eos=set())
-    w_e_t = (torch.randn(32, n_experts, generator=torch.Generator().manual_seed(0)) * 1e-3) if n_experts else None  # (C, N), never wins
+    w_e_t = (
+        (torch.randn(32, n_experts, generator=torch.Generator().manual_seed(0)) * 1e-3) if n_experts else None
+    )  # (C, N), never wins
     decoder = RoutedDecoder(model.model, w_e_t, Sampling(), route_window=None)
     decoder.start(prompt)
     routed = [decoder.next() for _ in range(24)]
     assert routed == reference
-    assert list(plain_tokens(model.model, prompt, max_new_tokens=24, sampling=Sampling(), eos_ids=frozenset())) == reference
+    assert (
+        list(plain_tokens(model.model, prompt, max_new_tokens=24, sampling=Sampling(), eos_ids=frozenset()))
+        == reference
+    )
 
 
 def test_routed_decoder_after_a_blocked_expert_continues_from_the_same_state(model):
@@ -113,7 +142,9 @@ def test_routed_decoder_after_a_blocked_expert_continues_from_the_same_state(mod
     decoder.start(prompt)
     decoder.w_e_t = None  # first step: plain
     first = decoder.next()
-    decoder.w_e_t = decoder.runner.head.weight[reference[1]].reshape(32, 1).repeat(1, 2) * 100  # (C, 2): experts win next
+    decoder.w_e_t = (
+        decoder.runner.head.weight[reference[1]].reshape(32, 1).repeat(1, 2) * 100
+    )  # (C, 2): experts win next
     decoder.n_experts = 2
     vocab = decoder.vocab
     assert decoder.next() >= vocab

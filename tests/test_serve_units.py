@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from etr_hub.errors import EtrHubError
@@ -45,24 +44,38 @@ def test_fair_queue_bounded_and_discard_frees_a_place():
         q.put(_job("z", "4"), lambda n: 1)
 
 
-@pytest.mark.parametrize("host,loopback", [
-    ("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("[::1]", True), ("localhost", True),
-    ("0.0.0.0", False), ("::", False), ("192.168.1.10", False), ("example.com", False), ("localhost.evil.com", False),
-])
+@pytest.mark.parametrize(
+    "host,loopback",
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.10", False),
+        ("example.com", False),
+        ("localhost.evil.com", False),
+    ],
+)
 def test_is_loopback(host, loopback):
     assert is_loopback(host) is loopback
 
 
-@pytest.mark.parametrize("kw,message", [
-    ({"host": "0.0.0.0"}, "without an API key"),
-    ({"host": "10.0.0.5"}, "--insecure"),
-    ({"port": 0}, "port 0"),
-    ({"max_queue": 0}, "--max-queue"),
-    ({"cors_origins": ("*",)}, "--cors-origin '*'"),
-    ({"api_key": "   "}, "the API key is blank"),
-    ({"api_key": "k3y\n"}, "surrounded by whitespace"),
-    ({"max_prompt_tokens": 0}, "--max-prompt-tokens"),
-])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"host": "0.0.0.0"}, "without an API key"),
+        ({"host": "10.0.0.5"}, "--insecure"),
+        ({"port": 0}, "port 0"),
+        ({"max_queue": 0}, "--max-queue"),
+        ({"cors_origins": ("*",)}, "--cors-origin '*'"),
+        ({"api_key": "   "}, "the API key is blank"),
+        ({"api_key": "k3y\n"}, "surrounded by whitespace"),
+        ({"max_prompt_tokens": 0}, "--max-prompt-tokens"),
+    ],
+)
 def test_unsafe_configs_are_refused(kw, message):
     with pytest.raises(EtrHubError, match=message.replace("*", r"\*")):
         ServerConfig(**kw).check()
@@ -81,15 +94,40 @@ def test_api_key_is_not_in_repr():
 def test_request_parsing():
     from etr_hub.server import protocol as p
 
-    req = p.parse(p.ChatRequest, {"model": "m", "messages": [{"role": "developer", "content": [{"type": "text", "text": "be brief"}]},
-                                                              {"role": "user", "content": "hi"}], "stop": "x", "max_completion_tokens": 9})
+    req = p.parse(
+        p.ChatRequest,
+        {
+            "model": "m",
+            "messages": [
+                {"role": "developer", "content": [{"type": "text", "text": "be brief"}]},
+                {"role": "user", "content": "hi"},
+            ],
+            "stop": "x",
+            "max_completion_tokens": 9,
+        },
+    )
     assert req.chat_messages() == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
-    assert req.settings(256, 512) == {"max_new_tokens": 9, "temperature": None, "top_p": None, "stop": ["x"], "seed": None, "ignore_eos": False,
-                                      "repetition_penalty": None, "presence_penalty": 0.0, "frequency_penalty": 0.0}  # None: the model's default
+    assert req.settings(256, 512) == {
+        "max_new_tokens": 9,
+        "temperature": None,
+        "top_p": None,
+        "stop": ["x"],
+        "seed": None,
+        "ignore_eos": False,
+        "repetition_penalty": None,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+    }  # None: the model's default
     with pytest.raises(p.ApiError, match="at most 512"):
-        p.parse(p.ChatRequest, {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 600}).settings(256, 512)
+        p.parse(
+            p.ChatRequest, {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 600}
+        ).settings(256, 512)
     assert p.parse(p.CompletionRequest, {"model": "m", "prompt": ["once"]}).prompt == "once"
-    for bad in ({"model": "m", "prompt": ["a", "b"]}, {"model": "m", "prompt": "a", "echo": True}, {"model": "m", "prompt": "a", "stop": ["1", "2", "3", "4", "5"]}):
+    for bad in (
+        {"model": "m", "prompt": ["a", "b"]},
+        {"model": "m", "prompt": "a", "echo": True},
+        {"model": "m", "prompt": "a", "stop": ["1", "2", "3", "4", "5"]},
+    ):
         with pytest.raises(p.ApiError) as err:
             p.parse(p.CompletionRequest, bad)
         assert err.value.status == 400

@@ -35,11 +35,15 @@ def unreferenced(registry) -> list[str]:
 
 def temporaries(home: Path) -> list[str]:
     store = home / "store"
-    return sorted(p.relative_to(store).as_posix() for p in [*store.glob("trees/.tmp-*"), *store.glob("sha256/*/.tmp-*")])
+    return sorted(
+        p.relative_to(store).as_posix() for p in [*store.glob("trees/.tmp-*"), *store.glob("sha256/*/.tmp-*")]
+    )
 
 
 def test_kill_9_during_expert_add_leaves_nothing_after_the_next_open_and_gc(fake_meta, tmp_path, hub_home):
-    assert invoke("expert", "add", str(make_bundle(tmp_path / "keep", "prehistory", seed=9, adapter=True))).returncode == 0
+    assert (
+        invoke("expert", "add", str(make_bundle(tmp_path / "keep", "prehistory", seed=9, adapter=True))).returncode == 0
+    )
     before_rows, before_store = list_json(), store_files(hub_home)
 
     bundle = make_bundle(tmp_path / "big", "astronomy", adapter=True, seed=1)
@@ -47,13 +51,19 @@ def test_kill_9_during_expert_add_leaves_nothing_after_the_next_open_and_gc(fake
     with open(bundle / "adapter" / "big.safetensors", "wb") as f:  # 256 MB: the copy takes a while
         for _ in range(256):
             f.write(block)
-    proc = subprocess.Popen([*etr_hub_cmd(), "expert", "add", str(bundle)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*etr_hub_cmd(), "expert", "add", str(bundle)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 180
     partial = None
     while partial is None:
         assert proc.poll() is None, f"expert add ended before it was killed: {proc.stderr.read().decode()}"
         assert time.monotonic() < deadline, "no copy into the store started"
-        found = [p for p in (hub_home / "store" / "trees").glob(".tmp-*/big.safetensors")] if (hub_home / "store" / "trees").is_dir() else []
+        found = (
+            [p for p in (hub_home / "store" / "trees").glob(".tmp-*/big.safetensors")]
+            if (hub_home / "store" / "trees").is_dir()
+            else []
+        )
         partial = found[0] if found else None
         time.sleep(0.002)
     os.kill(proc.pid, signal.SIGKILL)
@@ -110,7 +120,9 @@ def test_replace_remove_and_gc_leave_no_unreferenced_file(fake_meta, registry, t
     a = make_bundle(tmp_path / "a", "astronomy", seed=1, adapter=True)
     assert invoke("expert", "add", str(a)).returncode == 0
     b = make_bundle(tmp_path / "b", "astronomy", seed=2, adapter=True)
-    (b / "adapter" / "extra.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")  # another adapter tree
+    (b / "adapter" / "extra.safetensors").write_bytes(
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "
+    )  # another adapter tree
     assert invoke("expert", "add", str(b), "--replace").returncode == 0
     assert unreferenced(registry) == []  # the replaced version's token, tree and card are gone
 
@@ -119,8 +131,12 @@ def test_replace_remove_and_gc_leave_no_unreferenced_file(fake_meta, registry, t
     orphan.write_bytes(b"left by an older etr-hub")
     dry = invoke("store", "gc", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
-    assert json.loads(dry.stdout) == {"removed": [orphan.relative_to(registry.store.root).as_posix()], "temporaries": [],
-                                      "bytes": orphan.stat().st_size, "dry_run": True}
+    assert json.loads(dry.stdout) == {
+        "removed": [orphan.relative_to(registry.store.root).as_posix()],
+        "temporaries": [],
+        "bytes": orphan.stat().st_size,
+        "dry_run": True,
+    }
     assert orphan.exists()
     human = invoke("store", "gc")
     assert human.returncode == 0 and "deleted 1 unreferenced entry" in human.stderr and not orphan.exists()

@@ -74,7 +74,11 @@ def test_expert_list_and_show_print_manifest_text_literally(fake_meta, bundle_fa
         show = run("expert", "show", name)
         assert_clean(show)
         for field in ("description", "label", "provider", "license", "expert model"):
-            assert re.search(rf"{field}\s+│ (local:/models/)?{re.escape(shown)} ", show.stdout), (field, text, show.stdout)
+            assert re.search(rf"{field}\s+│ (local:/models/)?{re.escape(shown)} ", show.stdout), (
+                field,
+                text,
+                show.stdout,
+            )
         assert f"/models/{shown}" in listed.stdout and f" {shown} " in listed.stdout, (text, listed.stdout)
         # --json is exact JSON: the same text comes back, its controls escaped as JSON escapes
         data = json.loads(run("expert", "show", name, "--json").stdout)
@@ -109,13 +113,24 @@ def test_chat_prints_model_text_and_expert_labels_literally(registry, tmp_path):
     prompt = routing_prompt_ids(meta.tokenizer, QUESTION)[0]
     row = row_winning_at(routing_states(meta.model, prompt)[len(prompt) - 1 :], 0)
     with CompletionsServer(reply=REPLY) as server:
-        add_expert(registry, "remote", row, ModelRef(kind="openai", url=server.url, model="tiny-remote"), fingerprint=meta_row.fingerprint, hidden=32)
+        add_expert(
+            registry,
+            "remote",
+            row,
+            ModelRef(kind="openai", url=server.url, model="tiny-remote"),
+            fingerprint=meta_row.fingerprint,
+            hidden=32,
+        )
         inject(registry, "remote", "[/]\x1b]0;owned\x07")
         res = run("chat", "--max-new-tokens", "32", input=f"{QUESTION[0]['content']}\n/experts\n/route\n/exit\n")
         as_json = run("chat", "--once", QUESTION[0]["content"], "--json", "--max-new-tokens", "32")
     assert_clean(res)
-    assert "look \\x1b[2J\\x1b]0;owned\\x07 [/] [link=http://x]y[/link] \\x9b31m :smile: done" in res.stdout, repr(res.stdout)
-    assert "[→ remote, at token 0" in res.stderr and "[/]\\x1b]0;owned\\x07" in res.stderr, res.stderr  # the marker, /experts
+    assert "look \\x1b[2J\\x1b]0;owned\\x07 [/] [link=http://x]y[/link] \\x9b31m :smile: done" in res.stdout, repr(
+        res.stdout
+    )
+    assert "[→ remote, at token 0" in res.stderr and "[/]\\x1b]0;owned\\x07" in res.stderr, (
+        res.stderr
+    )  # the marker, /experts
     assert "route of the last answer" in res.stderr
     assert_clean(as_json)
     assert json.loads(as_json.stdout)["text"].endswith(REPLY)

@@ -41,8 +41,14 @@ def tiny(tmp_path_factory):
 
 def _register_meta(registry, tiny, *, recorded: bool):
     """recorded=False: a registry from before the row-norm record (the check moves to assembly)."""
-    registry.register_meta(reference={"kind": "local", "path": str(tiny.path)}, display="tiny-meta", fingerprint=tiny.fp,
-                           hidden_size=32, vocab_size=272, max_row_norm=tiny.max_norm if recorded else None)
+    registry.register_meta(
+        reference={"kind": "local", "path": str(tiny.path)},
+        display="tiny-meta",
+        fingerprint=tiny.fp,
+        hidden_size=32,
+        vocab_size=272,
+        max_row_norm=tiny.max_norm if recorded else None,
+    )
 
 
 def _scaled(row: torch.Tensor, scale: float) -> torch.Tensor:
@@ -54,7 +60,12 @@ def _scaled(row: torch.Tensor, scale: float) -> torch.Tensor:
 SCALES = [  # (id, scale, accepted, words)
     ("trained-size", 1.0, True, []),
     ("x30", 30.0, True, []),  # 9x the largest word row: big, but inside the documented 100x band
-    ("x1e4", 1e4, False, ["token row norm", "× the meta model's largest output row", "the limit is 100×", "retrain the token"]),
+    (
+        "x1e4",
+        1e4,
+        False,
+        ["token row norm", "× the meta model's largest output row", "the limit is 100×", "retrain the token"],
+    ),
     ("x3e38", 3e38, False, ["× the meta model's largest output row"]),
 ]
 
@@ -69,9 +80,14 @@ def test_expert_add_refuses_a_row_far_beyond_the_meta_models_rows(registry, tiny
     _register_meta(registry, tiny, recorded=True)
     token = tmp_path / "token.safetensors"
     save_token(token, _scaled(tiny.row, scale))
-    manifest = Manifest(name="dogs", license="MIT", provider="tests", expert=LOCAL,
-                        meta=MetaInfo(reference="tiny", hidden_size=32, vocab_size=272, fingerprint=tiny.fp),
-                        token=TokenInfo(sha256=sha256_file(token), shape=(1, 32)))
+    manifest = Manifest(
+        name="dogs",
+        license="MIT",
+        provider="tests",
+        expert=LOCAL,
+        meta=MetaInfo(reference="tiny", hidden_size=32, vocab_size=272, fingerprint=tiny.fp),
+        token=TokenInfo(sha256=sha256_file(token), shape=(1, 32)),
+    )
     bundle = write_bundle(tmp_path / "dogs", manifest, {"token.safetensors": token})
     res = invoke("expert", "add", str(bundle.root))
     if accepted:
@@ -90,7 +106,10 @@ def test_a_row_already_in_a_registry_is_skipped_and_the_meta_model_answers(regis
     chat = run_cli("chat", "--once", DOGS, "--json", "--max-new-tokens", "4")
     assert chat.returncode == 0, chat.stderr
     assert json.loads(chat.stdout)["route"] == [] and json.loads(chat.stdout)["expert"] is None
-    assert "skipped expert 'dogs': token row norm" in chat.stderr and "× the meta model's largest output row" in chat.stderr
+    assert (
+        "skipped expert 'dogs': token row norm" in chat.stderr
+        and "× the meta model's largest output row" in chat.stderr
+    )
     explain = run_cli("explain", DOGS, "--json")
     assert explain.returncode == 0, explain.stderr
     assert json.loads(explain.stdout)["winner"] is None

@@ -14,8 +14,21 @@ DOMAINS = ("astronomy", "law", "cooking")
 
 
 def build_labelled(world, name: str) -> None:
-    r = invoke("query-set", "build", name, "--expert", str(world[f"expert:{name}"]), "--data", str(world["data"]),
-               "--rule", "labelled", "--label", name, "--size", "20")
+    r = invoke(
+        "query-set",
+        "build",
+        name,
+        "--expert",
+        str(world[f"expert:{name}"]),
+        "--data",
+        str(world["data"]),
+        "--rule",
+        "labelled",
+        "--label",
+        name,
+        "--size",
+        "20",
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -49,7 +62,9 @@ def test_summary_and_manifest_record_the_training(world, trained):
     assert s["epochs"] >= 1 and 0 <= s["train_routing_accuracy"] <= 1
     m = Registry.open().get_expert("cooking").manifest
     assert m["training"]["negatives"] == ["astronomy", "law"] and m["training"]["word_negatives"] == 80
-    assert m["training"]["lr"] == 5e-3 and m["training"]["weight_decay"] == 1.0 and m["training"]["epochs"] == s["epochs"]
+    assert (
+        m["training"]["lr"] == 5e-3 and m["training"]["weight_decay"] == 1.0 and m["training"]["epochs"] == s["epochs"]
+    )
     assert m["query_set"]["selection_rule"] == "label == 'cooking'"
     assert Path(s["bundle"], "token.safetensors").is_file() and Path(s["bundle"], "adapter").is_dir()
 

@@ -105,7 +105,9 @@ def make_tiny_lora(
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(base_path, use_safetensors=True, local_files_only=True)
-    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, layers_to_transform=layers)
+    config = LoraConfig(
+        r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, layers_to_transform=layers
+    )
     model = get_peft_model(base, config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -139,7 +141,9 @@ def domain_rows(domain: str, n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def train_tiny_lora(base_path: Path | str, out_path: Path | str, rows: list[dict], *, steps: int = 60, lr: float = 3e-2, seed: int = 0) -> Path:
+def train_tiny_lora(
+    base_path: Path | str, out_path: Path | str, rows: list[dict], *, steps: int = 60, lr: float = 3e-2, seed: int = 0
+) -> Path:
     """A LoRA expert actually fine-tuned on `rows` (response tokens only), so it is provably better there."""
     import torch
     from peft import LoraConfig, get_peft_model

@@ -44,7 +44,9 @@ def backend_name(ref: ModelRef) -> str | None:
 def backend_class(spec: ExpertSpec) -> type[ExpertBackend]:
     name = backend_name(spec.ref)
     if name is None:
-        raise ExpertError(f"no backend serves {spec.ref.kind} experts ({spec.name})", f"use one of: {', '.join(sorted(BY_REF_KIND))}")
+        raise ExpertError(
+            f"no backend serves {spec.ref.kind} experts ({spec.name})", f"use one of: {', '.join(sorted(BY_REF_KIND))}"
+        )
     module, _, cls = BACKENDS[name].partition(":")
     return getattr(importlib.import_module(module), cls)
 
@@ -65,5 +67,17 @@ def meta_layer_to_keep(specs: Any) -> int | None:
     return min(wanted) if wanted else None
 
 
-__all__ = ["BACKENDS", "Chunk", "ExpertBackend", "ExpertError", "ExpertSpec", "GenSettings", "Handoff",
-           "backend_class", "backend_name", "create_backend", "meta_layer_to_keep", "register"]
+__all__ = [
+    "BACKENDS",
+    "Chunk",
+    "ExpertBackend",
+    "ExpertError",
+    "ExpertSpec",
+    "GenSettings",
+    "Handoff",
+    "backend_class",
+    "backend_name",
+    "create_backend",
+    "meta_layer_to_keep",
+    "register",
+]

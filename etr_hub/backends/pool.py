@@ -31,8 +31,15 @@ def default_budget_bytes() -> int:
 
 
 class ExpertPool:
-    def __init__(self, specs: dict[str, ExpertSpec], meta: Any, *, budget_bytes: int | None = None,
-                 progress: Callable[[str], None] | None = None, factory: Callable[[ExpertSpec, Any], ExpertBackend] = create_backend):
+    def __init__(
+        self,
+        specs: dict[str, ExpertSpec],
+        meta: Any,
+        *,
+        budget_bytes: int | None = None,
+        progress: Callable[[str], None] | None = None,
+        factory: Callable[[ExpertSpec, Any], ExpertBackend] = create_backend,
+    ):
         self.specs = specs
         self.meta = meta
         self.budget = default_budget_bytes() if budget_bytes is None else budget_bytes
@@ -51,7 +58,10 @@ class ExpertPool:
             raise failed[1]
         spec = self.specs.get(name)
         if spec is None:
-            raise ExpertError(f"no expert named '{name}' is loaded in this hub", "see `etr-hub chat` /experts or `etr-hub expert list`")
+            raise ExpertError(
+                f"no expert named '{name}' is loaded in this hub",
+                "see `etr-hub chat` /experts or `etr-hub expert list`",
+            )
         if self.progress is not None:
             self.progress(f"loading expert {name}")
         try:

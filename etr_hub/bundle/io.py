@@ -19,7 +19,17 @@ from etr_hub.bundle.manifest import (
     Manifest,
     first_error,
 )
-from etr_hub.bundle.safety import PICKLE_SUFFIXES, Refused, check_json_file, check_json_tree, max_bundle_bytes, parse_json, read_json_file, scan, walk
+from etr_hub.bundle.safety import (
+    PICKLE_SUFFIXES,
+    Refused,
+    check_json_file,
+    check_json_tree,
+    max_bundle_bytes,
+    parse_json,
+    read_json_file,
+    scan,
+    walk,
+)
 from etr_hub.errors import BundleError, DataError
 from etr_hub.jsonl import iter_jsonl
 from etr_hub.store import sha256_file
@@ -27,7 +37,16 @@ from etr_hub.store import sha256_file
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PICKLE_SUFFIXES", "Bundle", "load_bundle", "write_bundle", "read_token", "save_token", "parse_manifest", "inside"]
+__all__ = [
+    "PICKLE_SUFFIXES",
+    "Bundle",
+    "inside",
+    "load_bundle",
+    "parse_manifest",
+    "read_token",
+    "save_token",
+    "write_bundle",
+]
 
 
 @dataclass(frozen=True)
@@ -68,9 +87,15 @@ def inside(root: Path, rel: str, what: str) -> Path:
     try:
         resolved = path.resolve()
     except (OSError, RuntimeError, ValueError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
-        raise _fail(root, f"{what} '{rel}' cannot be resolved ({e})", "replace links with the files themselves") from None
+        raise _fail(
+            root, f"{what} '{rel}' cannot be resolved ({e})", "replace links with the files themselves"
+        ) from None
     if resolved != root.resolve() and root.resolve() not in resolved.parents:
-        raise _fail(root, f"{what} '{rel}' is a symlink pointing outside the bundle", "copy the file into the bundle instead of linking it")
+        raise _fail(
+            root,
+            f"{what} '{rel}' is a symlink pointing outside the bundle",
+            "copy the file into the bundle instead of linking it",
+        )
     return path
 
 
@@ -94,16 +119,26 @@ def manifest_from_json(root: Path, raw: Any) -> Manifest:
     if not isinstance(raw, dict):
         raise _fail(root, f"{MANIFEST_NAME} must hold a JSON object", "write the manifest as {...}")
     if _find_truthy_key(raw, "trust_remote_code"):
-        raise _fail(root, "the manifest asks for trust_remote_code", "etr-hub never runs code from a bundle; remove it and ship a standard architecture")
+        raise _fail(
+            root,
+            "the manifest asks for trust_remote_code",
+            "etr-hub never runs code from a bundle; remove it and ship a standard architecture",
+        )
     if "schema_version" in raw and raw["schema_version"] != SCHEMA_VERSION:
-        raise _fail(root, f"unsupported schema_version {raw['schema_version']!r} (this etr-hub reads {SCHEMA_VERSION})", "rebuild the bundle with a matching etr-hub, or upgrade etr-hub")
+        raise _fail(
+            root,
+            f"unsupported schema_version {raw['schema_version']!r} (this etr-hub reads {SCHEMA_VERSION})",
+            "rebuild the bundle with a matching etr-hub, or upgrade etr-hub",
+        )
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as e:
         problem, fix = first_error(e)
         raise _fail(root, f"{MANIFEST_NAME}: {problem}", fix) from None
     except RecursionError:
-        raise _fail(root, f"{MANIFEST_NAME} nests JSON too deeply", "write the manifest as `etr-hub train-token` does") from None
+        raise _fail(
+            root, f"{MANIFEST_NAME} nests JSON too deeply", "write the manifest as `etr-hub train-token` does"
+        ) from None
     try:
         check_json_tree(raw, MANIFEST_NAME)
     except Refused as r:
@@ -111,39 +146,67 @@ def manifest_from_json(root: Path, raw: Any) -> Manifest:
     return manifest
 
 
-def read_token(root: Path, path: Path, manifest: Manifest) -> "torch.Tensor":
+def read_token(root: Path, path: Path, manifest: Manifest) -> torch.Tensor:
     """Load and check the expert-token row against the manifest; returns a (1, d) tensor."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     tok = manifest.token
     if not path.is_file():
-        raise _fail(root, f"token file '{tok.file}' is missing", "put the token.safetensors written by `etr-hub train-token` in the bundle")
+        raise _fail(
+            root,
+            f"token file '{tok.file}' is missing",
+            "put the token.safetensors written by `etr-hub train-token` in the bundle",
+        )
     if sha256_file(path) != tok.sha256:
-        raise _fail(root, f"token file sha256 {sha256_file(path)[:12]}… does not match the manifest's {tok.sha256[:12]}…", "re-export the bundle so the manifest matches the token file")
+        raise _fail(
+            root,
+            f"token file sha256 {sha256_file(path)[:12]}… does not match the manifest's {tok.sha256[:12]}…",
+            "re-export the bundle so the manifest matches the token file",
+        )
     try:
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
-        raise _fail(root, f"token file is not a readable safetensors file ({e})", "write it with safetensors.torch.save_file") from None
+        raise _fail(
+            root, f"token file is not a readable safetensors file ({e})", "write it with safetensors.torch.save_file"
+        ) from None
     if list(tensors) != [TOKEN_TENSOR]:
-        raise _fail(root, f"token file holds {sorted(tensors)}, expected one tensor '{TOKEN_TENSOR}'", "save the row under the name 'expert_token'")
+        raise _fail(
+            root,
+            f"token file holds {sorted(tensors)}, expected one tensor '{TOKEN_TENSOR}'",
+            "save the row under the name 'expert_token'",
+        )
     row = tensors[TOKEN_TENSOR]
     dtype = str(row.dtype).removeprefix("torch.")
     if tuple(row.shape) != tuple(tok.shape) or row.ndim != 2 or row.shape[0] != 1:
-        raise _fail(root, f"token shape {tuple(row.shape)} disagrees with the manifest's {tuple(tok.shape)} (expected (1, d))", "re-export the bundle so the manifest matches the token file")
+        raise _fail(
+            root,
+            f"token shape {tuple(row.shape)} disagrees with the manifest's {tuple(tok.shape)} (expected (1, d))",
+            "re-export the bundle so the manifest matches the token file",
+        )
     if dtype != tok.dtype:
-        raise _fail(root, f"token dtype {dtype} disagrees with the manifest's {tok.dtype}", "re-export the bundle so the manifest matches the token file")
+        raise _fail(
+            root,
+            f"token dtype {dtype} disagrees with the manifest's {tok.dtype}",
+            "re-export the bundle so the manifest matches the token file",
+        )
     if row.shape[1] != manifest.meta.hidden_size:
-        raise _fail(root, f"token dimension {row.shape[1]} differs from the meta model's hidden size {manifest.meta.hidden_size}", "retrain the token against this meta model")
+        raise _fail(
+            root,
+            f"token dimension {row.shape[1]} differs from the meta model's hidden size {manifest.meta.hidden_size}",
+            "retrain the token against this meta model",
+        )
     if not bool(row.float().isfinite().all()):
         raise _fail(root, "the token row contains NaN or Inf", "retrain the token; training diverged")
     return row
 
 
-NORM_FIX = "retrain the token with `etr-hub train-token` (a trained row stays near the size of the meta model's own rows)"
+NORM_FIX = (
+    "retrain the token with `etr-hub train-token` (a trained row stays near the size of the meta model's own rows)"
+)
 
 
-def token_norm_problem(row: "torch.Tensor", max_norm: float) -> str | None:
+def token_norm_problem(row: torch.Tensor, max_norm: float) -> str | None:
     """Why an expert row is too large for a meta model whose largest W_V row norm is `max_norm`."""
     from etr_hub.routing.math import MAX_ROW_NORM_RATIO, row_norm_ratio
 
@@ -151,8 +214,10 @@ def token_norm_problem(row: "torch.Tensor", max_norm: float) -> str | None:
     if ratio <= MAX_ROW_NORM_RATIO:
         return None
     norm = float(row.double().norm())
-    return (f"token row norm {norm:.3g} is {ratio:.3g}× the meta model's largest output row ({max_norm:.3g}); "
-            f"the limit is {MAX_ROW_NORM_RATIO:g}×, beyond which one token takes every prompt")
+    return (
+        f"token row norm {norm:.3g} is {ratio:.3g}× the meta model's largest output row ({max_norm:.3g}); "
+        f"the limit is {MAX_ROW_NORM_RATIO:g}×, beyond which one token takes every prompt"
+    )
 
 
 def _check_query_set(root: Path, manifest: Manifest) -> None:
@@ -161,14 +226,24 @@ def _check_query_set(root: Path, manifest: Manifest) -> None:
         return
     path = inside(root, qs.file, "query set")
     if not path.is_file():
-        raise _fail(root, f"query set '{qs.file}' is missing", "add the query_set.jsonl or drop 'query_set.file' from the manifest")
+        raise _fail(
+            root,
+            f"query set '{qs.file}' is missing",
+            "add the query_set.jsonl or drop 'query_set.file' from the manifest",
+        )
     if sha256_file(path) != qs.sha256:
-        raise _fail(root, "query set sha256 does not match the manifest", "re-export the bundle so the manifest matches the query set")
+        raise _fail(
+            root,
+            "query set sha256 does not match the manifest",
+            "re-export the bundle so the manifest matches the query set",
+        )
     n = 0
     try:
         for lineno, row in iter_jsonl(path, f"query set {qs.file}"):
             if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not row["query"].strip():
-                raise _fail(root, f"query set line {lineno} has no non-empty 'query'", "every line needs a 'query' string")
+                raise _fail(
+                    root, f"query set line {lineno} has no non-empty 'query'", "every line needs a 'query' string"
+                )
             n += 1
     except DataError as exc:  # not UTF-8, not JSON, too deep: named by line
         raise _fail(root, exc.problem, exc.fix) from None
@@ -182,7 +257,11 @@ def _check_adapter(root: Path, manifest: Manifest) -> None:
         return
     path = inside(root, ref.path, "adapter")
     if not (path / "adapter_config.json").is_file() or not (path / "adapter_model.safetensors").is_file():
-        raise _fail(root, f"adapter '{ref.path}' lacks adapter_config.json or adapter_model.safetensors", "save the adapter with peft's save_pretrained(safe_serialization=True)")
+        raise _fail(
+            root,
+            f"adapter '{ref.path}' lacks adapter_config.json or adapter_model.safetensors",
+            "save the adapter with peft's save_pretrained(safe_serialization=True)",
+        )
     rel = f"{ref.path.rstrip('/')}/adapter_config.json"
     try:
         cfg = read_json_file(path / "adapter_config.json", rel)
@@ -191,7 +270,9 @@ def _check_adapter(root: Path, manifest: Manifest) -> None:
     if not isinstance(cfg, dict):
         raise _fail(root, f"'{rel}' must hold a JSON object", "save the adapter with peft's save_pretrained")
     if _find_truthy_key(cfg, "trust_remote_code"):
-        raise _fail(root, "the adapter config asks for trust_remote_code", "remove it; etr-hub never runs code from a bundle")
+        raise _fail(
+            root, "the adapter config asks for trust_remote_code", "remove it; etr-hub never runs code from a bundle"
+        )
 
 
 def load_bundle(path: str | Path, *, max_bundle_mb: float | None = None) -> Bundle:
@@ -206,7 +287,9 @@ def load_bundle(path: str | Path, *, max_bundle_mb: float | None = None) -> Bund
     try:
         entries = scan(root, max_bytes=max_bundle_bytes(max_bundle_mb))
         if MANIFEST_NAME not in {e.rel for e in entries}:
-            raise _fail(root, f"{MANIFEST_NAME} is missing", "run `etr-hub train-token` to write a bundle, or add the manifest")
+            raise _fail(
+                root, f"{MANIFEST_NAME} is missing", "run `etr-hub train-token` to write a bundle, or add the manifest"
+            )
         raw_manifest = read_json_file(root / MANIFEST_NAME, MANIFEST_NAME)
         for e in entries:  # tokenizer/adapter configs: no auto_map, no trust_remote_code, plain data
             if e.rel.endswith(".json") and e.rel != MANIFEST_NAME:
@@ -263,7 +346,7 @@ def write_bundle(
     return Bundle(root=out, manifest=manifest)
 
 
-def save_token(path: Path, row: "torch.Tensor") -> None:
+def save_token(path: Path, row: torch.Tensor) -> None:
     """Write a (1, d) expert-token row as safetensors."""
     from safetensors.torch import save_file
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,7 +19,9 @@ TOKEN_TENSOR = "expert_token"  # the one tensor inside token.safetensors
 INT32_MAX = 2**31 - 1
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-RelPath = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]  # no NUL or control characters
+RelPath = Annotated[
+    str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
+]  # no NUL or control characters
 Label = Annotated[str, Field(max_length=128)]
 Text = Annotated[str, Field(max_length=4096)]
 Short = Annotated[str, Field(max_length=512)]
@@ -89,7 +91,9 @@ class TrainingInfo(Strict):
     steps: Count
     final_loss: float
     stopped: Short = "epochs"
-    negatives: Annotated[list[Short], Field(max_length=10_000)] = []  # experts whose query sets were negatives (their tokens frozen in the softmax)
+    negatives: Annotated[
+        list[Short], Field(max_length=10_000)
+    ] = []  # experts whose query sets were negatives (their tokens frozen in the softmax)
     word_negatives: Count = 0  # general prompts labelled "a word token" (teach the token not to fire on small talk)
 
 
@@ -108,7 +112,7 @@ class Manifest(Strict):
     training: TrainingInfo | None = None
     model_card: RelPath | None = None
     etr_hub_version: Annotated[str, Field(max_length=64)] = __version__
-    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 def first_error(exc: ValidationError) -> tuple[str, str]:

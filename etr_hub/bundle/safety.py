@@ -24,8 +24,29 @@ MAX_JSON_BYTES = 64 << 20  # any one JSON file read into memory (a large tokeniz
 
 # Formats that unpickle (and so can execute code) on load; a bundle carries safetensors only.
 # Code a library could import or run (transformers imports *.py named by auto_map).
-CODE_SUFFIXES = {".py", ".pyc", ".pyo", ".pyd", ".pyw", ".pyx", ".so", ".dylib", ".dll", ".exe", ".sh", ".bash", ".zsh",
-                 ".bat", ".cmd", ".ps1", ".js", ".mjs", ".jar", ".whl", ".egg"}
+CODE_SUFFIXES = {
+    ".py",
+    ".pyc",
+    ".pyo",
+    ".pyd",
+    ".pyw",
+    ".pyx",
+    ".so",
+    ".dylib",
+    ".dll",
+    ".exe",
+    ".sh",
+    ".bash",
+    ".zsh",
+    ".bat",
+    ".cmd",
+    ".ps1",
+    ".js",
+    ".mjs",
+    ".jar",
+    ".whl",
+    ".egg",
+}
 CODE_MAGIC = (b"#!", b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe")  # script, ELF, Mach-O
 # Keys that make transformers import code shipped next to a config.
 CODE_KEYS = ("auto_map",)
@@ -46,9 +67,14 @@ def max_bundle_bytes(override_mb: float | None = None) -> int:
         try:
             override_mb = float(text) if text else DEFAULT_MAX_BUNDLE_MB
         except ValueError:
-            raise Refused(f"ETR_HUB_MAX_BUNDLE_MB={text!r} is not a number", "set it to a size in MB, e.g. 4096") from None
+            raise Refused(
+                f"ETR_HUB_MAX_BUNDLE_MB={text!r} is not a number", "set it to a size in MB, e.g. 4096"
+            ) from None
     if not 0 < override_mb < float("inf"):
-        raise Refused(f"the largest-bundle limit must be a positive number of MB (got {override_mb})", "pass e.g. --max-bundle-mb 4096")
+        raise Refused(
+            f"the largest-bundle limit must be a positive number of MB (got {override_mb})",
+            "pass e.g. --max-bundle-mb 4096",
+        )
     return int(override_mb * 2**20)
 
 
@@ -71,11 +97,15 @@ def scan(root: Path, *, max_bytes: int, strict: bool = True) -> list[Entry]:
     while stack:
         folder, depth = stack.pop()
         if depth > MAX_DEPTH:
-            raise Refused(f"'{folder.relative_to(root)}' is nested more than {MAX_DEPTH} folders deep", "flatten the bundle")
+            raise Refused(
+                f"'{folder.relative_to(root)}' is nested more than {MAX_DEPTH} folders deep", "flatten the bundle"
+            )
         try:
             children = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as e:
-            raise Refused(f"cannot list '{folder.relative_to(root)}' ({e.strerror})", "check the folder's permissions") from None
+            raise Refused(
+                f"cannot list '{folder.relative_to(root)}' ({e.strerror})", "check the folder's permissions"
+            ) from None
         for child in children:
             path = Path(child.path)
             rel = path.relative_to(root).as_posix()
@@ -88,15 +118,22 @@ def scan(root: Path, *, max_bytes: int, strict: bool = True) -> list[Entry]:
             link = stat.S_ISLNK(os.lstat(path).st_mode)
             if stat.S_ISDIR(info.st_mode):
                 if link and strict:
-                    raise Refused(f"'{rel}' is a symlinked folder", "copy the folder into the bundle instead of linking it")
+                    raise Refused(
+                        f"'{rel}' is a symlinked folder", "copy the folder into the bundle instead of linking it"
+                    )
                 if not link:
                     stack.append((path, depth + 1))
                 continue
             if link and strict and not _within(root, path):
-                raise Refused(f"'{rel}' is a symlink pointing outside the bundle", "copy the file into the bundle instead of linking it")
+                raise Refused(
+                    f"'{rel}' is a symlink pointing outside the bundle",
+                    "copy the file into the bundle instead of linking it",
+                )
             if not stat.S_ISREG(info.st_mode):
                 if strict:
-                    raise Refused(f"'{rel}' is not a regular file (a pipe, socket or device)", "bundles hold plain files only")
+                    raise Refused(
+                        f"'{rel}' is not a regular file (a pipe, socket or device)", "bundles hold plain files only"
+                    )
                 continue
             if strict or os.path.splitext(rel)[1].lower() not in PICKLE_SUFFIXES:  # a pickle nobody loads is harmless
                 check_name(rel)
@@ -105,10 +142,15 @@ def scan(root: Path, *, max_bytes: int, strict: bool = True) -> list[Entry]:
             total += info.st_size
             entries.append(Entry(rel, path, info.st_size, link))
             if len(entries) > MAX_FILES:
-                raise Refused(f"the bundle holds more than {MAX_FILES} files", "ship the token, query set, adapter and model card only")
+                raise Refused(
+                    f"the bundle holds more than {MAX_FILES} files",
+                    "ship the token, query set, adapter and model card only",
+                )
             if total > max_bytes:
-                raise Refused(f"the bundle is larger than the limit of {max_bytes / 2**20:g} MB (at '{rel}')",
-                              "shrink it, or raise the limit with --max-bundle-mb / ETR_HUB_MAX_BUNDLE_MB if you trust it")
+                raise Refused(
+                    f"the bundle is larger than the limit of {max_bytes / 2**20:g} MB (at '{rel}')",
+                    "shrink it, or raise the limit with --max-bundle-mb / ETR_HUB_MAX_BUNDLE_MB if you trust it",
+                )
     return entries
 
 
@@ -124,16 +166,23 @@ def _stat(path: Path, rel: str) -> os.stat_result:
         return path.stat()  # follows a symlink; ELOOP for a loop
     except OSError as e:
         if stat.S_ISLNK(os.lstat(path).st_mode):
-            raise Refused(f"'{rel}' is a broken symlink or a symlink loop ({e.strerror})", "replace the link with the file itself") from None
+            raise Refused(
+                f"'{rel}' is a broken symlink or a symlink loop ({e.strerror})", "replace the link with the file itself"
+            ) from None
         raise Refused(f"cannot read '{rel}' ({e.strerror})", "check the file's permissions") from None
 
 
 def check_name(rel: str) -> None:
     suffix = os.path.splitext(rel)[1].lower()
     if suffix in PICKLE_SUFFIXES:
-        raise Refused(f"'{rel}' is a pickle-based file", "bundles carry safetensors only; convert it with safetensors.torch.save_file")
+        raise Refused(
+            f"'{rel}' is a pickle-based file",
+            "bundles carry safetensors only; convert it with safetensors.torch.save_file",
+        )
     if suffix in CODE_SUFFIXES:
-        raise Refused(f"'{rel}' is code", "etr-hub never runs code from a bundle; remove it (a standard architecture needs none)")
+        raise Refused(
+            f"'{rel}' is code", "etr-hub never runs code from a bundle; remove it (a standard architecture needs none)"
+        )
 
 
 def _check_magic(path: Path, rel: str) -> None:
@@ -165,7 +214,10 @@ def read_json_file(path: Path, rel: str) -> Any:
     except OSError as e:
         raise Refused(f"cannot read '{rel}' ({e.strerror})", "check the file") from None
     if size > MAX_JSON_BYTES:
-        raise Refused(f"'{rel}' is {size / 2**20:.1f} MB, more than the {MAX_JSON_BYTES >> 20} MB a JSON file may have", "ship a normal config file")
+        raise Refused(
+            f"'{rel}' is {size / 2**20:.1f} MB, more than the {MAX_JSON_BYTES >> 20} MB a JSON file may have",
+            "ship a normal config file",
+        )
     return parse_json(path.read_bytes(), rel)
 
 
@@ -180,7 +232,9 @@ def parse_json(data: bytes | str, rel: str, *, constants: bool = False) -> Any:
     except json.JSONDecodeError as e:
         raise Refused(f"'{rel}' is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})", fix) from None
     except RecursionError:
-        raise Refused(f"'{rel}' nests JSON too deeply", "write a flat config; no real config nests more than a few levels") from None
+        raise Refused(
+            f"'{rel}' nests JSON too deeply", "write a flat config; no real config nests more than a few levels"
+        ) from None
     except ValueError as e:  # NaN/Infinity literals, integers too long to convert
         raise Refused(f"'{rel}' is not valid JSON ({' '.join(str(e).split())[:120]})", fix) from None
 
@@ -199,13 +253,18 @@ def check_json_tree(obj: Any, rel: str) -> None:
     """Refuse keys that make loaders import code, and strings no database or terminal takes."""
     for key, value in walk(obj):
         if key in CODE_KEYS:
-            raise Refused(f"'{rel}' has '{key}', which makes transformers import code shipped in the bundle",
-                          "remove it; etr-hub never runs code from a bundle (use a standard architecture/tokenizer class)")
+            raise Refused(
+                f"'{rel}' has '{key}', which makes transformers import code shipped in the bundle",
+                "remove it; etr-hub never runs code from a bundle (use a standard architecture/tokenizer class)",
+            )
         if key == "trust_remote_code" and value:
             raise Refused(f"'{rel}' asks for trust_remote_code", "remove it; etr-hub never runs code from a bundle")
         for text in (key, value):
             if isinstance(text, str) and not _clean(text):
-                raise Refused(f"'{rel}' has a string with a NUL character or an unpaired surrogate", "remove the control character")
+                raise Refused(
+                    f"'{rel}' has a string with a NUL character or an unpaired surrogate",
+                    "remove the control character",
+                )
 
 
 def _clean(text: str) -> bool:

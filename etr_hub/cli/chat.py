@@ -11,39 +11,86 @@ from typing import Any
 
 import typer
 
-from etr_hub.cli.checks import number, seed as seed_range
+from etr_hub.cli.checks import number
+from etr_hub.cli.checks import seed as seed_range
 from etr_hub.cli.common import open_hub
 from etr_hub.cli.output import clean, err, lit, note, print_json, safe, warn
 from etr_hub.errors import EtrHubError
 
-HELP = "/experts  list the experts · /route  show the last route record · /reset  forget the conversation · /exit  leave"
+HELP = (
+    "/experts  list the experts · /route  show the last route record · /reset  forget the conversation · /exit  leave"
+)
 
 
 def chat(
     once: str = typer.Option(None, "--once", help="Answer this one message and exit."),
-    json_out: bool = typer.Option(False, "--json", help="With --once (or piped input): print each answer as one JSON object."),
+    json_out: bool = typer.Option(
+        False, "--json", help="With --once (or piped input): print each answer as one JSON object."
+    ),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Most tokens per answer."),
-    temperature: float = typer.Option(None, "--temperature", callback=number(ge=0), help="Default: the meta model's recommendation (embedded SmolLM2: 0.2). 0 = greedy, for exact reproduction."),
-    top_p: float = typer.Option(None, "--top-p", callback=number(gt=0, le=1), help="Nucleus sampling mass (default: the meta model's recommendation, embedded SmolLM2: 0.9)."),
-    repetition_penalty: float = typer.Option(None, "--repetition-penalty", callback=number(gt=0), help="Divide the logits of tokens already in the answer (> 0; 1 = none; default: the meta model's recommendation, embedded SmolLM2: 1.2)."),
-    seed: int = typer.Option(None, "--seed", callback=seed_range, help="Seed for sampling: the same seed and settings give the same answer."),
-    max_prompt_tokens: int = typer.Option(None, "--max-prompt-tokens", min=1, help="Keep the conversation within this many tokens (oldest turns go first; default: the meta model's context)."),
+    temperature: float = typer.Option(
+        None,
+        "--temperature",
+        callback=number(ge=0),
+        help="Default: the meta model's recommendation (embedded SmolLM2: 0.2). 0 = greedy, for exact reproduction.",
+    ),
+    top_p: float = typer.Option(
+        None,
+        "--top-p",
+        callback=number(gt=0, le=1),
+        help="Nucleus sampling mass (default: the meta model's recommendation, embedded SmolLM2: 0.9).",
+    ),
+    repetition_penalty: float = typer.Option(
+        None,
+        "--repetition-penalty",
+        callback=number(gt=0),
+        help="Divide the logits of tokens already in the answer (> 0; 1 = none; default: the meta model's recommendation, embedded SmolLM2: 1.2).",
+    ),
+    seed: int = typer.Option(
+        None, "--seed", callback=seed_range, help="Seed for sampling: the same seed and settings give the same answer."
+    ),
+    max_prompt_tokens: int = typer.Option(
+        None,
+        "--max-prompt-tokens",
+        min=1,
+        help="Keep the conversation within this many tokens (oldest turns go first; default: the meta model's context).",
+    ),
     system: str = typer.Option(None, "--system", help="A system prompt for the conversation."),
     expert: str = typer.Option(None, "--expert", help="Let this expert answer directly (no routing)."),
-    memory_budget_mb: int = typer.Option(None, "--memory-budget-mb", min=0, help="Memory for loaded experts (default: half the RAM)."),
+    memory_budget_mb: int = typer.Option(
+        None, "--memory-budget-mb", min=0, help="Memory for loaded experts (default: half the RAM)."
+    ),
 ) -> None:
     """Chat with the meta model; domain questions are handed to the expert whose token wins."""
     piped = once is None and not sys.stdin.isatty()
     if once is not None and not once.strip():
-        raise EtrHubError("empty message", "pass the question as --once \"TEXT\"")
+        raise EtrHubError("empty message", 'pass the question as --once "TEXT"')
     if json_out and once is None and not piped:
-        raise EtrHubError("--json needs --once TEXT (or piped input)", "e.g. etr-hub chat --once \"Why is the sky blue?\" --json")
+        raise EtrHubError(
+            "--json needs --once TEXT (or piped input)", 'e.g. etr-hub chat --once "Why is the sky blue?" --json'
+        )
     from etr_hub.runtime.hub import check_messages, check_settings
 
-    check_messages([*([{"role": "system", "content": system}] if system else []), {"role": "user", "content": once or "?"}])
-    check_settings(max_new_tokens, temperature, top_p, repetition_penalty=repetition_penalty, seed=seed, max_prompt_tokens=max_prompt_tokens)
-    settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "repetition_penalty": repetition_penalty,
-                "seed": seed, "expert": expert, "max_prompt_tokens": max_prompt_tokens}
+    check_messages(
+        [*([{"role": "system", "content": system}] if system else []), {"role": "user", "content": once or "?"}]
+    )
+    check_settings(
+        max_new_tokens,
+        temperature,
+        top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        max_prompt_tokens=max_prompt_tokens,
+    )
+    settings = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "repetition_penalty": repetition_penalty,
+        "seed": seed,
+        "expert": expert,
+        "max_prompt_tokens": max_prompt_tokens,
+    }
     hub = open_hub(quiet=json_out, memory_budget_mb=memory_budget_mb)
     if expert is not None:
         hub.require_expert(expert)
@@ -89,7 +136,9 @@ class Session:
                 try:
                     line = line.decode("utf-8")
                 except UnicodeDecodeError as exc:  # binary bytes on stdin: skip that line, keep the session
-                    warn(f"input line {lineno} is not UTF-8 text (byte 0x{line[exc.start]:02x} at column {exc.start + 1}); skipped it — send UTF-8 text")
+                    warn(
+                        f"input line {lineno} is not UTF-8 text (byte 0x{line[exc.start]:02x} at column {exc.start + 1}); skipped it — send UTF-8 text"
+                    )
                     continue
             text = line.strip()
             if not text:
@@ -151,7 +200,7 @@ def _render(events, shown: list[str]):
     """Stream the answer to stdout; markers and warnings to stderr. Returns the ChatResult."""
     from rich.text import Text
 
-    from etr_hub.runtime import Done, Switch, TextDelta, RouteWarning
+    from etr_hub.runtime import Done, RouteWarning, Switch, TextDelta
 
     for event in events:
         if isinstance(event, TextDelta):
@@ -210,5 +259,11 @@ def _route_table(result) -> None:
     for col in ("expert", "token index", "probability", "fell back", "reason"):
         table.add_column(col)
     for s in result.route:
-        table.add_row(safe(s.expert), str(s.token_index), f"{s.probability:.4f}", "yes" if s.fell_back else "no", safe(s.reason or "-"))
+        table.add_row(
+            safe(s.expert),
+            str(s.token_index),
+            f"{s.probability:.4f}",
+            "yes" if s.fell_back else "no",
+            safe(s.reason or "-"),
+        )
     err.print(table)

@@ -14,13 +14,22 @@ import typer
 
 def number(*, gt: float | None = None, ge: float | None = None, le: float | None = None) -> Callable[[Any], Any]:
     """A finite number within bounds (None, an option's "not given", passes)."""
-    parts = [f"> {gt}" if gt is not None else "", f"≥ {ge}" if ge is not None else "", f"≤ {le}" if le is not None else ""]
+    parts = [
+        f"> {gt}" if gt is not None else "",
+        f"≥ {ge}" if ge is not None else "",
+        f"≤ {le}" if le is not None else "",
+    ]
     wanted = " and ".join(p for p in parts if p)
 
     def check(value):
         if value is None:
             return value
-        ok = math.isfinite(value) and (gt is None or value > gt) and (ge is None or value >= ge) and (le is None or value <= le)
+        ok = (
+            math.isfinite(value)
+            and (gt is None or value > gt)
+            and (ge is None or value >= ge)
+            and (le is None or value <= le)
+        )
         if not ok:
             raise typer.BadParameter(f"must be a finite number{' ' + wanted if wanted else ''} (got {value})")
         return value
@@ -55,10 +64,14 @@ def manifest_field(field: str) -> Callable[[Any], Any]:
 
         info = Manifest.model_fields[field]
         try:
-            TypeAdapter(Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation).validate_python(value)
+            TypeAdapter(
+                Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+            ).validate_python(value)
         except ValidationError as exc:
             hint = " (lowercase letters, digits, _ and -, starting with a letter or digit)" if field == "name" else ""
-            raise typer.BadParameter(f"{value!r} is not a valid expert {field}: {exc.errors()[0]['msg']}{hint}") from None
+            raise typer.BadParameter(
+                f"{value!r} is not a valid expert {field}: {exc.errors()[0]['msg']}{hint}"
+            ) from None
         return value
 
     return check

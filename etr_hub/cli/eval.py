@@ -29,11 +29,21 @@ def _parse_map(items: list[str], what: str = "SUBJECT") -> dict[str, str]:
 
 @app.command("mmlu")
 def mmlu(
-    data_dir: Path = typer.Option(..., "--data-dir", help="Folder of MMLU-format CSVs (SUBJECT_test.csv or SUBJECT_*.csv; no header)."),
-    subjects: list[str] = typer.Option(None, "--subjects", help="Only these subjects (repeat the option or separate with commas)."),
-    mapping: list[str] = typer.Option(None, "--map", help="SUBJECT=EXPERT, overriding the experts' manifest labels (repeatable)."),
-    plot: Path = typer.Option(None, "--plot", help="Write the routing confusion heat map and per-subject accuracy as a PNG."),
-    general_prompts: Path = typer.Option(None, "--general-prompts", help="JSONL of everyday prompts ('query', 'split'); default: the project's own."),
+    data_dir: Path = typer.Option(
+        ..., "--data-dir", help="Folder of MMLU-format CSVs (SUBJECT_test.csv or SUBJECT_*.csv; no header)."
+    ),
+    subjects: list[str] = typer.Option(
+        None, "--subjects", help="Only these subjects (repeat the option or separate with commas)."
+    ),
+    mapping: list[str] = typer.Option(
+        None, "--map", help="SUBJECT=EXPERT, overriding the experts' manifest labels (repeatable)."
+    ),
+    plot: Path = typer.Option(
+        None, "--plot", help="Write the routing confusion heat map and per-subject accuracy as a PNG."
+    ),
+    general_prompts: Path = typer.Option(
+        None, "--general-prompts", help="JSONL of everyday prompts ('query', 'split'); default: the project's own."
+    ),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the prompt-based and embedding routers."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed", callback=seed_range, help="Seed of the plug-and-play retraining."),
@@ -44,20 +54,41 @@ def mmlu(
 
     wanted = [s.strip() for item in (subjects or []) for s in item.split(",") if s.strip()] or None
     if general_prompts is not None and not general_prompts.is_file():
-        raise EtrHubError(f"--general-prompts {general_prompts} does not exist", "pass a JSONL file with 'query' and 'split' fields")
-    opts = EvalOptions(data_dir=data_dir, subjects=wanted, mapping=_parse_map(mapping or []), general_prompts=general_prompts or GENERAL_PROMPTS,
-                       batch_size=batch_size, baselines=not no_baselines, seed=seed)
+        raise EtrHubError(
+            f"--general-prompts {general_prompts} does not exist", "pass a JSONL file with 'query' and 'split' fields"
+        )
+    opts = EvalOptions(
+        data_dir=data_dir,
+        subjects=wanted,
+        mapping=_parse_map(mapping or []),
+        general_prompts=general_prompts or GENERAL_PROMPTS,
+        batch_size=batch_size,
+        baselines=not no_baselines,
+        seed=seed,
+    )
     _run_and_report(evaluate_mmlu, opts, plot, json_out)
 
 
 @app.command("tasks")
 def tasks(
-    data: Path = typer.Option(..., "--data", help="JSONL, one {\"question\", \"answer\", \"task\"} per line (optional \"kind\": integer, integer_list, roman, binary, hex)."),
-    mapping: list[str] = typer.Option(None, "--map", help="TASK=EXPERT, overriding the experts' manifest labels (repeatable)."),
-    plot: Path = typer.Option(None, "--plot", help="Write the routing confusion heat map and per-task accuracy as a PNG."),
-    general_prompts: Path = typer.Option(None, "--general-prompts", help="JSONL of everyday prompts ('query', 'split'); default: the project's own."),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help='JSONL, one {"question", "answer", "task"} per line (optional "kind": integer, integer_list, roman, binary, hex).',
+    ),
+    mapping: list[str] = typer.Option(
+        None, "--map", help="TASK=EXPERT, overriding the experts' manifest labels (repeatable)."
+    ),
+    plot: Path = typer.Option(
+        None, "--plot", help="Write the routing confusion heat map and per-task accuracy as a PNG."
+    ),
+    general_prompts: Path = typer.Option(
+        None, "--general-prompts", help="JSONL of everyday prompts ('query', 'split'); default: the project's own."
+    ),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the prompt-based and embedding routers."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=4096, help="Longest generated answer (greedy)."),
+    max_new_tokens: int = typer.Option(
+        256, "--max-new-tokens", min=1, max=4096, help="Longest generated answer (greedy)."
+    ),
     batch_size: int = typer.Option(8, "--batch-size", min=1, max=1024),
     seed: int = typer.Option(0, "--seed", callback=seed_range, help="Seed of the random-expert baseline."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -67,9 +98,18 @@ def tasks(
     from etr_hub.eval.tasks import TaskOptions, evaluate_tasks
 
     if general_prompts is not None and not general_prompts.is_file():
-        raise EtrHubError(f"--general-prompts {general_prompts} does not exist", "pass a JSONL file with 'query' and 'split' fields")
-    opts = TaskOptions(data=data, mapping=_parse_map(mapping or [], "TASK"), general_prompts=general_prompts or GENERAL_PROMPTS,
-                       batch_size=batch_size, max_new_tokens=max_new_tokens, baselines=not no_baselines, seed=seed)
+        raise EtrHubError(
+            f"--general-prompts {general_prompts} does not exist", "pass a JSONL file with 'query' and 'split' fields"
+        )
+    opts = TaskOptions(
+        data=data,
+        mapping=_parse_map(mapping or [], "TASK"),
+        general_prompts=general_prompts or GENERAL_PROMPTS,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        baselines=not no_baselines,
+        seed=seed,
+    )
     _run_and_report(evaluate_tasks, opts, plot, json_out, per_key="per_task", title="tasks")
 
 
@@ -97,28 +137,56 @@ def _show(r: dict, per_key: str = "per_subject", title: str = "MMLU-Expert") -> 
     from rich.table import Table
 
     if r["routing_accuracy"] is None:
-        out.print(safe(f"meta model alone: answer accuracy {_pct(r['accuracy'])} on {r['n']} questions"), highlight=False)
+        out.print(
+            safe(f"meta model alone: answer accuracy {_pct(r['accuracy'])} on {r['n']} questions"), highlight=False
+        )
         return
     t = Table(title=safe(f"{title}: {r['n']} questions, {len(r['experts'])} experts, meta {r['meta']}"))
     for col in ("method", "routing accuracy", "answer accuracy", "fire rate"):
         t.add_column(col, justify="left" if col == "method" else "right")
-    t.add_row("[bold]ETR (expert tokens)[/bold]", _pct(r["routing_accuracy"]), _pct(r["accuracy"]), _pct(r["fire_rate"]))
-    names = {"meta": "meta model alone", "oracle": "oracle expert", "random": "random expert", "etr_always_expert": "ETR, winner always answers",
-             "prompt_router": "prompt-based router (Meta-Prompting-E)", "embedding_router": "embedding router (nearest centroid)"}
+    t.add_row(
+        "[bold]ETR (expert tokens)[/bold]", _pct(r["routing_accuracy"]), _pct(r["accuracy"]), _pct(r["fire_rate"])
+    )
+    names = {
+        "meta": "meta model alone",
+        "oracle": "oracle expert",
+        "random": "random expert",
+        "etr_always_expert": "ETR, winner always answers",
+        "prompt_router": "prompt-based router (Meta-Prompting-E)",
+        "embedding_router": "embedding router (nearest centroid)",
+    }
     for key, b in r["baselines"].items():
         t.add_row(names.get(key, key), _pct(b.get("routing_accuracy")), _pct(b.get("accuracy")), "")
     d = r.get("dynamic")
     if d:
-        t.add_row("static: all tokens trained together", _pct(d["static"]["routing_accuracy"]), _pct(d["static"]["accuracy"]), _pct(d["static"]["fire_rate"]))
-        t.add_row(safe(f"dynamic: {', '.join(d['added_later'])} added later"), _pct(d["dynamic"]["routing_accuracy"]), _pct(d["dynamic"]["accuracy"]), _pct(d["dynamic"]["fire_rate"]))
+        t.add_row(
+            "static: all tokens trained together",
+            _pct(d["static"]["routing_accuracy"]),
+            _pct(d["static"]["accuracy"]),
+            _pct(d["static"]["fire_rate"]),
+        )
+        t.add_row(
+            safe(f"dynamic: {', '.join(d['added_later'])} added later"),
+            _pct(d["dynamic"]["routing_accuracy"]),
+            _pct(d["dynamic"]["accuracy"]),
+            _pct(d["dynamic"]["fire_rate"]),
+        )
     out.print(t)
     what = "task" if per_key == "per_task" else "subject"
     s = Table(title=f"per {what}")
     for col in (what, "n", "expert", "routing", "fire", "meta acc", "ETR acc", "oracle acc"):
         s.add_column(col, justify="left" if col in (what, "expert") else "right")
     for subject, p in r[per_key].items():
-        s.add_row(safe(subject), str(p["n"]), safe(p["expert"] or "-"), _pct(p.get("routing_accuracy")), _pct(p.get("fire_rate")),
-                  _pct(p["meta_accuracy"]), _pct(p["accuracy"]), _pct(p.get("oracle_accuracy")))
+        s.add_row(
+            safe(subject),
+            str(p["n"]),
+            safe(p["expert"] or "-"),
+            _pct(p.get("routing_accuracy")),
+            _pct(p.get("fire_rate")),
+            _pct(p["meta_accuracy"]),
+            _pct(p["accuracy"]),
+            _pct(p.get("oracle_accuracy")),
+        )
     out.print(s)
     c = Table(title=f"routing confusion (rows: {what}, columns: winning expert token)")
     c.add_column(what)
@@ -136,7 +204,9 @@ def _show(r: dict, per_key: str = "per_subject", title: str = "MMLU-Expert") -> 
     elif r.get("gap_closed_reason"):
         lines.append(f"gap closed: not defined — {r['gap_closed_reason']}")
     if d:
-        lines.append(f"plug-and-play: routing drop {d['routing_drop_points']:+.2f} points, answer-accuracy drop {d['accuracy_drop_points']:+.2f} points (static − dynamic)")
+        lines.append(
+            f"plug-and-play: routing drop {d['routing_drop_points']:+.2f} points, answer-accuracy drop {d['accuracy_drop_points']:+.2f} points (static − dynamic)"
+        )
     if r.get("plot"):
         lines.append(f"plot: {r['plot']}")
     for line in lines:

@@ -61,7 +61,10 @@ def _check_add_options(allow_env: list[str] | None, max_bundle_mb: float | None)
 
     try:
         if max_bundle_mb is not None and not 0 < max_bundle_mb < float("inf"):
-            raise EtrHubError(f"--max-bundle-mb must be a positive number of MB (got {max_bundle_mb:g})", "pass e.g. --max-bundle-mb 4096")
+            raise EtrHubError(
+                f"--max-bundle-mb must be a positive number of MB (got {max_bundle_mb:g})",
+                "pass e.g. --max-bundle-mb 4096",
+            )
         return check_env_names(allow_env)
     except EtrHubError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -72,9 +75,15 @@ def _check_add_options(allow_env: list[str] | None, max_bundle_mb: float | None)
 def add(
     paths: list[Path] = typer.Argument(..., help="Bundle directories (each holds expert.json), e.g. plugins/*/"),
     replace: bool = typer.Option(False, "--replace", help="Overwrite an expert with the same name and version."),
-    allow_env: list[str] = typer.Option(None, "--allow-env", metavar="NAME",
-                                        help="Let the bundle's remote expert send this environment variable as its API key (repeatable; never ETR_HUB_*)."),
-    max_bundle_mb: float = typer.Option(None, "--max-bundle-mb", help="Largest bundle accepted, in MB (default: $ETR_HUB_MAX_BUNDLE_MB or 2048)."),
+    allow_env: list[str] = typer.Option(
+        None,
+        "--allow-env",
+        metavar="NAME",
+        help="Let the bundle's remote expert send this environment variable as its API key (repeatable; never ETR_HUB_*).",
+    ),
+    max_bundle_mb: float = typer.Option(
+        None, "--max-bundle-mb", help="Largest bundle accepted, in MB (default: $ETR_HUB_MAX_BUNDLE_MB or 2048)."
+    ),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Validate bundles and register them (files are copied into the registry's store).
@@ -90,7 +99,10 @@ def add(
         if not json_out:
             again = (row.name, row.version, row.token_sha256) in before and not replace
             verb = "already registered" if again else "registered"
-            err.print(f"{verb} [bold]{lit(row.name)}[/bold] {lit(row.version)} (token {lit(short(row.token_sha256))})", highlight=False)
+            err.print(
+                f"{verb} [bold]{lit(row.name)}[/bold] {lit(row.version)} (token {lit(short(row.token_sha256))})",
+                highlight=False,
+            )
     if json_out:
         print_json(added[0] if len(added) == 1 else added)
 
@@ -112,13 +124,25 @@ def list_(json_out: bool = typer.Option(False, "--json", help="Print a JSON arra
         table.add_column(col)
     for r in rows:
         s = _summary(r)
-        table.add_row(safe(r.name), safe(r.version), "yes" if r.enabled else "[dim]no[/dim]", safe(r.label or "-"), safe(_ref_text(r.expert_ref)),
-                      "-" if r.tau is None else f"{r.tau:g}", str(s["query_set_size"] or "-"), short(r.token_sha256), short(r.meta_fingerprint))
+        table.add_row(
+            safe(r.name),
+            safe(r.version),
+            "yes" if r.enabled else "[dim]no[/dim]",
+            safe(r.label or "-"),
+            safe(_ref_text(r.expert_ref)),
+            "-" if r.tau is None else f"{r.tau:g}",
+            str(s["query_set_size"] or "-"),
+            short(r.token_sha256),
+            short(r.meta_fingerprint),
+        )
     out.print(table)
 
 
 @app.command("show")
-def show(name: str = typer.Argument(..., help="NAME or NAME@VERSION."), json_out: bool = typer.Option(False, "--json", help="Print the full manifest.")) -> None:
+def show(
+    name: str = typer.Argument(..., help="NAME or NAME@VERSION."),
+    json_out: bool = typer.Option(False, "--json", help="Print the full manifest."),
+) -> None:
     """Show one expert's manifest and where its files live."""
     reg = _registry()
     row = reg.get_expert(name)
@@ -134,21 +158,32 @@ def show(name: str = typer.Argument(..., help="NAME or NAME@VERSION."), json_out
     qs = m.get("query_set") or {}
     tr = m.get("training") or {}
     for k, v in [
-        ("enabled", "yes" if row.enabled else "no"), ("description", row.description or "-"), ("label", row.label or "-"),
-        ("provider", m["provider"]), ("license", m["license"]), ("expert model", _ref_text(row.expert_ref)),
+        ("enabled", "yes" if row.enabled else "no"),
+        ("description", row.description or "-"),
+        ("label", row.label or "-"),
+        ("provider", m["provider"]),
+        ("license", m["license"]),
+        ("expert model", _ref_text(row.expert_ref)),
         ("allowed env", ", ".join(row.allowed_env or []) or "-"),
         ("meta model", f"{m['meta']['reference']} ({short(row.meta_fingerprint)})"),
         ("token", f"{short(row.token_sha256)} {tuple(m['token']['shape'])} {m['token']['dtype']}"),
-        ("query set", f"{qs.get('size', '-')} queries, τ={qs.get('tau')}, rule: {qs.get('selection_rule', '-')}" if qs else "-"),
+        (
+            "query set",
+            f"{qs.get('size', '-')} queries, τ={qs.get('tau')}, rule: {qs.get('selection_rule', '-')}" if qs else "-",
+        ),
         ("training", f"{tr.get('epochs')} epochs, lr {tr.get('lr')}, final loss {tr.get('final_loss')}" if tr else "-"),
-        ("token file", str(reg.abspath(row.token_path))), ("created", m.get("created_at", "-")),
+        ("token file", str(reg.abspath(row.token_path))),
+        ("created", m.get("created_at", "-")),
     ]:
         table.add_row(k, safe(v))
     out.print(table)
 
 
 @app.command("remove")
-def remove(name: str = typer.Argument(..., help="NAME (every version) or NAME@VERSION."), yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
+def remove(
+    name: str = typer.Argument(..., help="NAME (every version) or NAME@VERSION."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
     """Unregister an expert and delete its stored files (unless shared)."""
     reg = _registry()
     reg.get_expert(name)

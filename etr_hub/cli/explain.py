@@ -17,7 +17,7 @@ def explain(
     from etr_hub.cli.common import open_hub
 
     if not text.strip():
-        raise EtrHubError("empty message", "pass the message to explain, e.g. etr-hub explain \"Why do stars twinkle?\"")
+        raise EtrHubError("empty message", 'pass the message to explain, e.g. etr-hub explain "Why do stars twinkle?"')
     hub = open_hub(quiet=json_out)
     result = hub.explain(text, top=top)
     if json_out:
@@ -48,11 +48,20 @@ def _show(result) -> None:
     out.print(table)
     best = result.experts[0] if result.experts else None
     if result.winner is not None:
-        err.print(f"→ routes to [bold]{lit(result.winner)}[/bold] (p={best.probability:.4f}; all expert tokens together {result.p_any_expert:.4f})", highlight=False)
+        err.print(
+            f"→ routes to [bold]{lit(result.winner)}[/bold] (p={best.probability:.4f}; all expert tokens together {result.p_any_expert:.4f})",
+            highlight=False,
+        )
     elif best is None:
         err.print("→ no experts are assembled: the meta model answers itself", highlight=False)
     else:
         top_word = result.words[0] if result.words else None
         gap = (top_word.logit - best.logit) if top_word else float("nan")
-        err.print(safe(f"→ the meta model answers itself: the best expert token, {best.name} (p={best.probability:.4f}), is {gap:.2f} logits "
-                       f"below the top word token" + (f" {top_word.token!r} (p={top_word.probability:.4f})" if top_word else "")), highlight=False)
+        err.print(
+            safe(
+                f"→ the meta model answers itself: the best expert token, {best.name} (p={best.probability:.4f}), is {gap:.2f} logits "
+                f"below the top word token"
+                + (f" {top_word.token!r} (p={top_word.probability:.4f})" if top_word else "")
+            ),
+            highlight=False,
+        )

@@ -8,7 +8,11 @@ from etr_hub.cli.output import err, lit, note, print_json, safe
 
 
 def init(
-    meta: str = typer.Option(None, "--meta", help="Meta model reference: a local model dir, a .gguf file, hf:ORG/NAME@REVISION, or embedded:smollm2-135m-instruct (default)."),
+    meta: str = typer.Option(
+        None,
+        "--meta",
+        help="Meta model reference: a local model dir, a .gguf file, hf:ORG/NAME@REVISION, or embedded:smollm2-135m-instruct (default).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the registered meta model as JSON."),
 ) -> None:
     """Create $ETR_HUB_HOME and the registry, and register the meta model (idempotent)."""
@@ -27,7 +31,18 @@ def init(
         with err.status("preparing the meta model…") as status:
             row = register_meta_model(reg, ref, progress=lambda msg: status.update(safe(msg)))
     if json_out:
-        print_json({"home": str(reg.settings.home), "meta_model": row.display, "fingerprint": row.fingerprint, "hidden_size": row.hidden_size, "vocab_size": row.vocab_size})
+        print_json(
+            {
+                "home": str(reg.settings.home),
+                "meta_model": row.display,
+                "fingerprint": row.fingerprint,
+                "hidden_size": row.hidden_size,
+                "vocab_size": row.vocab_size,
+            }
+        )
         return
     note(f"home: {reg.settings.home}")
-    err.print(f"meta model [bold]{lit(row.display)}[/bold]  hidden {row.hidden_size}  vocab {row.vocab_size}  fingerprint {row.fingerprint[:12]}…", highlight=False)
+    err.print(
+        f"meta model [bold]{lit(row.display)}[/bold]  hidden {row.hidden_size}  vocab {row.vocab_size}  fingerprint {row.fingerprint[:12]}…",
+        highlight=False,
+    )

@@ -52,7 +52,10 @@ class ErrorHandlingGroup(TyperGroup):
         except Exception as e:  # a bug: still no traceback unless asked for
             if debug():
                 raise
-            print(f"error: internal error: {type(e).__name__}: {clean(str(e).splitlines()[0]) if str(e) else ''} — rerun with ETR_HUB_DEBUG=1 for a traceback and report it", file=sys.stderr)
+            print(
+                f"error: internal error: {type(e).__name__}: {clean(str(e).splitlines()[0]) if str(e) else ''} — rerun with ETR_HUB_DEBUG=1 for a traceback and report it",
+                file=sys.stderr,
+            )
             ctx.exit(70)
 
 
@@ -81,23 +84,36 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    show_version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     pass
 
 
 def _register() -> None:
-    from etr_hub.cli import chat, eval as eval_cli, expert, explain, init, query_set, serve, train
+    from etr_hub.cli import chat, expert, explain, init, query_set, serve, train
+    from etr_hub.cli import eval as eval_cli
 
     app.command("init")(init.init)
     app.add_typer(expert.app, name="expert", help="Register, list, inspect and export expert bundles.")
-    app.add_typer(query_set.app, name="query-set", help="Build expert query sets (where the expert beats the meta model).")
+    app.add_typer(
+        query_set.app, name="query-set", help="Build expert query sets (where the expert beats the meta model)."
+    )
     app.command("train-token")(train.train_token)
     app.command("chat")(chat.chat)
     app.command("explain")(explain.explain)
     app.command("serve")(serve.serve)
-    app.add_typer(eval_cli.app, name="eval", help="Measure routing and answer accuracy against baselines (MMLU-Expert; open-answer tasks).")
-    app.add_typer(__import__("etr_hub.cli.store", fromlist=["app"]).app, name="store", help="Maintain the content-addressed store (gc).")
+    app.add_typer(
+        eval_cli.app,
+        name="eval",
+        help="Measure routing and answer accuracy against baselines (MMLU-Expert; open-answer tasks).",
+    )
+    app.add_typer(
+        __import__("etr_hub.cli.store", fromlist=["app"]).app,
+        name="store",
+        help="Maintain the content-addressed store (gc).",
+    )
 
 
 _register()

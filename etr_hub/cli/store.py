@@ -26,6 +26,9 @@ def gc(
     verb = "would delete" if dry_run else "deleted"
     for rel in report.removed:
         err.print(f"{verb} {rel}", highlight=False, markup=False)
-    err.print(f"{verb} {len(report.removed)} unreferenced entr{'y' if len(report.removed) == 1 else 'ies'} "
-              f"({report.bytes / 2**20:.1f} MB) and {len(report.temporaries)} abandoned temporar{'y' if len(report.temporaries) == 1 else 'ies'}",
-              highlight=False, markup=False)
+    err.print(
+        f"{verb} {len(report.removed)} unreferenced entr{'y' if len(report.removed) == 1 else 'ies'} "
+        f"({report.bytes / 2**20:.1f} MB) and {len(report.temporaries)} abandoned temporar{'y' if len(report.temporaries) == 1 else 'ies'}",
+        highlight=False,
+        markup=False,
+    )

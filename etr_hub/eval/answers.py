@@ -30,8 +30,21 @@ _LIST = re.compile(rf"(?<![\w.-]){_INT}(?:(?:\s*[,;]\s*|\s+and\s+|\s+){_INT})+(?
 _ROMAN_WORD = re.compile(r"(?<![\w])[IVXLCDM]+(?![\w])")
 _BINARY = re.compile(r"(?<![\w])(?:0[bB])?[01]+(?![\w])")
 _HEX = re.compile(r"(?<![\w])(?:0[xX])?[0-9A-Fa-f]+(?![\w])")
-_ROMAN_VALUES = [(1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"), (50, "L"), (40, "XL"),
-                 (10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I")]
+_ROMAN_VALUES = [
+    (1000, "M"),
+    (900, "CM"),
+    (500, "D"),
+    (400, "CD"),
+    (100, "C"),
+    (90, "XC"),
+    (50, "L"),
+    (40, "XL"),
+    (10, "X"),
+    (9, "IX"),
+    (5, "V"),
+    (4, "IV"),
+    (1, "I"),
+]
 
 
 def to_roman(n: int) -> str:
@@ -68,7 +81,7 @@ def _candidates(reply: str, kind: str) -> list[tuple[int, int, object]]:
         found = [(m.start(), m.end(), _list(m.group())) for m in _LIST.finditer(reply)]
     elif kind == "roman":
         for m in _ROMAN_WORD.finditer(reply):
-            if m.group() == "I" and re.match(r"\s+[a-z']", reply[m.end():]):
+            if m.group() == "I" and re.match(r"\s+[a-z']", reply[m.end() :]):
                 continue  # the pronoun
             value = roman_value(m.group())
             if value is not None:
@@ -83,7 +96,7 @@ def _candidates(reply: str, kind: str) -> list[tuple[int, int, object]]:
             if not digits:
                 continue
             if prefixed or any(c.isdigit() for c in digits) or digits.isupper():
-                if digits == "A" and re.match(r"\s+[a-z]", reply[m.end():]):
+                if digits == "A" and re.match(r"\s+[a-z]", reply[m.end() :]):
                     continue  # the article
                 found.append((m.start(), m.end(), int(digits, 16)))
     else:
@@ -120,9 +133,13 @@ def gold_value(answer: str, kind: str) -> object:
         return int(text, 2)
     if kind == "hex" and re.fullmatch(r"[0-9A-F]+", text):
         return int(text, 16)
-    formats = {"integer": "digits with an optional minus, e.g. -1234", "integer_list": "integers joined by ', ', e.g. -3, 5, 12",
-               "roman": "a canonical Roman numeral in capitals, e.g. MCMXC", "binary": "0s and 1s, e.g. 101101",
-               "hex": "hex digits in capitals, no prefix, e.g. 2F"}
+    formats = {
+        "integer": "digits with an optional minus, e.g. -1234",
+        "integer_list": "integers joined by ', ', e.g. -3, 5, 12",
+        "roman": "a canonical Roman numeral in capitals, e.g. MCMXC",
+        "binary": "0s and 1s, e.g. 101101",
+        "hex": "hex digits in capitals, no prefix, e.g. 2F",
+    }
     if kind not in formats:
         raise ValueError(f"unknown answer kind {kind!r} (expected one of {', '.join(KINDS)})")
     raise ValueError(f"answer {answer!r} is not a {kind} ({formats[kind]})")

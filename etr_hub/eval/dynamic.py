@@ -14,15 +14,18 @@ from etr_hub.routing import WORD, expert_token_loss
 from etr_hub.training.optimize import TrainSettings, cached_features, train_expert_row
 
 
-def train_rows_jointly(hidden: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, init: torch.Tensor, n_rows: int,
-                       cfg: TrainSettings) -> torch.Tensor:
+def train_rows_jointly(
+    hidden: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, init: torch.Tensor, n_rows: int, cfg: TrainSettings
+) -> torch.Tensor:
     """All rows at once (the paper's static setting): minimise -log p(own token | query)."""
     w = torch.nn.Parameter(init.detach().float().repeat(n_rows, 1))  # (E, C)
     opt = torch.optim.AdamW([w], lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = hidden.shape[0]
     epochs = cfg.epochs or cfg.max_epochs
     total = epochs * math.ceil(n / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     best, since_best = float("inf"), 0
     for _ in range(epochs):
@@ -44,8 +47,15 @@ def train_rows_jointly(hidden: torch.Tensor, lse: torch.Tensor, targets: torch.T
     return w.detach().clone()
 
 
-def add_later(hidden: torch.Tensor, lse: torch.Tensor, owner: torch.Tensor, w_first: torch.Tensor, later: list[int],
-              init: torch.Tensor, cfg: TrainSettings) -> torch.Tensor:
+def add_later(
+    hidden: torch.Tensor,
+    lse: torch.Tensor,
+    owner: torch.Tensor,
+    w_first: torch.Tensor,
+    later: list[int],
+    init: torch.Tensor,
+    cfg: TrainSettings,
+) -> torch.Tensor:
     """Add the experts `later` one at a time as `train-token` does: earlier rows frozen in the
     softmax, earlier experts' queries as negatives labelled with their own tokens.
 

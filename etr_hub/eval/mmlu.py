@@ -20,7 +20,12 @@ from etr_hub.errors import DataError
 
 LETTERS = ("A", "B", "C", "D")
 MMLU_EXPERT_SUBJECTS = (
-    "astronomy", "electrical_engineering", "human_sexuality", "international_law", "prehistory", "security_studies",
+    "astronomy",
+    "electrical_engineering",
+    "human_sexuality",
+    "international_law",
+    "prehistory",
+    "security_studies",
 )
 PARTS = ("train", "pool", "eval")  # expert training / query pool / development evaluation
 DEFAULT_FRACTIONS = {"eval": 0.25, "pool": 0.5, "train": 0.25}
@@ -75,11 +80,17 @@ def subject_of(path: Path) -> str:
 
 def csv_files(data_dir: Path) -> list[Path]:
     if not data_dir.is_dir():
-        raise DataError(f"{data_dir} is not a directory", "pass --data-dir pointing at a folder of MMLU CSVs (SUBJECT_test.csv)")
+        raise DataError(
+            f"{data_dir} is not a directory", "pass --data-dir pointing at a folder of MMLU CSVs (SUBJECT_test.csv)"
+        )
     files = sorted(p for p in data_dir.glob("*.csv") if p.is_file())
     if not files:
         below = sorted({p.parent.name for p in data_dir.glob("*/*.csv")})
-        hint = f"its subfolders {', '.join(below)} do: pass one of them" if below else "MMLU files are named SUBJECT_test.csv"
+        hint = (
+            f"its subfolders {', '.join(below)} do: pass one of them"
+            if below
+            else "MMLU files are named SUBJECT_test.csv"
+        )
         raise DataError(f"no .csv files in {data_dir}", hint)
     return files
 
@@ -134,7 +145,9 @@ def read_mmlu_dir(data_dir: str | Path, subjects: Iterable[str] | None = None) -
         present = {subject_of(p) for p in files}
         missing = sorted(wanted - present)
         if missing and not (wanted & present):
-            raise DataError(f"no CSV in {data_dir} for {', '.join(missing)}", f"subjects there: {', '.join(sorted(present)[:10])}…")
+            raise DataError(
+                f"no CSV in {data_dir} for {', '.join(missing)}", f"subjects there: {', '.join(sorted(present)[:10])}…"
+            )
     out: dict[str, list[Question]] = {}
     skipped: list[str] = []
     used = []
@@ -147,11 +160,16 @@ def read_mmlu_dir(data_dir: str | Path, subjects: Iterable[str] | None = None) -
         skipped += bad
         used.append(path.name)
     if not any(out.values()):
-        raise DataError(f"no readable MMLU rows in {data_dir}" + (f" ({skipped[0]})" if skipped else ""), "rows are question,A,B,C,D,answer with the answer a letter A–D")
+        raise DataError(
+            f"no readable MMLU rows in {data_dir}" + (f" ({skipped[0]})" if skipped else ""),
+            "rows are question,A,B,C,D,answer with the answer a letter A–D",
+        )
     return ReadResult(questions=out, skipped=skipped, files=used)
 
 
-def split_subject(questions: list[Question], *, seed: int, fractions: dict[str, float] = DEFAULT_FRACTIONS) -> dict[str, list[Question]]:
+def split_subject(
+    questions: list[Question], *, seed: int, fractions: dict[str, float] = DEFAULT_FRACTIONS
+) -> dict[str, list[Question]]:
     """Deterministic, disjoint split of one subject into train / pool / eval.
 
     Questions sharing a stem (MMLU repeats a few stems with other options) go to the same part,
@@ -178,7 +196,10 @@ def pick_distractors(by_subject: dict[str, list[Question]], n: int, *, seed: int
     subjects = sorted(s for s in by_subject if by_subject[s])
     if not subjects or n <= 0:
         return []
-    ranked = {s: sorted(by_subject[s], key=lambda q: hashlib.sha256(f"{seed}\x1f{q.key}".encode()).hexdigest()) for s in subjects}
+    ranked = {
+        s: sorted(by_subject[s], key=lambda q: hashlib.sha256(f"{seed}\x1f{q.key}".encode()).hexdigest())
+        for s in subjects
+    }
     picked: list[Question] = []
     depth = 0
     while len(picked) < n and any(depth < len(ranked[s]) for s in subjects):

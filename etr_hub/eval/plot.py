@@ -17,7 +17,10 @@ def plot_report(report: dict, path: Path) -> Path:
         raise EtrHubError("--plot needs matplotlib", "pip install 'etr-hub[eval]'") from None
     confusion = report.get("confusion") or {}
     if not confusion:
-        raise EtrHubError("nothing to plot: no subject was routed (no experts registered?)", "register experts, then rerun with --plot")
+        raise EtrHubError(
+            "nothing to plot: no subject was routed (no experts registered?)",
+            "register experts, then rerun with --plot",
+        )
     subjects, experts = sorted(confusion), report["experts"]
     counts = [[confusion[s][e] for e in experts] for s in subjects]
     shares = [[c / max(1, sum(row)) for c in row] for row in counts]
@@ -30,7 +33,15 @@ def plot_report(report: dict, path: Path) -> Path:
     ax.set_ylabel("question subject" if "per_subject" in report else "task")
     for i, row in enumerate(counts):
         for j, c in enumerate(row):
-            ax.text(j, i, f"{shares[i][j]:.0%}\n({c})", ha="center", va="center", fontsize=7, color="white" if shares[i][j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{shares[i][j]:.0%}\n({c})",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if shares[i][j] > 0.5 else "black",
+            )
     ax.set_title(f"ETR routing (accuracy {report['routing_accuracy']:.1%}, n={report['n']})")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
 
@@ -38,7 +49,9 @@ def plot_report(report: dict, path: Path) -> Path:
     mmlu = "per_subject" in report
     width = 0.27
     xs = range(len(subjects))
-    for k, (key, label) in enumerate([("meta_accuracy", "meta alone"), ("accuracy", "ETR"), ("oracle_accuracy", "oracle expert")]):
+    for k, (key, label) in enumerate(
+        [("meta_accuracy", "meta alone"), ("accuracy", "ETR"), ("oracle_accuracy", "oracle expert")]
+    ):
         bx.bar([x + (k - 1) * width for x in xs], [per[s][key] for s in subjects], width, label=label)
     if mmlu:
         bx.axhline(0.25, color="grey", linestyle=":", linewidth=1, label="chance (25%)")
@@ -46,7 +59,9 @@ def plot_report(report: dict, path: Path) -> Path:
     bx.set_ylim(0, 1)
     bx.set_ylabel("answer accuracy (letter scoring)" if mmlu else "answer accuracy (exact match, greedy)")
     b = report["baselines"]
-    bx.set_title(f"answers: meta {b['meta']['accuracy']:.1%}, ETR {report['accuracy']:.1%}, oracle {b['oracle']['accuracy']:.1%}")
+    bx.set_title(
+        f"answers: meta {b['meta']['accuracy']:.1%}, ETR {report['accuracy']:.1%}, oracle {b['oracle']['accuracy']:.1%}"
+    )
     bx.legend(fontsize=8, loc="upper right")
     fig.suptitle(f"{'MMLU-Expert' if mmlu else 'Tasks'} on {report.get('meta', 'the meta model')}", fontsize=11)
     fig.tight_layout()

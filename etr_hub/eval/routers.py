@@ -25,18 +25,31 @@ ROUTER_PREFIX = "Expert:"
 
 def router_prompt(query: str, experts: Sequence[tuple[str, str]]) -> str:
     """The question the meta model is asked: which of these experts should answer?"""
-    lines = [f"{string.ascii_uppercase[i]}. {name}: {desc}" if desc else f"{string.ascii_uppercase[i]}. {name}"
-             for i, (name, desc) in enumerate(experts)]
-    return ("Several experts can answer questions. Which expert should answer the question below?\n\n"
-            "Experts:\n" + "\n".join(lines) + f"\n\nQuestion:\n{query}\n\nReply with the letter of the expert.")
+    lines = [
+        f"{string.ascii_uppercase[i]}. {name}: {desc}" if desc else f"{string.ascii_uppercase[i]}. {name}"
+        for i, (name, desc) in enumerate(experts)
+    ]
+    return (
+        "Several experts can answer questions. Which expert should answer the question below?\n\n"
+        "Experts:\n" + "\n".join(lines) + f"\n\nQuestion:\n{query}\n\nReply with the letter of the expert."
+    )
 
 
-def prompt_router_scores(model, tokenizer, queries: Sequence[str], experts: Sequence[tuple[str, str]], *,
-                         batch_size: int = 8, advance: Advance = None) -> torch.Tensor:
+def prompt_router_scores(
+    model,
+    tokenizer,
+    queries: Sequence[str],
+    experts: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 8,
+    advance: Advance = None,
+) -> torch.Tensor:
     """(N, E) log-probabilities of each expert's letter after "Expert:"."""
     letters = string.ascii_uppercase[: len(experts)]
     prompts = [router_prompt(q, experts) for q in queries]
-    return score_letters(model, tokenizer, prompts, prefix=ROUTER_PREFIX, letters=letters, batch_size=batch_size, advance=advance)
+    return score_letters(
+        model, tokenizer, prompts, prefix=ROUTER_PREFIX, letters=letters, batch_size=batch_size, advance=advance
+    )
 
 
 def minilm_dir() -> Path | None:
@@ -55,13 +68,21 @@ class MiniLMEmbedder:
         from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
-        self.model = AutoModel.from_pretrained(str(path), use_safetensors=True, local_files_only=True, trust_remote_code=False).eval()
+        self.model = AutoModel.from_pretrained(
+            str(path), use_safetensors=True, local_files_only=True, trust_remote_code=False
+        ).eval()
 
     @torch.no_grad()
     def __call__(self, texts: Sequence[str], advance: Advance = None, batch_size: int = 32) -> torch.Tensor:
         out = []
         for start in range(0, len(texts), batch_size):
-            enc = self.tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True, max_length=256, return_tensors="pt")
+            enc = self.tokenizer(
+                list(texts[start : start + batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=256,
+                return_tensors="pt",
+            )
             h = self.model(**enc).last_hidden_state  # (B, T, D)
             out.append(mean_pool(h, enc["attention_mask"]))
             if advance:
@@ -83,7 +104,10 @@ class MetaEmbedder:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         out = torch.zeros(len(texts), self.model.config.hidden_size)
         for start in range(0, len(texts), batch_size):
-            chunk = [list(self.tokenizer(t, add_special_tokens=False)["input_ids"])[:512] or [pad] for t in texts[start : start + batch_size]]
+            chunk = [
+                list(self.tokenizer(t, add_special_tokens=False)["input_ids"])[:512] or [pad]
+                for t in texts[start : start + batch_size]
+            ]
             ids, mask = right_pad(chunk, pad)  # (B, T), (B, T)
             h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
             out[start : start + len(chunk)] = mean_pool(h.float(), mask)

@@ -75,8 +75,17 @@ def load_experts(registry: Registry, fingerprint: str) -> list[ExpertEntry]:
         queries = None
         if qs is not None:
             queries = query_column(registry.abspath(qs.store_path))
-        entries.append(ExpertEntry(e.name, e.label, e.description or "", ref, read_token(token.parent, token, m).float(),
-                                   _h(SCORE_FORMAT, fingerprint, identity), queries))
+        entries.append(
+            ExpertEntry(
+                e.name,
+                e.label,
+                e.description or "",
+                ref,
+                read_token(token.parent, token, m).float(),
+                _h(SCORE_FORMAT, fingerprint, identity),
+                queries,
+            )
+        )
     return entries
 
 
@@ -86,8 +95,10 @@ def experts_for(names: Iterable[str], experts: list[ExpertEntry], mapping: dict[
     registered = [e.name for e in experts]
     for what, name in mapping.items():
         if name not in registered:
-            raise EtrHubError(f"--map {what}={name}: no enabled expert named '{name}' for this meta model",
-                              f"registered: {', '.join(registered) or 'none'} (see `etr-hub expert list`)")
+            raise EtrHubError(
+                f"--map {what}={name}: no enabled expert named '{name}' for this meta model",
+                f"registered: {', '.join(registered) or 'none'} (see `etr-hub expert list`)",
+            )
     by_label = {e.label: e.name for e in experts if e.label}
     return {n: mapping.get(n) or by_label.get(n) for n in names}
 
@@ -98,15 +109,22 @@ def read_general_prompts(path: Path | None, split: str = "eval") -> list[str]:
     prompts = []
     for lineno, r in iter_jsonl(path):
         if not isinstance(r, dict):
-            raise DataError(f"{path}:{lineno} is not a JSON object", "write one {\"query\": …, \"split\": …} object per line")
+            raise DataError(
+                f"{path}:{lineno} is not a JSON object", 'write one {"query": …, "split": …} object per line'
+            )
         if r.get("split", split) == split and isinstance(r.get("query"), str) and r["query"].strip():
             prompts.append(r["query"])
     return prompts
 
 
 class Evaluator:
-    def __init__(self, registry: Registry, opts: EvalOptions, progress: ProgressFactory = no_progress,
-                 status: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        registry: Registry,
+        opts: EvalOptions,
+        progress: ProgressFactory = no_progress,
+        status: Callable[[str], None] | None = None,
+    ):
         self.registry, self.opts, self.progress, self.status = registry, opts, progress, status
         self.cache = VectorCache(registry.settings.cache_dir)
         self.warnings: list[str] = []
@@ -118,7 +136,9 @@ class Evaluator:
         self.states = StateCache(self.registry.settings.cache_dir, self.fp)
 
     # -- what the frozen models compute (cached) ------------------------------------------
-    def routing(self, queries: list[str], what: str = "routing states") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def routing(
+        self, queries: list[str], what: str = "routing states"
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(hidden (N, C), lse_V (N,), max word logit (N,)) at each query's routing position."""
         from etr_hub.models.fingerprint import output_embedding
         from etr_hub.queryset.scoring import routing_states
@@ -127,8 +147,13 @@ class Evaluator:
         hidden, lse, missing = self.states.get(keys)
         if missing:
             meta = self.session.meta
-            h_new, lse_new = routing_states(meta.model, meta.tokenizer, [queries[i] for i in missing], batch_size=self.opts.batch_size,
-                                            advance=self.progress(f"meta model: {what}", len(missing)))
+            h_new, lse_new = routing_states(
+                meta.model,
+                meta.tokenizer,
+                [queries[i] for i in missing],
+                batch_size=self.opts.batch_size,
+                advance=self.progress(f"meta model: {what}", len(missing)),
+            )
             self.states.put([keys[i] for i in missing], h_new, lse_new)
             if hidden is None:
                 hidden, lse = h_new, lse_new
@@ -142,18 +167,29 @@ class Evaluator:
         top = self.cache.fetch(_h("max-word-logit", self.fp), keys, max_word)[:, 0]  # (N,)
         return hidden, lse, top
 
-    def letter_scores(self, model_key: str, queries: list[str], keys: list[str], load: Callable[[], object], what: str) -> torch.Tensor:
+    def letter_scores(
+        self, model_key: str, queries: list[str], keys: list[str], load: Callable[[], object], what: str
+    ) -> torch.Tensor:
         def compute(idx: list[int]) -> torch.Tensor:
             loaded = load()
-            return score_letters(loaded.model, loaded.tokenizer, [queries[i] for i in idx], batch_size=self.opts.batch_size,
-                                 advance=self.progress(f"letter scores: {what}", len(idx)))
+            return score_letters(
+                loaded.model,
+                loaded.tokenizer,
+                [queries[i] for i in idx],
+                batch_size=self.opts.batch_size,
+                advance=self.progress(f"letter scores: {what}", len(idx)),
+            )
 
         return self.cache.fetch(model_key, keys, compute)  # (N, 4)
 
     def expert_scores(self, e: ExpertEntry, queries: list[str], keys: list[str]) -> torch.Tensor:
         if e.ref.kind == "openai":
-            self.warnings.append(f"expert {e.name} is remote (no log-probabilities here): its answers are scored as the meta model's")
-            return self.letter_scores(_h(SCORE_FORMAT, "meta", self.fp), queries, keys, lambda: self.session.meta, "meta model")
+            self.warnings.append(
+                f"expert {e.name} is remote (no log-probabilities here): its answers are scored as the meta model's"
+            )
+            return self.letter_scores(
+                _h(SCORE_FORMAT, "meta", self.fp), queries, keys, lambda: self.session.meta, "meta model"
+            )
         return self.letter_scores(e.score_key, queries, keys, lambda: self.session.expert(e.ref), e.name)
 
     # -- the eval ---------------------------------------------------------------------------
@@ -161,7 +197,11 @@ class Evaluator:
         read = read_mmlu_dir(self.opts.data_dir, self.opts.subjects)  # bad data fails before any model loads
         self._open()
         if read.skipped:
-            self.warnings.append(f"skipped {len(read.skipped)} malformed row(s): " + "; ".join(read.skipped[:3]) + (" …" if len(read.skipped) > 3 else ""))
+            self.warnings.append(
+                f"skipped {len(read.skipped)} malformed row(s): "
+                + "; ".join(read.skipped[:3])
+                + (" …" if len(read.skipped) > 3 else "")
+            )
         if self.opts.subjects:
             absent = sorted(set(self.opts.subjects) - set(read.questions))
             if absent:
@@ -170,17 +210,33 @@ class Evaluator:
         gold_of = experts_for(read.questions, experts, self.opts.mapping)
         unmapped = {s: len(qs) for s, qs in read.questions.items() if gold_of[s] is None}
         if not experts:
-            self.warnings.append("no experts are registered for this meta model: only the meta model is evaluated (register experts with `etr-hub expert add plugins/NAME`)")
+            self.warnings.append(
+                "no experts are registered for this meta model: only the meta model is evaluated (register experts with `etr-hub expert add plugins/NAME`)"
+            )
         elif unmapped:
-            self.warnings.append(f"{len(unmapped)} subject(s) have no expert (no manifest label or --map), not evaluated: "
-                                 + ", ".join(sorted(unmapped)[:8]) + (" …" if len(unmapped) > 8 else ""))
+            self.warnings.append(
+                f"{len(unmapped)} subject(s) have no expert (no manifest label or --map), not evaluated: "
+                + ", ".join(sorted(unmapped)[:8])
+                + (" …" if len(unmapped) > 8 else "")
+            )
         if experts and len(unmapped) == len(read.questions):
-            raise EtrHubError(f"no subject in {self.opts.data_dir} maps to a registered expert (labels: {', '.join(sorted(e.label for e in experts if e.label)) or 'none'})",
-                              "pass --map SUBJECT=EXPERT, or evaluate a folder with those subjects")
-        questions = [q for s in sorted(read.questions) for q in read.questions[s] if not experts or gold_of[s] is not None]
+            raise EtrHubError(
+                f"no subject in {self.opts.data_dir} maps to a registered expert (labels: {', '.join(sorted(e.label for e in experts if e.label)) or 'none'})",
+                "pass --map SUBJECT=EXPERT, or evaluate a folder with those subjects",
+            )
+        questions = [
+            q for s in sorted(read.questions) for q in read.questions[s] if not experts or gold_of[s] is not None
+        ]
         report = self._evaluate(questions, experts, gold_of)
-        report.update({"data_dir": str(self.opts.data_dir), "files": read.files, "skipped_rows": read.skipped,
-                       "unmapped_subjects": unmapped if experts else {}, "meta": self.session.meta_row.display})
+        report.update(
+            {
+                "data_dir": str(self.opts.data_dir),
+                "files": read.files,
+                "skipped_rows": read.skipped,
+                "unmapped_subjects": unmapped if experts else {},
+                "meta": self.session.meta_row.display,
+            }
+        )
         report["warnings"] = self.warnings
         return report
 
@@ -188,12 +244,23 @@ class Evaluator:
         queries = [render_query(q) for q in questions]
         keys = [q.key for q in questions]
         answers = torch.tensor([q.answer_index for q in questions])  # (N,)
-        meta_scores = self.letter_scores(_h(SCORE_FORMAT, "meta", self.fp), queries, keys, lambda: self.session.meta, "meta model")
+        meta_scores = self.letter_scores(
+            _h(SCORE_FORMAT, "meta", self.fp), queries, keys, lambda: self.session.meta, "meta model"
+        )
         meta_ok = meta_scores.argmax(-1) == answers  # (N,)
         report: dict = {"n": len(questions), "experts": [e.name for e in experts]}
         if not experts:
-            report.update({"routing_accuracy": None, "accuracy": _mean(meta_ok), "fire_rate": None, "false_fire_rate": None,
-                           "per_subject": _per_subject_meta(questions, meta_ok), "baselines": {"meta": {"accuracy": _mean(meta_ok)}}, "dynamic": None})
+            report.update(
+                {
+                    "routing_accuracy": None,
+                    "accuracy": _mean(meta_ok),
+                    "fire_rate": None,
+                    "false_fire_rate": None,
+                    "per_subject": _per_subject_meta(questions, meta_ok),
+                    "baselines": {"meta": {"accuracy": _mean(meta_ok)}},
+                    "dynamic": None,
+                }
+            )
             return report
         names = [e.name for e in experts]
         gold = torch.tensor([names.index(gold_of[q.subject]) for q in questions])  # (N,)
@@ -211,33 +278,72 @@ class Evaluator:
 
         etr_ok = answered(winner, fired)
         oracle_ok = answered(gold)
-        report.update({
-            "routing_accuracy": _mean(winner == gold), "accuracy": _mean(etr_ok), "fire_rate": _mean(fired),
-            "per_subject": {}, "confusion": {}, "expert_accuracy": {},
-        })
+        report.update(
+            {
+                "routing_accuracy": _mean(winner == gold),
+                "accuracy": _mean(etr_ok),
+                "fire_rate": _mean(fired),
+                "per_subject": {},
+                "confusion": {},
+                "expert_accuracy": {},
+            }
+        )
         for s in sorted({q.subject for q in questions}):
             m = torch.tensor([q.subject == s for q in questions])
             report["per_subject"][s] = {
-                "n": int(m.sum()), "expert": gold_of[s], "routing_accuracy": _mean((winner == gold)[m]), "fire_rate": _mean(fired[m]),
-                "accuracy": _mean(etr_ok[m]), "meta_accuracy": _mean(meta_ok[m]), "oracle_accuracy": _mean(oracle_ok[m])}
+                "n": int(m.sum()),
+                "expert": gold_of[s],
+                "routing_accuracy": _mean((winner == gold)[m]),
+                "fire_rate": _mean(fired[m]),
+                "accuracy": _mean(etr_ok[m]),
+                "meta_accuracy": _mean(meta_ok[m]),
+                "oracle_accuracy": _mean(oracle_ok[m]),
+            }
             report["confusion"][s] = {n: int((winner[m] == k).sum()) for k, n in enumerate(names)}
             report["expert_accuracy"][s] = {n: _mean(ok[k][m]) for k, n in enumerate(names)}
         meta_acc, oracle_acc = _mean(meta_ok), _mean(oracle_ok)
         report["gap_closed"], report["gap_closed_reason"] = gap_closed(meta_acc, oracle_acc, report["accuracy"])
-        random_expert = {"routing_accuracy": 1 / len(experts), "accuracy": float(ok.float().mean())}  # the exact expectation
-        report["baselines"] = self._baselines(meta_acc, oracle_acc, random_expert, report["routing_accuracy"], winner,
-                                              queries, keys, experts, gold, answered)
+        random_expert = {
+            "routing_accuracy": 1 / len(experts),
+            "accuracy": float(ok.float().mean()),
+        }  # the exact expectation
+        report["baselines"] = self._baselines(
+            meta_acc,
+            oracle_acc,
+            random_expert,
+            report["routing_accuracy"],
+            winner,
+            queries,
+            keys,
+            experts,
+            gold,
+            answered,
+        )
         report["false_fire_rate"], report["general_prompts"] = self._false_fire(w_e, names)
         report["dynamic"] = self._dynamic(experts, hidden, lse, max_word, gold, answered)
         in_sets = {x for e in experts for x in (e.query_set or [])}
         contaminated = sum(q in in_sets for q in queries)
         if contaminated:
-            self.warnings.append(f"{contaminated} evaluated question(s) are in an expert's query set: evaluate on questions not used for training")
+            self.warnings.append(
+                f"{contaminated} evaluated question(s) are in an expert's query set: evaluate on questions not used for training"
+            )
         report["in_query_sets"] = contaminated
         return report
 
     # -- baselines ----------------------------------------------------------------------------
-    def _baselines(self, meta_acc, oracle_acc, random_expert: dict, routing_accuracy, winner, queries, keys, experts, gold, answered) -> dict:
+    def _baselines(
+        self,
+        meta_acc,
+        oracle_acc,
+        random_expert: dict,
+        routing_accuracy,
+        winner,
+        queries,
+        keys,
+        experts,
+        gold,
+        answered,
+    ) -> dict:
         """Every method's routing and answer accuracy next to ETR's; `answered(route)` scores a routing."""
         baselines = {
             "meta": {"routing_accuracy": None, "accuracy": meta_acc},
@@ -260,8 +366,14 @@ class Evaluator:
 
         def compute(idx):
             meta = self.session.meta
-            return prompt_router_scores(meta.model, meta.tokenizer, [queries[i] for i in idx], listed, batch_size=self.opts.batch_size,
-                                        advance=self.progress("prompt router (meta model)", len(idx)))
+            return prompt_router_scores(
+                meta.model,
+                meta.tokenizer,
+                [queries[i] for i in idx],
+                listed,
+                batch_size=self.opts.batch_size,
+                advance=self.progress("prompt router (meta model)", len(idx)),
+            )
 
         route = self.cache.fetch(key, keys, compute).argmax(-1)  # (N,)
         return {"routing_accuracy": _mean(route == gold), "accuracy": _mean(answered(route))}
@@ -277,7 +389,9 @@ class Evaluator:
         def embedder():
             nonlocal embed
             if embed is None:
-                embed = MiniLMEmbedder(path) if path else MetaEmbedder(self.session.meta.model, self.session.meta.tokenizer)
+                embed = (
+                    MiniLMEmbedder(path) if path else MetaEmbedder(self.session.meta.model, self.session.meta.tokenizer)
+                )
             return embed
 
         name = MiniLMEmbedder.name if path else MetaEmbedder.name
@@ -285,7 +399,11 @@ class Evaluator:
 
         def vectors(texts: list[str], what: str) -> torch.Tensor:
             tk = [_h("text", t) for t in texts]
-            return self.cache.fetch(cache_key, tk, lambda idx: embedder()([texts[i] for i in idx], self.progress(f"embeddings: {what}", len(idx))))
+            return self.cache.fetch(
+                cache_key,
+                tk,
+                lambda idx: embedder()([texts[i] for i in idx], self.progress(f"embeddings: {what}", len(idx))),
+            )
 
         sets = [vectors(e.query_set, f"{e.name} query set") for e in experts]
         route = nearest_centroid(vectors(queries, "questions"), sets).argmax(-1)  # (N,)
@@ -294,7 +412,9 @@ class Evaluator:
     def _false_fire(self, w_e: torch.Tensor, names: list[str]) -> tuple[float | None, dict]:
         prompts = read_general_prompts(self.opts.general_prompts, "eval")
         if not prompts:
-            self.warnings.append(f"no general prompts (split 'eval') at {self.opts.general_prompts}: false-fire rate not measured")
+            self.warnings.append(
+                f"no general prompts (split 'eval') at {self.opts.general_prompts}: false-fire rate not measured"
+            )
             return None, {}
         hidden, _, max_word = self.routing(prompts, "general prompts")
         logits = hidden @ w_e.T  # (P, E)
@@ -334,7 +454,9 @@ class Evaluator:
         remap = {k: j for j, k in enumerate(first)}
         first_target = torch.tensor([remap[int(o)] + 1 if int(o) >= 0 else 0 for o in owner_t[keep]])
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # thousands of tiny steps: extra threads only add synchronisation (100x slower on a busy CPU)
+        torch.set_num_threads(
+            1
+        )  # thousands of tiny steps: extra threads only add synchronisation (100x slower on a busy CPU)
         try:
             static = train_rows_jointly(h_qs, lse_qs, target, init, len(experts), cfg)  # (E, C)
             w_first = train_rows_jointly(h_qs[keep], lse_qs[keep], first_target, init, len(first), cfg)
@@ -346,12 +468,20 @@ class Evaluator:
             logits = hidden @ w.T  # (N, E)
             route = logits.argmax(-1)
             fire = logits.max(-1).values > max_word
-            return {"routing_accuracy": _mean(route == gold), "accuracy": _mean(answered(route, fire)), "fire_rate": _mean(fire)}
+            return {
+                "routing_accuracy": _mean(route == gold),
+                "accuracy": _mean(answered(route, fire)),
+                "fire_rate": _mean(fire),
+            }
 
         s, d = measure(static), measure(dynamic)
-        return {"static": s, "dynamic": d, "added_later": [experts[k].name for k in later],
-                "routing_drop_points": round(100 * (s["routing_accuracy"] - d["routing_accuracy"]), 2),
-                "accuracy_drop_points": round(100 * (s["accuracy"] - d["accuracy"]), 2)}
+        return {
+            "static": s,
+            "dynamic": d,
+            "added_later": [experts[k].name for k in later],
+            "routing_drop_points": round(100 * (s["routing_accuracy"] - d["routing_accuracy"]), 2),
+            "accuracy_drop_points": round(100 * (s["accuracy"] - d["accuracy"]), 2),
+        }
 
 
 def gap_closed(meta: float | None, oracle: float | None, etr: float | None) -> tuple[float | None, str | None]:
@@ -360,7 +490,10 @@ def gap_closed(meta: float | None, oracle: float | None, etr: float | None) -> t
     if meta is None or oracle is None or etr is None:
         return None, "not measured"
     if oracle <= meta:
-        return None, f"the oracle expert ({100 * oracle:.1f}%) is no better than the meta model alone ({100 * meta:.1f}%): no gap to close"
+        return (
+            None,
+            f"the oracle expert ({100 * oracle:.1f}%) is no better than the meta model alone ({100 * meta:.1f}%): no gap to close",
+        )
     return (etr - meta) / (oracle - meta), None
 
 
@@ -376,8 +509,13 @@ def _per_subject_meta(questions: list[Question], meta_ok: torch.Tensor) -> dict:
     return out
 
 
-def evaluate_mmlu(registry: Registry, opts: EvalOptions, *, progress: ProgressFactory = no_progress,
-                  status: Callable[[str], None] | None = None) -> dict:
+def evaluate_mmlu(
+    registry: Registry,
+    opts: EvalOptions,
+    *,
+    progress: ProgressFactory = no_progress,
+    status: Callable[[str], None] | None = None,
+) -> dict:
     torch.manual_seed(opts.seed)
     random.seed(opts.seed)
     return Evaluator(registry, opts, progress, status).run()

@@ -39,7 +39,9 @@ def letter_ids(tokenizer, letters: Sequence[str] = LETTERS) -> tuple[list[int], 
     return encoded[0][:common], firsts
 
 
-def scoring_prompt_ids(tokenizer, query: str, prefix: str = ANSWER_PREFIX, letters: Sequence[str] = LETTERS) -> list[int]:
+def scoring_prompt_ids(
+    tokenizer, query: str, prefix: str = ANSWER_PREFIX, letters: Sequence[str] = LETTERS
+) -> list[int]:
     """Chat-templated query, then the start of the reply up to where the letter goes."""
     prompt, _ = routing_prompt_ids(tokenizer, query)
     shared, _ = letter_ids(tokenizer, letters)
@@ -48,8 +50,15 @@ def scoring_prompt_ids(tokenizer, query: str, prefix: str = ANSWER_PREFIX, lette
 
 
 @torch.no_grad()
-def last_position_logits(model, prompts: list[list[int]], pad_id: int, *, batch_size: int = 8, advance: Advance = None,
-                         on_batch: Callable[[list[int], torch.Tensor], None] | None = None) -> None:
+def last_position_logits(
+    model,
+    prompts: list[list[int]],
+    pad_id: int,
+    *,
+    batch_size: int = 8,
+    advance: Advance = None,
+    on_batch: Callable[[list[int], torch.Tensor], None] | None = None,
+) -> None:
     """Run right-padded batches and hand each batch's last-position hidden state (B, C) to `on_batch`."""
     decoder = model.get_decoder()
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -64,8 +73,16 @@ def last_position_logits(model, prompts: list[list[int]], pad_id: int, *, batch_
             advance(len(batch))
 
 
-def score_letters(model, tokenizer, queries: Sequence[str], *, prefix: str = ANSWER_PREFIX, letters: Sequence[str] = LETTERS,
-                  batch_size: int = 8, advance: Advance = None) -> torch.Tensor:
+def score_letters(
+    model,
+    tokenizer,
+    queries: Sequence[str],
+    *,
+    prefix: str = ANSWER_PREFIX,
+    letters: Sequence[str] = LETTERS,
+    batch_size: int = 8,
+    advance: Advance = None,
+) -> torch.Tensor:
     """(N, L) log-probabilities of each letter as the next token after `prefix`."""
     _, ids = letter_ids(tokenizer, letters)
     head = model.get_output_embeddings()

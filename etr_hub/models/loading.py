@@ -126,7 +126,9 @@ def _load_peft(ref: ModelRef, *, meta: LoadedModel | None, dtype: str, progress:
         base = load_causal_lm(ref.base, dtype=dtype, progress=progress, role="base")
     name = adapter_name_for(adapter)
     _report(progress, f"applying adapter {adapter.name}")
-    model = PeftModel.from_pretrained(base.model, str(adapter), adapter_name=name, is_trainable=False, trust_remote_code=False)
+    model = PeftModel.from_pretrained(
+        base.model, str(adapter), adapter_name=name, is_trainable=False, trust_remote_code=False
+    )
     return LoadedModel(model, _adapter_tokenizer(adapter) or base.tokenizer, ref, shares_meta, name)
 
 
@@ -160,7 +162,9 @@ def _from_pretrained(source: str, *, dtype: str, **kwargs: Any) -> tuple[Any, An
 def _model_dir(path_text: str | None) -> Path:
     path = Path(path_text or "")
     if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{path} is not a model folder (no config.json)", "point at a save_pretrained output folder")
+        raise ModelLoadError(
+            f"{path} is not a model folder (no config.json)", "point at a save_pretrained output folder"
+        )
     if (path / "adapter_config.json").is_file():  # transformers would silently apply it
         raise ModelLoadError(f"{path} holds a PEFT adapter (adapter_config.json)", f"load it as peft:{path}")
     if not any(path.glob("*.safetensors")):
@@ -186,7 +190,10 @@ def _adapter_dir(path_text: str | None) -> Path:
 
     why = code_in_folder(path)  # bundles are checked at `expert add`; this catches a store file changed since
     if why:
-        raise ModelLoadError(f"adapter {path}: {why}", "etr-hub never runs code from an adapter; re-add the bundle with `etr-hub expert add --replace`")
+        raise ModelLoadError(
+            f"adapter {path}: {why}",
+            "etr-hub never runs code from an adapter; re-add the bundle with `etr-hub expert add --replace`",
+        )
     return path
 
 

@@ -30,7 +30,11 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     "embedded": ("name",),
     "openai": ("url", "model"),
 }
-_OPTIONAL: dict[str, tuple[str, ...]] = {"gguf": ("gguf_file",), "peft": ("base",), "openai": ("timeout_s", "api_key_env")}
+_OPTIONAL: dict[str, tuple[str, ...]] = {
+    "gguf": ("gguf_file",),
+    "peft": ("base",),
+    "openai": ("timeout_s", "api_key_env"),
+}
 _FIELDS = ("repo_id", "revision", "path", "gguf_file", "base", "name", "url", "model", "timeout_s", "api_key_env")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 HUB_ENV_PREFIX = "ETR_HUB_"  # the hub's own settings and secrets: never handed to an expert
@@ -74,12 +78,18 @@ class ModelRef(BaseModel):
         if self.kind == "openai" and not str(self.url).startswith(("http://", "https://")):
             raise ValueError(f"url '{redact_url(self.url or '')}' must start with http:// or https://")
         if self.kind == "openai" and has_userinfo(self.url or ""):
-            raise ValueError(f"url '{redact_url(self.url or '')}' carries credentials (user:password@); a URL is shown and logged — "
-                             "remove them and name an environment variable in api_key_env instead")
+            raise ValueError(
+                f"url '{redact_url(self.url or '')}' carries credentials (user:password@); a URL is shown and logged — "
+                "remove them and name an environment variable in api_key_env instead"
+            )
         if self.api_key_env is not None and not _ENV_NAME_RE.match(self.api_key_env):
-            raise ValueError("api_key_env must be the NAME of an environment variable (letters, digits and _, e.g. ASTRO_API_KEY), never the key")
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (letters, digits and _, e.g. ASTRO_API_KEY), never the key"
+            )
         if self.api_key_env is not None and self.api_key_env.upper().startswith(HUB_ENV_PREFIX):
-            raise ValueError(f"api_key_env may not name {self.api_key_env}: {HUB_ENV_PREFIX}* variables are the hub's own secrets")
+            raise ValueError(
+                f"api_key_env may not name {self.api_key_env}: {HUB_ENV_PREFIX}* variables are the hub's own secrets"
+            )
         return self
 
     def env_names(self) -> list[str]:
@@ -180,7 +190,10 @@ def _parse_openai(rest: str) -> ModelRef:
     if not url.startswith(("http://", "https://")):
         raise ModelLoadError(f"'{redact_url(url)}' is not an http(s) URL", fix)
     if has_userinfo(url):
-        raise ModelLoadError(f"'{redact_url(url)}' carries credentials (user:password@)", "remove them; put a key in an environment variable and name it in the bundle's api_key_env")
+        raise ModelLoadError(
+            f"'{redact_url(url)}' carries credentials (user:password@)",
+            "remove them; put a key in an environment variable and name it in the bundle's api_key_env",
+        )
     if not model:
         raise ModelLoadError(f"openai:{url} names no model", fix)
     return ModelRef(kind="openai", url=url.rstrip("/"), model=model)
@@ -190,7 +203,10 @@ def _parse_peft(rest: str) -> ModelRef:
     path = _existing(rest)
     config = path / "adapter_config.json"
     if not config.is_file():
-        raise ModelLoadError(f"{path} is not a PEFT adapter (no adapter_config.json)", "point at the folder written by PeftModel.save_pretrained")
+        raise ModelLoadError(
+            f"{path} is not a PEFT adapter (no adapter_config.json)",
+            "point at the folder written by PeftModel.save_pretrained",
+        )
     return ModelRef(kind="peft", path=str(path), base=_adapter_base(config))
 
 
@@ -218,7 +234,9 @@ def _parse_gguf(rest: str) -> ModelRef:
 def _parse_local(rest: str) -> ModelRef:
     path = _existing(rest)
     if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{path} has no config.json", "point at a transformers model folder (save_pretrained output)")
+        raise ModelLoadError(
+            f"{path} has no config.json", "point at a transformers model folder (save_pretrained output)"
+        )
     return ModelRef(kind="local", path=str(path))
 
 

@@ -49,10 +49,15 @@ class BuildResult:
 
 def expert_cache_key(ref: ModelRef, meta_fingerprint: str) -> str:
     """Identity of an expert's weights for the loss cache."""
-    parts = {"ref": ref.model_dump(mode="json", exclude_none=True), "meta": meta_fingerprint if ref.kind == "peft" and ref.base is None else None}
+    parts = {
+        "ref": ref.model_dump(mode="json", exclude_none=True),
+        "meta": meta_fingerprint if ref.kind == "peft" and ref.base is None else None,
+    }
     if ref.kind in ("local", "peft", "gguf") and ref.path and Path(ref.path).exists():
         p = Path(ref.path)
-        parts["files"] = tree_sha256(tree_listing(p)) if p.is_dir() else tree_sha256({p.name: sha256_bytes(p.read_bytes())})
+        parts["files"] = (
+            tree_sha256(tree_listing(p)) if p.is_dir() else tree_sha256({p.name: sha256_bytes(p.read_bytes())})
+        )
     return sha256_bytes(json.dumps(parts, sort_keys=True).encode())
 
 
@@ -71,9 +76,14 @@ class ModelSession:
             from etr_hub.models.fingerprint import meta_fingerprint
             from etr_hub.models.loading import load_causal_lm
 
-            loaded = load_causal_lm(ModelRef.model_validate(self.meta_row.reference), progress=self.progress, role="meta")
+            loaded = load_causal_lm(
+                ModelRef.model_validate(self.meta_row.reference), progress=self.progress, role="meta"
+            )
             if meta_fingerprint(loaded.model) != self.meta_row.fingerprint:
-                raise EtrHubError(f"the meta model at {self.meta_row.display} is not the one the registry recorded (fingerprint changed)", "re-run `etr-hub init --meta REF` with the original model, or retrain the experts")
+                raise EtrHubError(
+                    f"the meta model at {self.meta_row.display} is not the one the registry recorded (fingerprint changed)",
+                    "re-run `etr-hub init --meta REF` with the original model, or retrain the experts",
+                )
             self._meta = loaded
         return self._meta
 
@@ -95,7 +105,9 @@ def _row_limit(loaded, max_tokens: int) -> int:
     return min(max_tokens, context_limit(loaded.model, loaded.tokenizer))
 
 
-def meta_pass(session: ModelSession, dataset: Dataset, progress: ProgressFactory, batch_size: int, max_tokens: int = MAX_TOKENS):
+def meta_pass(
+    session: ModelSession, dataset: Dataset, progress: ProgressFactory, batch_size: int, max_tokens: int = MAX_TOKENS
+):
     """Meta losses on the dataset (NaN: a row over `max_tokens`), from the cache or one pass that
     also caches routing states."""
     from etr_hub.models.fingerprint import output_embedding
@@ -109,8 +121,14 @@ def meta_pass(session: ModelSession, dataset: Dataset, progress: ProgressFactory
     meta = session.meta
     queries, responses = [r["query"] for r in dataset.rows], [r["response"] for r in dataset.rows]
     pairs = encode_pairs(meta.tokenizer, queries, responses, _row_limit(meta, max_tokens))
-    result = score_pairs(meta.model, meta.tokenizer, pairs, batch_size=batch_size, want_states=True,
-                         advance=progress("meta model pass", len(pairs)))
+    result = score_pairs(
+        meta.model,
+        meta.tokenizer,
+        pairs,
+        batch_size=batch_size,
+        want_states=True,
+        advance=progress("meta model pass", len(pairs)),
+    )
     kept = [i for i, pair in enumerate(pairs) if pair is not None]
     states = StateCache(session.registry.settings.cache_dir, fp)
     if kept:
@@ -120,8 +138,15 @@ def meta_pass(session: ModelSession, dataset: Dataset, progress: ProgressFactory
     return result.loss
 
 
-def expert_pass(session: ModelSession, ref: ModelRef, dataset: Dataset, progress: ProgressFactory, batch_size: int, warnings: list[str],
-                max_tokens: int = MAX_TOKENS):
+def expert_pass(
+    session: ModelSession,
+    ref: ModelRef,
+    dataset: Dataset,
+    progress: ProgressFactory,
+    batch_size: int,
+    warnings: list[str],
+    max_tokens: int = MAX_TOKENS,
+):
     from etr_hub.models.chat import has_chat_template
     from etr_hub.queryset.scoring import encode_pairs, score_pairs
 
@@ -133,18 +158,39 @@ def expert_pass(session: ModelSession, ref: ModelRef, dataset: Dataset, progress
     expert = session.expert(ref)
     if not has_chat_template(expert.tokenizer):
         warnings.append(f"expert {ref.display()} has no chat template; scoring it on a plain 'User:/Assistant:' format")
-    pairs = encode_pairs(expert.tokenizer, [r["query"] for r in dataset.rows], [r["response"] for r in dataset.rows],
-                         _row_limit(expert, max_tokens))
-    loss = score_pairs(expert.model, expert.tokenizer, pairs, batch_size=batch_size, advance=progress("expert pass", len(pairs))).loss
+    pairs = encode_pairs(
+        expert.tokenizer,
+        [r["query"] for r in dataset.rows],
+        [r["response"] for r in dataset.rows],
+        _row_limit(expert, max_tokens),
+    )
+    loss = score_pairs(
+        expert.model, expert.tokenizer, pairs, batch_size=batch_size, advance=progress("expert pass", len(pairs))
+    ).loss
     cache.put(key, dataset.sha256, loss)
     return loss
 
 
-def build_query_set(registry: Registry, name: str, expert: str | ModelRef, data: str | Path, *, tau: float = 0.0,
-                    size: int = 100, seed: int = 0, label: str | None = None, label_field: str = "label",
-                    rule: str = "paper", versus: tuple = (), pick: str = "random", batch_size: int = 8, progress: ProgressFactory = no_progress,
-                    status: Callable[[str], None] | None = None, session: ModelSession | None = None,
-                    max_tokens: int = MAX_TOKENS) -> BuildResult:
+def build_query_set(
+    registry: Registry,
+    name: str,
+    expert: str | ModelRef,
+    data: str | Path,
+    *,
+    tau: float = 0.0,
+    size: int = 100,
+    seed: int = 0,
+    label: str | None = None,
+    label_field: str = "label",
+    rule: str = "paper",
+    versus: tuple = (),
+    pick: str = "random",
+    batch_size: int = 8,
+    progress: ProgressFactory = no_progress,
+    status: Callable[[str], None] | None = None,
+    session: ModelSession | None = None,
+    max_tokens: int = MAX_TOKENS,
+) -> BuildResult:
     """Score `data` with the meta model and the expert, select the query set, record it.
 
     Rows longer than `max_tokens` (prompt + response, or the model's context if smaller) have
@@ -157,11 +203,15 @@ def build_query_set(registry: Registry, name: str, expert: str | ModelRef, data:
     if size < 1:
         raise EtrHubError(f"--size must be at least 1 (got {size})", "pass e.g. --size 100")
     if pick not in ("random", "top"):
-        raise EtrHubError(f"unknown --pick '{pick}'", "use --pick random (the paper) or --pick top (largest gaps first)")
+        raise EtrHubError(
+            f"unknown --pick '{pick}'", "use --pick random (the paper) or --pick top (largest gaps first)"
+        )
     if max_tokens < 2:
         raise EtrHubError(f"--max-tokens must be at least 2 (got {max_tokens})", f"pass e.g. --max-tokens {MAX_TOKENS}")
     if rule == "labelled" and not label:
-        raise EtrHubError("--rule labelled needs --label", "pass the label of the expert's domain, e.g. --label astronomy")
+        raise EtrHubError(
+            "--rule labelled needs --label", "pass the label of the expert's domain, e.g. --label astronomy"
+        )
     ref = expert if isinstance(expert, ModelRef) else ModelRef.parse(expert)
     ref = _absolute(ref)
     dataset = read_dataset(data)
@@ -177,11 +227,15 @@ def build_query_set(registry: Registry, name: str, expert: str | ModelRef, data:
     kept = [i for i, g in enumerate(full_gap.tolist()) if g == g]
     skipped = [dataset.line(i) for i in range(len(dataset.rows)) if full_gap[i] != full_gap[i]]
     if not kept:
-        raise DataError(f"every row of {dataset.path} is over {max_tokens:,} tokens (the query alone, in a model's chat template)",
-                        "shorten the queries, or raise --max-tokens (at most the models' context)")
+        raise DataError(
+            f"every row of {dataset.path} is over {max_tokens:,} tokens (the query alone, in a model's chat template)",
+            "shorten the queries, or raise --max-tokens (at most the models' context)",
+        )
     if skipped:
         shown = ", ".join(map(str, skipped[:10])) + (", …" if len(skipped) > 10 else "")
-        warnings.append(f"skipped {len(skipped):,} row(s) over {max_tokens:,} tokens (lines {shown}); raise --max-tokens to keep them")
+        warnings.append(
+            f"skipped {len(skipped):,} row(s) over {max_tokens:,} tokens (lines {shown}); raise --max-tokens to keep them"
+        )
     gap = full_gap[kept]  # (K,): selection runs on the rows that fit; indices map back through `kept`
     all_labels = dataset.labels(label_field)
     labels = [all_labels[i] for i in kept]
@@ -193,23 +247,53 @@ def build_query_set(registry: Registry, name: str, expert: str | ModelRef, data:
         if not chosen:
             raise DataError(
                 f"τ={tau:g} selects no query (loss-gap quantiles {select.gap_stats(gap)['quantiles']}; passing at τ: "
-                + ", ".join(f"{r['tau']:g}→{r['passing']}" for r in table) + ")",
+                + ", ".join(f"{r['tau']:g}→{r['passing']}" for r in table)
+                + ")",
                 f"lower τ, e.g. --tau {select.suggest_tau(gap, size):g}",
             )
     else:
         chosen = [kept[i] for i in select.select_by_label(labels, label, size, seed)]
         if not chosen:
-            raise DataError(f"no row of {dataset.path} has {label_field} == '{label}'", f"check --label and --label-field (the dataset's '{label_field}' values are the labels)")
+            raise DataError(
+                f"no row of {dataset.path} has {label_field} == '{label}'",
+                f"check --label and --label-field (the dataset's '{label_field}' values are the labels)",
+            )
 
     in_dom = out_dom = None
     if label and any(lab is not None for lab in labels):
         mask = torch.tensor([lab == label for lab in labels])
         in_dom = float(gap[mask].mean()) if mask.any() else None
         out_dom = float(gap[~mask].mean()) if (~mask).any() else None
-    result = BuildResult(name=name, rule=rule, tau=tau if rule == "paper" else None, selected=chosen, dataset=dataset,
-                         gap_stats=select.gap_stats(gap), tau_table=table, purity=select.purity(chosen, all_labels, label) if label else None,
-                         in_domain_gap=in_dom, out_of_domain_gap=out_dom, warnings=warnings, max_tokens=max_tokens, skipped_lines=skipped)
-    _record(registry, session, result, ref, loss_meta, loss_expert, full_gap, seed, size, label, label_field, versus_refs, pick)
+    result = BuildResult(
+        name=name,
+        rule=rule,
+        tau=tau if rule == "paper" else None,
+        selected=chosen,
+        dataset=dataset,
+        gap_stats=select.gap_stats(gap),
+        tau_table=table,
+        purity=select.purity(chosen, all_labels, label) if label else None,
+        in_domain_gap=in_dom,
+        out_of_domain_gap=out_dom,
+        warnings=warnings,
+        max_tokens=max_tokens,
+        skipped_lines=skipped,
+    )
+    _record(
+        registry,
+        session,
+        result,
+        ref,
+        loss_meta,
+        loss_expert,
+        full_gap,
+        seed,
+        size,
+        label,
+        label_field,
+        versus_refs,
+        pick,
+    )
     return result
 
 
@@ -219,29 +303,63 @@ def _absolute(ref: ModelRef) -> ModelRef:
     return ref
 
 
-def _record(registry, session, result: BuildResult, ref, loss_meta, loss_expert, gap, seed, size, label, label_field, versus, pick) -> None:
+def _record(
+    registry,
+    session,
+    result: BuildResult,
+    ref,
+    loss_meta,
+    loss_expert,
+    gap,
+    seed,
+    size,
+    label,
+    label_field,
+    versus,
+    pick,
+) -> None:
     rows = []
     for i in result.selected:
-        row = {"query": result.dataset.rows[i]["query"], "response": result.dataset.rows[i]["response"],
-               "loss_meta": round(float(loss_meta[i]), 4), "loss_expert": round(float(loss_expert[i]), 4), "gap": round(float(gap[i]), 4)}
+        row = {
+            "query": result.dataset.rows[i]["query"],
+            "response": result.dataset.rows[i]["response"],
+            "loss_meta": round(float(loss_meta[i]), 4),
+            "loss_expert": round(float(loss_expert[i]), 4),
+            "gap": round(float(gap[i]), 4),
+        }
         if result.dataset.rows[i].get(label_field) is not None:
             row["label"] = result.dataset.rows[i][label_field]
         rows.append(row)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if result.rule == "paper":
-        baseline = "min(" + ", ".join(["loss_meta"] + [f"loss[{v.display()}]" for v in versus]) + ")" if versus else "loss_meta"
+        baseline = (
+            "min(" + ", ".join(["loss_meta"] + [f"loss[{v.display()}]" for v in versus]) + ")"
+            if versus
+            else "loss_meta"
+        )
         rule_text = f"{baseline} - loss_expert > tau" + ("; largest gaps first" if pick == "top" else "")
     else:
         rule_text = f"{label_field} == '{label}'"
     info = {
-        "file": "query_set.jsonl", "sha256": sha256_bytes(text.encode()), "size": len(rows), "tau": result.tau,
-        "selection_rule": rule_text, "seed": seed,
+        "file": "query_set.jsonl",
+        "sha256": sha256_bytes(text.encode()),
+        "size": len(rows),
+        "tau": result.tau,
+        "selection_rule": rule_text,
+        "seed": seed,
         "source": {"name": result.dataset.name, "sha256": result.dataset.sha256, "n_pairs": len(result.dataset.rows)},
-        "loss_gap": result.gap_stats, "label": label, "purity": result.purity,
+        "loss_gap": result.gap_stats,
+        "label": label,
+        "purity": result.purity,
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "query_set.jsonl"
         path.write_text(text, encoding="utf-8")
-        registry.add_query_set(name=result.name, meta_fingerprint=session.meta_row.fingerprint, file=path,
-                               info={k: v for k, v in info.items() if v is not None}, expert_ref=ref.model_dump(mode="json", exclude_none=True))
+        registry.add_query_set(
+            name=result.name,
+            meta_fingerprint=session.meta_row.fingerprint,
+            file=path,
+            info={k: v for k, v in info.items() if v is not None},
+            expert_ref=ref.model_dump(mode="json", exclude_none=True),
+        )
     result.info = info

@@ -29,11 +29,15 @@ class Dataset:
 def read_dataset(path: str | Path) -> Dataset:
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"dataset {path} does not exist", "pass a JSONL file with one {\"query\": …, \"response\": …} object per line")
+        raise DataError(
+            f"dataset {path} does not exist", 'pass a JSONL file with one {"query": …, "response": …} object per line'
+        )
     rows, lines = [], []
     for lineno, row in iter_jsonl(path):
         if not isinstance(row, dict):
-            raise DataError(f"{path}:{lineno} is not a JSON object", "write one {\"query\": …, \"response\": …} object per line")
+            raise DataError(
+                f"{path}:{lineno} is not a JSON object", 'write one {"query": …, "response": …} object per line'
+            )
         for field in ("query", "response"):
             if field not in row:
                 raise DataError(f"{path}:{lineno} lacks '{field}'", "every row needs a 'query' and a 'response' string")

@@ -31,7 +31,9 @@ class PassResult:
 Pair = tuple[list[int], list[int]]
 
 
-def encode_pairs(tokenizer, queries: Sequence[str], responses: Sequence[str], max_tokens: int = MAX_TOKENS) -> list[Pair | None]:
+def encode_pairs(
+    tokenizer, queries: Sequence[str], responses: Sequence[str], max_tokens: int = MAX_TOKENS
+) -> list[Pair | None]:
     """(prompt ids, response ids) cut to `max_tokens` in all; None where the prompt leaves no
     room for one response token (attention over a huge row would need memory quadratic in it)."""
     pairs: list[Pair | None] = []
@@ -57,8 +59,15 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def score_pairs(model, tokenizer, pairs: list[Pair | None], *, batch_size: int = 8,
-                want_states: bool = False, advance: Advance = None) -> PassResult:
+def score_pairs(
+    model,
+    tokenizer,
+    pairs: list[Pair | None],
+    *,
+    batch_size: int = 8,
+    want_states: bool = False,
+    advance: Advance = None,
+) -> PassResult:
     """Summed response NLL per pair (+ routing-position states), right-padded batches; NaN
     (and zero states) for a skipped (None) pair."""
     decoder, head = model.get_decoder(), model.get_output_embeddings()
@@ -100,7 +109,9 @@ def score_pairs(model, tokenizer, pairs: list[Pair | None], *, batch_size: int =
 
 
 @torch.no_grad()
-def routing_states(model, tokenizer, queries: Sequence[str], *, batch_size: int = 16, advance: Advance = None) -> tuple[torch.Tensor, torch.Tensor]:
+def routing_states(
+    model, tokenizer, queries: Sequence[str], *, batch_size: int = 16, advance: Advance = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden (N, C), lse (N,)) at the routing position of each query, without responses."""
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

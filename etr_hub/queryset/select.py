@@ -41,8 +41,13 @@ def tau_table(gap: torch.Tensor, taus: tuple[float, ...] = TAUS) -> list[dict]:
 
 def gap_stats(gap: torch.Tensor) -> dict:
     q = torch.quantile(gap.float(), torch.tensor(QUANTILES)).tolist()
-    return {"n": int(gap.numel()), "mean": float(gap.mean()), "min": float(gap.min()), "max": float(gap.max()),
-            "quantiles": {f"p{int(p * 100)}": round(v, 4) for p, v in zip(QUANTILES, q)}}
+    return {
+        "n": int(gap.numel()),
+        "mean": float(gap.mean()),
+        "min": float(gap.min()),
+        "max": float(gap.max()),
+        "quantiles": {f"p{int(p * 100)}": round(v, 4) for p, v in zip(QUANTILES, q)},
+    }
 
 
 def suggest_tau(gap: torch.Tensor, size: int) -> float:

@@ -6,14 +6,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.exc import DatabaseError, DataError, IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Session, select
 
 from etr_hub.bundle import Bundle, Manifest, load_bundle, write_bundle
-from etr_hub.config import Settings, settings as current_settings
+from etr_hub.config import Settings
+from etr_hub.config import settings as current_settings
 from etr_hub.errors import BundleError, EtrHubError, RegistryError
 from etr_hub.registry.db import corrupt_sqlite, engine_for, migrate
 from etr_hub.registry.tables import Expert, MetaModel, QuerySet
@@ -27,7 +28,7 @@ class Registry:
         self.store = Store(cfg.store_dir)
 
     @classmethod
-    def open(cls, cfg: Settings | None = None) -> "Registry":
+    def open(cls, cfg: Settings | None = None) -> Registry:
         cfg = cfg or current_settings()
         cfg.home.mkdir(parents=True, exist_ok=True)
         reg = cls(cfg)
@@ -45,9 +46,8 @@ class Registry:
         one-line RegistryError; the transaction is rolled back, so nothing is half-written."""
         engine = self.engine.execution_options(write=True) if write else self.engine
         try:
-            with Session(engine, expire_on_commit=False) as s:
-                with s.begin():
-                    yield s
+            with Session(engine, expire_on_commit=False) as s, s.begin():
+                yield s
         except (OperationalError, InterfaceError) as e:
             raise _unreachable(self.settings.database_url, e) from None
         except DatabaseError as e:  # e.g. a page corrupted since the file was opened
@@ -64,8 +64,16 @@ class Registry:
         with self.session() as s:
             return s.exec(select(MetaModel).where(MetaModel.active == True)).first()  # noqa: E712
 
-    def register_meta(self, *, reference: dict, display: str, fingerprint: str, hidden_size: int, vocab_size: int,
-                      max_row_norm: float | None = None) -> MetaModel:
+    def register_meta(
+        self,
+        *,
+        reference: dict,
+        display: str,
+        fingerprint: str,
+        hidden_size: int,
+        vocab_size: int,
+        max_row_norm: float | None = None,
+    ) -> MetaModel:
         """Record a meta model and make it the active one (idempotent; fills in max_row_norm when
         a registry from before it was recorded runs `etr-hub init` again)."""
         with self.session(write=True) as s:
@@ -73,7 +81,13 @@ class Registry:
                 other.active = False
             row = s.exec(select(MetaModel).where(MetaModel.fingerprint == fingerprint)).first()
             if row is None:
-                row = MetaModel(fingerprint=fingerprint, reference=reference, display=display, hidden_size=hidden_size, vocab_size=vocab_size)
+                row = MetaModel(
+                    fingerprint=fingerprint,
+                    reference=reference,
+                    display=display,
+                    hidden_size=hidden_size,
+                    vocab_size=vocab_size,
+                )
             if max_row_norm is not None:
                 row.max_row_norm = float(max_row_norm)
             row.active = True
@@ -83,7 +97,9 @@ class Registry:
     def require_meta(self) -> MetaModel:
         meta = self.active_meta()
         if meta is None:
-            raise RegistryError("no meta model is registered", "run `etr-hub init` (or `etr-hub init --meta REF`) first")
+            raise RegistryError(
+                "no meta model is registered", "run `etr-hub init` (or `etr-hub init --meta REF`) first"
+            )
         return meta
 
     # -- experts ------------------------------------------------------------------------
@@ -94,7 +110,10 @@ class Registry:
                 "retrain the token against this meta model with `etr-hub train-token`",
             )
         if manifest.meta.hidden_size != meta.hidden_size:
-            raise RegistryError(f"expert '{manifest.name}' has token dimension {manifest.meta.hidden_size}, the meta model's hidden size is {meta.hidden_size}", "retrain the token against this meta model")
+            raise RegistryError(
+                f"expert '{manifest.name}' has token dimension {manifest.meta.hidden_size}, the meta model's hidden size is {meta.hidden_size}",
+                "retrain the token against this meta model",
+            )
 
     def _check_env(self, bundle: Bundle, allowed: list[str]) -> None:
         """A bundle reads an environment variable (an API key it sends to its endpoint) only when
@@ -104,9 +123,11 @@ class Registry:
         ref = bundle.manifest.expert
         for name in ref.env_names():
             if name not in allowed:
-                raise BundleError(f"bundle {bundle.root}: its expert reference asks for the environment variable ${name}, "
-                                  f"which the hub would send as an API key to {redact_url(ref.url or '?')}",
-                                  f"if you trust that endpoint with ${name}, add the bundle with --allow-env {name}")
+                raise BundleError(
+                    f"bundle {bundle.root}: its expert reference asks for the environment variable ${name}, "
+                    f"which the hub would send as an API key to {redact_url(ref.url or '?')}",
+                    f"if you trust that endpoint with ${name}, add the bundle with --allow-env {name}",
+                )
 
     def _check_norm(self, bundle: Bundle, meta: MetaModel) -> None:
         """Refuse a row far larger than the meta model's own output rows (norm recorded at init;
@@ -119,8 +140,14 @@ class Registry:
         if problem:
             raise BundleError(f"bundle {bundle.root}: {problem}", NORM_FIX)
 
-    def add_expert(self, source: Bundle | Path | str, *, replace: bool = False, allow_env: Sequence[str] = (),
-                   max_bundle_mb: float | None = None) -> Expert:
+    def add_expert(
+        self,
+        source: Bundle | Path | str,
+        *,
+        replace: bool = False,
+        allow_env: Sequence[str] = (),
+        max_bundle_mb: float | None = None,
+    ) -> Expert:
         """Validate, copy into the store, record. `allow_env`: environment variables the bundle's
         expert reference may read (never ETR_HUB_*); `max_bundle_mb`: the largest bundle accepted."""
         allowed = check_env_names(allow_env)
@@ -134,7 +161,10 @@ class Registry:
         if existing is not None and not replace:
             if self._same_bundle(existing, bundle, allowed):
                 return existing  # the same bundle again: nothing to do (`expert add plugins/*/` is idempotent)
-            raise RegistryError(f"expert '{m.name}' version {m.version} is already registered", "pass --replace to overwrite it, or bump 'version' in expert.json")
+            raise RegistryError(
+                f"expert '{m.name}' version {m.version} is already registered",
+                "pass --replace to overwrite it, or bump 'version' in expert.json",
+            )
         try:
             with self.store.lock(exclusive=False):  # no gc between our copies and our commit
                 row = self._copy_and_record(bundle, replace, allowed)
@@ -150,8 +180,16 @@ class Registry:
         # 1) content-addressed copies (idempotent; harmless if we die after this)
         _, token_file = self.store.put_file(bundle.token_path, m.token.sha256, ".safetensors")
         adapter = self.store.put_tree(bundle.adapter_path) if bundle.adapter_path else None
-        card = self.store.put_file(bundle.model_card_path, suffix=".md")[1] if bundle.model_card_path and bundle.model_card_path.is_file() else None
-        qs_file = self.store.put_file(bundle.query_set_path, m.query_set.sha256, ".jsonl")[1] if bundle.query_set_path else None
+        card = (
+            self.store.put_file(bundle.model_card_path, suffix=".md")[1]
+            if bundle.model_card_path and bundle.model_card_path.is_file()
+            else None
+        )
+        qs_file = (
+            self.store.put_file(bundle.query_set_path, m.query_set.sha256, ".jsonl")[1]
+            if bundle.query_set_path
+            else None
+        )
 
         # 2) one transaction records everything
         try:
@@ -167,33 +205,49 @@ class Registry:
                 for other in s.exec(select(Expert).where(Expert.name == m.name, Expert.enabled == True)):  # noqa: E712
                     other.enabled = False  # one enabled version per name: the newest added
                 row = Expert(
-                    name=m.name, version=m.version, enabled=True, label=m.label, description=m.description,
-                    meta_fingerprint=m.meta.fingerprint, token_sha256=m.token.sha256, token_path=self._rel(token_file),
-                    adapter_sha256=adapter[0] if adapter else None, adapter_path=self._rel(adapter[1]) if adapter else None,
-                    model_card_path=self._rel(card) if card else None, query_set_id=qs_id,
+                    name=m.name,
+                    version=m.version,
+                    enabled=True,
+                    label=m.label,
+                    description=m.description,
+                    meta_fingerprint=m.meta.fingerprint,
+                    token_sha256=m.token.sha256,
+                    token_path=self._rel(token_file),
+                    adapter_sha256=adapter[0] if adapter else None,
+                    adapter_path=self._rel(adapter[1]) if adapter else None,
+                    model_card_path=self._rel(card) if card else None,
+                    query_set_id=qs_id,
                     tau=m.query_set.tau if m.query_set else None,
                     expert_ref=m.expert.model_dump(mode="json", exclude_none=True),
-                    manifest=m.model_dump(mode="json", exclude_none=True), allowed_env=allowed,
+                    manifest=m.model_dump(mode="json", exclude_none=True),
+                    allowed_env=allowed,
                 )
                 s.add(row)
         except IntegrityError:
-            raise RegistryError(f"expert '{m.name}' version {m.version} is already registered", "pass --replace to overwrite it, or bump 'version' in expert.json") from None
+            raise RegistryError(
+                f"expert '{m.name}' version {m.version} is already registered",
+                "pass --replace to overwrite it, or bump 'version' in expert.json",
+            ) from None
         except DataError as e:  # the manifest schema's limits should make this unreachable
             reason = " ".join(str(getattr(e, "orig", None) or e).split())[:200]
-            raise RegistryError(f"the registry database refused expert '{m.name}': {reason}", "fix the value in expert.json") from None
+            raise RegistryError(
+                f"the registry database refused expert '{m.name}': {reason}", "fix the value in expert.json"
+            ) from None
         return row
 
     def _gc_quietly(self) -> None:
         try:
             self.collect_garbage()
-        except Exception:  # noqa: BLE001 - never hide the error that got us here; `store gc` retries
+        except Exception:
             pass
 
     def collect_garbage(self, *, dry_run: bool = False) -> GcReport:
         """Delete stored files no registry row references, and abandoned temporaries."""
         with self.store.lock(exclusive=True):
             with self.session() as s:
-                live = {p for e in s.exec(select(Expert)) for p in (e.token_path, e.adapter_path, e.model_card_path) if p}
+                live = {
+                    p for e in s.exec(select(Expert)) for p in (e.token_path, e.adapter_path, e.model_card_path) if p
+                }
                 live |= {q.store_path for q in s.exec(select(QuerySet))}
             return self.store.gc(live, dry_run=dry_run)
 
@@ -201,17 +255,35 @@ class Registry:
         from etr_hub.store import tree_listing, tree_sha256
 
         adapter = tree_sha256(tree_listing(bundle.adapter_path)) if bundle.adapter_path else None
+
         def content(m: dict) -> dict:  # created_at defaults to "now" when a manifest omits it
             return {k: v for k, v in m.items() if k != "created_at"}
 
-        return (content(row.manifest) == content(bundle.manifest.model_dump(mode="json", exclude_none=True)) and row.adapter_sha256 == adapter
-                and sorted(row.allowed_env or []) == allowed)
+        return (
+            content(row.manifest) == content(bundle.manifest.model_dump(mode="json", exclude_none=True))
+            and row.adapter_sha256 == adapter
+            and sorted(row.allowed_env or []) == allowed
+        )
 
     def _upsert_query_set(self, s: Session, m: Manifest, store_rel: str) -> QuerySet:
         qs = m.query_set
-        row = s.exec(select(QuerySet).where(QuerySet.name == m.name, QuerySet.sha256 == qs.sha256, QuerySet.meta_fingerprint == m.meta.fingerprint)).first()
+        row = s.exec(
+            select(QuerySet).where(
+                QuerySet.name == m.name, QuerySet.sha256 == qs.sha256, QuerySet.meta_fingerprint == m.meta.fingerprint
+            )
+        ).first()
         if row is None:
-            row = QuerySet(name=m.name, meta_fingerprint=m.meta.fingerprint, sha256=qs.sha256, store_path=store_rel, size=qs.size, tau=qs.tau, label=qs.label or m.label, expert_ref=m.expert.model_dump(mode="json", exclude_none=True), provenance=qs.model_dump(mode="json", exclude_none=True))
+            row = QuerySet(
+                name=m.name,
+                meta_fingerprint=m.meta.fingerprint,
+                sha256=qs.sha256,
+                store_path=store_rel,
+                size=qs.size,
+                tau=qs.tau,
+                label=qs.label or m.label,
+                expert_ref=m.expert.model_dump(mode="json", exclude_none=True),
+                provenance=qs.model_dump(mode="json", exclude_none=True),
+            )
             s.add(row)
             s.flush()
         return row
@@ -293,11 +365,25 @@ class Registry:
         with self.store.lock(exclusive=False):
             sha, stored = self.store.put_file(file, suffix=".jsonl")
             with self.session(write=True) as s:
-                row = s.exec(select(QuerySet).where(QuerySet.name == name, QuerySet.sha256 == sha, QuerySet.meta_fingerprint == meta_fingerprint)).first()
+                row = s.exec(
+                    select(QuerySet).where(
+                        QuerySet.name == name, QuerySet.sha256 == sha, QuerySet.meta_fingerprint == meta_fingerprint
+                    )
+                ).first()
                 if row is None:
-                    row = QuerySet(name=name, meta_fingerprint=meta_fingerprint, sha256=sha, store_path=self._rel(stored), size=info["size"], tau=info.get("tau"), label=info.get("label"), expert_ref=expert_ref, provenance=info)
+                    row = QuerySet(
+                        name=name,
+                        meta_fingerprint=meta_fingerprint,
+                        sha256=sha,
+                        store_path=self._rel(stored),
+                        size=info["size"],
+                        tau=info.get("tau"),
+                        label=info.get("label"),
+                        expert_ref=expert_ref,
+                        provenance=info,
+                    )
                 else:
-                    row.provenance, row.created_at = info, datetime.now(timezone.utc)
+                    row.provenance, row.created_at = info, datetime.now(UTC)
                 s.add(row)
         return row
 
@@ -312,17 +398,24 @@ def check_env_names(names: Sequence[str] | None) -> list[str]:
     names = list(names or [])
     for name in names:
         if not _ENV_NAME.match(name):
-            raise EtrHubError(f"--allow-env {name!r} is not an environment variable name", "pass the variable's NAME, e.g. --allow-env ASTRO_API_KEY (never the key)")
+            raise EtrHubError(
+                f"--allow-env {name!r} is not an environment variable name",
+                "pass the variable's NAME, e.g. --allow-env ASTRO_API_KEY (never the key)",
+            )
         if name.upper().startswith(HUB_ENV_PREFIX):
-            raise EtrHubError(f"--allow-env {name}: {HUB_ENV_PREFIX}* variables are the hub's own secrets and are never given to an expert",
-                              "give the expert its own variable, e.g. ASTRO_API_KEY")
+            raise EtrHubError(
+                f"--allow-env {name}: {HUB_ENV_PREFIX}* variables are the hub's own secrets and are never given to an expert",
+                "give the expert its own variable, e.g. ASTRO_API_KEY",
+            )
     return sorted(set(names))
 
 
 def _unreachable(url: str, e: Exception) -> RegistryError:
     reason = " ".join(str(getattr(e, "orig", None) or e).split())  # the driver's words, on one line
-    return RegistryError(f"the registry database at {_safe_url(url)} failed: {reason}",
-                         "check ETR_HUB_DATABASE_URL / ETR_HUB_HOME and that the database server is running, then retry")
+    return RegistryError(
+        f"the registry database at {_safe_url(url)} failed: {reason}",
+        "check ETR_HUB_DATABASE_URL / ETR_HUB_HOME and that the database server is running, then retry",
+    )
 
 
 def _safe_url(url: str) -> str:
@@ -333,4 +426,3 @@ def _safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<database url>"
-

@@ -22,7 +22,9 @@ PG_CONNECT_TIMEOUT_S = 10
 WRITE_LOCK_KEY = 7201604  # pg_advisory_xact_lock key for registry writes
 MIGRATE_LOCK_KEY = 7201603
 MIGRATIONS = Path(__file__).parent / "migrations"
-URL_FORMS = "use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB, or unset it for $ETR_HUB_HOME/registry.db"
+URL_FORMS = (
+    "use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB, or unset it for $ETR_HUB_HOME/registry.db"
+)
 
 
 def check_url(url: str) -> None:
@@ -33,7 +35,10 @@ def check_url(url: str) -> None:
         shown = f" '{url}'" if "@" not in url else ""
         raise RegistryError(f"ETR_HUB_DATABASE_URL{shown} is not a database URL", URL_FORMS) from None
     if backend not in ("sqlite", "postgresql"):
-        raise RegistryError(f"ETR_HUB_DATABASE_URL names a '{backend}' database; the registry runs on SQLite or PostgreSQL only", URL_FORMS)
+        raise RegistryError(
+            f"ETR_HUB_DATABASE_URL names a '{backend}' database; the registry runs on SQLite or PostgreSQL only",
+            URL_FORMS,
+        )
 
 
 def corrupt_sqlite(url: str, exc: Exception) -> RegistryError | None:
@@ -41,8 +46,10 @@ def corrupt_sqlite(url: str, exc: Exception) -> RegistryError | None:
     orig = getattr(exc, "orig", exc)
     if getattr(orig, "sqlite_errorname", None) not in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
         return None
-    return RegistryError(f"registry database {make_url(url).database} is not a valid SQLite database ({orig})",
-                         "restore it from a backup or move it away and run `etr-hub init`")
+    return RegistryError(
+        f"registry database {make_url(url).database} is not a valid SQLite database ({orig})",
+        "restore it from a backup or move it away and run `etr-hub init`",
+    )
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -82,10 +89,14 @@ def engine_for(url: str) -> Engine:
         # UTC sessions: `timestamp` columns hold UTC whatever the server's TimeZone is.
         options = " ".join(filter(None, [make_url(url).query.get("options"), "-c TimeZone=UTC"]))  # keep the URL's own
         try:
-            engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S, "options": options})
+            engine = create_engine(
+                url, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S, "options": options}
+            )
         except ModuleNotFoundError as exc:
-            raise RegistryError(f"ETR_HUB_DATABASE_URL names PostgreSQL but its driver is missing ({exc.name})",
-                                "pip install 'etr-hub[postgres]' (and use a postgresql+psycopg:// URL)") from None
+            raise RegistryError(
+                f"ETR_HUB_DATABASE_URL names PostgreSQL but its driver is missing ({exc.name})",
+                "pip install 'etr-hub[postgres]' (and use a postgresql+psycopg:// URL)",
+            ) from None
         event.listen(engine, "begin", _postgres_begin)
     else:
         engine = create_engine(url, pool_pre_ping=True)

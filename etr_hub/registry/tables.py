@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class MetaModel(SQLModel, table=True):
@@ -63,5 +63,7 @@ class Expert(SQLModel, table=True):
     tau: float | None = None
     expert_ref: dict = Field(sa_column=Column(JSON, nullable=False))
     manifest: dict = Field(sa_column=Column(JSON, nullable=False))
-    allowed_env: list | None = Field(default=None, sa_column=Column(JSON, nullable=True))  # env variables the operator let it read (--allow-env)
+    allowed_env: list | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )  # env variables the operator let it read (--allow-env)
     created_at: datetime = Field(default_factory=_now)

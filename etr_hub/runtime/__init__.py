@@ -20,9 +20,9 @@ from etr_hub.runtime.types import (
     ExpertScore,
     Explanation,
     RouteSwitch,
+    RouteWarning,
     Switch,
     TextDelta,
-    RouteWarning,
     WordScore,
 )
 
@@ -38,9 +38,9 @@ __all__ = [
     "Explanation",
     "Hub",
     "RouteSwitch",
+    "RouteWarning",
     "Switch",
     "TextDelta",
-    "RouteWarning",
     "WordScore",
 ]
 

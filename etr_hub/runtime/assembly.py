@@ -46,7 +46,11 @@ def assemble(registry: Registry, *, fingerprint: str, hidden_size: int, max_row_
             continue
         rows.append(row)
         specs[expert.name] = ExpertSpec(expert.name, ref, frozenset(expert.allowed_env or ()))
-        experts.append(ExpertInfo(expert.name, expert.version, backend_name(ref) or "?", ref.display(), expert.label, expert.description))
+        experts.append(
+            ExpertInfo(
+                expert.name, expert.version, backend_name(ref) or "?", ref.display(), expert.label, expert.description
+            )
+        )
     return Assembly(assemble_expert_matrix(rows, hidden_size), experts, specs, skipped)
 
 
@@ -54,23 +58,35 @@ class _Skip(Exception):
     pass
 
 
-def _admit(registry: Registry, expert: Expert, fingerprint: str, hidden_size: int, max_row_norm: float | None) -> tuple[torch.Tensor, ModelRef]:
+def _admit(
+    registry: Registry, expert: Expert, fingerprint: str, hidden_size: int, max_row_norm: float | None
+) -> tuple[torch.Tensor, ModelRef]:
     from etr_hub.bundle.io import NORM_FIX, read_token, token_norm_problem
 
     if expert.meta_fingerprint != fingerprint:
-        raise _Skip(f"trained against meta model {expert.meta_fingerprint[:12]}…, this one is {fingerprint[:12]}… — retrain its token with `etr-hub train-token`")
+        raise _Skip(
+            f"trained against meta model {expert.meta_fingerprint[:12]}…, this one is {fingerprint[:12]}… — retrain its token with `etr-hub train-token`"
+        )
     try:
         manifest = Manifest.model_validate(expert.manifest)
     except ValueError as exc:
-        raise _Skip(f"its recorded manifest no longer validates ({exc.__class__.__name__}) — re-add the bundle") from None
+        raise _Skip(
+            f"its recorded manifest no longer validates ({exc.__class__.__name__}) — re-add the bundle"
+        ) from None
     if manifest.meta.hidden_size != hidden_size or manifest.token.shape[1] != hidden_size:
-        raise _Skip(f"token dimension {manifest.token.shape[1]} ≠ the meta model's hidden size {hidden_size} — retrain its token")
+        raise _Skip(
+            f"token dimension {manifest.token.shape[1]} ≠ the meta model's hidden size {hidden_size} — retrain its token"
+        )
     token_path = registry.abspath(expert.token_path)
     if not token_path.is_file():
-        raise _Skip(f"token file {token_path} is missing from the store — re-add the bundle with `etr-hub expert add --replace`")
+        raise _Skip(
+            f"token file {token_path} is missing from the store — re-add the bundle with `etr-hub expert add --replace`"
+        )
     actual = sha256_file(token_path)
     if actual != expert.token_sha256:
-        raise _Skip(f"token file sha256 {actual[:12]}… does not match the recorded {expert.token_sha256[:12]}… (modified) — re-add the bundle")
+        raise _Skip(
+            f"token file sha256 {actual[:12]}… does not match the recorded {expert.token_sha256[:12]}… (modified) — re-add the bundle"
+        )
     try:
         row = read_token(token_path.parent, token_path, manifest)  # (1, C)
     except BundleError as exc:
@@ -81,7 +97,9 @@ def _admit(registry: Registry, expert: Expert, fingerprint: str, hidden_size: in
     ref = _resolve(registry, expert, manifest.expert)
     if backend_name(ref) is None:
         raise _Skip(f"no backend serves {ref.kind} experts")
-    if ref.kind == "peft" and not (ref.path and (registry.abspath(expert.adapter_path or "") / "adapter_config.json").is_file()):
+    if ref.kind == "peft" and not (
+        ref.path and (registry.abspath(expert.adapter_path or "") / "adapter_config.json").is_file()
+    ):
         raise _Skip("its adapter folder is missing from the store — re-add the bundle")
     return row.float(), ref
 

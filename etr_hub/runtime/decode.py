@@ -22,7 +22,9 @@ MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy: logits / 1e-300 overfl
 
 
 # -- the sampler: small pure functions ----------------------------------------------------------
-def next_token_logits(word: torch.Tensor, expert: torch.Tensor | None, blocked: torch.Tensor | None = None) -> torch.Tensor:
+def next_token_logits(
+    word: torch.Tensor, expert: torch.Tensor | None, blocked: torch.Tensor | None = None
+) -> torch.Tensor:
     """[W_V h; W_E h] for one position, with blocked and non-finite experts at -inf."""
     word = word.reshape(-1)  # (V,)
     if expert is None or expert.numel() == 0:
@@ -33,8 +35,13 @@ def next_token_logits(word: torch.Tensor, expert: torch.Tensor | None, blocked: 
     return torch.cat([word, expert])  # (V + N,)
 
 
-def penalize(logits: torch.Tensor, counts: Counter[int], repetition_penalty: float = 1.0, presence_penalty: float = 0.0,
-             frequency_penalty: float = 0.0) -> torch.Tensor:
+def penalize(
+    logits: torch.Tensor,
+    counts: Counter[int],
+    repetition_penalty: float = 1.0,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+) -> torch.Tensor:
     """Logits of the tokens already in the answer (`counts`: id -> times), lowered.
 
     repetition_penalty p (transformers'/vLLM's): a seen token's logit l becomes l / p if l > 0
@@ -50,8 +57,9 @@ def penalize(logits: torch.Tensor, counts: Counter[int], repetition_penalty: flo
     return logits.index_put((ids,), seen)  # a copy: the caller's logits stay eq. 1's
 
 
-def sample_index(logits: torch.Tensor, *, temperature: float = 0.0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None) -> int:
+def sample_index(
+    logits: torch.Tensor, *, temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None
+) -> int:
     """Greedy when temperature is (about) 0, else temperature + nucleus (top-p) sampling. Logits
     the model made NaN never win, and a distribution that is not finite falls back to greedy."""
     logits = torch.nan_to_num(logits.float(), nan=NEG_INF)  # (V + N,)
@@ -91,7 +99,9 @@ class CausalRunner:
         # The residual stream entering decoder layer `keep_layer`, one (1, t, C) chunk per feed:
         # a LoRA expert adapted only from that layer on continues from it (see shared_prefix.py).
         layers = getattr(self.decoder, "layers", None)  # Llama-style decoders; others keep nothing
-        self.keep_layer = keep_layer if keep_layer is not None and layers is not None and 0 < keep_layer < len(layers) else None
+        self.keep_layer = (
+            keep_layer if keep_layer is not None and layers is not None and 0 < keep_layer < len(layers) else None
+        )
         self._residual: list[torch.Tensor] = []
 
     @property
@@ -153,7 +163,7 @@ class CausalRunner:
                 self.cache.crop(keep - self.length)  # a negative count: tokens to remove
                 if self.cache.get_seq_length() != keep:
                     raise ValueError("crop kept the wrong length")
-            except Exception:  # noqa: BLE001 - a cache type that cannot crop: recompute instead
+            except Exception:
                 keep = 0
         if keep == 0:
             self.cache, self.ids, self._residual = None, [], []
@@ -199,12 +209,28 @@ class Sampling:
     counts: Counter[int] = field(default_factory=Counter)
 
     @classmethod
-    def make(cls, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, *, repetition_penalty: float = 1.0,
-             presence_penalty: float = 0.0, frequency_penalty: float = 0.0, answer: Iterable[int] = ()) -> Sampling:
+    def make(
+        cls,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        *,
+        repetition_penalty: float = 1.0,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        answer: Iterable[int] = (),
+    ) -> Sampling:
         """`answer`: tokens already in this answer (e.g. the meta model's, before an expert took over)."""
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        return cls(float(temperature), float(top_p), gen, float(repetition_penalty), float(presence_penalty),
-                   float(frequency_penalty), Counter(answer))
+        return cls(
+            float(temperature),
+            float(top_p),
+            gen,
+            float(repetition_penalty),
+            float(presence_penalty),
+            float(frequency_penalty),
+            Counter(answer),
+        )
 
     def pick(self, logits: torch.Tensor) -> int:
         logits = penalize(logits, self.counts, self.repetition_penalty, self.presence_penalty, self.frequency_penalty)
@@ -222,8 +248,14 @@ class RoutedDecoder:
     pass and an expert choice leaves h (and the cache) exactly where the expert token arose.
     """
 
-    def __init__(self, model: Any, w_e_t: torch.Tensor | None, sampling: Sampling, route_window: int | None = 1,
-                 keep_layer: int | None = None):
+    def __init__(
+        self,
+        model: Any,
+        w_e_t: torch.Tensor | None,
+        sampling: Sampling,
+        route_window: int | None = 1,
+        keep_layer: int | None = None,
+    ):
         self.runner = CausalRunner(model, keep_layer)  # keep_layer: for LoRA experts to continue its cache
         # Expert tokens compete only at the first `route_window` positions of the answer: that is
         # where their rows were trained (eq. 4, the routing position); elsewhere their logits are
@@ -293,8 +325,16 @@ def _prefill(runner: CausalRunner, ids: Sequence[int]) -> torch.Tensor:
     return runner.feed(ids)
 
 
-def plain_tokens(model: Any, prompt_ids: Sequence[int], *, max_new_tokens: int, sampling: Sampling,
-                 eos_ids: frozenset[int], runner: CausalRunner | None = None, donor: CausalRunner | None = None) -> Iterator[int]:
+def plain_tokens(
+    model: Any,
+    prompt_ids: Sequence[int],
+    *,
+    max_new_tokens: int,
+    sampling: Sampling,
+    eos_ids: frozenset[int],
+    runner: CausalRunner | None = None,
+    donor: CausalRunner | None = None,
+) -> Iterator[int]:
     """Unrouted KV-cached decoding (experts, raw completions). Yields token ids; stops after an
     eos id (which is yielded, so callers can tell "stop" from "length"). A `runner` whose cache
     holds an earlier sequence is reused for the prefix it shares with `prompt_ids`; a `donor`
@@ -382,7 +422,10 @@ class TextStream:
         self.text += delta
         ready = len(self.text)
         if self.stops:
-            first = min((i for i in (self.text.find(s, max(0, start - self.longest + 1)) for s in self.stops) if i >= 0), default=-1)
+            first = min(
+                (i for i in (self.text.find(s, max(0, start - self.longest + 1)) for s in self.stops) if i >= 0),
+                default=-1,
+            )
             if first >= 0:
                 self.text, self.stopped, ready = self.text[:first], True, first
             else:

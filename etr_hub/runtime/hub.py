@@ -24,14 +24,17 @@ from etr_hub.runtime.types import (
     ExpertScore,
     Explanation,
     RouteSwitch,
+    RouteWarning,
     Switch,
     TextDelta,
-    RouteWarning,
     WordScore,
 )
 
+
 class Hub:
-    def __init__(self, registry: Any, meta: Any, meta_row: Any, assembly: Any, pool: Any, progress: Callable[[str], None] | None):
+    def __init__(
+        self, registry: Any, meta: Any, meta_row: Any, assembly: Any, pool: Any, progress: Callable[[str], None] | None
+    ):
         from etr_hub.runtime.modelinfo import context_limit, eos_ids, sampling_defaults
 
         self.registry = registry
@@ -50,8 +53,15 @@ class Hub:
         self.keep_layer: int | None = None  # decoder layer whose input the meta runner keeps (LoRA experts)
 
     @classmethod
-    def open(cls, registry: Any = None, *, progress: Callable[[str], None] | None = None, memory_budget_mb: int | None = None,
-             meta: Any = None, route_window: int | None = 1) -> Hub:
+    def open(
+        cls,
+        registry: Any = None,
+        *,
+        progress: Callable[[str], None] | None = None,
+        memory_budget_mb: int | None = None,
+        meta: Any = None,
+        route_window: int | None = 1,
+    ) -> Hub:
         """Load the registry's meta model (or use `meta`, an already loaded LoadedModel of it) and
         assemble W_E from the enabled experts that fit it.
 
@@ -71,8 +81,10 @@ class Hub:
             meta = load_causal_lm(ModelRef.model_validate(meta_row.reference), progress=progress, role="meta")
         fingerprint = meta_fingerprint(meta.model)
         if fingerprint != meta_row.fingerprint:
-            raise EtrHubError(f"the meta model at {meta_row.display} is not the one the registry recorded (fingerprint changed)",
-                              "re-run `etr-hub init --meta REF` with the original model, or retrain the experts")
+            raise EtrHubError(
+                f"the meta model at {meta_row.display} is not the one the registry recorded (fingerprint changed)",
+                "re-run `etr-hub init --meta REF` with the original model, or retrain the experts",
+            )
         from etr_hub.routing.math import max_row_norm
 
         w_v = output_embedding(meta.model)  # (V, C)
@@ -91,57 +103,132 @@ class Hub:
         self.pool.close()
 
     # -- public calls ---------------------------------------------------------------------------
-    def chat(self, messages: Messages, *, max_new_tokens: int = 256, temperature: float | None = None, top_p: float | None = None,
-             stop: list[str] | None = None, seed: int | None = None, stream: bool = False, expert: str | None = None,
-             ignore_eos: bool = False, repetition_penalty: float | None = None, presence_penalty: float = 0.0,
-             frequency_penalty: float = 0.0, max_prompt_tokens: int | None = None) -> ChatResult | Iterator[Event]:
+    def chat(
+        self,
+        messages: Messages,
+        *,
+        max_new_tokens: int = 256,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        stream: bool = False,
+        expert: str | None = None,
+        ignore_eos: bool = False,
+        repetition_penalty: float | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        max_prompt_tokens: int | None = None,
+    ) -> ChatResult | Iterator[Event]:
         """Answer the conversation: routed (expert=None) or by the named expert directly.
 
         temperature / top_p / repetition_penalty None: the meta model's recommendation
         (`self.sampling`); temperature 0 is greedy. The penalties count the answer's tokens
         (the meta model's and the experts'). A conversation longer than `max_prompt_tokens`
         (or the context) loses its oldest turns, then the start of the last message."""
-        opts = self._options(max_new_tokens, temperature, top_p, stop, seed, ignore_eos, repetition_penalty, presence_penalty,
-                             frequency_penalty, max_prompt_tokens)
+        opts = self._options(
+            max_new_tokens,
+            temperature,
+            top_p,
+            stop,
+            seed,
+            ignore_eos,
+            repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
+            max_prompt_tokens,
+        )
         messages = check_messages(messages)
         self.require_expert(expert)
-        ids, messages, notes, opts.max_new_tokens = self._fit_chat(messages, opts.max_new_tokens, opts.max_prompt_tokens)
+        ids, messages, notes, opts.max_new_tokens = self._fit_chat(
+            messages, opts.max_new_tokens, opts.max_prompt_tokens
+        )
         handoff = Handoff(messages=messages, meta_tokenizer=self.meta.tokenizer)
         events = self._answer(ids, handoff, opts, expert=expert, routed=expert is None, notes=notes)
         return events if stream else _collect(events)
 
-    def complete(self, prompt: str, *, max_new_tokens: int = 256, temperature: float | None = None, top_p: float | None = None,
-                 stop: list[str] | None = None, seed: int | None = None, expert: str | None = None, stream: bool = False,
-                 ignore_eos: bool = False, repetition_penalty: float | None = None, presence_penalty: float = 0.0,
-                 frequency_penalty: float = 0.0, max_prompt_tokens: int | None = None) -> ChatResult | Iterator[Event]:
+    def complete(
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int = 256,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        expert: str | None = None,
+        stream: bool = False,
+        ignore_eos: bool = False,
+        repetition_penalty: float | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        max_prompt_tokens: int | None = None,
+    ) -> ChatResult | Iterator[Event]:
         """Raw continuation of `prompt` (no chat template, no routing) by the meta model or one expert
         (settings as in `chat`; a prompt over `max_prompt_tokens` keeps its end)."""
         from etr_hub.models.chat import to_ids
 
-        opts = self._options(max_new_tokens, temperature, top_p, stop, seed, ignore_eos, repetition_penalty, presence_penalty,
-                             frequency_penalty, max_prompt_tokens)
+        opts = self._options(
+            max_new_tokens,
+            temperature,
+            top_p,
+            stop,
+            seed,
+            ignore_eos,
+            repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
+            max_prompt_tokens,
+        )
         check_prompt(prompt)
         self.require_expert(expert)
         ids = to_ids(self.meta.tokenizer(prompt, add_special_tokens=True))
         ids, notes, opts.max_new_tokens = self._fit_ids(ids, opts.max_new_tokens, "prompt", opts.max_prompt_tokens)
-        events = self._answer(ids, Handoff(prompt=prompt, meta_tokenizer=self.meta.tokenizer), opts, expert=expert, routed=False, notes=notes)
+        events = self._answer(
+            ids,
+            Handoff(prompt=prompt, meta_tokenizer=self.meta.tokenizer),
+            opts,
+            expert=expert,
+            routed=False,
+            notes=notes,
+        )
         return events if stream else _collect(events)
 
     def prompt_tokens(self, messages: Messages | None = None, *, prompt: str | None = None) -> int:
         """How many meta-model tokens a conversation (in the chat template) or a raw prompt takes
         (the server checks its limit with it before a request waits for the model)."""
-        from etr_hub.models.chat import to_ids, routing_prompt_ids
+        from etr_hub.models.chat import routing_prompt_ids, to_ids
 
         if prompt is not None:
             return len(to_ids(self.meta.tokenizer(check_prompt(prompt), add_special_tokens=True)))
         return len(routing_prompt_ids(self.meta.tokenizer, check_messages(messages))[0])
 
-    def _options(self, max_new_tokens, temperature, top_p, stop, seed, ignore_eos, repetition_penalty, presence_penalty,
-                 frequency_penalty, max_prompt_tokens) -> _Options:
+    def _options(
+        self,
+        max_new_tokens,
+        temperature,
+        top_p,
+        stop,
+        seed,
+        ignore_eos,
+        repetition_penalty,
+        presence_penalty,
+        frequency_penalty,
+        max_prompt_tokens,
+    ) -> _Options:
         d = self.sampling
-        return _Options(max_new_tokens, d.temperature if temperature is None else temperature, d.top_p if top_p is None else top_p,
-                        list(stop or []), seed, ignore_eos, d.repetition_penalty if repetition_penalty is None else repetition_penalty,
-                        presence_penalty, frequency_penalty, max_prompt_tokens).check()
+        return _Options(
+            max_new_tokens,
+            d.temperature if temperature is None else temperature,
+            d.top_p if top_p is None else top_p,
+            list(stop or []),
+            seed,
+            ignore_eos,
+            d.repetition_penalty if repetition_penalty is None else repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
+            max_prompt_tokens,
+        ).check()
 
     def explain(self, text: str, *, top: int = 10) -> Explanation:
         """At the routing position of `text` (as one user message): every expert token's
@@ -162,16 +249,29 @@ class Hub:
             expert = routable_logits((h @ self._w_e_t).reshape(-1).float())  # (N,): non-finite -> -inf, as in decoding
         lse = torch.logsumexp(torch.cat([word, expert]), dim=-1)  # ()
         p_word, p_expert = torch.exp(word - lse), torch.exp(expert - lse)  # (V,), (N,)
-        experts = sorted((ExpertScore(e.name, float(p_expert[k]), float(expert[k])) for k, e in enumerate(self.experts)),
-                         key=lambda s: -s.probability)
+        experts = sorted(
+            (ExpertScore(e.name, float(p_expert[k]), float(expert[k])) for k, e in enumerate(self.experts)),
+            key=lambda s: -s.probability,
+        )
         values, order = p_word.topk(max(0, min(top, word.numel())))
-        words = [WordScore(self.meta.tokenizer.decode([int(i)]), int(i), float(v), float(word[i])) for v, i in zip(values, order)]
+        words = [
+            WordScore(self.meta.tokenizer.decode([int(i)]), int(i), float(v), float(word[i]))
+            for v, i in zip(values, order)
+        ]
         winner = experts[0].name if experts and experts[0].logit > float(word.max()) else None
         return Explanation(text, len(ids) - 1, experts, words, winner, float(p_expert.sum()))
 
     # -- the answer loop ------------------------------------------------------------------------
-    def _answer(self, prompt_ids: list[int], handoff: Handoff, opts: _Options, *, expert: str | None, routed: bool,
-                notes: list[str]) -> Iterator[Event]:
+    def _answer(
+        self,
+        prompt_ids: list[int],
+        handoff: Handoff,
+        opts: _Options,
+        *,
+        expert: str | None,
+        routed: bool,
+        notes: list[str],
+    ) -> Iterator[Event]:
         from etr_hub.models.chat import to_ids
         from etr_hub.runtime.decode import (
             Detokenizer,
@@ -198,10 +298,22 @@ class Hub:
             elif outcome.text:  # the meta model finishes what the expert started
                 answer_ids = to_ids(tokenizer(outcome.text, add_special_tokens=False))
 
-        sampling = Sampling.make(opts.temperature, opts.top_p, opts.seed, repetition_penalty=opts.repetition_penalty,
-                                 presence_penalty=opts.presence_penalty, frequency_penalty=opts.frequency_penalty, answer=answer_ids)
-        decoder = RoutedDecoder(self.meta.model, self._w_e_t if routed else None, sampling,
-                                route_window=self.route_window, keep_layer=self.keep_layer)
+        sampling = Sampling.make(
+            opts.temperature,
+            opts.top_p,
+            opts.seed,
+            repetition_penalty=opts.repetition_penalty,
+            presence_penalty=opts.presence_penalty,
+            frequency_penalty=opts.frequency_penalty,
+            answer=answer_ids,
+        )
+        decoder = RoutedDecoder(
+            self.meta.model,
+            self._w_e_t if routed else None,
+            sampling,
+            route_window=self.route_window,
+            keep_layer=self.keep_layer,
+        )
         detok = Detokenizer(tokenizer, (prompt_ids + answer_ids)[-4:])
         if finish is None:
             decoder.start(prompt_ids + answer_ids)
@@ -218,9 +330,15 @@ class Hub:
                 k = index - decoder.vocab
                 yield from _deltas(stream, detok.flush(), "meta")
                 switch = RouteSwitch(self.experts[k].name, len(answer_ids), decoder.probability(index))
-                handoff.partial, handoff.meta_ids, handoff.answer_ids = stream.text, prompt_ids + answer_ids, list(answer_ids)
+                handoff.partial, handoff.meta_ids, handoff.answer_ids = (
+                    stream.text,
+                    prompt_ids + answer_ids,
+                    list(answer_ids),
+                )
                 handoff.meta_runner = decoder.runner  # holds exactly meta_ids: a LoRA expert may continue it
-                outcome = yield from self._run_expert(switch.expert, switch, handoff, opts, opts.max_new_tokens - used, stream, result)
+                outcome = yield from self._run_expert(
+                    switch.expert, switch, handoff, opts, opts.max_new_tokens - used, stream, result
+                )
                 used += outcome.tokens
                 if outcome.ok:
                     finish = outcome.finish
@@ -247,14 +365,31 @@ class Hub:
         result.text, result.completion_tokens, result.finish_reason = stream.text, used, finish
         yield Done(result)
 
-    def _run_expert(self, name: str, switch: RouteSwitch, handoff: Handoff, opts: _Options, budget: int, stream: Any,
-                    result: ChatResult):
+    def _run_expert(
+        self,
+        name: str,
+        switch: RouteSwitch,
+        handoff: Handoff,
+        opts: _Options,
+        budget: int,
+        stream: Any,
+        result: ChatResult,
+    ):
         """Let `name` continue the answer; returns an _Outcome. Failures become a fallback."""
         result.route.append(switch)
         yield Switch(switch)
         text, tokens, finish = "", 0, None
-        settings = GenSettings(budget, opts.temperature, opts.top_p, opts.seed, opts.stop, opts.ignore_eos,
-                               opts.repetition_penalty, opts.presence_penalty, opts.frequency_penalty)
+        settings = GenSettings(
+            budget,
+            opts.temperature,
+            opts.top_p,
+            opts.seed,
+            opts.stop,
+            opts.ignore_eos,
+            opts.repetition_penalty,
+            opts.presence_penalty,
+            opts.frequency_penalty,
+        )
         try:
             chunks = self.pool.get(name).generate(handoff, settings)
             try:
@@ -267,8 +402,12 @@ class Hub:
                         break
             finally:
                 chunks.close()
-        except Exception as exc:  # noqa: BLE001 - any expert failure falls back to the meta model
-            error = exc if isinstance(exc, ExpertError) else ExpertError(f"expert '{name}' failed: {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            error = (
+                exc
+                if isinstance(exc, ExpertError)
+                else ExpertError(f"expert '{name}' failed: {type(exc).__name__}: {exc}")
+            )
             self.pool.forget(name, error)
             switch.fell_back, switch.reason = True, error.problem
             if text:
@@ -289,12 +428,16 @@ class Hub:
         if expert is not None and expert not in {e.name for e in self.experts}:
             known = ", ".join(e.name for e in self.experts) or "none"
             why = dict(self.skipped).get(expert)
-            raise EtrHubError(f"expert '{expert}' is not available" + (f" (skipped: {why})" if why else ""), f"use one of: {known}")
+            raise EtrHubError(
+                f"expert '{expert}' is not available" + (f" (skipped: {why})" if why else ""), f"use one of: {known}"
+            )
 
-    def _fit_chat(self, messages: list[dict], max_new: int, max_prompt: int | None = None) -> tuple[list[int], list[dict], list[str], int]:
+    def _fit_chat(
+        self, messages: list[dict], max_new: int, max_prompt: int | None = None
+    ) -> tuple[list[int], list[dict], list[str], int]:
         """Prompt ids that leave room for the answer (and stay within `max_prompt`): drop the
         oldest turns, then cut the last message from the left, and say so."""
-        from etr_hub.models.chat import to_ids, routing_prompt_ids
+        from etr_hub.models.chat import routing_prompt_ids, to_ids
 
         tokenizer = self.meta.tokenizer
         room = max(self.context - max_new, self.context // 2)
@@ -312,19 +455,29 @@ class Hub:
                 content = to_ids(tokenizer(messages[-1]["content"], add_special_tokens=False))
                 excess = len(ids) - room + 2  # +2: re-tokenising the cut text can merge differently
                 if excess >= len(content):
-                    raise EtrHubError(f"the system prompt alone ({len(ids) - len(content)} tokens) leaves no room within {limit}",
-                                      "shorten the system prompt, or lower --max-new-tokens or raise --max-prompt-tokens")
+                    raise EtrHubError(
+                        f"the system prompt alone ({len(ids) - len(content)} tokens) leaves no room within {limit}",
+                        "shorten the system prompt, or lower --max-new-tokens or raise --max-prompt-tokens",
+                    )
                 messages[-1] = {**messages[-1], "content": tokenizer.decode(content[excess:], skip_special_tokens=True)}
                 cut += excess
             ids, _ = routing_prompt_ids(tokenizer, messages)
         notes = []
         if dropped or cut:
-            what = ", ".join(x for x in (f"dropped the {dropped} oldest message(s)" if dropped else "",
-                                         f"kept only the end of the last message ({cut} tokens cut)" if cut else "") if x)
+            what = ", ".join(
+                x
+                for x in (
+                    f"dropped the {dropped} oldest message(s)" if dropped else "",
+                    f"kept only the end of the last message ({cut} tokens cut)" if cut else "",
+                )
+                if x
+            )
             notes.append(f"the conversation ({original} tokens) did not fit {limit}; {what}")
         return ids, messages, notes, min(max_new, self.context - len(ids))
 
-    def _fit_ids(self, ids: list[int], max_new: int, what: str, max_prompt: int | None = None) -> tuple[list[int], list[str], int]:
+    def _fit_ids(
+        self, ids: list[int], max_new: int, what: str, max_prompt: int | None = None
+    ) -> tuple[list[int], list[str], int]:
         room = max(self.context - max_new, self.context // 2)
         limit = f"the meta model's context of {self.context}"
         if max_prompt is not None and max_prompt < room:

@@ -45,7 +45,7 @@ def same_tokenizer(a: Any, b: Any) -> bool:
             and getattr(a, "chat_template", None) == getattr(b, "chat_template", None)
             and a.all_special_ids == b.all_special_ids
         )
-    except Exception:  # noqa: BLE001 - exotic tokenizers: re-tokenizing text is always correct, just slower
+    except Exception:
         return False
 
 
@@ -87,10 +87,14 @@ def sampling_defaults(model: Any) -> SamplingDefaults:
         return SamplingDefaults(
             temperature=_number(getattr(config, "temperature", None), 1.0, lambda v: v >= 0) if sample else 0.0,
             top_p=_number(getattr(config, "top_p", None), 1.0, lambda v: 0 < v <= 1) if sample else 1.0,
-            repetition_penalty=penalty, source="the model's generation_config.json")
+            repetition_penalty=penalty,
+            source="the model's generation_config.json",
+        )
     card = recommended_sampling(getattr(model, "name_or_path", None) or "")
     if card is not None:
-        return SamplingDefaults(**card, source="the embedded SmolLM2-135M-Instruct's model card, plus a repetition penalty")
+        return SamplingDefaults(
+            **card, source="the embedded SmolLM2-135M-Instruct's model card, plus a repetition penalty"
+        )
     return SamplingDefaults()
 
 

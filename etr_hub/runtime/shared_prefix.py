@@ -38,7 +38,9 @@ def only_layers_from(decoder: Any, first: int) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def feed_from_donor(runner: CausalRunner, donor: CausalRunner, ids: Sequence[int]) -> tuple[torch.Tensor | None, list[int]]:
+def feed_from_donor(
+    runner: CausalRunner, donor: CausalRunner, ids: Sequence[int]
+) -> tuple[torch.Tensor | None, list[int]]:
     """Feed the leading part of `ids` that `donor` (the meta runner) has already encoded.
 
     `runner` is the expert's, holding `runner.ids`; `ids` continue them. Returns (the (1, C)
@@ -50,7 +52,9 @@ def feed_from_donor(runner: CausalRunner, donor: CausalRunner, ids: Sequence[int
     if k is None or residual is None or shared <= start:
         return None, list(ids)
     lower = donor.cache.layers[:k]
-    if any(getattr(layer, "keys", None) is None or layer.keys.shape[-2] != donor.length for layer in lower):  # e.g. a sliding window
+    if any(
+        getattr(layer, "keys", None) is None or layer.keys.shape[-2] != donor.length for layer in lower
+    ):  # e.g. a sliding window
         return None, list(ids)
     cache = runner.ensure_cache()
     with only_layers_from(runner.decoder, k):  # layers >= k over the new positions, from the meta's residual
@@ -62,7 +66,9 @@ def feed_from_donor(runner: CausalRunner, donor: CausalRunner, ids: Sequence[int
 
 
 @torch.inference_mode()
-def reuse_is_exact(expert_model: Any, meta_model: Any, first_layer: int, probe: Sequence[int], *, tol: float = 1e-3) -> bool:
+def reuse_is_exact(
+    expert_model: Any, meta_model: Any, first_layer: int, probe: Sequence[int], *, tol: float = 1e-3
+) -> bool:
     """Does continuing the meta cache from `first_layer` give what a full recompute gives?
 
     Compares the last hidden state of `probe` and of one more token after it."""
@@ -75,5 +81,5 @@ def reuse_is_exact(expert_model: Any, meta_model: Any, first_layer: int, probe: 
         if h_reused is None or rest or not torch.allclose(h_full, h_reused, rtol=tol, atol=tol):
             return False
         return bool(torch.allclose(full.feed(probe[:1]), reused.feed(probe[:1]), rtol=tol, atol=tol))
-    except Exception:  # noqa: BLE001 - any architecture this does not fit just recomputes the prompt
+    except Exception:
         return False

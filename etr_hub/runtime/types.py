@@ -120,8 +120,12 @@ class Explanation:
             "routing_position": self.routing_position,
             "winner": self.winner,
             "p_any_expert": _finite(self.p_any_expert),
-            "experts": [{**asdict(e), "probability": _finite(e.probability), "logit": _finite(e.logit)} for e in self.experts],
-            "words": [{**asdict(w), "probability": _finite(w.probability), "logit": _finite(w.logit)} for w in self.words],
+            "experts": [
+                {**asdict(e), "probability": _finite(e.probability), "logit": _finite(e.logit)} for e in self.experts
+            ],
+            "words": [
+                {**asdict(w), "probability": _finite(w.probability), "logit": _finite(w.logit)} for w in self.words
+            ],
         }
 
 

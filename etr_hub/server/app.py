@@ -1,9 +1,9 @@
 """The FastAPI app: OpenAI-compatible endpoints in front of one Hub.
 
-    POST /v1/chat/completions   routed answers (model = the hub's id), or one expert directly (model = its name)
-    POST /v1/completions        raw continuation by the meta model or an expert (what remote experts call)
-    GET  /v1/models             the hub, then each expert
-    GET  /health                liveness and queue depth (no key needed, nothing private)
+POST /v1/chat/completions   routed answers (model = the hub's id), or one expert directly (model = its name)
+POST /v1/completions        raw continuation by the meta model or an expert (what remote experts call)
+GET  /v1/models             the hub, then each expert
+GET  /health                liveness and queue depth (no key needed, nothing private)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from etr_hub.errors import EtrHubError
-from etr_hub.runtime.types import Done, Switch, TextDelta, RouteWarning
+from etr_hub.runtime.types import Done, RouteWarning, Switch, TextDelta
 from etr_hub.server import protocol as p
 from etr_hub.server.config import ServerConfig
 from etr_hub.server.worker import END, Failed, HubWorker, Job, NotServing, QueueFull
@@ -49,8 +49,13 @@ def create_app(hub: Any, config: ServerConfig) -> FastAPI:
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"], expose_headers=["X-ETR-Route", "Retry-After"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-ETR-Route", "Retry-After"],
+        )
 
     @app.exception_handler(p.ApiError)
     async def _api_error(_request, exc: p.ApiError):
@@ -59,7 +64,9 @@ def create_app(hub: Any, config: ServerConfig) -> FastAPI:
     @app.exception_handler(Exception)
     async def _bug(_request, exc: Exception):
         log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=exc)
-        return JSONResponse(p.error_body("internal server error (see the server's log)", type="server_error"), status_code=500)
+        return JSONResponse(
+            p.error_body("internal server error (see the server's log)", type="server_error"), status_code=500
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request, exc: StarletteHTTPException):
@@ -72,8 +79,13 @@ def create_app(hub: Any, config: ServerConfig) -> FastAPI:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         # compare_digest on bytes: the time taken does not depend on how much of the key matched
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), config.api_key.encode()):
-            raise p.ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", type="authentication_error",
-                             code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            raise p.ApiError(
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                type="authentication_error",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     async def read_json(request: Request) -> Any:
         too_big = p.ApiError(413, f"request body over {config.max_body_bytes} bytes", code="request_too_large")
@@ -94,26 +106,45 @@ def create_app(hub: Any, config: ServerConfig) -> FastAPI:
         except EtrHubError as exc:
             raise p.ApiError(400, str(exc), param=param) from None
         if n > config.max_prompt_tokens:
-            raise p.ApiError(400, f"the prompt is {n:,} tokens; this server takes at most {config.max_prompt_tokens:,} (--max-prompt-tokens)",
-                             code="context_length_exceeded", param=param)
+            raise p.ApiError(
+                400,
+                f"the prompt is {n:,} tokens; this server takes at most {config.max_prompt_tokens:,} (--max-prompt-tokens)",
+                code="context_length_exceeded",
+                param=param,
+            )
 
     def expert_for(model: str) -> str | None:
         if model == config.model_id:
             return None  # the hub: routed
         if model in experts:
             return model
-        raise p.ApiError(404, f"the model '{model}' does not exist; see GET /v1/models (the hub is '{config.model_id}')",
-                         code="model_not_found", param="model")
+        raise p.ApiError(
+            404,
+            f"the model '{model}' does not exist; see GET /v1/models (the hub is '{config.model_id}')",
+            code="model_not_found",
+            param="model",
+        )
 
     def submit(request: Request, call: Callable[[Any], Any]) -> Job:
         job = Job(call, client=request.client.host if request.client else "?", loop=asyncio.get_running_loop())
         try:
             worker.submit(job)
         except QueueFull as full:
-            raise p.ApiError(429, f"the server is busy ({config.max_queue} requests waiting); retry after {full.retry_after} s",
-                             type="rate_limit_error", code="queue_full", headers={"Retry-After": str(full.retry_after)}) from None
+            raise p.ApiError(
+                429,
+                f"the server is busy ({config.max_queue} requests waiting); retry after {full.retry_after} s",
+                type="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": str(full.retry_after)},
+            ) from None
         except NotServing:
-            raise p.ApiError(503, "the server is shutting down", type="server_error", code="unavailable", headers={"Retry-After": "5"}) from None
+            raise p.ApiError(
+                503,
+                "the server is shutting down",
+                type="server_error",
+                code="unavailable",
+                headers={"Retry-After": "5"},
+            ) from None
         return job
 
     async def result_of(job: Job, request: Request):
@@ -137,7 +168,9 @@ def create_app(hub: Any, config: ServerConfig) -> FastAPI:
             job.cancel()  # a no-op once the job finished
 
     def stream(job: Job, items: AsyncIterator[str]) -> StreamingResponse:
-        return _JobStream(job, items, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _JobStream(
+            job, items, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     # -- endpoints ----------------------------------------------------------------------------------
     @app.get("/health")
@@ -147,9 +180,29 @@ def create_app(hub: Any, config: ServerConfig) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: Request):
         authorize(request)
-        data = [{"id": config.model_id, "object": "model", "created": created, "owned_by": "etr-hub", "etr_kind": "hub", "etr_meta": hub.meta_name}]
-        data += [{"id": e.name, "object": "model", "created": created, "owned_by": "etr-hub", "etr_kind": "expert",
-                  "etr_backend": e.backend, "etr_version": e.version, "etr_label": e.label} for e in hub.experts]
+        data = [
+            {
+                "id": config.model_id,
+                "object": "model",
+                "created": created,
+                "owned_by": "etr-hub",
+                "etr_kind": "hub",
+                "etr_meta": hub.meta_name,
+            }
+        ]
+        data += [
+            {
+                "id": e.name,
+                "object": "model",
+                "created": created,
+                "owned_by": "etr-hub",
+                "etr_kind": "expert",
+                "etr_backend": e.backend,
+                "etr_version": e.version,
+                "etr_label": e.label,
+            }
+            for e in hub.experts
+        ]
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
@@ -167,7 +220,9 @@ def create_app(hub: Any, config: ServerConfig) -> FastAPI:
         result = await result_of(job, request)
         if result is None:
             return Response(status_code=499)  # the client is gone; nobody reads this
-        return JSONResponse(p.chat_response(rid, now, req.model, result), headers={"X-ETR-Route": p.route_header(result)})
+        return JSONResponse(
+            p.chat_response(rid, now, req.model, result), headers={"X-ETR-Route": p.route_header(result)}
+        )
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -183,7 +238,9 @@ def create_app(hub: Any, config: ServerConfig) -> FastAPI:
         result = await result_of(job, request)
         if result is None:
             return Response(status_code=499)
-        return JSONResponse(p.completion_response(rid, now, req.model, result), headers={"X-ETR-Route": p.route_header(result)})
+        return JSONResponse(
+            p.completion_response(rid, now, req.model, result), headers={"X-ETR-Route": p.route_header(result)}
+        )
 
     return app
 
@@ -249,8 +306,14 @@ async def _completion_events(job: Job, rid: str, created: int, model: str, inclu
         yield line
 
 
-async def _sse_events(job: Job, chunk: Callable[..., dict], text: Callable[[str], dict], usage: Callable[[Any], dict] | None,
-                      *, warnings: bool) -> AsyncIterator[str]:
+async def _sse_events(
+    job: Job,
+    chunk: Callable[..., dict],
+    text: Callable[[str], dict],
+    usage: Callable[[Any], dict] | None,
+    *,
+    warnings: bool,
+) -> AsyncIterator[str]:
     """The job's events as one endpoint's SSE chunks: `chunk(**fields)` builds a chunk, `text(t)` the
     fields that carry text, `usage(result)` the closing usage chunk when the client asked for it."""
     async for item in _events(job):

@@ -29,16 +29,27 @@ class ServerConfig:
             raise EtrHubError(f"port {self.port} is out of range", "pass --port between 1 and 65535")
         if self.api_key is not None and (not self.api_key.strip() or self.api_key != self.api_key.strip()):
             what = "blank" if not self.api_key.strip() else "surrounded by whitespace (no client could send it)"
-            raise EtrHubError(f"the API key is {what}", "set ETR_HUB_API_KEY (or --api-key) to a real secret, e.g. $(openssl rand -hex 24)")
+            raise EtrHubError(
+                f"the API key is {what}",
+                "set ETR_HUB_API_KEY (or --api-key) to a real secret, e.g. $(openssl rand -hex 24)",
+            )
         if self.max_prompt_tokens < 1:
-            raise EtrHubError(f"--max-prompt-tokens must be at least 1 (got {self.max_prompt_tokens})", "pass e.g. --max-prompt-tokens 400")
+            raise EtrHubError(
+                f"--max-prompt-tokens must be at least 1 (got {self.max_prompt_tokens})",
+                "pass e.g. --max-prompt-tokens 400",
+            )
         if self.max_queue < 1:
             raise EtrHubError(f"--max-queue must be at least 1 (got {self.max_queue})", "pass e.g. --max-queue 16")
         if not self.api_key and not is_loopback(self.host) and not self.insecure:
-            raise EtrHubError(f"refusing to serve on {self.host} without an API key: anyone who can reach it could use it",
-                              "pass --api-key KEY (or set ETR_HUB_API_KEY), or --insecure if the network is trusted")
+            raise EtrHubError(
+                f"refusing to serve on {self.host} without an API key: anyone who can reach it could use it",
+                "pass --api-key KEY (or set ETR_HUB_API_KEY), or --insecure if the network is trusted",
+            )
         if "*" in self.cors_origins and self.api_key is None and not self.insecure:
-            raise EtrHubError("--cors-origin '*' without an API key lets any web page use this server", "name the origin, or add --api-key")
+            raise EtrHubError(
+                "--cors-origin '*' without an API key lets any web page use this server",
+                "name the origin, or add --api-key",
+            )
         return self
 
 

@@ -22,8 +22,16 @@ from etr_hub.runtime.types import ChatResult
 class ApiError(Exception):
     """An error answered as OpenAI's error object: {"error": {message, type, param, code}}."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
         self.headers = headers or {}
@@ -32,7 +40,9 @@ class ApiError(Exception):
         return error_body(self.message, self.type, self.code, self.param)
 
 
-def error_body(message: str, type: str = "invalid_request_error", code: str | None = None, param: str | None = None) -> dict:
+def error_body(
+    message: str, type: str = "invalid_request_error", code: str | None = None, param: str | None = None
+) -> dict:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
@@ -71,7 +81,9 @@ class _Common(_Strict):
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     n: Literal[1] | None = None
     user: str | None = Field(default=None, max_length=256)  # accepted, not used
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)  # OpenAI's: l - presence, over the answer's tokens
+    presence_penalty: float | None = Field(
+        default=None, ge=-2, le=2
+    )  # OpenAI's: l - presence, over the answer's tokens
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)  # OpenAI's: l - frequency * count
     repetition_penalty: float | None = Field(default=None, gt=0, le=10)  # vLLM's extension: l / p if l > 0 else l * p
     ignore_eos: bool = False  # vLLM's extension; benchmarks use it for equal lengths
@@ -89,10 +101,23 @@ class _Common(_Strict):
     def settings(self, default_max: int, limit: int) -> dict[str, Any]:
         max_new = self.max_new_tokens() or min(default_max, limit)
         if max_new > limit:
-            raise ApiError(400, f"max_tokens is {max_new}, this server allows at most {limit}", param="max_tokens", code="max_tokens_too_large")
-        return {"max_new_tokens": max_new, "temperature": self.temperature, "top_p": self.top_p, "stop": self.stop or None,
-                "seed": self.seed, "ignore_eos": self.ignore_eos, "repetition_penalty": self.repetition_penalty,
-                "presence_penalty": self.presence_penalty or 0.0, "frequency_penalty": self.frequency_penalty or 0.0}
+            raise ApiError(
+                400,
+                f"max_tokens is {max_new}, this server allows at most {limit}",
+                param="max_tokens",
+                code="max_tokens_too_large",
+            )
+        return {
+            "max_new_tokens": max_new,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": self.stop or None,
+            "seed": self.seed,
+            "ignore_eos": self.ignore_eos,
+            "repetition_penalty": self.repetition_penalty,
+            "presence_penalty": self.presence_penalty or 0.0,
+            "frequency_penalty": self.frequency_penalty or 0.0,
+        }
 
     def max_new_tokens(self) -> int | None:
         return self.max_tokens
@@ -176,27 +201,51 @@ def route_header(result: ChatResult) -> str:
 
 
 def usage(result: ChatResult) -> dict:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens}
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
 
 
 def chat_response(rid: str, created: int, model: str, result: ChatResult) -> dict:
     return {
-        "id": rid, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": result.finish_reason, "logprobs": None}],
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text},
+                "finish_reason": result.finish_reason,
+                "logprobs": None,
+            }
+        ],
         "usage": usage(result),
         "etr_route": route_record(result),
     }
 
 
-def chat_chunk(rid: str, created: int, model: str, delta: dict | None = None, finish: str | None = None, **ext: Any) -> dict:
-    return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish, "logprobs": None}], **ext}
+def chat_chunk(
+    rid: str, created: int, model: str, delta: dict | None = None, finish: str | None = None, **ext: Any
+) -> dict:
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish, "logprobs": None}],
+        **ext,
+    }
 
 
 def completion_response(rid: str, created: int, model: str, result: ChatResult) -> dict:
     return {
-        "id": rid, "object": "text_completion", "created": created, "model": model,
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
         "choices": [{"index": 0, "text": result.text, "finish_reason": result.finish_reason, "logprobs": None}],
         "usage": usage(result),
         "etr_route": route_record(result),
@@ -204,8 +253,14 @@ def completion_response(rid: str, created: int, model: str, result: ChatResult) 
 
 
 def completion_chunk(rid: str, created: int, model: str, text: str = "", finish: str | None = None, **ext: Any) -> dict:
-    return {"id": rid, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}], **ext}
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+        **ext,
+    }
 
 
 def usage_chunk(rid: str, created: int, model: str, obj: str, result: ChatResult) -> dict:

@@ -19,7 +19,9 @@ def check_port_free(host: str, port: int) -> None:
             s.bind((host.strip("[]"), port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise EtrHubError(f"port {port} on {host} is already in use", "pass another --port, or stop the other server") from None
+                raise EtrHubError(
+                    f"port {port} on {host} is already in use", "pass another --port, or stop the other server"
+                ) from None
             raise EtrHubError(f"cannot listen on {host}:{port} ({exc.strerror})", "check --host") from None
 
 
@@ -30,8 +32,14 @@ def serve(hub: Any, config: ServerConfig, *, log_level: str = "info") -> None:
 
     app = create_app(hub, config)
     uv = uvicorn.Config(
-        app, host=config.host.strip("[]"), port=config.port, log_level=log_level, access_log=True, server_header=False,
+        app,
+        host=config.host.strip("[]"),
+        port=config.port,
+        log_level=log_level,
+        access_log=True,
+        server_header=False,
         # a last guard against connection floods: the fair queue answers 429 long before this
-        limit_concurrency=max(64, 4 * config.max_queue + 16), timeout_graceful_shutdown=5,
+        limit_concurrency=max(64, 4 * config.max_queue + 16),
+        timeout_graceful_shutdown=5,
     )
     uvicorn.Server(uv).run()

@@ -159,7 +159,12 @@ class HubWorker:
         return max(1, min(60, math.ceil(self._mean_s * (waiting + 1) / 2)))
 
     def health(self) -> dict:
-        return {"waiting": len(self.queue), "running": self.running is not None, "capacity": self.queue.capacity, **self.stats}
+        return {
+            "waiting": len(self.queue),
+            "running": self.running is not None,
+            "capacity": self.queue.capacity,
+            **self.stats,
+        }
 
     def _loop(self) -> None:
         while (job := self.queue.get()) is not None:

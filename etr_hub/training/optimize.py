@@ -41,15 +41,18 @@ class TrainOutcome:
     history: list[float] = field(default_factory=list)
 
 
-def train_expert_row(features: Features, n: int, targets: torch.Tensor, w_frozen: torch.Tensor,
-                     init: torch.Tensor, cfg: TrainSettings) -> TrainOutcome:
+def train_expert_row(
+    features: Features, n: int, targets: torch.Tensor, w_frozen: torch.Tensor, init: torch.Tensor, cfg: TrainSettings
+) -> TrainOutcome:
     """Minimise -log p(target | query) over n queries; the new token is index 1 + len(w_frozen)."""
     e = torch.nn.Parameter(init.detach().clone().float())  # (1, C)
     opt = torch.optim.AdamW([e], lr=cfg.lr, weight_decay=cfg.weight_decay)
     epochs = cfg.epochs or cfg.max_epochs
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[float] = []
     best, since_best, stopped, step = float("inf"), 0, "epochs", 0
@@ -76,7 +79,14 @@ def train_expert_row(features: Features, n: int, targets: torch.Tensor, w_frozen
             if since_best >= cfg.patience:
                 stopped = f"plateau (no 0.1% gain in {cfg.patience} epochs)"
                 break
-    return TrainOutcome(row=e.detach().clone(), epochs=len(history), steps=step, final_loss=history[-1], stopped=stopped, history=history)
+    return TrainOutcome(
+        row=e.detach().clone(),
+        epochs=len(history),
+        steps=step,
+        final_loss=history[-1],
+        stopped=stopped,
+        history=history,
+    )
 
 
 def cached_features(hidden: torch.Tensor, lse: torch.Tensor) -> Features:

@@ -71,8 +71,13 @@ def routing_states_for(session: ModelSession, queries: list[str], progress: Prog
     hidden, lse, missing = cache.get(keys)
     if missing:
         meta = session.meta
-        h_new, lse_new = routing_states(meta.model, meta.tokenizer, [queries[i] for i in missing], batch_size=batch_size,
-                                        advance=progress("meta model pass (routing states)", len(missing)))
+        h_new, lse_new = routing_states(
+            meta.model,
+            meta.tokenizer,
+            [queries[i] for i in missing],
+            batch_size=batch_size,
+            advance=progress("meta model pass (routing states)", len(missing)),
+        )
         cache.put([keys[i] for i in missing], h_new, lse_new)
         cache.put_mean_row(output_embedding(meta.model))
         if hidden is None:
@@ -90,16 +95,31 @@ def _next_version(registry: Registry, name: str) -> str:
     versions = [e.version for e in registry.list_experts() if e.name == name]
     if not versions:
         return "0.1.0"
+
     def key(v: str):
         return tuple(int(p) if p.isdigit() else 0 for p in v.split("."))
+
     major, minor, patch = (list(key(max(versions, key=key))) + [0, 0, 0])[:3]
     return f"{major}.{minor}.{patch + 1}"
 
 
-def train_token(registry: Registry, name: str, *, query_set: str | None = None, cfg: TrainSettings = TrainSettings(),
-                out: Path | None = None, version: str | None = None, description: str = "", license: str = "unknown",
-                provider: str | None = None, replace: bool = False, word_negatives: bool = True, progress: ProgressFactory = no_progress,
-                status: Callable[[str], None] | None = None, session: ModelSession | None = None) -> TrainResult:
+def train_token(
+    registry: Registry,
+    name: str,
+    *,
+    query_set: str | None = None,
+    cfg: TrainSettings = TrainSettings(),
+    out: Path | None = None,
+    version: str | None = None,
+    description: str = "",
+    license: str = "unknown",
+    provider: str | None = None,
+    replace: bool = False,
+    word_negatives: bool = True,
+    progress: ProgressFactory = no_progress,
+    status: Callable[[str], None] | None = None,
+    session: ModelSession | None = None,
+) -> TrainResult:
     t0 = time.perf_counter()
     version = version or _next_version(registry, name)
     out = Path(out) if out else registry.settings.bundles_dir / f"{name}-{version}"
@@ -108,11 +128,18 @@ def train_token(registry: Registry, name: str, *, query_set: str | None = None, 
     meta = session.meta_row
     qs = registry.latest_query_set(query_set or name, meta.fingerprint)
     if qs is None:
-        raise EtrHubError(f"no query set named '{query_set or name}' for the registry's meta model", f"build one first: etr-hub query-set build {query_set or name} --expert REF --data FILE.jsonl")
+        raise EtrHubError(
+            f"no query set named '{query_set or name}' for the registry's meta model",
+            f"build one first: etr-hub query-set build {query_set or name} --expert REF --data FILE.jsonl",
+        )
 
     # the already registered experts: frozen rows in the softmax, their query sets as negatives
-    others = [e for e in registry.list_experts(enabled_only=True) if e.name != name and e.meta_fingerprint == meta.fingerprint]
-    w_frozen = torch.cat([_row(registry, e) for e in others], dim=0) if others else torch.zeros(0, meta.hidden_size)  # (N, C)
+    others = [
+        e for e in registry.list_experts(enabled_only=True) if e.name != name and e.meta_fingerprint == meta.fingerprint
+    ]
+    w_frozen = (
+        torch.cat([_row(registry, e) for e in others], dim=0) if others else torch.zeros(0, meta.hidden_size)
+    )  # (N, C)
     queries = _queries(registry, qs)
     targets = [1 + len(others)] * len(queries)  # the new token's pooled index
     for k, e in enumerate(others):
@@ -141,14 +168,37 @@ def train_token(registry: Registry, name: str, *, query_set: str | None = None, 
 
     winners = pooled_routing_logits(hidden, lse, torch.cat([w_frozen, outcome.row], dim=0)).argmax(dim=-1)  # (Q,)
     accuracy = float((winners == target).float().mean())
-    bundle = _write(registry, name, qs, meta, outcome, cfg, [e.name for e in others], n_word, out, version,
-                    description, license, provider or getpass.getuser(), replace)
+    bundle = _write(
+        registry,
+        name,
+        qs,
+        meta,
+        outcome,
+        cfg,
+        [e.name for e in others],
+        n_word,
+        out,
+        version,
+        description,
+        license,
+        provider or getpass.getuser(),
+        replace,
+    )
     expert = registry.add_expert(bundle, replace=replace)
-    return TrainResult(bundle=bundle, expert=expert, outcome=outcome, n_queries=qs.size, n_negatives=len(queries) - qs.size,
-                       train_routing_accuracy=accuracy, seconds=time.perf_counter() - t0)
+    return TrainResult(
+        bundle=bundle,
+        expert=expert,
+        outcome=outcome,
+        n_queries=qs.size,
+        n_negatives=len(queries) - qs.size,
+        train_routing_accuracy=accuracy,
+        seconds=time.perf_counter() - t0,
+    )
 
 
-def _check_before_training(registry: Registry, name: str, version: str, cfg: TrainSettings, out: Path, replace: bool) -> None:
+def _check_before_training(
+    registry: Registry, name: str, version: str, cfg: TrainSettings, out: Path, replace: bool
+) -> None:
     """Everything that would otherwise fail only after training: cheap, before any model loads."""
     from pydantic import TypeAdapter, ValidationError
 
@@ -157,16 +207,24 @@ def _check_before_training(registry: Registry, name: str, version: str, cfg: Tra
         try:
             TypeAdapter(Annotated[info.annotation, *info.metadata]).validate_python(value)
         except ValidationError as exc:
-            raise EtrHubError(f"{value!r} is not a valid expert {field} ({exc.errors()[0]['msg']})", f"pass another {field}") from None
+            raise EtrHubError(
+                f"{value!r} is not a valid expert {field} ({exc.errors()[0]['msg']})", f"pass another {field}"
+            ) from None
     for flag, value, ok in (("lr", cfg.lr, cfg.lr > 0), ("weight_decay", cfg.weight_decay, cfg.weight_decay >= 0)):
         if not (math.isfinite(value) and ok):
-            raise EtrHubError(f"{flag} must be a finite number {'> 0' if flag == 'lr' else '≥ 0'} (got {value})", "pass e.g. --lr 5e-4 --weight-decay 1.0")
+            raise EtrHubError(
+                f"{flag} must be a finite number {'> 0' if flag == 'lr' else '≥ 0'} (got {value})",
+                "pass e.g. --lr 5e-4 --weight-decay 1.0",
+            )
     if cfg.batch_size < 1 or cfg.max_epochs < 1 or (cfg.epochs is not None and cfg.epochs < 1):
         raise EtrHubError("batch_size, max_epochs and epochs must be at least 1", "pass e.g. --batch-size 16")
     if out.exists() and not replace:
         raise EtrHubError(f"{out} already exists", "pass --replace or choose another --out")
     if not replace and any(e.name == name and e.version == version for e in registry.list_experts()):
-        raise EtrHubError(f"expert '{name}' version {version} is already registered", "pass --replace to overwrite it, or another --version")
+        raise EtrHubError(
+            f"expert '{name}' version {version} is already registered",
+            "pass --replace to overwrite it, or another --version",
+        )
 
 
 # A logit this large gives its query p = 1.0 whatever the meta model says: training ran away.
@@ -180,11 +238,26 @@ def _check_trained(outcome: TrainOutcome, hidden: torch.Tensor, cfg: TrainSettin
     if not (math.isfinite(outcome.final_loss) and bool(torch.isfinite(row).all()) and largest <= MAX_TOKEN_LOGIT):
         raise EtrHubError(
             f"training diverged at --lr {cfg.lr:g} (final loss {outcome.final_loss:g}, largest token logit {largest:.3g}); nothing was written",
-            "lower --lr (the paper's is 5e-4)")
+            "lower --lr (the paper's is 5e-4)",
+        )
 
 
-def _write(registry, name, qs: QuerySet, meta, outcome: TrainOutcome, cfg: TrainSettings, negatives, n_word, out, version,
-           description, license, provider, replace) -> Bundle:
+def _write(
+    registry,
+    name,
+    qs: QuerySet,
+    meta,
+    outcome: TrainOutcome,
+    cfg: TrainSettings,
+    negatives,
+    n_word,
+    out,
+    version,
+    description,
+    license,
+    provider,
+    replace,
+) -> Bundle:
     ref = ModelRef.model_validate(qs.expert_ref)
     files: dict[str, Path] = {"query_set.jsonl": registry.abspath(qs.store_path)}
     if ref.kind == "peft" and ref.path:
@@ -195,14 +268,32 @@ def _write(registry, name, qs: QuerySet, meta, outcome: TrainOutcome, cfg: Train
         save_token(token_file, outcome.row)
         files["token.safetensors"] = token_file
         manifest = Manifest(
-            name=name, version=version, description=description or f"{name} expert", license=license, provider=provider,
-            label=qs.label, expert=ref,
-            meta=MetaInfo(reference=meta.display, hidden_size=meta.hidden_size, vocab_size=meta.vocab_size, fingerprint=meta.fingerprint),
+            name=name,
+            version=version,
+            description=description or f"{name} expert",
+            license=license,
+            provider=provider,
+            label=qs.label,
+            expert=ref,
+            meta=MetaInfo(
+                reference=meta.display,
+                hidden_size=meta.hidden_size,
+                vocab_size=meta.vocab_size,
+                fingerprint=meta.fingerprint,
+            ),
             token=TokenInfo(sha256=sha256_file(token_file), shape=(1, meta.hidden_size), dtype="float32"),
             query_set=QuerySetInfo.model_validate(qs.provenance),
-            training=TrainingInfo(lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=outcome.epochs, batch_size=cfg.batch_size,
-                                  schedule=f"cosine over {cfg.epochs or cfg.max_epochs} epochs, {cfg.warmup_steps} warm-up steps",
-                                  steps=outcome.steps, final_loss=round(outcome.final_loss, 6), stopped=outcome.stopped, negatives=negatives,
-                                  word_negatives=n_word),
+            training=TrainingInfo(
+                lr=cfg.lr,
+                weight_decay=cfg.weight_decay,
+                epochs=outcome.epochs,
+                batch_size=cfg.batch_size,
+                schedule=f"cosine over {cfg.epochs or cfg.max_epochs} epochs, {cfg.warmup_steps} warm-up steps",
+                steps=outcome.steps,
+                final_loss=round(outcome.final_loss, 6),
+                stopped=outcome.stopped,
+                negatives=negatives,
+                word_negatives=n_word,
+            ),
         )
         return write_bundle(out, manifest, files, replace=replace)

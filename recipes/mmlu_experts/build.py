@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from etr_hub.eval.mmlu import (  # noqa: E402
+from etr_hub.eval.mmlu import (
     MMLU_EXPERT_SUBJECTS,
     Question,
     pick_distractors,
@@ -124,7 +124,9 @@ def prepare_data(data: Path, work: Path, seed: int) -> dict:
         counts[subject] = {p: len(v) for p, v in parts.items()}
         own = [pair(q) for q in parts["train"]]
         related = [q for s in RELATED[subject] for q in every.get(s, []) if len(render_query(q)) <= MAX_QUERY_CHARS]
-        extra = pick_distractors({s: [q for q in related if q.subject == s] for s in RELATED[subject]}, TRAIN_SIZE - len(own), seed=seed)
+        extra = pick_distractors(
+            {s: [q for q in related if q.subject == s] for s in RELATED[subject]}, TRAIN_SIZE - len(own), seed=seed
+        )
         write_jsonl(work / "train" / f"{subject}.jsonl", own + [pair(q) for q in extra])
         counts[subject]["train_related"] = len(extra)
         pool += [pair(q) for q in parts["pool"]]
@@ -133,7 +135,11 @@ def prepare_data(data: Path, work: Path, seed: int) -> dict:
         counts[subject]["pool_open"] = len(opened)
         write_mmlu_csv(work / "dev_eval" / f"{subject}_test.csv", parts["eval"])
     used = set(MMLU_EXPERT_SUBJECTS) | {s for v in RELATED.values() for s in v}
-    others = {s: [q for q in qs if len(render_query(q)) <= MAX_QUERY_CHARS] for s, qs in by_split["test"].questions.items() if s not in used}
+    others = {
+        s: [q for q in qs if len(render_query(q)) <= MAX_QUERY_CHARS]
+        for s, qs in by_split["test"].questions.items()
+        if s not in used
+    }
     distractors = pick_distractors(others, DISTRACTORS, seed=seed)
     write_jsonl(work / "pool.jsonl", pool + [pair(q) for q in distractors])
     counts["pool_distractors"] = len(distractors)
@@ -152,15 +158,15 @@ def model_card(subject: str, manifest: dict, split_counts: dict, route: str, lor
 
 {DESCRIPTIONS[subject]}
 
-- **Expert model:** a LoRA adapter (r={lora['r']} on {'/'.join(sorted(lora['target_modules']))} of decoder layers
-  {min(lora['layers_to_transform'])}–{max(lora['layers_to_transform'])}, float16) over the embedded meta model
+- **Expert model:** a LoRA adapter (r={lora["r"]} on {"/".join(sorted(lora["target_modules"]))} of decoder layers
+  {min(lora["layers_to_transform"])}–{max(lora["layers_to_transform"])}, float16) over the embedded meta model
   SmolLM2-135M-Instruct; it shares the meta model's weights.
-- **Training data:** {split_counts['train']} MMLU `{subject}` questions from the recipe's training part plus
-  {split_counts['train_related']} questions of related subjects ({', '.join(RELATED[subject])}), rendered as
+- **Training data:** {split_counts["train"]} MMLU `{subject}` questions from the recipe's training part plus
+  {split_counts["train_related"]} questions of related subjects ({", ".join(RELATED[subject])}), rendered as
   multiple-choice questions with the reply `Answer: X. text`.
-- **Query set:** {qs.get('size')} queries, rule `{qs.get('selection_rule')}` ({route} route), seed {qs.get('seed')}.
-- **Expert token:** trained with `etr-hub train-token` ({tr.get('epochs')} epochs, {tr.get('stopped')}), with the
-  tokens trained before it frozen in the softmax and their query sets as negatives: {', '.join(tr.get('negatives', [])) or 'none'}.
+- **Query set:** {qs.get("size")} queries, rule `{qs.get("selection_rule")}` ({route} route), seed {qs.get("seed")}.
+- **Expert token:** trained with `etr-hub train-token` ({tr.get("epochs")} epochs, {tr.get("stopped")}), with the
+  tokens trained before it frozen in the softmax and their query sets as negatives: {", ".join(tr.get("negatives", [])) or "none"}.
 - **Evaluation:** see the README's "MMLU-Expert results" (`etr-hub eval mmlu`). The questions of the
   recipe's dev-evaluation part were used neither for the adapter nor for the query set.
 - **Data licence:** MMLU (Hendrycks et al.), MIT. **Base model:** SmolLM2-135M-Instruct, Apache-2.0.
@@ -173,7 +179,11 @@ def add_model_card(bundle_dir: Path, text: str) -> None:
     from etr_hub.bundle import load_bundle, write_bundle
 
     bundle = load_bundle(bundle_dir)
-    files = {p.relative_to(bundle_dir).as_posix(): p for p in bundle_dir.iterdir() if p.name not in ("expert.json", "README.md")}
+    files = {
+        p.relative_to(bundle_dir).as_posix(): p
+        for p in bundle_dir.iterdir()
+        if p.name not in ("expert.json", "README.md")
+    }
     tmp_card = bundle_dir.parent / f".{bundle_dir.name}-README.md"
     tmp_card.write_text(text, encoding="utf-8")
     files["README.md"] = tmp_card
@@ -188,16 +198,28 @@ def add_model_card(bundle_dir: Path, text: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Rebuild the six shipped MMLU experts.")
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mmlu", help="folder with dev/ val/ test/ MMLU CSVs")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT.parent / "shared" / "data" / "mmlu",
+        help="folder with dev/ val/ test/ MMLU CSVs",
+    )
     ap.add_argument("--work", type=Path, default=ROOT / ".work" / "mmlu")
     ap.add_argument("--plugins", type=Path, default=ROOT / "plugins")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--paper-tau", type=float, default=None, help="τ for the compared paper route (default: a τ passing ~100 queries)")
+    ap.add_argument(
+        "--paper-tau",
+        type=float,
+        default=None,
+        help="τ for the compared paper route (default: a τ passing ~100 queries)",
+    )
     ap.add_argument("--fresh", action="store_true", help="retrain adapters that already exist")
     ap.add_argument("--skip-paper", action="store_true", help="do not build the compared paper-route tokens")
-    ap.add_argument("--data-only", action="store_true", help="only write the split (e.g. WORK/dev_eval for `etr-hub eval mmlu`)")
+    ap.add_argument(
+        "--data-only", action="store_true", help="only write the split (e.g. WORK/dev_eval for `etr-hub eval mmlu`)"
+    )
     args = ap.parse_args()
     work, cli, log = args.work.resolve(), etr_hub(), []
     t_start = time.perf_counter()
@@ -216,22 +238,81 @@ def main() -> None:
             continue
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, str(Path(__file__).with_name("train_lora.py")), "--data", str(work / "train" / f"{subject}.jsonl"),
-                        "--out", str(out), "--epochs", str(args.epochs), "--seed", str(args.seed), "--threads", str(args.threads)],
-                       env={**os.environ, "ETR_HUB_HOME": str(home)}, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("train_lora.py")),
+                "--data",
+                str(work / "train" / f"{subject}.jsonl"),
+                "--out",
+                str(out),
+                "--epochs",
+                str(args.epochs),
+                "--seed",
+                str(args.seed),
+                "--threads",
+                str(args.threads),
+            ],
+            env={**os.environ, "ETR_HUB_HOME": str(home)},
+            check=True,
+        )
         log.append({"cmd": f"train_lora.py {subject}", "seconds": round(time.perf_counter() - t0, 1)})
 
     # labelled route -> the shipped bundles
     builds = {}
     for subject in MMLU_EXPERT_SUBJECTS:
-        builds[subject] = run([cli, "query-set", "build", subject, "--expert", str(work / "adapters" / subject), "--data", str(work / "pool" / f"{subject}.jsonl"),
-                               "--rule", "labelled", "--label", subject, "--size", str(QUERY_SET_SIZE), "--seed", str(args.seed), "--batch-size", "16", "--json"], home, log)
+        builds[subject] = run(
+            [
+                cli,
+                "query-set",
+                "build",
+                subject,
+                "--expert",
+                str(work / "adapters" / subject),
+                "--data",
+                str(work / "pool" / f"{subject}.jsonl"),
+                "--rule",
+                "labelled",
+                "--label",
+                subject,
+                "--size",
+                str(QUERY_SET_SIZE),
+                "--seed",
+                str(args.seed),
+                "--batch-size",
+                "16",
+                "--json",
+            ],
+            home,
+            log,
+        )
     for subject in MMLU_EXPERT_SUBJECTS:  # a re-run trains every token afresh, in the same order
         if _registered(cli, home, subject):
             run([cli, "expert", "remove", subject, "--yes"], home, log)
     for subject in MMLU_EXPERT_SUBJECTS:
-        run([cli, "train-token", subject, "--seed", str(args.seed), "--version", "1.0.0", "--license", "Apache-2.0", "--provider", "etr-hub",
-             "--description", DESCRIPTIONS[subject], "--out", str(work / "bundles" / subject), "--replace", "--json"], home, log)
+        run(
+            [
+                cli,
+                "train-token",
+                subject,
+                "--seed",
+                str(args.seed),
+                "--version",
+                "1.0.0",
+                "--license",
+                "Apache-2.0",
+                "--provider",
+                "etr-hub",
+                "--description",
+                DESCRIPTIONS[subject],
+                "--out",
+                str(work / "bundles" / subject),
+                "--replace",
+                "--json",
+            ],
+            home,
+            log,
+        )
     for subject in MMLU_EXPERT_SUBJECTS:
         dest = args.plugins / subject
         run([cli, "expert", "export", subject, str(dest), "--replace"], home, log)
@@ -249,26 +330,104 @@ def main() -> None:
         for subject in MMLU_EXPERT_SUBJECTS:
             tau = args.paper_tau
             if tau is None:  # the top quarter of the loss gaps (τ = their 75th percentile), down-sampled to 100
-                probe = run([cli, "query-set", "build", subject, "--expert", str(work / "adapters" / subject), "--data", str(work / "paper_pool.jsonl"),
-                             "--rule", "paper", "--tau", "-1000000", "--label", subject, "--size", "100", "--seed", str(args.seed), "--json"], phome, log)
+                probe = run(
+                    [
+                        cli,
+                        "query-set",
+                        "build",
+                        subject,
+                        "--expert",
+                        str(work / "adapters" / subject),
+                        "--data",
+                        str(work / "paper_pool.jsonl"),
+                        "--rule",
+                        "paper",
+                        "--tau",
+                        "-1000000",
+                        "--label",
+                        subject,
+                        "--size",
+                        "100",
+                        "--seed",
+                        str(args.seed),
+                        "--json",
+                    ],
+                    phome,
+                    log,
+                )
                 tau = float(probe["loss_gap"]["quantiles"]["p75"])
-            paper[subject] = run([cli, "query-set", "build", subject, "--expert", str(work / "adapters" / subject), "--data", str(work / "paper_pool.jsonl"),
-                                  "--rule", "paper", "--tau", f"{tau:g}", "--label", subject, "--size", "100", "--seed", str(args.seed), "--json"], phome, log)
+            paper[subject] = run(
+                [
+                    cli,
+                    "query-set",
+                    "build",
+                    subject,
+                    "--expert",
+                    str(work / "adapters" / subject),
+                    "--data",
+                    str(work / "paper_pool.jsonl"),
+                    "--rule",
+                    "paper",
+                    "--tau",
+                    f"{tau:g}",
+                    "--label",
+                    subject,
+                    "--size",
+                    "100",
+                    "--seed",
+                    str(args.seed),
+                    "--json",
+                ],
+                phome,
+                log,
+            )
         for subject in MMLU_EXPERT_SUBJECTS:
-            run([cli, "train-token", subject, "--seed", str(args.seed), "--version", "1.0.0", "--license", "Apache-2.0", "--provider", "etr-hub",
-                 "--description", DESCRIPTIONS[subject], "--out", str(work / "paper_bundles" / subject), "--replace", "--json"], phome, log)
+            run(
+                [
+                    cli,
+                    "train-token",
+                    subject,
+                    "--seed",
+                    str(args.seed),
+                    "--version",
+                    "1.0.0",
+                    "--license",
+                    "Apache-2.0",
+                    "--provider",
+                    "etr-hub",
+                    "--description",
+                    DESCRIPTIONS[subject],
+                    "--out",
+                    str(work / "paper_bundles" / subject),
+                    "--replace",
+                    "--json",
+                ],
+                phome,
+                log,
+            )
 
     summary = {
-        "seed": args.seed, "split": counts, "seconds": round(time.perf_counter() - t_start, 1), "steps": log,
-        "query_sets": {s: {k: builds[s].get(k) for k in ("size", "purity", "in_domain_gap", "out_of_domain_gap", "loss_gap")} for s in builds},
-        "paper_query_sets": {s: {k: paper[s].get(k) for k in ("size", "tau", "purity", "in_domain_gap", "out_of_domain_gap")} for s in paper},
+        "seed": args.seed,
+        "split": counts,
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "steps": log,
+        "query_sets": {
+            s: {k: builds[s].get(k) for k in ("size", "purity", "in_domain_gap", "out_of_domain_gap", "loss_gap")}
+            for s in builds
+        },
+        "paper_query_sets": {
+            s: {k: paper[s].get(k) for k in ("size", "tau", "purity", "in_domain_gap", "out_of_domain_gap")}
+            for s in paper
+        },
     }
     (work / "build_summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: summary[k] for k in ("seconds", "query_sets", "paper_query_sets")}, indent=2))
 
 
 def _registered(cli: str, home: Path, subject: str) -> bool:
-    res = subprocess.run([cli, "expert", "list", "--json"], env={**os.environ, "ETR_HUB_HOME": str(home)}, capture_output=True, text=True)
+    res = subprocess.run(
+        [cli, "expert", "list", "--json"], env={**os.environ, "ETR_HUB_HOME": str(home)}, capture_output=True, text=True
+    )
     return res.returncode == 0 and any(e["name"] == subject for e in json.loads(res.stdout or "[]"))
 
 

@@ -33,7 +33,9 @@ ADAPTED_LAYERS = 8
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eval-dir", type=Path, default=ROOT / ".work" / "mmlu" / "dev_eval")
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mmlu", help="dev/ val/ test/ MMLU CSVs")
+    ap.add_argument(
+        "--data", type=Path, default=ROOT.parent / "shared" / "data" / "mmlu", help="dev/ val/ test/ MMLU CSVs"
+    )
     ap.add_argument("--objective", choices=("letters", "options"), default="letters")
     ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--epochs", type=int, default=3)
@@ -71,7 +73,9 @@ def main() -> None:
             ids = scoring_prompt_ids(tok, render_query(q))
             return [ids], [len(ids)]
         prompt, _ = routing_prompt_ids(tok, q.question.strip())
-        options = [list(tok(" " + c.strip(), add_special_tokens=False)["input_ids"]) or [tok.eos_token_id] for c in q.choices]
+        options = [
+            list(tok(" " + c.strip(), add_special_tokens=False)["input_ids"]) or [tok.eos_token_id] for c in q.choices
+        ]
         return [prompt + o for o in options], [len(prompt)] * len(options)
 
     @torch.no_grad()
@@ -83,7 +87,8 @@ def main() -> None:
             ids, mask = right_pad(seqs, 0)  # (S, T)
             kept = []
             hook = dec.layers[first].register_forward_pre_hook(
-                lambda m, a, kw, kept=kept: kept.append((a[0] if a else kw["hidden_states"]).detach()), with_kwargs=True)
+                lambda m, a, kw, kept=kept: kept.append((a[0] if a else kw["hidden_states"]).detach()), with_kwargs=True
+            )
             try:
                 dec(input_ids=ids, attention_mask=mask)
             finally:
@@ -112,7 +117,9 @@ def main() -> None:
 
     def accuracy(upper, items, objective: str, gold: torch.Tensor) -> tuple[float, torch.Tensor]:
         with torch.no_grad():
-            pred = torch.cat([option_scores(upper, items[i : i + 32], objective, False).argmax(1) for i in range(0, len(items), 32)])
+            pred = torch.cat(
+                [option_scores(upper, items[i : i + 32], objective, False).argmax(1) for i in range(0, len(items), 32)]
+            )
         return (pred == gold).float().mean().item(), pred
 
     def picks(pred: torch.Tensor) -> dict:
@@ -120,21 +127,34 @@ def main() -> None:
 
     evalq = [q for qs in read_mmlu_dir(args.eval_dir).questions.values() for q in qs]
     gold = torch.tensor([q.answer_index for q in evalq])
-    print(f"{len(evalq)} evaluation questions; gold letters {dict(sorted(collections.Counter(q.answer for q in evalq).items()))}")
+    print(
+        f"{len(evalq)} evaluation questions; gold letters {dict(sorted(collections.Counter(q.answer for q in evalq).items()))}"
+    )
     pool: dict[str, list] = {}
     eval_keys = {q.key for q in evalq}
     for split in ("dev", "val", "test"):
         for subject, qs in read_mmlu_dir(args.data / split).questions.items():
             if subject not in MMLU_EXPERT_SUBJECTS:
-                pool.setdefault(subject, []).extend(q for q in qs if len(render_query(q)) <= 500 and q.key not in eval_keys)
+                pool.setdefault(subject, []).extend(
+                    q for q in qs if len(render_query(q)) <= 500 and q.key not in eval_keys
+                )
     train = pick_distractors(pool, args.n, seed=0)
 
     t0 = time.perf_counter()
     eval_items = {objective: residuals(evalq, objective) for objective in ("letters", "options")}
     train_items = residuals(train, args.objective)
     print(f"residuals of {len(train)} + {len(evalq)} questions: {time.perf_counter() - t0:.0f} s", flush=True)
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                                            layers_to_transform=list(range(first, n_layers)), task_type="CAUSAL_LM"))
+    peft = get_peft_model(
+        model,
+        LoraConfig(
+            r=8,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            target_modules=["q_proj", "v_proj"],
+            layers_to_transform=list(range(first, n_layers)),
+            task_type="CAUSAL_LM",
+        ),
+    )
     upper = peft.get_base_model().get_decoder()
     peft.eval()
     letter_acc, pred = accuracy(upper, eval_items["letters"], "letters", gold)
@@ -155,7 +175,9 @@ def main() -> None:
         total, t0 = 0.0, time.perf_counter()
         for i in range(0, len(order), args.batch_size):
             batch = order[i : i + args.batch_size]
-            loss = torch.nn.functional.cross_entropy(option_scores(upper, [train_items[j] for j in batch], args.objective, True), y_train[batch])
+            loss = torch.nn.functional.cross_entropy(
+                option_scores(upper, [train_items[j] for j in batch], args.objective, True), y_train[batch]
+            )
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -165,8 +187,11 @@ def main() -> None:
         peft.eval()
         acc, pred = accuracy(upper, eval_items[args.objective], args.objective, gold)
         scored, chance = ("letter", " (chance: ln 4 = 1.386)") if args.objective == "letters" else ("cloze", "")
-        print(f"LoRA trained on {args.objective}, epoch {epoch + 1}: train loss {total / len(order):.3f}{chance}, "
-              f"eval {scored} accuracy {acc:.1%} (picks {picks(pred)}); {time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"LoRA trained on {args.objective}, epoch {epoch + 1}: train loss {total / len(order):.3f}{chance}, "
+            f"eval {scored} accuracy {acc:.1%} (picks {picks(pred)}); {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

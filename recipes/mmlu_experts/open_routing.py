@@ -33,11 +33,23 @@ def main() -> None:
     for row in rows:
         exp = hub.explain(row["query"], top=1)
         top = exp.experts[0] if exp.experts else None
-        results.append({"query": row["query"], "label": row["label"], "routed_to": exp.winner,
-                        "top_expert": top.name if top else None, "p_top_expert": round(top.probability, 4) if top else 0.0})
+        results.append(
+            {
+                "query": row["query"],
+                "label": row["label"],
+                "routed_to": exp.winner,
+                "top_expert": top.name if top else None,
+                "p_top_expert": round(top.probability, 4) if top else 0.0,
+            }
+        )
     routed = sum(r["routed_to"] == r["label"] for r in results)
-    summary = {"n": len(results), "routed_correctly": routed, "routing_accuracy": routed / len(results),
-               "top_expert_correct": sum(r["top_expert"] == r["label"] for r in results) / len(results), "questions": results}
+    summary = {
+        "n": len(results),
+        "routed_correctly": routed,
+        "routing_accuracy": routed / len(results),
+        "top_expert_correct": sum(r["top_expert"] == r["label"] for r in results) / len(results),
+        "questions": results,
+    }
     if args.json:
         print(json.dumps(summary, indent=2))
         return
@@ -46,8 +58,10 @@ def main() -> None:
         mark = "" if r["routed_to"] == r["label"] else " ✗"
         table.add_row(r["query"], r["label"], f"{r['routed_to'] or 'meta model'}{mark}", f"{r['p_top_expert']:.3f}")
     Console().print(table)
-    print(f"routed to the right expert: {routed}/{len(results)}; right expert ranked first among experts: "
-          f"{summary['top_expert_correct']:.0%}")
+    print(
+        f"routed to the right expert: {routed}/{len(results)}; right expert ranked first among experts: "
+        f"{summary['top_expert_correct']:.0%}"
+    )
 
 
 if __name__ == "__main__":

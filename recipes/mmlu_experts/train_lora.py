@@ -27,7 +27,9 @@ def main() -> None:
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--alpha", type=int, default=16)
     ap.add_argument("--targets", default="q_proj,v_proj")
-    ap.add_argument("--top-layers", type=int, default=8, help="LoRA only in the last N decoder layers: backward stops there")
+    ap.add_argument(
+        "--top-layers", type=int, default=8, help="LoRA only in the last N decoder layers: backward stops there"
+    )
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -35,8 +37,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, cuda:1, mps)")
-    ap.add_argument("--save-every", type=int, default=0, help="save the adapter every N steps (resumable with --resume)")
-    ap.add_argument("--resume", action="store_true", help="continue from OUT's adapter and train_state.json (same data and settings)")
+    ap.add_argument(
+        "--save-every", type=int, default=0, help="save the adapter every N steps (resumable with --resume)"
+    )
+    ap.add_argument(
+        "--stop-after", type=int, default=0, help="stop after N steps of the schedule (which still spans --epochs)"
+    )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT's adapter and train_state.json (same data and settings)",
+    )
     args = ap.parse_args()
 
     import torch
@@ -56,18 +67,29 @@ def main() -> None:
     encoded = []
     for r in rows:
         p, resp = prompt_and_response_ids(tok, r["query"], r["response"])
-        encoded.append((p[-(args.max_tokens - len(resp)):], resp))
+        encoded.append((p[-(args.max_tokens - len(resp)) :], resp))
 
     n_layers = meta.model.config.num_hidden_layers
     layers = list(range(max(0, n_layers - args.top_layers), n_layers))
-    model = get_peft_model(meta.model, LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=0.0, layers_to_transform=layers,
-                                                   target_modules=args.targets.split(","), task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        meta.model,
+        LoraConfig(
+            r=args.r,
+            lora_alpha=args.alpha,
+            lora_dropout=0.0,
+            layers_to_transform=layers,
+            target_modules=args.targets.split(","),
+            task_type="CAUSAL_LM",
+        ),
+    )
     start = 0
     state_file = args.out / "train_state.json"
     if args.resume and state_file.exists():  # weights from the last save; the data order is replayed below
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, {k: v.float() for k, v in load_file(args.out / "adapter_model.safetensors").items()})
+        set_peft_model_state_dict(
+            model, {k: v.float() for k, v in load_file(args.out / "adapter_model.safetensors").items()}
+        )
         start = json.loads(state_file.read_text())["step"]
     model.to(args.device)
     decoder, head = model.get_base_model().get_decoder(), model.get_base_model().get_output_embeddings()
@@ -77,12 +99,15 @@ def main() -> None:
     model.train()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     steps = max(1, math.ceil(len(encoded) * args.epochs / args.batch_size))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 10) * 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
+    last = min(steps, args.stop_after) if args.stop_after > 0 else steps
     rng = random.Random(args.seed)
     order: list[int] = []
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     t0, seen, running = time.perf_counter(), 0, None
-    for step in range(steps):
+    for step in range(last):
         if len(order) < args.batch_size:
             more = list(range(len(encoded)))
             rng.shuffle(more)
@@ -114,15 +139,25 @@ def main() -> None:
         sched.step()
         seen += len(batch)
         running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
-        if step % 10 == 0 or step == steps - 1:
+        if step % 10 == 0 or step == last - 1:
             print(f"step {step + 1}/{steps} loss {running:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < steps:
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < last:
             save_adapter(model, args.out)
             state_file.write_text(json.dumps({"step": step + 1, "loss": running}) + "\n")
 
     save_adapter(model, args.out)
     state_file.unlink(missing_ok=True)
-    print(json.dumps({"examples": len(encoded), "steps": steps, "final_loss": running, "seconds": round(time.perf_counter() - t0, 1)}))
+    print(
+        json.dumps(
+            {
+                "examples": len(encoded),
+                "steps": last,
+                "schedule_steps": steps,
+                "final_loss": running,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+    )
 
 
 def save_adapter(model, out: Path) -> None:

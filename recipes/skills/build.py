@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from recipes.mmlu_experts.build import add_model_card, etr_hub, run, write_jsonl  # noqa: E402
-from recipes.skills.tasks import SKILLS, generate  # noqa: E402
+from recipes.mmlu_experts.build import add_model_card, etr_hub, run, write_jsonl
+from recipes.skills.tasks import SKILLS, generate
 
 DESCRIPTIONS = {
     "arithmetic": "Arithmetic: adds and subtracts integers of up to 4 digits and multiplies up to 3-digit by 2-digit numbers, column by column.",
@@ -39,9 +39,18 @@ DESCRIPTIONS = {
     "roman": "Roman numerals: converts integers from 1 to 3999 to Roman numerals and Roman numerals back to integers.",
     "base_conversion": "Base conversion: decimal to and from binary (0-1023) and hexadecimal (0-65535).",
 }
-LORA = {"r": 16, "alpha": 32, "targets": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "top_layers": 16,
-        "lr": 2e-3, "batch_size": 16}
+LORA = {
+    "r": 16,
+    "alpha": 32,
+    "targets": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+    "top_layers": 16,
+    "lr": 2e-3,
+    "batch_size": 16,
+}
 EPOCHS = {"arithmetic": 1.6, "sorting": 1.6, "roman": 1.6, "base_conversion": 1.6}  # over 6,000 training rows each
+STOP_AFTER = (
+    350  # of the 600 scheduled steps: Roman was at 98/100 exact there, and each step costs ~4-8 s on 2 CPU cores
+)
 SIZES = {"train": 6000, "pool": 60, "eval": 100}
 MMLU_DISTRACTORS = 120
 TAU = 10.0  # nats, summed over the response: the worked answers are long, so expertise shows as tens of nats
@@ -58,11 +67,19 @@ def prepare(work: Path, seed: int, mmlu: Path) -> dict:
             if split == "pool":
                 pool += [{"query": r["query"], "response": r["response"], "label": skill} for r in rows]
             if split == "eval":
-                eval_rows += [{"question": r["query"], "answer": r["answer"], "task": skill, "kind": r["kind"]} for r in rows]
+                eval_rows += [
+                    {"question": r["query"], "answer": r["answer"], "task": skill, "kind": r["kind"]} for r in rows
+                ]
     write_jsonl(work / "eval.jsonl", eval_rows)
     questions = read_mmlu_dir(mmlu / "test").questions
-    others = {s: [q for q in qs if len(render_query(q)) <= 500] for s, qs in questions.items() if s not in MMLU_EXPERT_SUBJECTS}
-    picked = pick_distractors(others, MMLU_DISTRACTORS, seed=seed)  # the six MMLU experts' subjects stay out: their eval is elsewhere
+    others = {
+        s: [q for q in qs if len(render_query(q)) <= 500]
+        for s, qs in questions.items()
+        if s not in MMLU_EXPERT_SUBJECTS
+    }
+    picked = pick_distractors(
+        others, MMLU_DISTRACTORS, seed=seed
+    )  # the six MMLU experts' subjects stay out: their eval is elsewhere
     pool += [{"query": render_query(q), "response": render_response(q), "label": q.subject} for q in picked]
     write_jsonl(work / "pool_base.jsonl", pool)
     return {"pool_skills": len(pool) - len(picked), "pool_mmlu": len(picked), "eval": len(eval_rows)}
@@ -82,8 +99,13 @@ def everyday_rows(work: Path, home: Path) -> list[dict]:
 
     meta = ModelSession(Registry.open()).meta
     prompts = read_general_prompts(GENERAL_PROMPTS, "train")
-    replies = generate_greedy(meta.model, meta.tokenizer, [routing_prompt_ids(meta.tokenizer, q)[0] for q in prompts],
-                              max_new_tokens=96, batch_size=8)
+    replies = generate_greedy(
+        meta.model,
+        meta.tokenizer,
+        [routing_prompt_ids(meta.tokenizer, q)[0] for q in prompts],
+        max_new_tokens=96,
+        batch_size=8,
+    )
     rows = [{"query": q, "response": r, "label": "everyday"} for q, r in zip(prompts, replies)]
     write_jsonl(path, rows)
     return rows
@@ -95,10 +117,37 @@ def train_adapter(skill: str, work: Path, args) -> None:
         return  # finished earlier
     if args.fresh:
         shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, str(ROOT / "recipes" / "mmlu_experts" / "train_lora.py"), "--data", str(work / "data" / "train" / f"{skill}.jsonl"),
-           "--out", str(out), "--r", str(LORA["r"]), "--alpha", str(LORA["alpha"]), "--targets", LORA["targets"],
-           "--top-layers", str(LORA["top_layers"]), "--lr", str(LORA["lr"]), "--batch-size", str(LORA["batch_size"]),
-           "--epochs", str(EPOCHS[skill]), "--seed", str(args.seed), "--device", args.device, "--save-every", "25", "--resume"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "recipes" / "mmlu_experts" / "train_lora.py"),
+        "--data",
+        str(work / "data" / "train" / f"{skill}.jsonl"),
+        "--out",
+        str(out),
+        "--r",
+        str(LORA["r"]),
+        "--alpha",
+        str(LORA["alpha"]),
+        "--targets",
+        LORA["targets"],
+        "--top-layers",
+        str(LORA["top_layers"]),
+        "--lr",
+        str(LORA["lr"]),
+        "--batch-size",
+        str(LORA["batch_size"]),
+        "--epochs",
+        str(EPOCHS[skill]),
+        "--seed",
+        str(args.seed),
+        "--device",
+        args.device,
+        "--save-every",
+        "25",
+        "--resume",
+        "--stop-after",
+        str(STOP_AFTER),
+    ]
     subprocess.run(cmd, check=True)
 
 
@@ -108,13 +157,13 @@ def model_card(skill: str, manifest: dict, build: dict) -> str:
 
 {DESCRIPTIONS[skill]}
 
-- **Expert model:** a LoRA adapter (r={LORA['r']} on every projection of the last {LORA['top_layers']} decoder layers,
+- **Expert model:** a LoRA adapter (r={LORA["r"]} on every projection of the last {LORA["top_layers"]} decoder layers,
   float16) over the embedded meta model SmolLM2-135M-Instruct; it shares the meta model's weights.
-- **Training data:** {SIZES['train']:,} generated questions (`recipes/skills/tasks.py`, seeded), each answered in one
+- **Training data:** {SIZES["train"]:,} generated questions (`recipes/skills/tasks.py`, seeded), each answered in one
   worked, tutor-style format that ends with the result stated once.
-- **Query set:** {qs.get('size')} queries chosen by the paper's rule (loss gap > τ = {TAU:g} nats) from one mixed
-  pool of the four skills' questions, MMLU questions and everyday prompts; purity {build.get('purity')}.
-- **Expert token:** trained with `etr-hub train-token` ({tr.get('epochs')} epochs, {tr.get('stopped')}).
+- **Query set:** {qs.get("size")} queries chosen by the paper's rule (loss gap > τ = {TAU:g} nats) from one mixed
+  pool of the four skills' questions, MMLU questions and everyday prompts; purity {build.get("purity")}.
+- **Expert token:** trained with `etr-hub train-token` ({tr.get("epochs")} epochs, {tr.get("stopped")}).
 - **Evaluation:** see the README's "Skill experts" (`etr-hub eval tasks`).
 - **Base model:** SmolLM2-135M-Instruct, Apache-2.0. **Data:** generated by this project, Apache-2.0.
 - **Rebuild:** `python recipes/skills/build.py --seed 0`
@@ -131,7 +180,12 @@ def main() -> None:
     ap.add_argument("--skills", default=",".join(SKILLS))
     ap.add_argument("--fresh", action="store_true", help="retrain adapters that already exist")
     ap.add_argument("--data-only", action="store_true", help="only write the generated data and WORK/eval.jsonl")
-    ap.add_argument("--eval", type=int, default=SIZES["eval"], help="evaluation questions per skill (the first N of the seeded eval split)")
+    ap.add_argument(
+        "--eval",
+        type=int,
+        default=SIZES["eval"],
+        help="evaluation questions per skill (the first N of the seeded eval split)",
+    )
     args = ap.parse_args()
     SIZES["eval"] = args.eval
     work, cli, log = args.work.resolve(), etr_hub(), []
@@ -151,16 +205,68 @@ def main() -> None:
     write_jsonl(work / "pool.jsonl", pool + everyday_rows(work, home))
     builds = {}
     for skill in skills:
-        builds[skill] = run([cli, "query-set", "build", skill, "--expert", str(work / "adapters" / skill), "--data", str(work / "pool.jsonl"),
-                             "--tau", str(TAU), "--label", skill, "--size", "100", "--seed", str(args.seed), "--batch-size", "8", "--json"], home, log)
+        builds[skill] = run(
+            [
+                cli,
+                "query-set",
+                "build",
+                skill,
+                "--expert",
+                str(work / "adapters" / skill),
+                "--data",
+                str(work / "pool.jsonl"),
+                "--tau",
+                str(TAU),
+                "--label",
+                skill,
+                "--size",
+                "100",
+                "--seed",
+                str(args.seed),
+                "--batch-size",
+                "8",
+                "--json",
+            ],
+            home,
+            log,
+        )
     for skill in skills:
-        run([cli, "train-token", skill, "--seed", str(args.seed), "--version", "1.0.0", "--license", "Apache-2.0", "--provider", "etr-hub",
-             "--description", DESCRIPTIONS[skill], "--out", str(work / "bundles" / skill), "--replace", "--json"], home, log)
+        run(
+            [
+                cli,
+                "train-token",
+                skill,
+                "--seed",
+                str(args.seed),
+                "--version",
+                "1.0.0",
+                "--license",
+                "Apache-2.0",
+                "--provider",
+                "etr-hub",
+                "--description",
+                DESCRIPTIONS[skill],
+                "--out",
+                str(work / "bundles" / skill),
+                "--replace",
+                "--json",
+            ],
+            home,
+            log,
+        )
         dest = args.plugins / skill
         run([cli, "expert", "export", skill, str(dest), "--replace"], home, log)
         add_model_card(dest, model_card(skill, json.loads((dest / "expert.json").read_text()), builds[skill] or {}))
-    summary = {"seed": args.seed, "data": counts, "seconds": round(time.perf_counter() - t_start, 1), "steps": log,
-               "query_sets": {s: {k: (builds[s] or {}).get(k) for k in ("size", "tau", "purity", "in_domain_gap", "out_of_domain_gap")} for s in builds}}
+    summary = {
+        "seed": args.seed,
+        "data": counts,
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "steps": log,
+        "query_sets": {
+            s: {k: (builds[s] or {}).get(k) for k in ("size", "tau", "purity", "in_domain_gap", "out_of_domain_gap")}
+            for s in builds
+        },
+    }
     (work / "build_summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: summary[k] for k in ("seconds", "query_sets")}, indent=2))
 

@@ -21,8 +21,12 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--adapter", type=Path, help="a PEFT adapter over the embedded meta model (default: the meta model alone)")
-    ap.add_argument("--data", type=Path, required=True, help="rows with query/answer/kind (recipes/skills/tasks.py output)")
+    ap.add_argument(
+        "--adapter", type=Path, help="a PEFT adapter over the embedded meta model (default: the meta model alone)"
+    )
+    ap.add_argument(
+        "--data", type=Path, required=True, help="rows with query/answer/kind (recipes/skills/tasks.py output)"
+    )
     ap.add_argument("--limit", type=int, default=0, help="only the first N rows")
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=10)
@@ -41,14 +45,26 @@ def main() -> None:
     model = load_causal_lm(ModelRef.parse(f"peft:{args.adapter}"), meta=meta) if args.adapter else meta
     t0 = time.perf_counter()
     prompts = [routing_prompt_ids(model.tokenizer, r["query"])[0] for r in rows]
-    replies = generate_greedy(model.model, model.tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    replies = generate_greedy(
+        model.model, model.tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+    )
     ok = [is_correct(reply, r["answer"], r["kind"]) for reply, r in zip(replies, rows)]
     for reply, r, good in zip(replies, rows, ok):
         if not good and args.show > 0:
             args.show -= 1
             print(f"--- {r['query']!r} (gold {r['answer']})\n{reply}", file=sys.stderr)
-    print(json.dumps({"adapter": str(args.adapter) if args.adapter else None, "data": str(args.data), "n": len(rows),
-                      "exact_match": sum(ok) / len(rows), "correct": sum(ok), "seconds": round(time.perf_counter() - t0, 1)}))
+    print(
+        json.dumps(
+            {
+                "adapter": str(args.adapter) if args.adapter else None,
+                "data": str(args.data),
+                "n": len(rows),
+                "exact_match": sum(ok) / len(rows),
+                "correct": sum(ok),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

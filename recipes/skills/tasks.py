@@ -20,14 +20,14 @@ import argparse
 import hashlib
 import json
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repository root holds `recipes`
 
-from recipes.skills.phrasings import ARITHMETIC_TEMPLATES, BASE_TEMPLATES, ROMAN_TEMPLATES, SORTING_TEMPLATES  # noqa: E402
+from recipes.skills.phrasings import ARITHMETIC_TEMPLATES, BASE_TEMPLATES, ROMAN_TEMPLATES, SORTING_TEMPLATES
 
 SKILLS = ("arithmetic", "sorting", "roman", "base_conversion")
 SPLITS = {"train": range(0, 80), "pool": range(80, 90), "eval": range(90, 100)}  # % of problem-key hashes
@@ -193,8 +193,21 @@ def _list_text(nums: list[int], rng: random.Random) -> str:
 
 
 # ---------------------------------------------------------------- roman numerals
-ROMAN = [(1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"), (50, "L"), (40, "XL"),
-         (10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I")]
+ROMAN = [
+    (1000, "M"),
+    (900, "CM"),
+    (500, "D"),
+    (400, "CD"),
+    (100, "C"),
+    (90, "XC"),
+    (50, "L"),
+    (40, "XL"),
+    (10, "X"),
+    (9, "IX"),
+    (5, "V"),
+    (4, "IV"),
+    (1, "I"),
+]
 
 
 def roman_parts(n: int) -> list[tuple[int, str]]:
@@ -244,15 +257,19 @@ def sample_base_conversion(rng: random.Random) -> Problem:
                     rest -= p
                 else:
                     steps.append(f"{p}: 0")
-            response = f"{n} in binary, from the largest power of 2:\n" + "\n".join(steps) + f"\nSo {n} in binary is {bits}."
+            response = (
+                f"{n} in binary, from the largest power of 2:\n" + "\n".join(steps) + f"\nSo {n} in binary is {bits}."
+            )
             return Problem(f"to_bin:{n}", {"n": n}, "binary", bits, response, form)
         terms = [p for p, b in zip(powers, bits) if b == "1"]
         sums, total = [], 0
         for t in terms:
             total += t
             sums.append(str(total))
-        response = (f"{bits} = " + " + ".join(f"{b} x {p}" for p, b in zip(powers, bits)) + "\n"
-                    f"= {' + '.join(map(str, terms)) or '0'}\nRunning total: {', '.join(sums) or '0'}\nSo {bits} in decimal is {n}.")
+        response = (
+            f"{bits} = " + " + ".join(f"{b} x {p}" for p, b in zip(powers, bits)) + "\n"
+            f"= {' + '.join(map(str, terms)) or '0'}\nRunning total: {', '.join(sums) or '0'}\nSo {bits} in decimal is {n}."
+        )
         return Problem(f"from_bin:{n}", {"b": bits}, "integer", str(n), response, form)
     n = rng.randint(0, 65535) if rng.random() < 0.8 else rng.randint(0, 255)
     hexs = format(n, "X")
@@ -261,9 +278,15 @@ def sample_base_conversion(rng: random.Random) -> Problem:
         steps, rest = [], n
         for p in powers:
             d = rest // p
-            steps.append(f"{p}: {rest} // {p} = {d} ({HEX_DIGITS[d]}), {d} x {p} = {d * p}, {rest} - {d * p} = {rest - d * p}")
+            steps.append(
+                f"{p}: {rest} // {p} = {d} ({HEX_DIGITS[d]}), {d} x {p} = {d * p}, {rest} - {d * p} = {rest - d * p}"
+            )
             rest -= d * p
-        response = f"{n} in hexadecimal, from the largest power of 16:\n" + "\n".join(steps) + f"\nSo {n} in hexadecimal is {hexs}."
+        response = (
+            f"{n} in hexadecimal, from the largest power of 16:\n"
+            + "\n".join(steps)
+            + f"\nSo {n} in hexadecimal is {hexs}."
+        )
         return Problem(f"to_hex:{n}", {"n": n}, "hex", hexs, response, form)
     vals = [HEX_DIGITS.index(c) * p for c, p in zip(hexs, powers)]
     sums, total = [], 0
@@ -271,8 +294,10 @@ def sample_base_conversion(rng: random.Random) -> Problem:
         total += v
         sums.append(str(total))
     shown = hexs if rng.random() < 0.7 else hexs.lower()
-    response = (f"{hexs} = " + " + ".join(f"{HEX_DIGITS.index(c)} x {p}" for c, p in zip(hexs, powers)) + "\n"
-                f"= {' + '.join(map(str, vals))}\nRunning total: {', '.join(sums)}\nSo {hexs} in decimal is {n}.")
+    response = (
+        f"{hexs} = " + " + ".join(f"{HEX_DIGITS.index(c)} x {p}" for c, p in zip(hexs, powers)) + "\n"
+        f"= {' + '.join(map(str, vals))}\nRunning total: {', '.join(sums)}\nSo {hexs} in decimal is {n}."
+    )
     return Problem(f"from_hex:{n}", {"h": shown}, "integer", str(n), response, form)
 
 
@@ -291,7 +316,9 @@ def render(problem: Problem, template: str, rng: random.Random) -> str:
     if "a" in s:
         return template.format(a=fmt(s["a"], rng), b=fmt(s["b"], rng))
     if "n" in s:
-        return template.format(n=fmt(s["n"], rng, sep_p=0.2 if problem.form == "to_hex" else 0.0) if problem.form != "to_roman" else s["n"])
+        return template.format(
+            n=fmt(s["n"], rng, sep_p=0.2 if problem.form == "to_hex" else 0.0) if problem.form != "to_roman" else s["n"]
+        )
     return template.format(**s)
 
 
@@ -312,8 +339,17 @@ def generate(skill: str, split: str, count: int, seed: int) -> list[dict]:
         family = templates[p.form]
         usable = family[-HELD_OUT:] if split == "eval" else family[:-HELD_OUT]
         query = render(p, rng.choice(usable), rng)
-        rows.append({"query": query, "response": p.response, "answer": p.answer, "task": skill, "kind": p.kind,
-                     "label": skill, "key": p.key})
+        rows.append(
+            {
+                "query": query,
+                "response": p.response,
+                "answer": p.answer,
+                "task": skill,
+                "kind": p.kind,
+                "label": skill,
+                "key": p.key,
+            }
+        )
     return rows
 
 

@@ -76,7 +76,7 @@ class LocalBackend(ExpertBackend):
     def prompt_ids(self, handoff: Handoff) -> list[int]:
         """The expert's input: the meta model's ids when the tokenizers agree, else the
         conversation in the expert's own chat template with the assistant turn left open."""
-        from etr_hub.models.chat import to_ids, routing_prompt_ids
+        from etr_hub.models.chat import routing_prompt_ids, to_ids
 
         tokenizer = self.loaded.tokenizer
         if handoff.prompt is not None:
@@ -109,16 +109,32 @@ class LocalBackend(ExpertBackend):
         budget = max(0, min(settings.max_new_tokens, self.context - 1))
         ids = self.prompt_ids(handoff)[-(self.context - budget) :]  # keep the end: the open turn
         detok = Detokenizer(self.loaded.tokenizer, ids[-4:])
-        sampling = Sampling.make(settings.temperature, settings.top_p, settings.seed, repetition_penalty=settings.repetition_penalty,
-                                 presence_penalty=settings.presence_penalty, frequency_penalty=settings.frequency_penalty,
-                                 answer=self.answer_ids(handoff))
+        sampling = Sampling.make(
+            settings.temperature,
+            settings.top_p,
+            settings.seed,
+            repetition_penalty=settings.repetition_penalty,
+            presence_penalty=settings.presence_penalty,
+            frequency_penalty=settings.frequency_penalty,
+            answer=self.answer_ids(handoff),
+        )
         stops = frozenset() if settings.ignore_eos else self.eos
-        runner, self._prefix = self._prefix or CausalRunner(self.loaded.model), None  # taken: interleaved answers never share it
+        runner, self._prefix = (
+            self._prefix or CausalRunner(self.loaded.model),
+            None,
+        )  # taken: interleaved answers never share it
         consistent = False  # the cache matches runner.ids (not so after an error inside a forward pass)
         try:
             with self.decoding():
-                tokens = plain_tokens(self.loaded.model, ids, max_new_tokens=budget, sampling=sampling, eos_ids=stops, runner=runner,
-                                      donor=self.donor(handoff))
+                tokens = plain_tokens(
+                    self.loaded.model,
+                    ids,
+                    max_new_tokens=budget,
+                    sampling=sampling,
+                    eos_ids=stops,
+                    runner=runner,
+                    donor=self.donor(handoff),
+                )
                 try:
                     for token in tokens:
                         consistent = True

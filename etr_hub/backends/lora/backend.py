@@ -66,7 +66,12 @@ class LoraBackend(LocalBackend):
 
     def donor(self, handoff: Handoff) -> Any:
         runner = handoff.meta_runner
-        if self.first_layer is None or runner is None or runner.keep_layer is None or runner.keep_layer > self.first_layer:
+        if (
+            self.first_layer is None
+            or runner is None
+            or runner.keep_layer is None
+            or runner.keep_layer > self.first_layer
+        ):
             return None
         return runner
 

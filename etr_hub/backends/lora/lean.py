@@ -65,16 +65,29 @@ def _plain(layer: Any) -> tuple[nn.Linear, torch.Tensor, torch.Tensor, float] | 
         from peft.tuners.lora.layer import Linear as PeftLoraLinear
     except ImportError:
         return None
-    if type(layer) is not PeftLoraLinear or layer.merged or layer.disable_adapters or getattr(layer, "fan_in_fan_out", False):
+    if (
+        type(layer) is not PeftLoraLinear
+        or layer.merged
+        or layer.disable_adapters
+        or getattr(layer, "fan_in_fan_out", False)
+    ):
         return None
     names = list(layer.lora_A.keys())
     if len(names) != 1 or list(layer.active_adapters) != names:
         return None
     name = names[0]
-    if name in getattr(layer, "lora_variant", {}) or getattr(layer, "use_dora", {}).get(name) or getattr(layer, "lora_bias", {}).get(name):
+    if (
+        name in getattr(layer, "lora_variant", {})
+        or getattr(layer, "use_dora", {}).get(name)
+        or getattr(layer, "lora_bias", {}).get(name)
+    ):
         return None
     a, b, base = layer.lora_A[name], layer.lora_B[name], layer.base_layer
-    if not (isinstance(base, nn.Linear) and isinstance(a, nn.Linear) and isinstance(b, nn.Linear)) or a.bias is not None or b.bias is not None:
+    if (
+        not (isinstance(base, nn.Linear) and isinstance(a, nn.Linear) and isinstance(b, nn.Linear))
+        or a.bias is not None
+        or b.bias is not None
+    ):
         return None
     if a.weight.dtype != base.weight.dtype:
         return None

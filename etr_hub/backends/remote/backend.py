@@ -50,9 +50,13 @@ class RemoteBackend(ExpertBackend):
         # no redirects: the key must not follow one to another host
         self.client = httpx.Client(timeout=timeout, follow_redirects=False, headers=self._auth_headers())
         try:
-            resp = self._with_retries(lambda: self.client.get(f"{self.base_url}/models", timeout=min(HEALTH_TIMEOUT_S, self.read_timeout)))
+            resp = self._with_retries(
+                lambda: self.client.get(f"{self.base_url}/models", timeout=min(HEALTH_TIMEOUT_S, self.read_timeout))
+            )
             if resp.status_code in (401, 403):
-                raise ExpertError(f"{self._where()} refused {self._credentials()} (HTTP {resp.status_code})", self._key_fix())
+                raise ExpertError(
+                    f"{self._where()} refused {self._credentials()} (HTTP {resp.status_code})", self._key_fix()
+                )
         except ExpertError:
             self.unload()
             raise
@@ -63,12 +67,19 @@ class RemoteBackend(ExpertBackend):
         name = self.spec.ref.api_key_env
         if not name:
             return {}
-        if name not in self.spec.allowed_env or name.upper().startswith(HUB_ENV_PREFIX):  # the operator decides what it may read
-            raise ExpertError(f"{self._where()} asks for ${name}, which the operator did not allow it to read",
-                              f"if you trust the endpoint with it, re-add the bundle with `etr-hub expert add BUNDLE --replace --allow-env {name}`")
+        if name not in self.spec.allowed_env or name.upper().startswith(
+            HUB_ENV_PREFIX
+        ):  # the operator decides what it may read
+            raise ExpertError(
+                f"{self._where()} asks for ${name}, which the operator did not allow it to read",
+                f"if you trust the endpoint with it, re-add the bundle with `etr-hub expert add BUNDLE --replace --allow-env {name}`",
+            )
         key = os.environ.get(name, "").strip()
         if not key:
-            raise ExpertError(f"{self._where()} needs an API key in ${name}, which is not set", f"export {name}=… in the hub's environment")
+            raise ExpertError(
+                f"{self._where()} needs an API key in ${name}, which is not set",
+                f"export {name}=… in the hub's environment",
+            )
         return {"Authorization": f"Bearer {key}"}
 
     def _credentials(self) -> str:
@@ -79,7 +90,9 @@ class RemoteBackend(ExpertBackend):
         name = self.spec.ref.api_key_env
         if name:
             return f"check the key in ${name}"
-        return "the endpoint wants a key: set \"api_key_env\": \"NAME\" on the expert reference and export NAME=… for the hub"
+        return (
+            'the endpoint wants a key: set "api_key_env": "NAME" on the expert reference and export NAME=… for the hub'
+        )
 
     def unload(self) -> None:
         if self.client is not None:
@@ -101,7 +114,10 @@ class RemoteBackend(ExpertBackend):
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 problem = f"{self._where()} is unreachable ({type(exc).__name__}: {exc})"
             except httpx.TimeoutException:
-                raise ExpertError(f"{self._where()} did not answer within {self.read_timeout:g} s", "raise the reference's timeout_s or check the server") from None
+                raise ExpertError(
+                    f"{self._where()} did not answer within {self.read_timeout:g} s",
+                    "raise the reference's timeout_s or check the server",
+                ) from None
             except httpx.HTTPError as exc:
                 raise ExpertError(f"{self._where()} failed: {type(exc).__name__}: {exc}", "check the server") from None
             else:
@@ -143,10 +159,15 @@ class RemoteBackend(ExpertBackend):
         resp = self._with_retries(lambda: self.client.send(request, stream=True))
         try:
             if resp.status_code in (401, 403):
-                raise ExpertError(f"{self._where()} refused {self._credentials()} (HTTP {resp.status_code})", self._key_fix())
+                raise ExpertError(
+                    f"{self._where()} refused {self._credentials()} (HTTP {resp.status_code})", self._key_fix()
+                )
             if resp.status_code >= 400:
                 resp.read()
-                raise ExpertError(f"{self._where()} refused the request: HTTP {resp.status_code} {resp.text[:200]!r}", "check the model name and the server")
+                raise ExpertError(
+                    f"{self._where()} refused the request: HTTP {resp.status_code} {resp.text[:200]!r}",
+                    "check the model name and the server",
+                )
             try:
                 if "text/event-stream" in resp.headers.get("content-type", ""):
                     yield from _read_events(resp)
@@ -154,11 +175,19 @@ class RemoteBackend(ExpertBackend):
                     resp.read()
                     yield _read_json(resp.json())
             except httpx.TimeoutException:
-                raise ExpertError(f"{self._where()} stopped answering (no data for {self.read_timeout:g} s)", "raise the reference's timeout_s or check the server") from None
+                raise ExpertError(
+                    f"{self._where()} stopped answering (no data for {self.read_timeout:g} s)",
+                    "raise the reference's timeout_s or check the server",
+                ) from None
             except httpx.HTTPError as exc:
-                raise ExpertError(f"{self._where()} failed mid-answer: {type(exc).__name__}: {exc}", "check the server") from None
+                raise ExpertError(
+                    f"{self._where()} failed mid-answer: {type(exc).__name__}: {exc}", "check the server"
+                ) from None
             except (ValueError, KeyError, IndexError, TypeError) as exc:
-                raise ExpertError(f"{self._where()} sent a malformed completion ({exc})", "point the reference at an OpenAI-compatible /v1 base URL") from None
+                raise ExpertError(
+                    f"{self._where()} sent a malformed completion ({exc})",
+                    "point the reference at an OpenAI-compatible /v1 base URL",
+                ) from None
         finally:
             resp.close()
 

@@ -4,6 +4,7 @@ model's largest output-row norm (expert rows far beyond it are refused).
 Revision ID: 0002
 Revises: 0001
 """
+
 import sqlalchemy as sa
 from alembic import op
 
