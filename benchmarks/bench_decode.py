@@ -13,11 +13,12 @@ reference is an endpoint that is never contacted). Each repetition times, in rot
                the most work; the default window of 1 routes at the first position only)
     routed-1000  the same with 1,000 rows
 
-Then, with --switch (default on), a second phase times routed-6 next to two runs that measure the cost of a switch as the paper's Table 5
-does: one LoRA expert (the shipped plugins/astronomy adapter: r=8 on q/v of the last 8 of 30
-decoder layers; a random adapter of that shape if plugins/ is absent) whose token wins at the
-first generated token, so the LoRA expert writes all N tokens; its time over routed-6's (same
-prompt, same length, never switches) minus one is the switch cost (target ≤ +1.7%):
+Then, with --switch (default on), a second phase times routed-6 next to two runs that measure
+the cost of a switch as the paper's Table 5 does: one LoRA expert (the shipped plugins/astronomy
+adapter: r=8 on q/v of the last 8 of 30 decoder layers; a random adapter of that shape if
+plugins/ is absent) whose token wins at the first generated token, so the LoRA expert writes
+all N tokens; its time over routed-6's (same prompt, same length, never switches) minus one is
+the switch cost (target ≤ +1.7%):
 
     switch-cold  the expert's prefix cache is emptied first: it continues the meta model's
                  keys/values of the 22 unadapted layers and recomputes the prompt in the 8
@@ -193,7 +194,8 @@ def run(source: Path, work: Path, counts: list[int], args) -> None:
     first = make_home(source, work / "base")
     meta_row = first.require_meta()
     console.print(
-        f"meta model {meta_row.display}; torch threads {torch.get_num_threads()}; {args.new_tokens} new tokens; {args.reps} reps"
+        f"meta model {meta_row.display}; torch threads {torch.get_num_threads()}; "
+        f"{args.new_tokens} new tokens; {args.reps} reps"
     )
     with console.status("loading the meta model"):
         meta = load_causal_lm(ModelRef.model_validate(meta_row.reference), role="meta")
@@ -260,7 +262,8 @@ def run(source: Path, work: Path, counts: list[int], args) -> None:
         texts[name] = fn()
     differ = [name for name, t in texts.items() if not name.startswith("switch") and t != texts["generate"]]
     console.print(
-        f"identical greedy output across the routed and generate runs: {'NO: ' + ', '.join(differ) if differ else 'yes'}"
+        "identical greedy output across the routed and generate runs: "
+        f"{'NO: ' + ', '.join(differ) if differ else 'yes'}"
     )
     if args.switch:
         console.print(
@@ -312,8 +315,9 @@ def run(source: Path, work: Path, counts: list[int], args) -> None:
             target = 0.95 if n <= 6 else 0.9
             ratio = paired(wall["generate"], wall[f"routed-{n}"])
             lines.append(
-                f"speed ratio routed ({n} experts) / generate: {ratio:.3f} wall, {paired(cpu['generate'], cpu[f'routed-{n}']):.3f} "
-                f"CPU time (medians of {args.reps} paired runs; target ≥ {target}) {'PASS' if ratio >= target else 'FAIL'}"
+                f"speed ratio routed ({n} experts) / generate: {ratio:.3f} wall, "
+                f"{paired(cpu['generate'], cpu[f'routed-{n}']):.3f} CPU time "
+                f"(medians of {args.reps} paired runs; target ≥ {target}) {'PASS' if ratio >= target else 'FAIL'}"
             )
     if args.switch:
         base = f"routed-{counts[0]}"
@@ -322,8 +326,9 @@ def run(source: Path, work: Path, counts: list[int], args) -> None:
         for name, what in (("switch-cold", "meta cache continued"), ("switch-warm", "system prompt cached")):
             cost, cost_cpu = paired(wall[name], wall[base]) - 1, paired(cpu[name], cpu[base]) - 1
             lines.append(
-                f"switch cost, {name} ({what}; LoRA expert from the first token vs {base}, no switch): {cost:+.1%} wall, "
-                f"{cost_cpu:+.1%} CPU time (medians of {reps} paired runs; target ≤ +1.7%) {'PASS' if cost <= 0.017 else 'FAIL'}"
+                f"switch cost, {name} ({what}; LoRA expert from the first token vs {base}, no switch): "
+                f"{cost:+.1%} wall, {cost_cpu:+.1%} CPU time "
+                f"(medians of {reps} paired runs; target ≤ +1.7%) {'PASS' if cost <= 0.017 else 'FAIL'}"
             )
     print("\n".join(lines))
 

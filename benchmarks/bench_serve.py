@@ -62,13 +62,14 @@ def main() -> None:
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     exe = shutil.which("etr-hub", path=str(Path(sys.executable).parent)) or "etr-hub"
-    log = open(home.parent / "serve.log", "w")
-    server = subprocess.Popen(
-        [exe, "serve", "--port", str(port), "--max-queue", "64", "--log-level", "warning"],
-        env=env,
-        stdout=log,
-        stderr=log,
-    )
+    # the server writes to its own copy of the log's file descriptor: this process's copy can close at once
+    with open(home.parent / "serve.log", "w") as log:
+        server = subprocess.Popen(
+            [exe, "serve", "--port", str(port), "--max-queue", "64", "--log-level", "warning"],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         from etr_hub.runtime import Hub
@@ -91,7 +92,8 @@ def main() -> None:
         hub.chat(QUESTION, max_new_tokens=n, ignore_eos=True)
 
         print(
-            f"meta model {hub.meta_name}, {len(hub.experts)} expert(s), {n} new tokens per request, {args.threads} thread(s)"
+            f"meta model {hub.meta_name}, {len(hub.experts)} expert(s), {n} new tokens per request, "
+            f"{args.threads} thread(s)"
         )
         print(f"{'clients':>8} {'requests':>9} {'seconds':>9} {'req/s':>8} {'tokens/s':>9}")
         for c in [int(x) for x in args.concurrency.split(",")]:
@@ -128,12 +130,12 @@ def main() -> None:
                 times[which] = time.perf_counter() - start
             ratios.append(times["http"] / times["local"])
         print(
-            f"overhead ratio http / in-process (one request, {n} tokens, median of {args.reps}): {statistics.median(ratios):.3f}"
+            f"overhead ratio http / in-process (one request, {n} tokens, median of {args.reps}): "
+            f"{statistics.median(ratios):.3f}"
         )
     finally:
         server.terminate()
         server.wait(timeout=30)
-        log.close()
         shutil.rmtree(home.parent, ignore_errors=True)
 
 

@@ -128,7 +128,8 @@ def main() -> None:
     print(f"one meta forward pass over the query set            {t_meta_qs:7.2f} s")
     print(f"train-token after model load                        {t_train:7.2f} s")
     print(
-        f"ratio A train-token / meta pass over query set      {t_train / t_meta_qs:7.3f}   (target <= 1.2; official ETR code >= 5)"
+        f"ratio A train-token / meta pass over query set      {t_train / t_meta_qs:7.3f}   "
+        "(target <= 1.2; official ETR code >= 5)"
     )
     print(f"ratio B second build / one expert pass              {t_second / t_expert:7.3f}   (target <= 1.1)")
 

@@ -97,7 +97,8 @@ def parent(source: Path, work: Path, args) -> None:
                 phases.setdefault(name, []).append(seconds)
 
     print(
-        f"meta model {registry.require_meta().display}, {args.experts} LoRA experts registered, {args.reps} fresh processes each"
+        f"meta model {registry.require_meta().display}, {args.experts} LoRA experts registered, "
+        f"{args.reps} fresh processes each"
     )
     print("breakdown (medians):")
     for name, values in phases.items():

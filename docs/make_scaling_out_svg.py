@@ -23,12 +23,15 @@ def box(
     x: float, y: float, w: float, h: float, fill: str, stroke: str, title: str, lines: list[str] = (), radius: int = 10
 ) -> str:
     parts = [
-        f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="{radius}" fill="{fill}" stroke="{stroke}" stroke-width="1.6"/>',
-        f'<text x="{x + w / 2}" y="{y + 22}" text-anchor="middle" font-weight="bold" font-size="14" fill="{INK}">{escape(title)}</text>',
+        f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="{radius}" fill="{fill}" stroke="{stroke}" '
+        'stroke-width="1.6"/>',
+        f'<text x="{x + w / 2}" y="{y + 22}" text-anchor="middle" font-weight="bold" font-size="14" fill="{INK}">'
+        f"{escape(title)}</text>",
     ]
     for i, line in enumerate(lines):
         parts.append(
-            f'<text x="{x + w / 2}" y="{y + 42 + 16 * i}" text-anchor="middle" font-size="12" fill="{MUTED}">{escape(line)}</text>'
+            f'<text x="{x + w / 2}" y="{y + 42 + 16 * i}" text-anchor="middle" font-size="12" fill="{MUTED}">'
+            f"{escape(line)}</text>"
         )
     return "\n".join(parts)
 
@@ -47,9 +50,15 @@ def arrow(
 ) -> str:
     dash = ' stroke-dasharray="6 4"' if dashed else ""
     start = f' marker-start="url(#tail-{color[1:]})"' if both else ""
-    out = f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{color}" stroke-width="2"{dash}{start} marker-end="url(#head-{color[1:]})"/>'
+    out = (
+        f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{color}" stroke-width="2"{dash}{start} '
+        f'marker-end="url(#head-{color[1:]})"/>'
+    )
     if label:
-        out += f'\n<text x="{(x1 + x2) / 2 + dx}" y="{(y1 + y2) / 2 + dy}" text-anchor="middle" font-size="11" fill="{color}">{escape(label)}</text>'
+        out += (
+            f'\n<text x="{(x1 + x2) / 2 + dx}" y="{(y1 + y2) / 2 + dy}" text-anchor="middle" font-size="11" '
+            f'fill="{color}">{escape(label)}</text>'
+        )
     return out
 
 
@@ -58,11 +67,13 @@ def markers() -> str:
     for color in EDGE.values():
         c = color[1:]
         defs.append(
-            f'<marker id="head-{c}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto">'
+            f'<marker id="head-{c}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+            'orient="auto">'
             f'<path d="M0,0 L10,5 L0,10 z" fill="{color}"/></marker>'
         )
         defs.append(
-            f'<marker id="tail-{c}" viewBox="0 0 10 10" refX="1" refY="5" markerWidth="7" markerHeight="7" orient="auto">'
+            f'<marker id="tail-{c}" viewBox="0 0 10 10" refX="1" refY="5" markerWidth="7" markerHeight="7" '
+            'orient="auto">'
             f'<path d="M10,0 L0,5 L10,10 z" fill="{color}"/></marker>'
         )
     return "<defs>" + "".join(defs) + "</defs>"
@@ -70,10 +81,12 @@ def markers() -> str:
 
 def drawing() -> str:
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+        'font-family="DejaVu Sans, Helvetica, Arial, sans-serif">',
         markers(),
         f'<rect width="{W}" height="{H}" fill="white"/>',
-        f'<text x="{W / 2}" y="30" text-anchor="middle" font-size="18" font-weight="bold" fill="{INK}">etr-hub scaled out</text>',
+        f'<text x="{W / 2}" y="30" text-anchor="middle" font-size="18" font-weight="bold" fill="{INK}">'
+        "etr-hub scaled out</text>",
     ]
     # clients and the load balancer
     parts.append(box(30, 60, 190, 60, CLIENT, EDGE["client"], "OpenAI clients", ["openai SDK, curl, apps"]))
@@ -117,7 +130,8 @@ def drawing() -> str:
     )
     for y in ys:
         parts.append(
-            f'<path d="M290,{y + 105} C255,{y + 105} 255,422 222,422" fill="none" stroke="{EDGE["db"]}" stroke-width="2" stroke-dasharray="6 4" marker-end="url(#head-{EDGE["db"][1:]})"/>'
+            f'<path d="M290,{y + 105} C255,{y + 105} 255,422 222,422" fill="none" stroke="{EDGE["db"]}" '
+            f'stroke-width="2" stroke-dasharray="6 4" marker-end="url(#head-{EDGE["db"][1:]})"/>'
         )
     parts.append(
         f'<text x="125" y="500" text-anchor="middle" font-size="11" fill="{EDGE["db"]}">ETR_HUB_DATABASE_URL=</text>'
@@ -153,15 +167,12 @@ def drawing() -> str:
         parts.append(box(690, y, 260, h, ENGINE, EDGE["engine"], title, lines))
         mid = min(max(y + h / 2, ys[0] + 62), ys[-1] + 62)
         parts.append(arrow(bus, mid, 688, y + h / 2, EDGE["engine"]))
-    parts.append(
-        f'<text x="820" y="478" text-anchor="middle" font-size="11" fill="{EDGE["engine"]}">POST /v1/completions when an expert token wins;</text>'
-    )
-    parts.append(
-        f'<text x="820" y="493" text-anchor="middle" font-size="11" fill="{EDGE["engine"]}">an expert that fails → the meta model finishes,</text>'
-    )
-    parts.append(
-        f'<text x="820" y="508" text-anchor="middle" font-size="11" fill="{EDGE["engine"]}">and the route record says fell_back</text>'
-    )
+    for y, note in [
+        (478, "POST /v1/completions when an expert token wins;"),
+        (493, "an expert that fails → the meta model finishes,"),
+        (508, "and the route record says fell_back"),
+    ]:
+        parts.append(f'<text x="820" y="{y}" text-anchor="middle" font-size="11" fill="{EDGE["engine"]}">{note}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 

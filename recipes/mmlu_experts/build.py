@@ -57,12 +57,25 @@ RELATED = {
     "security_studies": ["us_foreign_policy", "high_school_government_and_politics"],
 }
 DESCRIPTIONS = {
-    "astronomy": "Astronomy: stars, planets, the solar system, galaxies, cosmology, telescopes and orbital mechanics.",
-    "electrical_engineering": "Electrical engineering: circuits, voltage and current, signals, electronics, machines and power systems.",
-    "human_sexuality": "Human sexuality: sexual health, reproduction, sexual behaviour, gender, relationships and sex research.",
-    "international_law": "International law: treaties, state sovereignty, the UN Charter, human rights law and international courts.",
-    "prehistory": "Prehistory and archaeology: early humans, the Stone Age, ancient sites, dating methods and early civilisations.",
-    "security_studies": "Security studies: war, strategy, deterrence, terrorism, arms control and international security theory.",
+    "astronomy": (
+        "Astronomy: stars, planets, the solar system, galaxies, cosmology, telescopes and orbital mechanics."
+    ),
+    "electrical_engineering": (
+        "Electrical engineering: circuits, voltage and current, signals, electronics, machines and power systems."
+    ),
+    "human_sexuality": (
+        "Human sexuality: sexual health, reproduction, sexual behaviour, gender, relationships and sex research."
+    ),
+    "international_law": (
+        "International law: treaties, state sovereignty, the UN Charter, human rights law and international courts."
+    ),
+    "prehistory": (
+        "Prehistory and archaeology: early humans, the Stone Age, ancient sites, dating methods "
+        "and early civilisations."
+    ),
+    "security_studies": (
+        "Security studies: war, strategy, deterrence, terrorism, arms control and international security theory."
+    ),
 }
 MAX_QUERY_CHARS = 500  # long reading passages cost LoRA time and teach little about the domain
 TRAIN_SIZE = 120  # examples per expert (own training part first, then related subjects)
@@ -154,6 +167,7 @@ def prepare_data(data: Path, work: Path, seed: int) -> dict:
 def model_card(subject: str, manifest: dict, split_counts: dict, route: str, lora: dict) -> str:
     qs = manifest.get("query_set", {})
     tr = manifest.get("training", {})
+    negatives = ", ".join(tr.get("negatives", [])) or "none"
     return f"""# {subject} expert (MMLU-Expert)
 
 {DESCRIPTIONS[subject]}
@@ -166,7 +180,7 @@ def model_card(subject: str, manifest: dict, split_counts: dict, route: str, lor
   multiple-choice questions with the reply `Answer: X. text`.
 - **Query set:** {qs.get("size")} queries, rule `{qs.get("selection_rule")}` ({route} route), seed {qs.get("seed")}.
 - **Expert token:** trained with `etr-hub train-token` ({tr.get("epochs")} epochs, {tr.get("stopped")}), with the
-  tokens trained before it frozen in the softmax and their query sets as negatives: {", ".join(tr.get("negatives", [])) or "none"}.
+  tokens trained before it frozen in the softmax and their query sets as negatives: {negatives}.
 - **Evaluation:** see the README's "MMLU-Expert results" (`etr-hub eval mmlu`). The questions of the
   recipe's dev-evaluation part were used neither for the adapter nor for the query set.
 - **Data licence:** MMLU (Hendrycks et al.), MIT. **Base model:** SmolLM2-135M-Instruct, Apache-2.0.

@@ -128,7 +128,8 @@ def main() -> None:
     evalq = [q for qs in read_mmlu_dir(args.eval_dir).questions.values() for q in qs]
     gold = torch.tensor([q.answer_index for q in evalq])
     print(
-        f"{len(evalq)} evaluation questions; gold letters {dict(sorted(collections.Counter(q.answer for q in evalq).items()))}"
+        f"{len(evalq)} evaluation questions; gold letters "
+        f"{dict(sorted(collections.Counter(q.answer for q in evalq).items()))}"
     )
     pool: dict[str, list] = {}
     eval_keys = {q.key for q in evalq}

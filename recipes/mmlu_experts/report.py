@@ -1,6 +1,7 @@
-"""Print the README's MMLU-Expert tables (markdown) from `etr-hub eval mmlu --json` outputs.
+r"""Print the README's MMLU-Expert tables (markdown) from `etr-hub eval mmlu --json` outputs.
 
-python recipes/mmlu_experts/report.py .work/mmlu/eval_labelled.json .work/mmlu/eval_paper.json .work/mmlu/build_summary.json
+python recipes/mmlu_experts/report.py \
+    .work/mmlu/eval_labelled.json .work/mmlu/eval_paper.json .work/mmlu/build_summary.json
 """
 
 from __future__ import annotations
@@ -58,22 +59,26 @@ def main() -> None:
     closed = "–" if lab["gap_closed"] is None else f"{100 * lab['gap_closed']:.0f}%"
     print()
     print(
-        f"n = {lab['n']} questions; fire rate {pct(lab['fire_rate'])}; false-fire rate on {lab['general_prompts'].get('n')} everyday prompts "
-        f"{pct(lab['false_fire_rate'])} (paper route: {pct(pap['false_fire_rate'])}); meta → oracle answer gap closed: {closed}."
+        f"n = {lab['n']} questions; fire rate {pct(lab['fire_rate'])}; "
+        f"false-fire rate on {lab['general_prompts'].get('n')} everyday prompts {pct(lab['false_fire_rate'])} "
+        f"(paper route: {pct(pap['false_fire_rate'])}); meta → oracle answer gap closed: {closed}."
     )
     print()
     print("| plug-and-play | routing accuracy | answer accuracy |")
     print("|---|---|---|")
     print(
-        f"| static (six tokens trained together) | {pct(d['static']['routing_accuracy'])} | {pct(d['static']['accuracy'])} |"
+        f"| static (six tokens trained together) | {pct(d['static']['routing_accuracy'])} | "
+        f"{pct(d['static']['accuracy'])} |"
     )
     print(
-        f"| dynamic (four, then {', '.join(d['added_later'])} added with train-token) | {pct(d['dynamic']['routing_accuracy'])} | {pct(d['dynamic']['accuracy'])} |"
+        f"| dynamic (four, then {', '.join(d['added_later'])} added with train-token) | "
+        f"{pct(d['dynamic']['routing_accuracy'])} | {pct(d['dynamic']['accuracy'])} |"
     )
     print(f"| drop (points) | {d['routing_drop_points']:+.2f} | {d['accuracy_drop_points']:+.2f} |")
     print()
     print(
-        "| subject | n | routing (labelled) | routing (paper rule) | fire | meta acc | own expert acc | best other expert acc | ETR acc | query-set purity, paper rule | gap in-domain / out (nats) |"
+        "| subject | n | routing (labelled) | routing (paper rule) | fire | meta acc | own expert acc | "
+        "best other expert acc | ETR acc | query-set purity, paper rule | gap in-domain / out (nats) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for s, p in lab["per_subject"].items():
@@ -81,9 +86,9 @@ def main() -> None:
         q = summary["paper_query_sets"].get(s, {})
         gap = f"{q['in_domain_gap']:.2f} / {q['out_of_domain_gap']:.2f}" if q.get("in_domain_gap") is not None else "–"
         print(
-            f"| {s} | {p['n']} | {pct(p['routing_accuracy'])} | {pct(pap['per_subject'][s]['routing_accuracy'])} | {pct(p['fire_rate'])} | "
-            f"{pct(p['meta_accuracy'])} | {pct(p['oracle_accuracy'])} | {pct(max(others) if others else None)} | {pct(p['accuracy'])} | "
-            f"{pct(q.get('purity'))} | {gap} |"
+            f"| {s} | {p['n']} | {pct(p['routing_accuracy'])} | {pct(pap['per_subject'][s]['routing_accuracy'])} | "
+            f"{pct(p['fire_rate'])} | {pct(p['meta_accuracy'])} | {pct(p['oracle_accuracy'])} | "
+            f"{pct(max(others) if others else None)} | {pct(p['accuracy'])} | {pct(q.get('purity'))} | {gap} |"
         )
 
 

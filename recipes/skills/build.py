@@ -34,7 +34,10 @@ from recipes.mmlu_experts.build import add_model_card, etr_hub, run, write_jsonl
 from recipes.skills.tasks import SKILLS, generate
 
 DESCRIPTIONS = {
-    "arithmetic": "Arithmetic: adds and subtracts integers of up to 4 digits and multiplies up to 3-digit by 2-digit numbers, column by column.",
+    "arithmetic": (
+        "Arithmetic: adds and subtracts integers of up to 4 digits and multiplies up to 3-digit by 2-digit numbers, "
+        "column by column."
+    ),
     "sorting": "Sorting: puts 4 to 10 integers (negatives too) in ascending or descending order.",
     "roman": "Roman numerals: converts integers from 1 to 3999 to Roman numerals and Roman numerals back to integers.",
     "base_conversion": "Base conversion: decimal to and from binary (0-1023) and hexadecimal (0-65535).",

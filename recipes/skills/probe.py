@@ -1,7 +1,8 @@
-"""Exact-match accuracy of one skill adapter (or the meta model) on a skill's generated questions,
+r"""Exact-match accuracy of one skill adapter (or the meta model) on a skill's generated questions,
 before any token exists: the oracle-expert figure of `etr-hub eval tasks`, straight from the adapter.
 
-    python recipes/skills/probe.py --adapter .work/skills/adapters/roman --data .work/skills/data/eval/roman.jsonl [--limit 50]
+    python recipes/skills/probe.py --adapter .work/skills/adapters/roman \
+        --data .work/skills/data/eval/roman.jsonl [--limit 50]
 
 Greedy, batched (`etr_hub.eval.tasks.generate_greedy`), scored with the eval's extraction rules.
 Without --adapter it scores the meta model alone.

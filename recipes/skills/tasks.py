@@ -268,7 +268,8 @@ def sample_base_conversion(rng: random.Random) -> Problem:
             sums.append(str(total))
         response = (
             f"{bits} = " + " + ".join(f"{b} x {p}" for p, b in zip(powers, bits)) + "\n"
-            f"= {' + '.join(map(str, terms)) or '0'}\nRunning total: {', '.join(sums) or '0'}\nSo {bits} in decimal is {n}."
+            f"= {' + '.join(map(str, terms)) or '0'}\nRunning total: {', '.join(sums) or '0'}\n"
+            f"So {bits} in decimal is {n}."
         )
         return Problem(f"from_bin:{n}", {"b": bits}, "integer", str(n), response, form)
     n = rng.randint(0, 65535) if rng.random() < 0.8 else rng.randint(0, 255)
