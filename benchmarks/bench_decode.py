@@ -22,7 +22,7 @@ the switch cost (target ≤ +1.7%):
 
     switch-cold  the expert's prefix cache is emptied first: it continues the meta model's
                  keys/values of the 22 unadapted layers and recomputes the prompt in the 8
-                 adapted ones (runtime/shared_prefix.py)
+                 adapted ones (generation/shared_prefix.py)
     switch-warm  its prefix cache holds another conversation (same system prompt, another
                  question), as on a hub where the expert has answered before: only the
                  question and the assistant header are left, in the adapted layers

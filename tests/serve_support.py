@@ -50,13 +50,13 @@ def make_world(root: Path, *, meta_seed: int = 0, experts: dict[str, dict] | Non
     import torch
     from safetensors.torch import save_file
 
+    from etr_hub.generation.runner import CausalRunner
     from etr_hub.models.chat import routing_prompt_ids
     from etr_hub.models.fingerprint import meta_fingerprint
     from etr_hub.models.loading import load_causal_lm
     from etr_hub.models.refs import ModelRef
     from etr_hub.registry import Registry
     from etr_hub.registry.meta import register_meta_model
-    from etr_hub.runtime.decode import CausalRunner
     from etr_hub.store import sha256_file
     from tests.tiny_models import make_tiny_llama
 

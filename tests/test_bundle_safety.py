@@ -259,7 +259,7 @@ def test_every_loader_call_passes_trust_remote_code_false():
 def test_a_providers_own_adapter_folder_is_refused_for_code_only(tmp_path):
     """Loaders check adapter folders too (a store file changed after `expert add`); a provider's
     training folder with pickles nobody loads and cache symlinks still loads."""
-    from etr_hub.bundle.safety import code_in_folder
+    from etr_hub.safety import code_in_folder
 
     folder = tmp_path / "astro-lora"
     folder.mkdir()

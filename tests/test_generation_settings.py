@@ -13,14 +13,15 @@ from runtime_support import QUESTION, add_expert, lively_llama, routing_states, 
 from transformers import RepetitionPenaltyLogitsProcessor
 
 from etr_hub.errors import EtrHubError
+from etr_hub.generation.modelinfo import SamplingDefaults, eos_ids, sampling_defaults
+from etr_hub.generation.sampling import Sampling, penalize, sample_index
+from etr_hub.generation.text import Detokenizer
 from etr_hub.models.chat import routing_prompt_ids
 from etr_hub.models.default_meta import GGUF_SHA256, RECOMMENDED_SAMPLING, SOURCE_FILE
 from etr_hub.models.fingerprint import meta_fingerprint
 from etr_hub.models.loading import load_causal_lm
 from etr_hub.models.refs import ModelRef
 from etr_hub.runtime import Hub
-from etr_hub.runtime.decode import Detokenizer, Sampling, penalize, sample_index
-from etr_hub.runtime.modelinfo import SamplingDefaults, eos_ids, sampling_defaults
 
 LOGITS = [3.0, 2.0, -1.0, 0.5, -0.2]
 ANSWER = [0, 2, 2]  # token 0 once, token 2 twice
@@ -184,6 +185,18 @@ def test_out_of_range_settings_are_one_line_errors(hub, kw, message):
     with pytest.raises(EtrHubError) as err:
         hub().chat(QUESTION, **kw)
     assert message in str(err.value)
+
+
+def test_errors_name_parameters_and_the_cli_spells_them_as_flags(hub):
+    """The library speaks to Python callers (max_new_tokens); the CLI maps that to its flags."""
+    from etr_hub.cli.flags import as_flags
+
+    long_system = {"role": "system", "content": "answer briefly and well " * 40}
+    with pytest.raises(EtrHubError) as err:
+        hub().chat([long_system, *QUESTION], max_prompt_tokens=20)
+    assert "lower max_new_tokens or raise max_prompt_tokens" in str(err.value) and "--" not in str(err.value)
+    assert "lower --max-new-tokens or raise --max-prompt-tokens" in as_flags(str(err.value))
+    assert as_flags("expert 'top_p' failed") == "expert 'top_p' failed"  # a quoted name is a name, not a parameter
 
 
 def test_max_prompt_tokens_keeps_the_conversation_within_it(hub):

@@ -67,7 +67,7 @@ def test_expert_add_accepts_all_six(registry):
 
 def test_shipped_adapters_leave_the_lower_layers_alone():
     """Adapted in the last 8 of 30 layers only, so a switch continues the meta model's cache
-    below them (runtime/shared_prefix.py) instead of recomputing the prompt in every layer."""
+    below them (generation/shared_prefix.py) instead of recomputing the prompt in every layer."""
     from etr_hub.backends import ExpertSpec, meta_layer_to_keep
     from etr_hub.models.refs import ModelRef
 

@@ -24,12 +24,12 @@ from runtime_support import (
 from tiny_models import make_tiny_lora
 
 from etr_hub.errors import EtrHubError
+from etr_hub.generation.modelinfo import eos_ids, unshared_bytes
 from etr_hub.models.chat import plain_prompt, routing_prompt_ids, to_ids
 from etr_hub.models.fingerprint import meta_fingerprint
 from etr_hub.models.loading import load_causal_lm
 from etr_hub.models.refs import ModelRef
 from etr_hub.runtime import Done, Hub, RouteWarning, Switch, TextDelta
-from etr_hub.runtime.modelinfo import eos_ids, unshared_bytes
 
 MAX_NEW = 14
 
@@ -471,7 +471,7 @@ def test_lora_expert_merges_only_while_it_answers_and_the_meta_stays_bit_exact(t
 
 
 def test_prefix_cache_recomputes_only_what_differs(tiny):
-    from etr_hub.runtime.decode import common_prefix
+    from etr_hub.generation.runner import common_prefix
 
     adapter = lora_expert(tiny, k=0)
     expert = load_causal_lm(ModelRef(kind="peft", path=str(adapter)), meta=tiny.meta)
@@ -535,7 +535,7 @@ def test_upper_layer_lora_continues_the_meta_cache(tiny, layers, continues):
 
 
 def test_meta_runner_keeps_the_residual_in_step_with_its_cache(tiny):
-    from etr_hub.runtime.decode import CausalRunner
+    from etr_hub.generation.runner import CausalRunner
 
     assert CausalRunner(tiny.meta.model, keep_layer=5).keep_layer is None  # a bundle naming a layer the model lacks
     runner = CausalRunner(tiny.meta.model, keep_layer=1)
@@ -549,7 +549,7 @@ def test_meta_runner_keeps_the_residual_in_step_with_its_cache(tiny):
 def test_continuing_the_meta_cache_is_refused_when_it_would_not_be_exact(tiny):
     """The load-time check: a meta model that differs below the adapted layers (here: another
     model posing as the meta) makes the expert recompute its prompt instead."""
-    from etr_hub.runtime.shared_prefix import reuse_is_exact
+    from etr_hub.generation.shared_prefix import reuse_is_exact
 
     expert = load_causal_lm(ModelRef(kind="peft", path=str(tiny.adapter(1, (1,)))), meta=tiny.meta)
     probe = tiny.prompt[:8]

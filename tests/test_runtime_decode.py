@@ -9,18 +9,12 @@ import torch
 from runtime_support import greedy_no_cache, lively_llama
 from tiny_models import make_tokenizer
 
+from etr_hub.generation.plain import plain_tokens
+from etr_hub.generation.sampling import Sampling, sample_index
+from etr_hub.generation.text import Detokenizer, TextStream
 from etr_hub.models.loading import load_causal_lm
 from etr_hub.models.refs import ModelRef
-from etr_hub.runtime.decode import (
-    Detokenizer,
-    RoutedDecoder,
-    Sampling,
-    TextStream,
-    next_token_logits,
-    plain_tokens,
-    sample_index,
-    token_probability,
-)
+from etr_hub.runtime.decode import RoutedDecoder, next_token_logits, token_probability
 
 NEG = float("-inf")
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from etr_hub.errors import EtrHubError
-from etr_hub.runtime.decode import Sampling
+from etr_hub.generation.sampling import Sampling
 from etr_hub.runtime.options import check_messages, check_prompt, check_settings
 from etr_hub.server import protocol as p
 

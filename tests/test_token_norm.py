@@ -118,8 +118,9 @@ def test_a_row_already_in_a_registry_is_skipped_and_the_meta_model_answers(regis
 # -- never route on NaN --------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", ["overflow", "nan"])
 def test_a_non_finite_expert_logit_never_routes(tiny, bad):
+    from etr_hub.generation.sampling import Sampling
     from etr_hub.models.chat import routing_prompt_ids
-    from etr_hub.runtime.decode import RoutedDecoder, Sampling
+    from etr_hub.runtime.decode import RoutedDecoder
 
     prompt = routing_prompt_ids(tiny.meta.tokenizer, QUESTION)[0]
     if bad == "overflow":  # finite float32 entries whose dot product with h overflows to +inf
@@ -144,7 +145,7 @@ def test_the_hub_warns_and_explain_agrees_when_a_logit_overflows(registry, tiny)
     add_expert(registry, "dogs", tiny.row, LOCAL, fingerprint=tiny.fp, hidden=32)
     hub = Hub.open(registry, meta=tiny.meta)
     baseline = hub.chat(QUESTION, max_new_tokens=4)
-    hub._w_e_t.copy_(_scaled(hub._w_e_t.T, 3e38).T)  # the expert logits now overflow to +inf
+    hub.w_e_t.copy_(_scaled(hub.w_e_t.T, 3e38).T)  # the expert logits now overflow to +inf
     result = hub.chat(QUESTION, max_new_tokens=4)
     assert result.route == [] and result.text == baseline.text
     assert any("non-finite logit" in w and "'dogs'" in w for w in result.warnings), result.warnings

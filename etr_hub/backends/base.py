@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from etr_hub.errors import EtrHubError
+from etr_hub.models.chat import has_chat_template, plain_prompt
 from etr_hub.models.refs import ModelRef
+
+if TYPE_CHECKING:
+    from etr_hub.generation.runner import CausalRunner
 
 
 class ExpertError(EtrHubError):
@@ -36,7 +40,7 @@ class Handoff:
     meta_ids: list[int] | None = None  # meta prompt + partial as the meta model's token ids
     answer_ids: list[int] | None = None  # the partial alone as the meta model's token ids
     meta_tokenizer: Any = None
-    meta_runner: Any = None  # the meta model's CausalRunner, read-only: its cache holds meta_ids
+    meta_runner: CausalRunner | None = None  # the meta model's, read-only: its cache holds meta_ids
 
 
 @dataclass
@@ -61,9 +65,14 @@ class Chunk:
 
 class ExpertBackend:
     """Load lazily (`load`), answer (`generate`, an iterator of chunks that raises on failure),
-    report the memory it holds beyond the meta model, and let go (`unload`)."""
+    report the memory it holds beyond the meta model, and let go (`unload`).
 
-    kind: ClassVar[str] = ""
+    A backend is installed as an entry point in the group `etr_hub.backends`; the entry point's
+    name is its kind (set on each instance as `kind`). It serves expert references of that kind
+    and of the kinds in `ref_kinds`."""
+
+    ref_kinds: ClassVar[tuple[str, ...]] = ()  # reference kinds it serves besides its own kind
+    kind: str = ""  # its entry point's name, set when the registry creates it
 
     def __init__(self, spec: ExpertSpec, meta: Any):
         self.spec = spec
@@ -92,8 +101,6 @@ class ExpertBackend:
 def render_prompt_text(tokenizer: Any, handoff: Handoff) -> str:
     """The handoff as text: the conversation in `tokenizer`'s chat template (assistant turn open)
     followed by the partial answer, or the raw prompt."""
-    from etr_hub.models.chat import has_chat_template, plain_prompt
-
     if handoff.prompt is not None:
         return handoff.prompt
     messages: Sequence[Mapping[str, str]] = handoff.messages or []

@@ -19,7 +19,9 @@ from etr_hub.bundle.manifest import (
     Manifest,
     first_error,
 )
-from etr_hub.bundle.safety import (
+from etr_hub.errors import BundleError, DataError
+from etr_hub.jsonl import iter_jsonl
+from etr_hub.safety import (
     PICKLE_SUFFIXES,
     Refused,
     check_json_file,
@@ -30,8 +32,6 @@ from etr_hub.bundle.safety import (
     scan,
     walk,
 )
-from etr_hub.errors import BundleError, DataError
-from etr_hub.jsonl import iter_jsonl
 from etr_hub.store import sha256_file
 
 if TYPE_CHECKING:

@@ -14,6 +14,7 @@ import typer
 from etr_hub.cli.checks import number
 from etr_hub.cli.checks import seed as seed_range
 from etr_hub.cli.common import open_hub
+from etr_hub.cli.flags import as_flags
 from etr_hub.cli.output import clean, err, lit, note, print_json, safe, warn
 from etr_hub.errors import EtrHubError
 
@@ -69,7 +70,7 @@ def chat(
         raise EtrHubError(
             "--json needs --once TEXT (or piped input)", 'e.g. etr-hub chat --once "Why is the sky blue?" --json'
         )
-    from etr_hub.runtime.hub import check_messages, check_settings
+    from etr_hub.runtime.options import check_messages, check_settings
 
     check_messages(
         [*([{"role": "system", "content": system}] if system else []), {"role": "user", "content": once or "?"}]
@@ -150,7 +151,7 @@ class Session:
             try:
                 self.ask(text)
             except EtrHubError as exc:  # e.g. a message the model cannot take: say so, keep the session
-                warn(str(exc))
+                warn(as_flags(str(exc)))
 
     def command(self, text: str) -> bool:
         """Run a slash command; False means leave."""

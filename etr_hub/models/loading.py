@@ -19,11 +19,11 @@ from typing import Any
 
 from etr_hub.errors import ModelLoadError
 from etr_hub.models.refs import ModelRef
+from etr_hub.safety import PICKLE_SUFFIXES, code_in_folder
 
 Progress = Callable[[str], None] | None
 DTYPES = ("float32", "bfloat16", "float16")
 # Weight formats that unpickle (run code) on load: never read, and never allowed in a bundle.
-PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"})
 HF_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]  # weights, config, tokenizer
 
 
@@ -186,8 +186,6 @@ def _adapter_dir(path_text: str | None) -> Path:
             f"{path} has no adapter_model.safetensors; etr-hub never unpickles adapter_model.bin",
             "re-save the adapter with save_pretrained(dir, safe_serialization=True)",
         )
-    from etr_hub.bundle.safety import code_in_folder
-
     why = code_in_folder(path)  # bundles are checked at `expert add`; this catches a store file changed since
     if why:
         raise ModelLoadError(

@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from etr_hub.errors import ModelLoadError
+from etr_hub.plugins import plugin_backend_kinds
 
 Kind = Literal["hf", "local", "gguf", "peft", "embedded", "openai"]
+BUILTIN_KINDS: tuple[str, ...] = get_args(Kind)
 
 DEFAULT_EMBEDDED = "smollm2-135m-instruct"
 EMBEDDED_ALIASES = {DEFAULT_EMBEDDED: DEFAULT_EMBEDDED, "smollm2": DEFAULT_EMBEDDED, "default": DEFAULT_EMBEDDED}
@@ -35,6 +38,8 @@ _OPTIONAL: dict[str, tuple[str, ...]] = {
     "peft": ("base",),
     "openai": ("timeout_s", "api_key_env"),
 }
+# A backend plug-in's own kind (plugins.py): a model its backend knows by name, maybe at a URL.
+_PLUGIN_REQUIRED, _PLUGIN_OPTIONAL = ("model",), ("url", "timeout_s", "api_key_env")
 _FIELDS = ("repo_id", "revision", "path", "gguf_file", "base", "name", "url", "model", "timeout_s", "api_key_env")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 HUB_ENV_PREFIX = "ETR_HUB_"  # the hub's own settings and secrets: never handed to an expert
@@ -42,7 +47,10 @@ HUB_ENV_PREFIX = "ETR_HUB_"  # the hub's own settings and secrets: never handed 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HF_FIX = "write hf:ORG/NAME@COMMIT with the full 40-character commit hash (a branch name is not pinned)"
-_FORMS = "use embedded:smollm2-135m-instruct, hf:ORG/NAME@COMMIT, openai:URL#MODEL, a model folder, a .gguf file or a PEFT adapter folder"
+_FORMS = (
+    "use embedded:smollm2-135m-instruct, hf:ORG/NAME@COMMIT, openai:URL#MODEL, a model folder, "
+    "a .gguf file or a PEFT adapter folder"
+)
 
 
 class ModelRef(BaseModel):
@@ -50,24 +58,35 @@ class ModelRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    kind: Kind
+    kind: str  # one of BUILTIN_KINDS, or the kind of an installed backend plug-in
     repo_id: Annotated[str, Field(max_length=256)] | None = None  # hf
     revision: Annotated[str, Field(max_length=64)] | None = None  # hf: a pinned 40-hex commit
     path: Annotated[str, Field(max_length=4096)] | None = None  # local dir / gguf file (or dir) / peft adapter dir
     gguf_file: Annotated[str, Field(max_length=255)] | None = None  # gguf: file name inside `path` when `path` is a dir
     base: ModelRef | None = None  # peft: the base model; None = the meta model
     name: Annotated[str, Field(max_length=64)] | None = None  # embedded
-    url: Annotated[str, Field(max_length=2048)] | None = None  # openai: base URL, e.g. http://host:8000/v1
-    model: Annotated[str, Field(max_length=512)] | None = None  # openai: model name sent to the endpoint
+    url: Annotated[str, Field(max_length=2048)] | None = None  # openai, plug-ins: base URL, e.g. http://host:8000/v1
+    model: Annotated[str, Field(max_length=512)] | None = None  # openai, plug-ins: the model name its backend knows
     timeout_s: Annotated[float, Field(gt=0, le=86_400)] | None = None  # openai
     api_key_env: str | None = None  # openai: NAME of the environment variable holding the key (never the key)
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        """A built-in kind or an installed plug-in's; anything else fails as an unknown Literal would."""
+        known = [*BUILTIN_KINDS, *(plugin_backend_kinds() if kind not in BUILTIN_KINDS else ())]
+        if kind not in known:
+            expected = ", ".join(map(repr, known[:-1])) + f" or {known[-1]!r}"
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return kind
+
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> ModelRef:
-        allowed = set(_REQUIRED[self.kind]) | set(_OPTIONAL.get(self.kind, ()))
+        required, optional = _fields(self.kind)
+        allowed = set(required) | set(optional)
         for field in _FIELDS:
             value = getattr(self, field)
-            if field in _REQUIRED[self.kind] and value in (None, ""):
+            if field in required and value in (None, ""):
                 raise ValueError(f"a {self.kind} reference needs '{field}'")
             if field not in allowed and value is not None:
                 raise ValueError(f"'{field}' does not apply to a {self.kind} reference")
@@ -75,16 +94,17 @@ class ModelRef(BaseModel):
             raise ValueError(f"revision '{self.revision}' is not a 40-character commit hash")
         if self.kind == "embedded" and self.name not in EMBEDDED_ALIASES.values():
             raise ValueError(f"unknown embedded model '{self.name}' (known: {DEFAULT_EMBEDDED})")
-        if self.kind == "openai" and not str(self.url).startswith(("http://", "https://")):
-            raise ValueError(f"url '{redact_url(self.url or '')}' must start with http:// or https://")
-        if self.kind == "openai" and has_userinfo(self.url or ""):
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url '{redact_url(self.url)}' must start with http:// or https://")
+        if self.url is not None and has_userinfo(self.url):
             raise ValueError(
-                f"url '{redact_url(self.url or '')}' carries credentials (user:password@); a URL is shown and logged — "
+                f"url '{redact_url(self.url)}' carries credentials (user:password@); a URL is shown and logged — "
                 "remove them and name an environment variable in api_key_env instead"
             )
         if self.api_key_env is not None and not _ENV_NAME_RE.match(self.api_key_env):
             raise ValueError(
-                "api_key_env must be the NAME of an environment variable (letters, digits and _, e.g. ASTRO_API_KEY), never the key"
+                "api_key_env must be the NAME of an environment variable "
+                "(letters, digits and _, e.g. ASTRO_API_KEY), never the key"
             )
         if self.api_key_env is not None and self.api_key_env.upper().startswith(HUB_ENV_PREFIX):
             raise ValueError(
@@ -116,8 +136,8 @@ class ModelRef(BaseModel):
             return f"hf:{self.repo_id}@{(self.revision or '')[:12]}"
         if self.kind == "embedded":
             return f"embedded:{self.name}"
-        if self.kind == "openai":
-            return f"openai:{self.url}#{self.model}"
+        if self.model is not None:  # openai, and plug-in kinds
+            return f"{self.kind}:{self.url}#{self.model}" if self.url else f"{self.kind}:{self.model}"
         if self.kind == "gguf" and self.gguf_file:
             return f"gguf:{Path(self.path or '') / self.gguf_file}"
         if self.kind == "peft":
@@ -136,6 +156,13 @@ class ModelRef(BaseModel):
         if self.base is not None:
             update["base"] = self.base.resolved(root)
         return self.model_copy(update=update) if update else self
+
+
+def _fields(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(required, optional) fields of a `kind` reference."""
+    if kind in _REQUIRED:
+        return _REQUIRED[kind], _OPTIONAL.get(kind, ())
+    return _PLUGIN_REQUIRED, _PLUGIN_OPTIONAL
 
 
 def _parse_embedded(rest: str) -> ModelRef:

@@ -100,7 +100,7 @@ def _loss_key(model_key: str, max_tokens: int) -> str:
 
 
 def _row_limit(loaded, max_tokens: int) -> int:
-    from etr_hub.runtime.modelinfo import context_limit
+    from etr_hub.generation.modelinfo import context_limit
 
     return min(max_tokens, context_limit(loaded.model, loaded.tokenizer))
 

@@ -3,8 +3,9 @@
 An expert joins when its manifest names this meta model's fingerprint and hidden size, its
 token file in the store still has the sha256 the registry recorded, its row is within
 MAX_ROW_NORM_RATIO of W_V's largest row (rows already in a registry were never checked at add),
-and a backend can serve its expert reference. Everything else is skipped with a reason; nothing is modified. Changes to the
-registry (enable, disable, add) take effect at the next assembly, i.e. the next Hub.open().
+and an installed backend can serve its expert reference. Everything else is skipped with a
+reason; nothing is modified. Changes to the registry (enable, disable, add) take effect at the
+next assembly, i.e. the next Hub.open().
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from etr_hub.backends import ExpertSpec, backend_name
+from etr_hub.backends import ExpertSpec, backend_kind, installed_backends
+from etr_hub.bundle.io import NORM_FIX, read_token, token_norm_problem
 from etr_hub.bundle.manifest import Manifest
 from etr_hub.errors import BundleError
-from etr_hub.models.refs import ModelRef
+from etr_hub.models.refs import BUILTIN_KINDS, ModelRef
+from etr_hub.plugins import plugin_backend_kinds
 from etr_hub.registry import Registry
 from etr_hub.registry.tables import Expert
 from etr_hub.routing.math import assemble_expert_matrix
@@ -48,7 +51,7 @@ def assemble(registry: Registry, *, fingerprint: str, hidden_size: int, max_row_
         specs[expert.name] = ExpertSpec(expert.name, ref, frozenset(expert.allowed_env or ()))
         experts.append(
             ExpertInfo(
-                expert.name, expert.version, backend_name(ref) or "?", ref.display(), expert.label, expert.description
+                expert.name, expert.version, backend_kind(ref) or "?", ref.display(), expert.label, expert.description
             )
         )
     return Assembly(assemble_expert_matrix(rows, hidden_size), experts, specs, skipped)
@@ -61,21 +64,16 @@ class _Skip(Exception):
 def _admit(
     registry: Registry, expert: Expert, fingerprint: str, hidden_size: int, max_row_norm: float | None
 ) -> tuple[torch.Tensor, ModelRef]:
-    from etr_hub.bundle.io import NORM_FIX, read_token, token_norm_problem
-
     if expert.meta_fingerprint != fingerprint:
         raise _Skip(
-            f"trained against meta model {expert.meta_fingerprint[:12]}…, this one is {fingerprint[:12]}… — retrain its token with `etr-hub train-token`"
+            f"trained against meta model {expert.meta_fingerprint[:12]}…, this one is {fingerprint[:12]}… "
+            "— retrain its token with `etr-hub train-token`"
         )
-    try:
-        manifest = Manifest.model_validate(expert.manifest)
-    except ValueError as exc:
-        raise _Skip(
-            f"its recorded manifest no longer validates ({exc.__class__.__name__}) — re-add the bundle"
-        ) from None
+    manifest = _manifest(expert)
     if manifest.meta.hidden_size != hidden_size or manifest.token.shape[1] != hidden_size:
         raise _Skip(
-            f"token dimension {manifest.token.shape[1]} ≠ the meta model's hidden size {hidden_size} — retrain its token"
+            f"token dimension {manifest.token.shape[1]} ≠ the meta model's hidden size {hidden_size} "
+            "— retrain its token"
         )
     token_path = registry.abspath(expert.token_path)
     if not token_path.is_file():
@@ -85,7 +83,8 @@ def _admit(
     actual = sha256_file(token_path)
     if actual != expert.token_sha256:
         raise _Skip(
-            f"token file sha256 {actual[:12]}… does not match the recorded {expert.token_sha256[:12]}… (modified) — re-add the bundle"
+            f"token file sha256 {actual[:12]}… does not match the recorded {expert.token_sha256[:12]}… "
+            "(modified) — re-add the bundle"
         )
     try:
         row = read_token(token_path.parent, token_path, manifest)  # (1, C)
@@ -95,13 +94,25 @@ def _admit(
     if problem:
         raise _Skip(f"{problem} — {NORM_FIX}")
     ref = _resolve(registry, expert, manifest.expert)
-    if backend_name(ref) is None:
-        raise _Skip(f"no backend serves {ref.kind} experts")
+    if backend_kind(ref) is None:
+        raise _Skip(f"no backend serves {ref.kind} experts ({installed_backends()})")
     if ref.kind == "peft" and not (
         ref.path and (registry.abspath(expert.adapter_path or "") / "adapter_config.json").is_file()
     ):
         raise _Skip("its adapter folder is missing from the store — re-add the bundle")
     return row.float(), ref
+
+
+def _manifest(expert: Expert) -> Manifest:
+    try:
+        return Manifest.model_validate(expert.manifest)
+    except ValueError as exc:
+        kind = (expert.manifest.get("expert") or {}).get("kind") if isinstance(expert.manifest, dict) else None
+        if isinstance(kind, str) and kind not in (*BUILTIN_KINDS, *plugin_backend_kinds()):  # e.g. uninstalled
+            raise _Skip(f"no backend serves {kind} experts — install the package that provides it") from None
+        raise _Skip(
+            f"its recorded manifest no longer validates ({exc.__class__.__name__}) — re-add the bundle"
+        ) from None
 
 
 def _resolve(registry: Registry, expert: Expert, ref: ModelRef) -> ModelRef:

@@ -10,33 +10,33 @@ A Hub is not thread-safe; serialise calls.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-from etr_hub.backends.base import ExpertError, GenSettings, Handoff
+import torch
+
+from etr_hub.backends import meta_layer_to_keep
+from etr_hub.backends.base import Handoff
+from etr_hub.backends.pool import ExpertPool
 from etr_hub.errors import EtrHubError
-from etr_hub.runtime.options import Messages, check_messages, check_prompt, check_settings  # noqa: F401 - check_settings: re-exported
+from etr_hub.generation.modelinfo import context_limit, eos_ids, sampling_defaults
+from etr_hub.generation.runner import CausalRunner
+from etr_hub.models.chat import routing_prompt_ids, to_ids
+from etr_hub.models.fingerprint import meta_fingerprint, output_embedding
+from etr_hub.models.loading import load_causal_lm
+from etr_hub.models.refs import ModelRef
+from etr_hub.registry import Registry
+from etr_hub.routing.math import max_row_norm, routable_logits
+from etr_hub.runtime.answer import answer
+from etr_hub.runtime.assembly import assemble
+from etr_hub.runtime.options import Messages, check_messages, check_prompt
 from etr_hub.runtime.options import Options as _Options
-from etr_hub.runtime.types import (
-    ChatResult,
-    Done,
-    Event,
-    ExpertScore,
-    Explanation,
-    RouteSwitch,
-    RouteWarning,
-    Switch,
-    TextDelta,
-    WordScore,
-)
+from etr_hub.runtime.types import ChatResult, Done, Event, ExpertScore, Explanation, WordScore
 
 
 class Hub:
     def __init__(
         self, registry: Any, meta: Any, meta_row: Any, assembly: Any, pool: Any, progress: Callable[[str], None] | None
     ):
-        from etr_hub.runtime.modelinfo import context_limit, eos_ids, sampling_defaults
-
         self.registry = registry
         self.meta = meta  # LoadedModel
         self.meta_name: str = meta_row.display
@@ -45,7 +45,7 @@ class Hub:
         self.pool = pool
         self.progress = progress
         dtype = next(meta.model.parameters()).dtype
-        self._w_e_t = assembly.w_e.to(dtype).T.contiguous()  # (C, N): one matmul per step
+        self.w_e_t = assembly.w_e.to(dtype).T.contiguous()  # (C, N): W_E transposed, one matmul per step
         self.eos = eos_ids(meta.model, meta.tokenizer)
         self.context = context_limit(meta.model, meta.tokenizer)
         self.sampling = sampling_defaults(meta.model)  # what None means for temperature, top_p, repetition_penalty
@@ -67,14 +67,6 @@ class Hub:
 
         `route_window`: expert tokens compete at the first N positions of an answer (1: the
         routing position their rows were trained at); None: at every position."""
-        from etr_hub.backends import meta_layer_to_keep
-        from etr_hub.backends.pool import ExpertPool
-        from etr_hub.models.fingerprint import meta_fingerprint, output_embedding
-        from etr_hub.models.loading import load_causal_lm
-        from etr_hub.models.refs import ModelRef
-        from etr_hub.registry import Registry
-        from etr_hub.runtime.assembly import assemble
-
         registry = registry or Registry.open()
         meta_row = registry.require_meta()
         if meta is None:
@@ -85,8 +77,6 @@ class Hub:
                 f"the meta model at {meta_row.display} is not the one the registry recorded (fingerprint changed)",
                 "re-run `etr-hub init --meta REF` with the original model, or retrain the experts",
             )
-        from etr_hub.routing.math import max_row_norm
-
         w_v = output_embedding(meta.model)  # (V, C)
         hidden = int(w_v.shape[1])
         if progress is not None:
@@ -144,7 +134,7 @@ class Hub:
             messages, opts.max_new_tokens, opts.max_prompt_tokens
         )
         handoff = Handoff(messages=messages, meta_tokenizer=self.meta.tokenizer)
-        events = self._answer(ids, handoff, opts, expert=expert, routed=expert is None, notes=notes)
+        events = answer(self, ids, handoff, opts, expert=expert, routed=expert is None, notes=notes)
         return events if stream else _collect(events)
 
     def complete(
@@ -166,8 +156,6 @@ class Hub:
     ) -> ChatResult | Iterator[Event]:
         """Raw continuation of `prompt` (no chat template, no routing) by the meta model or one expert
         (settings as in `chat`; a prompt over `max_prompt_tokens` keeps its end)."""
-        from etr_hub.models.chat import to_ids
-
         opts = self._options(
             max_new_tokens,
             temperature,
@@ -184,7 +172,8 @@ class Hub:
         self.require_expert(expert)
         ids = to_ids(self.meta.tokenizer(prompt, add_special_tokens=True))
         ids, notes, opts.max_new_tokens = self._fit_ids(ids, opts.max_new_tokens, "prompt", opts.max_prompt_tokens)
-        events = self._answer(
+        events = answer(
+            self,
             ids,
             Handoff(prompt=prompt, meta_tokenizer=self.meta.tokenizer),
             opts,
@@ -197,11 +186,9 @@ class Hub:
     def prompt_tokens(self, messages: Messages | None = None, *, prompt: str | None = None) -> int:
         """How many meta-model tokens a conversation (in the chat template) or a raw prompt takes
         (the server checks its limit with it before a request waits for the model)."""
-        from etr_hub.models.chat import routing_prompt_ids, to_ids
-
         if prompt is not None:
             return len(to_ids(self.meta.tokenizer(check_prompt(prompt), add_special_tokens=True)))
-        return len(routing_prompt_ids(self.meta.tokenizer, check_messages(messages))[0])
+        return len(routing_prompt_ids(self.meta.tokenizer, check_messages(messages or []))[0])
 
     def _options(
         self,
@@ -233,12 +220,6 @@ class Hub:
     def explain(self, text: str, *, top: int = 10) -> Explanation:
         """At the routing position of `text` (as one user message): every expert token's
         probability next to the top-K word tokens, and which would win."""
-        import torch
-
-        from etr_hub.models.chat import routing_prompt_ids
-        from etr_hub.routing.math import routable_logits
-        from etr_hub.runtime.decode import CausalRunner
-
         messages = check_messages(text)
         ids, _ = routing_prompt_ids(self.meta.tokenizer, messages)
         ids = ids[-self.context :]
@@ -246,7 +227,7 @@ class Hub:
         with torch.inference_mode():
             h = runner.feed(ids)  # (1, C)
             word = runner.word_logits(h).reshape(-1).float()  # (V,)
-            expert = routable_logits((h @ self._w_e_t).reshape(-1).float())  # (N,): non-finite -> -inf, as in decoding
+            expert = routable_logits((h @ self.w_e_t).reshape(-1).float())  # (N,): non-finite -> -inf, as in decoding
         lse = torch.logsumexp(torch.cat([word, expert]), dim=-1)  # ()
         p_word, p_expert = torch.exp(word - lse), torch.exp(expert - lse)  # (V,), (N,)
         experts = sorted(
@@ -260,168 +241,6 @@ class Hub:
         ]
         winner = experts[0].name if experts and experts[0].logit > float(word.max()) else None
         return Explanation(text, len(ids) - 1, experts, words, winner, float(p_expert.sum()))
-
-    # -- the answer loop ------------------------------------------------------------------------
-    def _answer(
-        self,
-        prompt_ids: list[int],
-        handoff: Handoff,
-        opts: _Options,
-        *,
-        expert: str | None,
-        routed: bool,
-        notes: list[str],
-    ) -> Iterator[Event]:
-        from etr_hub.models.chat import to_ids
-        from etr_hub.runtime.decode import (
-            Detokenizer,
-            RoutedDecoder,
-            Sampling,
-            TextStream,
-        )
-
-        tokenizer = self.meta.tokenizer
-        result = ChatResult(text="", expert=None, prompt_tokens=len(prompt_ids))
-        stream = TextStream(opts.stop)
-        for note in notes:
-            result.warnings.append(note)
-            yield RouteWarning(note)
-        used, answer_ids, finish = 0, [], None  # completion tokens; the answer as meta token ids
-
-        if expert is not None:
-            switch = RouteSwitch(expert, 0, 1.0, reason="requested")
-            handoff.meta_ids = list(prompt_ids)
-            outcome = yield from self._run_expert(expert, switch, handoff, opts, opts.max_new_tokens, stream, result)
-            used += outcome.tokens
-            if outcome.ok:
-                finish = outcome.finish
-            elif outcome.text:  # the meta model finishes what the expert started
-                answer_ids = to_ids(tokenizer(outcome.text, add_special_tokens=False))
-
-        sampling = Sampling.make(
-            opts.temperature,
-            opts.top_p,
-            opts.seed,
-            repetition_penalty=opts.repetition_penalty,
-            presence_penalty=opts.presence_penalty,
-            frequency_penalty=opts.frequency_penalty,
-            answer=answer_ids,
-        )
-        decoder = RoutedDecoder(
-            self.meta.model,
-            self._w_e_t if routed else None,
-            sampling,
-            route_window=self.route_window,
-            keep_layer=self.keep_layer,
-        )
-        detok = Detokenizer(tokenizer, (prompt_ids + answer_ids)[-4:])
-        if finish is None:
-            decoder.start(prompt_ids + answer_ids)
-        while finish is None:
-            if used >= opts.max_new_tokens:
-                finish = "length"
-                break
-            index = decoder.next()
-            for k in decoder.take_unroutable():
-                message = f"expert '{self.experts[k].name}' gave a non-finite logit (its token row overflows) and was not routed to; the meta model answers"
-                result.warnings.append(message)
-                yield RouteWarning(message)
-            if index >= decoder.vocab:  # an expert token: hand the answer over (never fed back)
-                k = index - decoder.vocab
-                yield from _deltas(stream, detok.flush(), "meta")
-                switch = RouteSwitch(self.experts[k].name, len(answer_ids), decoder.probability(index))
-                handoff.partial, handoff.meta_ids, handoff.answer_ids = (
-                    stream.text,
-                    prompt_ids + answer_ids,
-                    list(answer_ids),
-                )
-                handoff.meta_runner = decoder.runner  # holds exactly meta_ids: a LoRA expert may continue it
-                outcome = yield from self._run_expert(
-                    switch.expert, switch, handoff, opts, opts.max_new_tokens - used, stream, result
-                )
-                used += outcome.tokens
-                if outcome.ok:
-                    finish = outcome.finish
-                    break
-                decoder.block(k)
-                if outcome.text:
-                    extra = to_ids(tokenizer(outcome.text, add_special_tokens=False))
-                    decoder.extend(extra)
-                    answer_ids += extra
-                    detok = Detokenizer(tokenizer, (prompt_ids + answer_ids)[-4:])
-                if stream.stopped:
-                    finish = "stop"
-            elif index in self.eos and not opts.ignore_eos:
-                finish = "stop"
-            else:
-                used += 1
-                answer_ids.append(index)
-                yield from _deltas(stream, detok.push(index), "meta")
-                if stream.stopped:
-                    finish = "stop"
-        yield from _deltas(stream, detok.flush(), "meta")
-        for piece, source in stream.finish():
-            yield TextDelta(piece, source)
-        result.text, result.completion_tokens, result.finish_reason = stream.text, used, finish
-        yield Done(result)
-
-    def _run_expert(
-        self,
-        name: str,
-        switch: RouteSwitch,
-        handoff: Handoff,
-        opts: _Options,
-        budget: int,
-        stream: Any,
-        result: ChatResult,
-    ):
-        """Let `name` continue the answer; returns an _Outcome. Failures become a fallback."""
-        result.route.append(switch)
-        yield Switch(switch)
-        text, tokens, finish = "", 0, None
-        settings = GenSettings(
-            budget,
-            opts.temperature,
-            opts.top_p,
-            opts.seed,
-            opts.stop,
-            opts.ignore_eos,
-            opts.repetition_penalty,
-            opts.presence_penalty,
-            opts.frequency_penalty,
-        )
-        try:
-            chunks = self.pool.get(name).generate(handoff, settings)
-            try:
-                for chunk in chunks:
-                    tokens += chunk.tokens
-                    text += chunk.text
-                    finish = chunk.finish or finish
-                    yield from _deltas(stream, chunk.text, name)
-                    if stream.stopped or tokens > budget:  # a server ignoring max_tokens
-                        break
-            finally:
-                chunks.close()
-        except Exception as exc:
-            error = (
-                exc
-                if isinstance(exc, ExpertError)
-                else ExpertError(f"expert '{name}' failed: {type(exc).__name__}: {exc}")
-            )
-            self.pool.forget(name, error)
-            switch.fell_back, switch.reason = True, error.problem
-            if text:
-                result.expert = name
-            message = f"expert '{name}' failed ({error.problem}); the meta model finished the answer"
-            result.warnings.append(message)
-            yield RouteWarning(message)
-            return _Outcome(False, tokens, None, text)
-        result.expert = name
-        if stream.stopped:
-            finish = "stop"
-        elif finish is None or tokens >= budget:
-            finish = "length" if tokens >= budget else "stop"
-        return _Outcome(True, tokens, finish, text)
 
     # -- inputs ---------------------------------------------------------------------------------
     def require_expert(self, expert: str | None) -> None:
@@ -437,8 +256,6 @@ class Hub:
     ) -> tuple[list[int], list[dict], list[str], int]:
         """Prompt ids that leave room for the answer (and stay within `max_prompt`): drop the
         oldest turns, then cut the last message from the left, and say so."""
-        from etr_hub.models.chat import routing_prompt_ids, to_ids
-
         tokenizer = self.meta.tokenizer
         room = max(self.context - max_new, self.context // 2)
         limit = f"the meta model's context of {self.context} tokens with room for the answer"
@@ -457,7 +274,7 @@ class Hub:
                 if excess >= len(content):
                     raise EtrHubError(
                         f"the system prompt alone ({len(ids) - len(content)} tokens) leaves no room within {limit}",
-                        "shorten the system prompt, or lower --max-new-tokens or raise --max-prompt-tokens",
+                        "shorten the system prompt, or lower max_new_tokens or raise max_prompt_tokens",
                     )
                 messages[-1] = {**messages[-1], "content": tokenizer.decode(content[excess:], skip_special_tokens=True)}
                 cut += excess
@@ -487,19 +304,6 @@ class Hub:
             notes.append(f"the {what} ({len(ids)} tokens) did not fit {limit}; kept its last {room} tokens")
             ids = ids[-room:]
         return ids, notes, min(max_new, self.context - len(ids))
-
-
-@dataclass
-class _Outcome:
-    ok: bool
-    tokens: int
-    finish: str | None
-    text: str
-
-
-def _deltas(stream: Any, text: str, source: str) -> Iterator[TextDelta]:
-    for piece, src in stream.push(text, source):
-        yield TextDelta(piece, src)
 
 
 def _collect(events: Iterator[Event]) -> ChatResult:

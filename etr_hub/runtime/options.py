@@ -30,7 +30,7 @@ class Options:
     def check(self) -> Options:
         if self.max_new_tokens < 1:
             raise EtrHubError(
-                f"max_new_tokens must be at least 1 (got {self.max_new_tokens})", "pass e.g. --max-new-tokens 256"
+                f"max_new_tokens must be at least 1 (got {self.max_new_tokens})", "pass e.g. max_new_tokens=256"
             )
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise EtrHubError(f"temperature must be ≥ 0 (got {self.temperature})", "use 0 for greedy decoding")
@@ -51,7 +51,7 @@ class Options:
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             raise EtrHubError(
                 f"max_prompt_tokens must be at least 1 (got {self.max_prompt_tokens})",
-                "pass e.g. --max-prompt-tokens 400",
+                "pass e.g. max_prompt_tokens=400",
             )
         return self
 

@@ -15,7 +15,7 @@ class ExpertInfo:
 
     name: str
     version: str
-    backend: str  # "local" | "lora" | "remote"
+    backend: str  # the kind of the backend that runs it: "local", "lora", "remote" or a plug-in's
     reference: str  # the expert model, e.g. "peft:/…/adapter (on meta)"
     label: str | None = None
     description: str = ""

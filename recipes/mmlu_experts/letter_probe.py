@@ -53,11 +53,11 @@ def main() -> None:
         render_query,
     )
     from etr_hub.eval.scoring import letter_ids, scoring_prompt_ids
+    from etr_hub.generation.shared_prefix import only_layers_from
     from etr_hub.models.chat import routing_prompt_ids
     from etr_hub.models.loading import load_causal_lm
     from etr_hub.models.refs import ModelRef
     from etr_hub.queryset.scoring import right_pad
-    from etr_hub.runtime.shared_prefix import only_layers_from
 
     torch.manual_seed(0)
     meta = load_causal_lm(ModelRef.parse("embedded:smollm2-135m-instruct"), role="meta")

@@ -10,24 +10,32 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from etr_hub.backends.base import (
     Chunk,
     ExpertBackend,
     ExpertError,
+    ExpertSpec,
     GenSettings,
     Handoff,
 )
 from etr_hub.errors import EtrHubError
+from etr_hub.generation.modelinfo import context_limit, eos_ids, same_tokenizer, unshared_bytes
+from etr_hub.generation.plain import plain_tokens
+from etr_hub.generation.runner import CausalRunner
+from etr_hub.generation.sampling import Sampling
+from etr_hub.generation.text import Detokenizer
+from etr_hub.models.chat import routing_prompt_ids, to_ids
+from etr_hub.models.loading import load_causal_lm
 
 PREFIX_CACHE_TOKENS = 512
 
 
 class LocalBackend(ExpertBackend):
-    kind = "local"
+    ref_kinds: ClassVar[tuple[str, ...]] = ("hf", "gguf", "embedded")  # and its own kind, local
 
-    def __init__(self, spec, meta):
+    def __init__(self, spec: ExpertSpec, meta: Any):
         super().__init__(spec, meta)
         self.loaded: Any = None
         self.shares_tokenizer = False
@@ -37,14 +45,6 @@ class LocalBackend(ExpertBackend):
         self._prefix: Any = None  # a CausalRunner holding the last prompt's keys/values
 
     def load(self) -> None:
-        from etr_hub.models.loading import load_causal_lm
-        from etr_hub.runtime.modelinfo import (
-            context_limit,
-            eos_ids,
-            same_tokenizer,
-            unshared_bytes,
-        )
-
         try:
             self.loaded = load_causal_lm(self.spec.ref, meta=self.meta, role=f"expert '{self.spec.name}'")
         except EtrHubError as exc:
@@ -76,8 +76,6 @@ class LocalBackend(ExpertBackend):
     def prompt_ids(self, handoff: Handoff) -> list[int]:
         """The expert's input: the meta model's ids when the tokenizers agree, else the
         conversation in the expert's own chat template with the assistant turn left open."""
-        from etr_hub.models.chat import routing_prompt_ids, to_ids
-
         tokenizer = self.loaded.tokenizer
         if handoff.prompt is not None:
             return to_ids(tokenizer(handoff.prompt, add_special_tokens=True))
@@ -90,20 +88,11 @@ class LocalBackend(ExpertBackend):
 
     def answer_ids(self, handoff: Handoff) -> list[int]:
         """The meta model's partial answer in this expert's tokens: the penalties count it too."""
-        from etr_hub.models.chat import to_ids
-
         if self.shares_tokenizer and handoff.answer_ids is not None:
             return list(handoff.answer_ids)
         return to_ids(self.loaded.tokenizer(handoff.partial, add_special_tokens=False)) if handoff.partial else []
 
     def generate(self, handoff: Handoff, settings: GenSettings) -> Iterator[Chunk]:
-        from etr_hub.runtime.decode import (
-            CausalRunner,
-            Detokenizer,
-            Sampling,
-            plain_tokens,
-        )
-
         if self.loaded is None:
             raise ExpertError(f"expert '{self.spec.name}' is not loaded")
         budget = max(0, min(settings.max_new_tokens, self.context - 1))

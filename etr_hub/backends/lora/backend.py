@@ -10,7 +10,7 @@ answer), so each token costs what a meta model token costs.
 Taking over costs the prompt's keys/values under the adapter. An adapter on the upper layers
 only (layers_to_transform) leaves the lower layers' keys/values equal to the meta model's, so
 the expert continues the meta model's own cache and recomputes just the adapted layers
-(runtime/shared_prefix.py); whatever is left is fed through its prefix cache as usual.
+(generation/shared_prefix.py); whatever is left is fed through its prefix cache as usual.
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from etr_hub.backends.base import ExpertSpec, Handoff
 from etr_hub.backends.local.backend import LocalBackend
+from etr_hub.backends.lora.lean import first_adapted_layer, make_lean, merged_projections
+from etr_hub.generation.shared_prefix import reuse_is_exact
 
 
 class LoraBackend(LocalBackend):
-    kind = "lora"
+    ref_kinds: ClassVar[tuple[str, ...]] = ("peft",)
 
     @classmethod
     def meta_layer_to_keep(cls, spec: ExpertSpec) -> int | None:
@@ -45,8 +47,6 @@ class LoraBackend(LocalBackend):
         return min(layers) or None
 
     def load(self) -> None:
-        from etr_hub.backends.lora.lean import make_lean
-
         super().load()
         self.lean_layers = make_lean(self.loaded.model)
         self.first_layer = self._first_layer_to_recompute()
@@ -54,9 +54,6 @@ class LoraBackend(LocalBackend):
     def _first_layer_to_recompute(self) -> int | None:
         """The first decoder layer the adapter changes, if continuing the meta cache below it is
         exact (checked on a probe sequence); None: recompute the whole prompt."""
-        from etr_hub.backends.lora.lean import first_adapted_layer
-        from etr_hub.runtime.shared_prefix import reuse_is_exact
-
         if not self.shares_base:
             return None
         first = first_adapted_layer(self.loaded.model)
@@ -76,8 +73,6 @@ class LoraBackend(LocalBackend):
         return runner
 
     def decoding(self) -> contextlib.AbstractContextManager:
-        from etr_hub.backends.lora.lean import merged_projections
-
         return merged_projections(self.lean_layers)
 
     @property

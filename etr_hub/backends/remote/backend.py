@@ -12,16 +12,18 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from etr_hub.backends.base import (
     Chunk,
     ExpertBackend,
     ExpertError,
+    ExpertSpec,
     GenSettings,
     Handoff,
     render_prompt_text,
 )
+from etr_hub.models.refs import HUB_ENV_PREFIX, redact_url
 
 DEFAULT_READ_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 5.0
@@ -32,9 +34,9 @@ MAX_STOPS = 4  # the OpenAI API accepts at most four stop strings
 
 
 class RemoteBackend(ExpertBackend):
-    kind = "remote"
+    ref_kinds: ClassVar[tuple[str, ...]] = ("openai",)
 
-    def __init__(self, spec, meta):
+    def __init__(self, spec: ExpertSpec, meta: Any):
         super().__init__(spec, meta)
         self.client: Any = None
         self.base_url = (spec.ref.url or "").rstrip("/")
@@ -62,8 +64,6 @@ class RemoteBackend(ExpertBackend):
             raise
 
     def _auth_headers(self) -> dict[str, str]:
-        from etr_hub.models.refs import HUB_ENV_PREFIX
-
         name = self.spec.ref.api_key_env
         if not name:
             return {}
@@ -72,7 +72,8 @@ class RemoteBackend(ExpertBackend):
         ):  # the operator decides what it may read
             raise ExpertError(
                 f"{self._where()} asks for ${name}, which the operator did not allow it to read",
-                f"if you trust the endpoint with it, re-add the bundle with `etr-hub expert add BUNDLE --replace --allow-env {name}`",
+                "if you trust the endpoint with it, re-add the bundle with "
+                f"`etr-hub expert add BUNDLE --replace --allow-env {name}`",
             )
         key = os.environ.get(name, "").strip()
         if not key:
@@ -100,8 +101,6 @@ class RemoteBackend(ExpertBackend):
             self.client = None
 
     def _where(self) -> str:
-        from etr_hub.models.refs import redact_url
-
         return f"remote expert '{self.spec.name}' at {redact_url(self.base_url)}"
 
     def _with_retries(self, call):
@@ -130,66 +129,77 @@ class RemoteBackend(ExpertBackend):
         raise ExpertError(problem, "start the server or fix the expert's URL")
 
     def generate(self, handoff: Handoff, settings: GenSettings) -> Iterator[Chunk]:
-        import httpx
-
         if self.client is None:
             raise ExpertError(f"{self._where()} is not loaded")
-        body: dict[str, Any] = {
-            "model": self.spec.ref.model,
-            "prompt": render_prompt_text(handoff.meta_tokenizer, handoff),
-            "max_tokens": settings.max_new_tokens,
-            "temperature": settings.temperature,
-            "top_p": settings.top_p,
-            "stream": True,
-        }
-        if settings.stop:
-            body["stop"] = list(settings.stop)[:MAX_STOPS]
-        if settings.seed is not None:
-            body["seed"] = settings.seed
-        if settings.ignore_eos:
-            body["ignore_eos"] = True  # vLLM/SGLang extension, for benchmarks
-        for name in ("presence_penalty", "frequency_penalty"):  # OpenAI's fields: sent only when used
-            if getattr(settings, name):
-                body[name] = getattr(settings, name)
-        if settings.repetition_penalty != 1.0:
-            body["repetition_penalty"] = settings.repetition_penalty  # vLLM/SGLang/etr-hub extension
-
-        url = f"{self.base_url}/completions"
-        request = self.client.build_request("POST", url, json=body)
+        body = completion_body(self.spec.ref.model, render_prompt_text(handoff.meta_tokenizer, handoff), settings)
+        request = self.client.build_request("POST", f"{self.base_url}/completions", json=body)
         resp = self._with_retries(lambda: self.client.send(request, stream=True))
         try:
-            if resp.status_code in (401, 403):
-                raise ExpertError(
-                    f"{self._where()} refused {self._credentials()} (HTTP {resp.status_code})", self._key_fix()
-                )
-            if resp.status_code >= 400:
-                resp.read()
-                raise ExpertError(
-                    f"{self._where()} refused the request: HTTP {resp.status_code} {resp.text[:200]!r}",
-                    "check the model name and the server",
-                )
-            try:
-                if "text/event-stream" in resp.headers.get("content-type", ""):
-                    yield from _read_events(resp)
-                else:
-                    resp.read()
-                    yield _read_json(resp.json())
-            except httpx.TimeoutException:
-                raise ExpertError(
-                    f"{self._where()} stopped answering (no data for {self.read_timeout:g} s)",
-                    "raise the reference's timeout_s or check the server",
-                ) from None
-            except httpx.HTTPError as exc:
-                raise ExpertError(
-                    f"{self._where()} failed mid-answer: {type(exc).__name__}: {exc}", "check the server"
-                ) from None
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                raise ExpertError(
-                    f"{self._where()} sent a malformed completion ({exc})",
-                    "point the reference at an OpenAI-compatible /v1 base URL",
-                ) from None
+            self._check_status(resp)
+            yield from self._read_completion(resp)
         finally:
             resp.close()
+
+    def _check_status(self, resp: Any) -> None:
+        if resp.status_code in (401, 403):
+            raise ExpertError(
+                f"{self._where()} refused {self._credentials()} (HTTP {resp.status_code})", self._key_fix()
+            )
+        if resp.status_code >= 400:
+            resp.read()
+            raise ExpertError(
+                f"{self._where()} refused the request: HTTP {resp.status_code} {resp.text[:200]!r}",
+                "check the model name and the server",
+            )
+
+    def _read_completion(self, resp: Any) -> Iterator[Chunk]:
+        """The completion as chunks, streamed (SSE) or whole (JSON); failures as ExpertError."""
+        import httpx
+
+        try:
+            if "text/event-stream" in resp.headers.get("content-type", ""):
+                yield from _read_events(resp)
+            else:
+                resp.read()
+                yield _read_json(resp.json())
+        except httpx.TimeoutException:
+            raise ExpertError(
+                f"{self._where()} stopped answering (no data for {self.read_timeout:g} s)",
+                "raise the reference's timeout_s or check the server",
+            ) from None
+        except httpx.HTTPError as exc:
+            raise ExpertError(
+                f"{self._where()} failed mid-answer: {type(exc).__name__}: {exc}", "check the server"
+            ) from None
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise ExpertError(
+                f"{self._where()} sent a malformed completion ({exc})",
+                "point the reference at an OpenAI-compatible /v1 base URL",
+            ) from None
+
+
+def completion_body(model: str | None, prompt: str, settings: GenSettings) -> dict[str, Any]:
+    """The /v1/completions request: OpenAI's fields, and the vLLM/SGLang extensions only when used."""
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": settings.max_new_tokens,
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "stream": True,
+    }
+    if settings.stop:
+        body["stop"] = list(settings.stop)[:MAX_STOPS]
+    if settings.seed is not None:
+        body["seed"] = settings.seed
+    if settings.ignore_eos:
+        body["ignore_eos"] = True  # vLLM/SGLang extension, for benchmarks
+    for name in ("presence_penalty", "frequency_penalty"):  # OpenAI's fields: sent only when used
+        if getattr(settings, name):
+            body[name] = getattr(settings, name)
+    if settings.repetition_penalty != 1.0:
+        body["repetition_penalty"] = settings.repetition_penalty  # vLLM/SGLang/etr-hub extension
+    return body
 
 
 def _read_events(resp: Any) -> Iterator[Chunk]:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from etr_hub.runtime.decode import CausalRunner, common_prefix
+from etr_hub.generation.runner import CausalRunner, common_prefix
 
 
 @contextmanager

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from etr_hub.models.default_meta import recommended_sampling
+
 FALLBACK_CONTEXT = 2048  # for configs that state no context length
 
 
@@ -26,8 +28,8 @@ def eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
 def context_limit(model: Any, tokenizer: Any = None) -> int:
     """Positions the model can attend over (the smaller of config and tokenizer, when both say)."""
     config = getattr(model, "config", None)
-    limits = [getattr(config, key, None) for key in ("max_position_embeddings", "n_positions", "max_sequence_length")]
-    limits = [int(v) for v in limits if isinstance(v, int) and v > 0]
+    stated = [getattr(config, key, None) for key in ("max_position_embeddings", "n_positions", "max_sequence_length")]
+    limits = [int(v) for v in stated if isinstance(v, int) and v > 0]
     tok_limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_limit, int) and 0 < tok_limit < 10**7:  # transformers uses ~1e30 for "unknown"
         limits.append(tok_limit)
@@ -78,8 +80,6 @@ class SamplingDefaults:
 def sampling_defaults(model: Any) -> SamplingDefaults:
     """The model's own generation_config.json when it sets sampling or a repetition penalty (as
     transformers reads it: greedy unless do_sample), else the embedded default's model card."""
-    from etr_hub.models.default_meta import recommended_sampling
-
     config = getattr(model, "generation_config", None)
     sample = getattr(config, "do_sample", None) is True
     penalty = _number(getattr(config, "repetition_penalty", None), 1.0, lambda v: v > 0)

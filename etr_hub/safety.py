@@ -1,5 +1,7 @@
 """What a bundle may hold: size limits, no code, no pickles, JSON that parses into plain data.
 
+The same rules keep code out of a model or adapter folder before a loader sees it
+(`code_in_folder`), so this module sits below both `bundle` and `models`.
 A bundle is untrusted. Its folder is walked once, without following symlinks and without
 opening anything that is not a regular file, before any file is read, hashed or copied.
 Everything here is iterative (no recursion on bundle-controlled depth) and imports no torch.
@@ -15,14 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from etr_hub.models.loading import PICKLE_SUFFIXES
-
 DEFAULT_MAX_BUNDLE_MB = 2048  # the whole bundle folder; override: --max-bundle-mb / ETR_HUB_MAX_BUNDLE_MB
 MAX_FILES = 10_000
 MAX_DEPTH = 32  # folder nesting inside a bundle
 MAX_JSON_BYTES = 64 << 20  # any one JSON file read into memory (a large tokenizer.json is ~20 MB)
 
 # Formats that unpickle (and so can execute code) on load; a bundle carries safetensors only.
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"})
 # Code a library could import or run (transformers imports *.py named by auto_map).
 CODE_SUFFIXES = {
     ".py",
