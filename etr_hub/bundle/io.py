@@ -17,6 +17,7 @@ from etr_hub.bundle.manifest import (
     SCHEMA_VERSION,
     TOKEN_TENSOR,
     Manifest,
+    TokenInfo,
     first_error,
 )
 from etr_hub.bundle.safety import (
@@ -46,6 +47,7 @@ __all__ = [
     "read_token",
     "save_token",
     "write_bundle",
+    "write_token_bundle",
 ]
 
 
@@ -320,7 +322,7 @@ def write_bundle(
     """
     out = Path(out)
     if out.exists() and not replace:
-        raise BundleError(f"{out} already exists", "pass --replace or choose another --out")
+        raise BundleError(f"{out} already exists", "pass `replace=True` or choose another `out`")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
@@ -352,3 +354,20 @@ def save_token(path: Path, row: torch.Tensor) -> None:
 
     assert row.ndim == 2 and row.shape[0] == 1 and math.prod(row.shape) > 0
     save_file({TOKEN_TENSOR: row.detach().contiguous().cpu()}, str(path))
+
+
+def write_token_bundle(
+    out: Path, row: torch.Tensor, *, files: dict[str, Path] | None = None, replace: bool = False, **manifest: Any
+) -> Bundle:
+    """Write a bundle whose expert token is `row` ((1, d) or (d,), stored as float32), atomically.
+
+    The token file is saved and its sha256 and shape go into the manifest, which is built from
+    the other `manifest` fields (name, license, provider, expert, meta, …); `files` adds the
+    bundle's other files by bundle-relative name (e.g. "adapter", "query_set.jsonl")."""
+    row = row.detach().float().reshape(1, -1)
+    with tempfile.TemporaryDirectory() as tmp:
+        token = Path(tmp) / "token.safetensors"
+        save_token(token, row)
+        info = TokenInfo(sha256=sha256_file(token), shape=(1, row.shape[1]), dtype="float32")
+        bundle = Manifest(**manifest, token=info)
+        return write_bundle(out, bundle, {**(files or {}), "token.safetensors": token}, replace=replace)

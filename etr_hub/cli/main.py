@@ -9,6 +9,7 @@ import warnings
 import typer
 from typer.core import TyperGroup
 
+from etr_hub.cli.flags import as_flags
 from etr_hub.cli.output import clean
 from etr_hub.errors import EtrHubError
 
@@ -40,7 +41,7 @@ class ErrorHandlingGroup(TyperGroup):
         except EtrHubError as e:
             if debug():
                 raise
-            one_line = clean(str(e).replace("\n", " "))  # it may quote a manifest: no control codes
+            one_line = clean(as_flags(str(e)).replace("\n", " "))  # it may quote a manifest: no control codes
             print(f"error: {one_line}", file=sys.stderr)
             sys.stderr.flush()
             ctx.exit(e.exit_code)
