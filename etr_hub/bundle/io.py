@@ -148,24 +148,33 @@ def manifest_from_json(root: Path, raw: Any) -> Manifest:
     return manifest
 
 
+def _check_recorded(root: Path, path: Path, rel: str, sha256: str, what: str, missing_fix: str) -> None:
+    """The file the manifest names as `rel` is there, with the sha256 the manifest records."""
+    if not path.is_file():
+        raise _fail(root, f"{what} '{rel}' is missing", missing_fix)
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise _fail(
+            root,
+            f"{what} sha256 does not match the manifest ({actual[:12]}…, the manifest says {sha256[:12]}…)",
+            f"re-export the bundle so the manifest matches the {what}",
+        )
+
+
 def read_token(root: Path, path: Path, manifest: Manifest) -> torch.Tensor:
     """Load and check the expert-token row against the manifest; returns a (1, d) tensor."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     tok = manifest.token
-    if not path.is_file():
-        raise _fail(
-            root,
-            f"token file '{tok.file}' is missing",
-            "put the token.safetensors written by `etr-hub train-token` in the bundle",
-        )
-    if sha256_file(path) != tok.sha256:
-        raise _fail(
-            root,
-            f"token file sha256 {sha256_file(path)[:12]}… does not match the manifest's {tok.sha256[:12]}…",
-            "re-export the bundle so the manifest matches the token file",
-        )
+    _check_recorded(
+        root,
+        path,
+        tok.file,
+        tok.sha256,
+        "token file",
+        "put the token.safetensors written by `etr-hub train-token` in the bundle",
+    )
     try:
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
@@ -227,18 +236,7 @@ def _check_query_set(root: Path, manifest: Manifest) -> None:
     if qs is None:
         return
     path = inside(root, qs.file, "query set")
-    if not path.is_file():
-        raise _fail(
-            root,
-            f"query set '{qs.file}' is missing",
-            "add the query_set.jsonl or drop 'query_set.file' from the manifest",
-        )
-    if sha256_file(path) != qs.sha256:
-        raise _fail(
-            root,
-            "query set sha256 does not match the manifest",
-            "re-export the bundle so the manifest matches the query set",
-        )
+    _check_recorded(root, path, qs.file, qs.sha256, "query set", "add it, or drop 'query_set' from the manifest")
     n = 0
     try:
         for lineno, row in iter_jsonl(path, f"query set {qs.file}"):
@@ -248,7 +246,7 @@ def _check_query_set(root: Path, manifest: Manifest) -> None:
                 )
             n += 1
     except DataError as exc:  # not UTF-8, not JSON, too deep: named by line
-        raise _fail(root, exc.problem, exc.fix) from None
+        raise _fail(root, exc.problem, exc.fix or "") from None
     if n != qs.size:
         raise _fail(root, f"query set has {n} rows but the manifest says {qs.size}", "re-export the bundle")
 

@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -56,6 +57,15 @@ class Evaluator:
         self.registry, self.opts, self.progress, self.status = registry, opts, progress, status
         self.cache = VectorCache(registry.settings.cache_dir)
         self.warnings: list[str] = []
+
+    @classmethod
+    def evaluate(
+        cls, registry: Registry, opts: Any, *, progress: ProgressFactory = no_progress, status: Status = None
+    ) -> dict:
+        """Seed everything from `opts.seed`, then run the evaluation."""
+        torch.manual_seed(opts.seed)
+        random.seed(opts.seed)
+        return cls(registry, opts, progress, status).run()
 
     def _open(self) -> None:
         """The registry's meta model (loaded only when something is not cached)."""
@@ -362,13 +372,4 @@ def _expert_accuracy(subjects: list[str], ok: torch.Tensor, names: list[str]) ->
     return out
 
 
-def evaluate_mmlu(
-    registry: Registry,
-    opts: EvalOptions,
-    *,
-    progress: ProgressFactory = no_progress,
-    status: Status = None,
-) -> dict:
-    torch.manual_seed(opts.seed)
-    random.seed(opts.seed)
-    return Evaluator(registry, opts, progress, status).run()
+evaluate_mmlu = Evaluator.evaluate

@@ -17,6 +17,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ from etr_hub.eval.answers import KINDS, gold_value, infer_kind, is_correct
 from etr_hub.eval.experts import NO_EXPERTS, ExpertEntry, experts_for, load_experts, no_group_maps
 from etr_hub.eval.report import Routed, digest, gap_closed, mean, per_group, per_group_meta
 from etr_hub.eval.run import EvalOptions, Evaluator
-from etr_hub.models.session import GENERAL_PROMPTS, ProgressFactory, Status, no_progress
+from etr_hub.models.session import GENERAL_PROMPTS
 from etr_hub.registry import Registry
 
 GEN_FORMAT = "greedy-chat-v1"  # part of every generation cache key
@@ -52,6 +53,17 @@ class TaskOptions:
     max_new_tokens: int = 256
     baselines: bool = True
     seed: int = 0
+
+    def eval_options(self) -> EvalOptions:
+        """What the evaluation shares with `eval mmlu` (the data read here, not as MMLU CSVs)."""
+        return EvalOptions(
+            data_dir=self.data,
+            mapping=self.mapping,
+            general_prompts=self.general_prompts,
+            batch_size=self.batch_size,
+            baselines=self.baselines,
+            seed=self.seed,
+        )
 
 
 def read_tasks(path: Path) -> tuple[list[TaskItem], list[str]]:
@@ -174,26 +186,9 @@ def generate_greedy(
 
 
 class TaskEvaluator(Evaluator):
-    def __init__(
-        self,
-        registry: Registry,
-        opts: TaskOptions,
-        progress: ProgressFactory = no_progress,
-        status: Status = None,
-    ):
-        super().__init__(
-            registry,
-            EvalOptions(
-                data_dir=opts.data,
-                mapping=opts.mapping,
-                general_prompts=opts.general_prompts,
-                batch_size=opts.batch_size,
-                baselines=opts.baselines,
-                seed=opts.seed,
-            ),
-            progress,
-            status,
-        )
+    def __init__(self, registry: Registry, opts: TaskOptions, *progress_and_status: Any):
+        """`progress_and_status`: as for Evaluator."""
+        super().__init__(registry, opts.eval_options(), *progress_and_status)
         self.task_opts = opts
         self.gens = Generations(registry.settings.cache_dir)
 
@@ -370,12 +365,4 @@ def _examples(items: list[TaskItem], routed: Routed, answered: TaskAnswers, etr_
     return examples
 
 
-def evaluate_tasks(
-    registry: Registry,
-    opts: TaskOptions,
-    *,
-    progress: ProgressFactory = no_progress,
-    status: Status = None,
-) -> dict:
-    torch.manual_seed(opts.seed)
-    return TaskEvaluator(registry, opts, progress, status).run()
+evaluate_tasks = TaskEvaluator.evaluate
