@@ -392,7 +392,8 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 def check_env_names(names: Sequence[str] | None) -> list[str]:
-    """The operator's `allow_env` names (the CLI's --allow-env), sorted and unique; ETR_HUB_* are the hub's own, never an expert's."""
+    """The operator's `allow_env` names (the CLI's --allow-env), sorted and unique; ETR_HUB_* are the
+    hub's own, never an expert's."""
     from etr_hub.models.refs import HUB_ENV_PREFIX
 
     names = list(names or [])

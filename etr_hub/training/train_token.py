@@ -127,7 +127,7 @@ def _query_set(registry: Registry, name: str, meta_fingerprint: str) -> QuerySet
     if qs is None:
         raise EtrHubError(
             f"no query set named '{name}' for the registry's meta model",
-            f"build one first: etr-hub query-set build {name} --expert REF --data FILE.jsonl",
+            f"build one first: `etr-hub query-set build {name} --expert REF --data FILE.jsonl`",
         )
     return qs
 
