@@ -98,11 +98,9 @@ def add_synthetic_experts(registry, n: int, hidden: int, meta_row, progress) -> 
     registered through the normal bundle and registry code."""
     import torch
 
-    from etr_hub.bundle import Manifest, write_bundle
-    from etr_hub.bundle.io import save_token
-    from etr_hub.bundle.manifest import MetaInfo, TokenInfo
+    from etr_hub.bundle.io import write_token_bundle
+    from etr_hub.bundle.manifest import MetaInfo
     from etr_hub.models.refs import ModelRef
-    from etr_hub.store import sha256_file
 
     gen = torch.Generator().manual_seed(n)
     ref = ModelRef(kind="openai", url="http://127.0.0.1:9/v1", model="never-called")
@@ -111,17 +109,17 @@ def add_synthetic_experts(registry, n: int, hidden: int, meta_row, progress) -> 
     )
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
-            token = Path(tmp) / "token.safetensors"
-            save_token(token, torch.randn(1, hidden, generator=gen) * 1e-3)
-            manifest = Manifest(
+            row = torch.randn(1, hidden, generator=gen) * 1e-3
+            bundle = write_token_bundle(
+                Path(tmp) / f"b{i}",
+                row,
                 name=f"synthetic-{i:04d}",
                 license="CC0-1.0",
                 provider="bench",
                 expert=ref,
                 meta=meta,
-                token=TokenInfo(sha256=sha256_file(token), shape=(1, hidden)),
             )
-            registry.add_expert(write_bundle(Path(tmp) / f"b{i}", manifest, {"token.safetensors": token}))
+            registry.add_expert(bundle)
             shutil.rmtree(Path(tmp) / f"b{i}")
             progress(1)
 
@@ -131,13 +129,11 @@ def add_switching_lora(registry, meta, meta_row, work: Path) -> str:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from etr_hub.bundle import Manifest, write_bundle
-    from etr_hub.bundle.io import save_token
-    from etr_hub.bundle.manifest import MetaInfo, TokenInfo
+    from etr_hub.bundle.io import write_token_bundle
+    from etr_hub.bundle.manifest import MetaInfo
     from etr_hub.models.chat import routing_prompt_ids
     from etr_hub.models.loading import share_weights
     from etr_hub.models.refs import ModelRef
-    from etr_hub.store import sha256_file
 
     shipped = Path(__file__).resolve().parents[1] / "plugins" / "astronomy" / "adapter"
     if shipped.is_dir():
@@ -157,8 +153,10 @@ def add_switching_lora(registry, meta, meta_row, work: Path) -> str:
     with torch.no_grad():
         ids = torch.tensor([routing_prompt_ids(meta.tokenizer, QUESTION)[0]])
         h = meta.model.get_decoder()(input_ids=ids).last_hidden_state[0, -1].float()  # (C,)
-    save_token(work / "token.safetensors", (h * (100.0 / float(h @ h))).reshape(1, -1))  # logit 100 there
-    manifest = Manifest(
+    bundle = write_token_bundle(
+        work / "bundle",
+        h * (100.0 / float(h @ h)),  # logit 100 there
+        files={"adapter": work / "adapter"},
         name="switch-lora",
         license="CC0-1.0",
         provider="bench",
@@ -169,13 +167,8 @@ def add_switching_lora(registry, meta, meta_row, work: Path) -> str:
             vocab_size=meta_row.vocab_size,
             fingerprint=meta_row.fingerprint,
         ),
-        token=TokenInfo(sha256=sha256_file(work / "token.safetensors"), shape=(1, meta_row.hidden_size)),
     )
-    registry.add_expert(
-        write_bundle(
-            work / "bundle", manifest, {"token.safetensors": work / "token.safetensors", "adapter": work / "adapter"}
-        )
-    )
+    registry.add_expert(bundle)
     return "switch-lora"
 
 

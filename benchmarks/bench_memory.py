@@ -140,12 +140,10 @@ def add_lora_experts(registry, work: Path, n: int) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from etr_hub.bundle import Manifest, write_bundle
-    from etr_hub.bundle.io import save_token
-    from etr_hub.bundle.manifest import MetaInfo, TokenInfo
+    from etr_hub.bundle.io import write_token_bundle
+    from etr_hub.bundle.manifest import MetaInfo
     from etr_hub.models.loading import load_causal_lm, share_weights
     from etr_hub.models.refs import ModelRef
-    from etr_hub.store import sha256_file
 
     meta_row = registry.require_meta()
     meta = load_causal_lm(ModelRef.model_validate(meta_row.reference), role="meta")
@@ -166,22 +164,17 @@ def add_lora_experts(registry, work: Path, n: int) -> None:
                 if "lora_B" in name:
                     param.copy_(torch.randn(param.shape, generator=gen) * 0.01)
         peft_model.save_pretrained(folder / "adapter")
-        save_token(folder / "token.safetensors", torch.randn(1, meta_row.hidden_size, generator=gen) * 1e-3)
-        manifest = Manifest(
+        bundle = write_token_bundle(
+            folder / "bundle",
+            torch.randn(1, meta_row.hidden_size, generator=gen) * 1e-3,
+            files={"adapter": folder / "adapter"},
             name=f"lora-{i}",
             license="CC0-1.0",
             provider="bench",
             expert=ModelRef(kind="peft", path="adapter"),
             meta=info,
-            token=TokenInfo(sha256=sha256_file(folder / "token.safetensors"), shape=(1, meta_row.hidden_size)),
         )
-        registry.add_expert(
-            write_bundle(
-                folder / "bundle",
-                manifest,
-                {"token.safetensors": folder / "token.safetensors", "adapter": folder / "adapter"},
-            )
-        )
+        registry.add_expert(bundle)
 
 
 def child(args) -> None:

@@ -71,8 +71,9 @@ def main() -> None:
     from etr_hub.config import settings
     from etr_hub.models.loading import load_causal_lm
     from etr_hub.models.refs import ModelRef
-    from etr_hub.queryset.build import ModelSession, build_query_set
-    from etr_hub.queryset.scoring import encode_pairs, routing_states, score_pairs
+    from etr_hub.session import ModelSession
+    from etr_hub.queryset.build import QuerySetSpec, SelectionRule, build_query_set
+    from etr_hub.models.scoring import encode_pairs, routing_states, score_pairs
     from etr_hub.registry import Registry
     from etr_hub.registry.meta import DEFAULT_META, register_meta_model
     from etr_hub.training.train_token import train_token
@@ -95,7 +96,10 @@ def main() -> None:
     # 1) the first build pays for the meta pass (and caches its losses and routing states)
     t_first, first = timed(
         lambda: build_query_set(
-            reg, "astronomy", str(experts[0]), data, rule="labelled", label="astronomy", session=session
+            reg,
+            QuerySetSpec("astronomy", str(experts[0]), data),
+            SelectionRule(rule="labelled", label="astronomy"),
+            session=session,
         )
     )
 
@@ -106,7 +110,10 @@ def main() -> None:
     # ... side by side with the second build over the same dataset, another expert (the numerator)
     t_second, _ = timed(
         lambda: build_query_set(
-            reg, "prehistory", str(experts[1]), data, rule="labelled", label="prehistory", session=session
+            reg,
+            QuerySetSpec("prehistory", str(experts[1]), data),
+            SelectionRule(rule="labelled", label="prehistory"),
+            session=session,
         )
     )
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+
+
+def digest(*parts: str) -> str:
+    """A cache key made of its parts."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
 def query_key(messages: list[dict[str, str]] | str) -> str:
@@ -27,17 +30,13 @@ def query_key(messages: list[dict[str, str]] | str) -> str:
 
 
 def save_atomic(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write `tensors` as one safetensors file, atomically (a crash leaves the old file or none)."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
+    from etr_hub.store import atomic_file
+
+    with atomic_file(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class LossCache:

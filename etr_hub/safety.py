@@ -74,7 +74,7 @@ def max_bundle_bytes(override_mb: float | None = None) -> int:
     if not 0 < override_mb < float("inf"):
         raise Refused(
             f"the largest-bundle limit must be a positive number of MB (got {override_mb})",
-            "pass e.g. --max-bundle-mb 4096",
+            "pass e.g. `max_bundle_mb=4096`",
         )
     return int(override_mb * 2**20)
 
@@ -97,18 +97,7 @@ def scan(root: Path, *, max_bytes: int, strict: bool = True) -> list[Entry]:
     stack: list[tuple[Path, int]] = [(root, 0)]
     while stack:
         folder, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise Refused(
-                f"'{folder.relative_to(root)}' is nested more than {MAX_DEPTH} folders deep", "flatten the bundle"
-            )
-        try:
-            children = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as e:
-            raise Refused(
-                f"cannot list '{folder.relative_to(root)}' ({e.strerror})", "check the folder's permissions"
-            ) from None
-        for child in children:
-            path = Path(child.path)
+        for path in _children(root, folder, depth):
             rel = path.relative_to(root).as_posix()
             try:
                 info = _stat(path, rel)
@@ -125,34 +114,54 @@ def scan(root: Path, *, max_bytes: int, strict: bool = True) -> list[Entry]:
                 if not link:
                     stack.append((path, depth + 1))
                 continue
-            if link and strict and not _within(root, path):
-                raise Refused(
-                    f"'{rel}' is a symlink pointing outside the bundle",
-                    "copy the file into the bundle instead of linking it",
-                )
-            if not stat.S_ISREG(info.st_mode):
-                if strict:
-                    raise Refused(
-                        f"'{rel}' is not a regular file (a pipe, socket or device)", "bundles hold plain files only"
-                    )
+            if not _allowed_file(root, path, rel, info, link=link, strict=strict):
                 continue
-            if strict or os.path.splitext(rel)[1].lower() not in PICKLE_SUFFIXES:  # a pickle nobody loads is harmless
-                check_name(rel)
-            if not rel.endswith(".safetensors"):
-                _check_magic(path, rel)
             total += info.st_size
             entries.append(Entry(rel, path, info.st_size, link))
-            if len(entries) > MAX_FILES:
-                raise Refused(
-                    f"the bundle holds more than {MAX_FILES} files",
-                    "ship the token, query set, adapter and model card only",
-                )
-            if total > max_bytes:
-                raise Refused(
-                    f"the bundle is larger than the limit of {max_bytes / 2**20:g} MB (at '{rel}')",
-                    "shrink it, or raise the limit with --max-bundle-mb / ETR_HUB_MAX_BUNDLE_MB if you trust it",
-                )
+            _check_limits(len(entries), total, max_bytes, rel)
     return entries
+
+
+def _children(root: Path, folder: Path, depth: int) -> list[Path]:
+    if depth > MAX_DEPTH:
+        raise Refused(
+            f"'{folder.relative_to(root)}' is nested more than {MAX_DEPTH} folders deep", "flatten the bundle"
+        )
+    try:
+        return [Path(child.path) for child in sorted(os.scandir(folder), key=lambda e: e.name)]
+    except OSError as e:
+        raise Refused(
+            f"cannot list '{folder.relative_to(root)}' ({e.strerror})", "check the folder's permissions"
+        ) from None
+
+
+def _allowed_file(root: Path, path: Path, rel: str, info: os.stat_result, *, link: bool, strict: bool) -> bool:
+    """True for a file the bundle may hold, False for one to skip (strict=False only); Refused otherwise."""
+    if link and strict and not _within(root, path):
+        raise Refused(
+            f"'{rel}' is a symlink pointing outside the bundle", "copy the file into the bundle instead of linking it"
+        )
+    if not stat.S_ISREG(info.st_mode):
+        if strict:
+            raise Refused(f"'{rel}' is not a regular file (a pipe, socket or device)", "bundles hold plain files only")
+        return False
+    if strict or os.path.splitext(rel)[1].lower() not in PICKLE_SUFFIXES:  # a pickle nobody loads is harmless
+        check_name(rel)
+    if not rel.endswith(".safetensors"):
+        _check_magic(path, rel)
+    return True
+
+
+def _check_limits(n_files: int, total: int, max_bytes: int, rel: str) -> None:
+    if n_files > MAX_FILES:
+        raise Refused(
+            f"the bundle holds more than {MAX_FILES} files", "ship the token, query set, adapter and model card only"
+        )
+    if total > max_bytes:
+        raise Refused(
+            f"the bundle is larger than the limit of {max_bytes / 2**20:g} MB (at '{rel}')",
+            "shrink it, or raise the limit with `max_bundle_mb` / ETR_HUB_MAX_BUNDLE_MB if you trust it",
+        )
 
 
 def _within(root: Path, path: Path) -> bool:

@@ -248,14 +248,15 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def atomic_write_bytes(dest: Path, data: bytes) -> None:
+@contextmanager
+def atomic_file(dest: Path) -> Iterator[Path]:
+    """A temporary path beside `dest` for the caller to write; renamed onto `dest` when the block
+    ends, removed if it raises: a reader (or a killed writer) never sees a half-written `dest`."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=TMP, suffix=dest.suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):

@@ -13,11 +13,9 @@ from pathlib import Path
 import torch
 from tiny_models import make_tiny_llama
 
-from etr_hub.bundle import Manifest, write_bundle
-from etr_hub.bundle.io import save_token
-from etr_hub.bundle.manifest import MetaInfo, TokenInfo
+from etr_hub.bundle.io import write_token_bundle
+from etr_hub.bundle.manifest import MetaInfo
 from etr_hub.models.refs import ModelRef
-from etr_hub.store import sha256_file
 
 QUESTION = [{"role": "user", "content": "tell me about the stars"}]
 
@@ -51,23 +49,22 @@ def add_expert(
     allow_env: tuple[str, ...] = (),
 ):
     """Write a bundle whose token is `row` (1, hidden) and register it (`allow_env`: as --allow-env)."""
+    files = {}
+    if adapter is not None:
+        files["adapter"] = adapter
+        expert = ModelRef(kind="peft", path="adapter")
     with tempfile.TemporaryDirectory() as tmp:
-        token = Path(tmp) / "token.safetensors"
-        save_token(token, row.reshape(1, hidden).float())
-        files = {"token.safetensors": token}
-        if adapter is not None:
-            files["adapter"] = adapter
-            expert = ModelRef(kind="peft", path="adapter")
-        manifest = Manifest(
+        bundle = write_token_bundle(
+            Path(tmp) / name,
+            row.reshape(1, hidden),
+            files=files,
             name=name,
             license="Apache-2.0",
             provider="tests",
             label=name,
             expert=expert,
             meta=MetaInfo(reference="tiny", hidden_size=hidden, vocab_size=vocab, fingerprint=fingerprint),
-            token=TokenInfo(sha256=sha256_file(token), shape=(1, hidden)),
         )
-        bundle = write_bundle(Path(tmp) / name, manifest, files)
         return registry.add_expert(bundle, allow_env=allow_env)
 
 

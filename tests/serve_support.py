@@ -48,8 +48,9 @@ def make_world(root: Path, *, meta_seed: int = 0, experts: dict[str, dict] | Non
     """A hub home under `root`: tiny meta model registered, plus `experts` ({name: expert ref})
     whose tokens win at the routing position of ROUTE_PROMPT."""
     import torch
-    from safetensors.torch import save_file
 
+    from etr_hub.bundle.io import write_token_bundle
+    from etr_hub.bundle.manifest import MetaInfo
     from etr_hub.generation.runner import CausalRunner
     from etr_hub.models.chat import routing_prompt_ids
     from etr_hub.models.fingerprint import meta_fingerprint
@@ -57,7 +58,6 @@ def make_world(root: Path, *, meta_seed: int = 0, experts: dict[str, dict] | Non
     from etr_hub.models.refs import ModelRef
     from etr_hub.registry import Registry
     from etr_hub.registry.meta import register_meta_model
-    from etr_hub.store import sha256_file
     from tests.tiny_models import make_tiny_llama
 
     meta_dir = make_tiny_llama(root / f"meta-{meta_seed}", seed=meta_seed)
@@ -70,37 +70,22 @@ def make_world(root: Path, *, meta_seed: int = 0, experts: dict[str, dict] | Non
         with torch.inference_mode():
             h = CausalRunner(loaded.model).feed(ids).reshape(-1).float()  # (C,)
         assert meta_fingerprint(loaded.model) == row.fingerprint
+        meta = MetaInfo(
+            reference=row.display, hidden_size=row.hidden_size, vocab_size=row.vocab_size, fingerprint=row.fingerprint
+        )
         for k, (name, ref) in enumerate((experts or {}).items()):
-            bundle = root / "bundles" / name
-            bundle.mkdir(parents=True)
-            token = (
-                (h / h.norm() * (10.0 - k)).reshape(1, -1).contiguous()
-            )  # (1, C): wins at ROUTE_PROMPT, within the row-norm limit
-            save_file({"expert_token": token}, str(bundle / "token.safetensors"))
-            manifest = {
-                "schema_version": 1,
-                "name": name,
-                "version": "0.1.0",
-                "description": f"{name} test expert",
-                "license": "Apache-2.0",
-                "provider": "tests",
-                "label": name,
-                "expert": ref,
-                "meta": {
-                    "reference": row.display,
-                    "hidden_size": row.hidden_size,
-                    "vocab_size": row.vocab_size,
-                    "fingerprint": row.fingerprint,
-                },
-                "token": {
-                    "file": "token.safetensors",
-                    "sha256": sha256_file(bundle / "token.safetensors"),
-                    "shape": [1, row.hidden_size],
-                    "dtype": "float32",
-                },
-            }
-            (bundle / "expert.json").write_text(json.dumps(manifest, indent=2))
-            reg.add_expert(bundle)
+            bundle = write_token_bundle(
+                root / "bundles" / name,
+                h / h.norm() * (10.0 - k),  # (C,): wins at ROUTE_PROMPT, within the row-norm limit
+                name=name,
+                description=f"{name} test expert",
+                license="Apache-2.0",
+                provider="tests",
+                label=name,
+                expert=ref,
+                meta=meta,
+            )
+            reg.add_expert(bundle.root)
     return home
 
 

@@ -108,7 +108,7 @@ def test_a_finite_runaway_row_is_refused_too():
     sane = TrainOutcome(row=torch.randn(1, 16) * 0.1, epochs=1, steps=1, final_loss=0.5, stopped="epochs")
     _check_trained(sane, hidden, TrainSettings())
     runaway = TrainOutcome(row=torch.full((1, 16), 1e6), epochs=1, steps=1, final_loss=0.0, stopped="epochs")
-    with pytest.raises(EtrHubError, match="training diverged.*lower --lr"):
+    with pytest.raises(EtrHubError, match=r"training diverged.*lower `lr`"):
         _check_trained(runaway, hidden, TrainSettings(lr=50.0))
 
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from etr_hub.errors import DataError
 from etr_hub.eval.mmlu import read_mmlu_file
-from etr_hub.eval.run import read_general_prompts
 from etr_hub.jsonl import query_column
+from etr_hub.session import read_general_prompts
 from etr_hub.queryset.dataset import read_dataset
 from etr_hub.store import sha256_file
 

@@ -194,9 +194,9 @@ def test_errors_name_parameters_and_the_cli_spells_them_as_flags(hub):
     long_system = {"role": "system", "content": "answer briefly and well " * 40}
     with pytest.raises(EtrHubError) as err:
         hub().chat([long_system, *QUESTION], max_prompt_tokens=20)
-    assert "lower max_new_tokens or raise max_prompt_tokens" in str(err.value) and "--" not in str(err.value)
+    assert "lower `max_new_tokens` or raise `max_prompt_tokens`" in str(err.value) and "--" not in str(err.value)
     assert "lower --max-new-tokens or raise --max-prompt-tokens" in as_flags(str(err.value))
-    assert as_flags("expert 'top_p' failed") == "expert 'top_p' failed"  # a quoted name is a name, not a parameter
+    assert as_flags("expert 'top_p' failed") == "expert 'top_p' failed"  # only a name in backticks is a parameter
 
 
 def test_max_prompt_tokens_keeps_the_conversation_within_it(hub):

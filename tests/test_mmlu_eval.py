@@ -106,34 +106,28 @@ def _letter_choice(model_dir: Path, adapter: Path | None, queries: list[str]) ->
 
 
 def _bundle(root: Path, name: str, row: torch.Tensor, adapter: Path, fp: str, queries: list[str]) -> Path:
-    import shutil
-
-    from safetensors.torch import save_file
-
+    from etr_hub.bundle.io import write_token_bundle
+    from etr_hub.bundle.manifest import MetaInfo, QuerySetInfo
+    from etr_hub.models.refs import ModelRef
     from etr_hub.store import sha256_file
 
-    root.mkdir(parents=True)
-    save_file({"expert_token": row.reshape(1, -1).contiguous().float()}, str(root / "token.safetensors"))
-    shutil.copytree(adapter, root / "adapter")
-    (root / "query_set.jsonl").write_text("".join(json.dumps({"query": q, "response": "x"}) + "\n" for q in queries))
-    manifest = {
-        "name": name,
-        "version": "1.0.0",
-        "description": f"knows {name}",
-        "license": "MIT",
-        "provider": "tests",
-        "label": name,
-        "expert": {"kind": "peft", "path": "adapter"},
-        "meta": {"reference": "tiny", "hidden_size": row.numel(), "vocab_size": 272, "fingerprint": fp},
-        "token": {
-            "file": "token.safetensors",
-            "sha256": sha256_file(root / "token.safetensors"),
-            "shape": [1, row.numel()],
-            "dtype": "float32",
-        },
-        "query_set": {"file": "query_set.jsonl", "sha256": sha256_file(root / "query_set.jsonl"), "size": len(queries)},
-    }
-    (root / "expert.json").write_text(json.dumps(manifest))
+    query_set = root.with_name(f"{root.name}-query_set.jsonl")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    query_set.write_text("".join(json.dumps({"query": q, "response": "x"}) + "\n" for q in queries))
+    write_token_bundle(
+        root,
+        row,
+        files={"adapter": adapter, "query_set.jsonl": query_set},
+        name=name,
+        version="1.0.0",
+        description=f"knows {name}",
+        license="MIT",
+        provider="tests",
+        label=name,
+        expert=ModelRef(kind="peft", path="adapter"),
+        meta=MetaInfo(reference="tiny", hidden_size=row.numel(), vocab_size=272, fingerprint=fp),
+        query_set=QuerySetInfo(sha256=sha256_file(query_set), size=len(queries)),
+    )
     return root
 
 
@@ -235,18 +229,13 @@ def test_routing_firing_and_answers_match_the_design(world, expected, registered
 
 def test_second_run_is_served_from_the_caches(world, expected, registered, monkeypatch):
     first = _evaluate(world, registered)  # computes whatever an earlier test did not
-    import etr_hub.eval.run as run_mod
-    import etr_hub.queryset.build as build_mod
+    from etr_hub.session import ModelSession
 
     def refuse(*a, **k):
         raise AssertionError("a model was loaded although every score is cached")
 
-    monkeypatch.setattr(
-        build_mod,
-        "ModelSession",
-        type("NoLoad", (build_mod.ModelSession,), {"meta": property(refuse), "expert": refuse}),
-    )
-    monkeypatch.setattr(run_mod, "ModelSession", build_mod.ModelSession)
+    monkeypatch.setattr(ModelSession, "meta", property(refuse))  # the one class every caller loads through
+    monkeypatch.setattr(ModelSession, "expert", refuse)
     second = _evaluate(world, registered)
     for key in (
         "routing_accuracy",

@@ -416,7 +416,7 @@ def test_convert_default_meta(hub_home):
         pytest.skip(f"set {default_meta.WHEEL_ENV} to {default_meta.WHEEL_FILE} to run the real conversion")
     steps: list[str] = []
     start = time.perf_counter()
-    path = default_meta.ensure_default_meta(progress=steps.append)
+    path = default_meta.ensure_default_meta(status=steps.append)
     converted_s = time.perf_counter() - start
     assert path == hub_home / "models" / "smollm2-135m-instruct" and default_meta.is_converted(path)
     assert any("de-quantizing" in s for s in steps)

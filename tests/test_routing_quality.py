@@ -33,9 +33,9 @@ def test_tokens_trained_one_by_one_route_held_out_questions(tmp_path):
     from etr_hub.models.fingerprint import output_embedding
     from etr_hub.models.loading import load_causal_lm
     from etr_hub.models.refs import ModelRef
+    from etr_hub.session import read_general_prompts
     from etr_hub.registry import Registry
     from etr_hub.routing import routing_logits
-    from etr_hub.training.train_token import general_prompts
 
     assert invoke("init").returncode == 0
     meta_dir = settings().models_dir / "smollm2-135m-instruct"
@@ -94,5 +94,5 @@ def test_tokens_trained_one_by_one_route_held_out_questions(tmp_path):
     for k, subject in enumerate(SUBJECTS):
         hit = (winners(held_out[subject]) == vocab + k).float().mean().item()
         assert hit >= 0.8, (subject, hit)  # beats every word token AND the other experts' tokens
-    false_fire = (winners(general_prompts("eval")) >= vocab).float().mean().item()
+    false_fire = (winners(read_general_prompts(split="eval")) >= vocab).float().mean().item()
     assert false_fire <= 0.1, false_fire

@@ -72,23 +72,19 @@ SCALES = [  # (id, scale, accepted, words)
 
 @pytest.mark.parametrize("scale,accepted,words", [pytest.param(s, a, w, id=i) for i, s, a, w in SCALES])
 def test_expert_add_refuses_a_row_far_beyond_the_meta_models_rows(registry, tiny, tmp_path, scale, accepted, words):
-    from etr_hub.bundle import Manifest, write_bundle
-    from etr_hub.bundle.io import save_token
-    from etr_hub.bundle.manifest import MetaInfo, TokenInfo
-    from etr_hub.store import sha256_file
+    from etr_hub.bundle.io import write_token_bundle
+    from etr_hub.bundle.manifest import MetaInfo
 
     _register_meta(registry, tiny, recorded=True)
-    token = tmp_path / "token.safetensors"
-    save_token(token, _scaled(tiny.row, scale))
-    manifest = Manifest(
+    bundle = write_token_bundle(
+        tmp_path / "dogs",
+        _scaled(tiny.row, scale),
         name="dogs",
         license="MIT",
         provider="tests",
         expert=LOCAL,
         meta=MetaInfo(reference="tiny", hidden_size=32, vocab_size=272, fingerprint=tiny.fp),
-        token=TokenInfo(sha256=sha256_file(token), shape=(1, 32)),
     )
-    bundle = write_bundle(tmp_path / "dogs", manifest, {"token.safetensors": token})
     res = invoke("expert", "add", str(bundle.root))
     if accepted:
         assert res.returncode == 0, res.stderr

@@ -93,9 +93,9 @@ def test_cached_states_train_the_same_row_as_live_forward_passes(world):
     from etr_hub.models.fingerprint import output_embedding
     from etr_hub.models.loading import load_causal_lm
     from etr_hub.models.refs import ModelRef
-    from etr_hub.queryset.scoring import routing_states
+    from etr_hub.models.scoring import routing_states
     from etr_hub.routing import expert_token_init
-    from etr_hub.training.optimize import TrainSettings, cached_features, train_expert_row
+    from etr_hub.training.optimize import TrainSettings, cached_features, train_rows
 
     meta = load_causal_lm(ModelRef.parse(str(world["meta"])), role="meta")
     queries = [r["query"] for d in DOMAINS for r in world["held_out"][d]]
@@ -117,8 +117,8 @@ def test_cached_states_train_the_same_row_as_live_forward_passes(world):
                 ls.append(torch.logsumexp(out.logits[:, -1].float(), dim=-1))  # (1,)
         return torch.cat(hs), torch.cat(ls)
 
-    a = train_expert_row(cached_features(hidden, lse), len(queries), targets, w_frozen, init, cfg)
-    b = train_expert_row(live, len(queries), targets, w_frozen, init, cfg)
+    a = train_rows(cached_features(hidden, lse), len(queries), targets, w_frozen, init, cfg)
+    b = train_rows(live, len(queries), targets, w_frozen, init, cfg)
     assert a.steps == b.steps == 8 * 8
     torch.testing.assert_close(a.row, b.row, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(a.row, init)  # it did train

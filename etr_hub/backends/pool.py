@@ -37,13 +37,13 @@ class ExpertPool:
         meta: Any,
         *,
         budget_bytes: int | None = None,
-        progress: Callable[[str], None] | None = None,
+        status: Callable[[str], None] | None = None,
         factory: Callable[[ExpertSpec, Any], ExpertBackend] = create_backend,
     ):
         self.specs = specs
         self.meta = meta
         self.budget = default_budget_bytes() if budget_bytes is None else budget_bytes
-        self.progress = progress
+        self.status = status
         self.factory = factory
         self.loaded: OrderedDict[str, ExpertBackend] = OrderedDict()
         self.failures: dict[str, tuple[float, ExpertError]] = {}
@@ -62,8 +62,8 @@ class ExpertPool:
                 f"no expert named '{name}' is loaded in this hub",
                 "see `etr-hub chat` /experts or `etr-hub expert list`",
             )
-        if self.progress is not None:
-            self.progress(f"loading expert {name}")
+        if self.status is not None:
+            self.status(f"loading expert {name}")
         try:
             backend = self.factory(spec, self.meta)
             backend.load()

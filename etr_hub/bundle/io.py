@@ -17,6 +17,7 @@ from etr_hub.bundle.manifest import (
     SCHEMA_VERSION,
     TOKEN_TENSOR,
     Manifest,
+    TokenInfo,
     first_error,
 )
 from etr_hub.errors import BundleError, DataError
@@ -46,6 +47,7 @@ __all__ = [
     "read_token",
     "save_token",
     "write_bundle",
+    "write_token_bundle",
 ]
 
 
@@ -146,24 +148,33 @@ def manifest_from_json(root: Path, raw: Any) -> Manifest:
     return manifest
 
 
+def _check_recorded(root: Path, path: Path, rel: str, sha256: str, what: str, missing_fix: str) -> None:
+    """The file the manifest names as `rel` is there, with the sha256 the manifest records."""
+    if not path.is_file():
+        raise _fail(root, f"{what} '{rel}' is missing", missing_fix)
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise _fail(
+            root,
+            f"{what} sha256 does not match the manifest ({actual[:12]}…, the manifest says {sha256[:12]}…)",
+            f"re-export the bundle so the manifest matches the {what}",
+        )
+
+
 def read_token(root: Path, path: Path, manifest: Manifest) -> torch.Tensor:
     """Load and check the expert-token row against the manifest; returns a (1, d) tensor."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     tok = manifest.token
-    if not path.is_file():
-        raise _fail(
-            root,
-            f"token file '{tok.file}' is missing",
-            "put the token.safetensors written by `etr-hub train-token` in the bundle",
-        )
-    if sha256_file(path) != tok.sha256:
-        raise _fail(
-            root,
-            f"token file sha256 {sha256_file(path)[:12]}… does not match the manifest's {tok.sha256[:12]}…",
-            "re-export the bundle so the manifest matches the token file",
-        )
+    _check_recorded(
+        root,
+        path,
+        tok.file,
+        tok.sha256,
+        "token file",
+        "put the token.safetensors written by `etr-hub train-token` in the bundle",
+    )
     try:
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
@@ -225,18 +236,7 @@ def _check_query_set(root: Path, manifest: Manifest) -> None:
     if qs is None:
         return
     path = inside(root, qs.file, "query set")
-    if not path.is_file():
-        raise _fail(
-            root,
-            f"query set '{qs.file}' is missing",
-            "add the query_set.jsonl or drop 'query_set.file' from the manifest",
-        )
-    if sha256_file(path) != qs.sha256:
-        raise _fail(
-            root,
-            "query set sha256 does not match the manifest",
-            "re-export the bundle so the manifest matches the query set",
-        )
+    _check_recorded(root, path, qs.file, qs.sha256, "query set", "add it, or drop 'query_set' from the manifest")
     n = 0
     try:
         for lineno, row in iter_jsonl(path, f"query set {qs.file}"):
@@ -246,7 +246,7 @@ def _check_query_set(root: Path, manifest: Manifest) -> None:
                 )
             n += 1
     except DataError as exc:  # not UTF-8, not JSON, too deep: named by line
-        raise _fail(root, exc.problem, exc.fix) from None
+        raise _fail(root, exc.problem, exc.fix or "") from None
     if n != qs.size:
         raise _fail(root, f"query set has {n} rows but the manifest says {qs.size}", "re-export the bundle")
 
@@ -320,7 +320,7 @@ def write_bundle(
     """
     out = Path(out)
     if out.exists() and not replace:
-        raise BundleError(f"{out} already exists", "pass --replace or choose another --out")
+        raise BundleError(f"{out} already exists", "pass `replace=True` or choose another `out`")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
@@ -352,3 +352,20 @@ def save_token(path: Path, row: torch.Tensor) -> None:
 
     assert row.ndim == 2 and row.shape[0] == 1 and math.prod(row.shape) > 0
     save_file({TOKEN_TENSOR: row.detach().contiguous().cpu()}, str(path))
+
+
+def write_token_bundle(
+    out: Path, row: torch.Tensor, *, files: dict[str, Path] | None = None, replace: bool = False, **manifest: Any
+) -> Bundle:
+    """Write a bundle whose expert token is `row` ((1, d) or (d,), stored as float32), atomically.
+
+    The token file is saved and its sha256 and shape go into the manifest, which is built from
+    the other `manifest` fields (name, license, provider, expert, meta, …); `files` adds the
+    bundle's other files by bundle-relative name (e.g. "adapter", "query_set.jsonl")."""
+    row = row.detach().float().reshape(1, -1)
+    with tempfile.TemporaryDirectory() as tmp:
+        token = Path(tmp) / "token.safetensors"
+        save_token(token, row)
+        info = TokenInfo(sha256=sha256_file(token), shape=(1, row.shape[1]), dtype="float32")
+        bundle = Manifest(**manifest, token=info)
+        return write_bundle(out, bundle, {**(files or {}), "token.safetensors": token}, replace=replace)

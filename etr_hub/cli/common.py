@@ -13,7 +13,7 @@ def open_hub(*, quiet: bool = False, memory_budget_mb: int | None = None, plain_
         hub = Hub.open(memory_budget_mb=memory_budget_mb)
     else:
         with err.status("loading the meta model…") as status:
-            hub = Hub.open(progress=lambda m: status.update(safe(f"{m}…")), memory_budget_mb=memory_budget_mb)
+            hub = Hub.open(status=lambda m: status.update(safe(f"{m}…")), memory_budget_mb=memory_budget_mb)
     for name, reason in hub.skipped:
         warn(f"skipped expert '{name}': {reason}")
     if plain_note and not hub.experts and not quiet:

@@ -115,6 +115,7 @@ def tasks(
 
 def _run_and_report(evaluate, opts, plot: Path | None, json_out: bool, **show) -> None:
     """Run an evaluation with progress bars, then the plot, the warnings and a table or JSON."""
+    from etr_hub.cli.flags import as_flags
     from etr_hub.cli.progress import bar_factory
     from etr_hub.registry import Registry
 
@@ -126,7 +127,7 @@ def _run_and_report(evaluate, opts, plot: Path | None, json_out: bool, **show) -
 
         report["plot"] = str(plot_report(report, plot))
     for w in report["warnings"]:
-        warn(w)
+        warn(as_flags(w))
     if json_out:
         print_json(report)
         return

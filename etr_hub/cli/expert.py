@@ -56,6 +56,7 @@ def _ref_text(ref: dict) -> str:
 
 def _check_add_options(allow_env: list[str] | None, max_bundle_mb: float | None) -> list[str]:
     """Usage errors (exit 2, one line) before the registry opens or anything is read."""
+    from etr_hub.cli.flags import as_flags
     from etr_hub.errors import EtrHubError
     from etr_hub.registry.api import check_env_names
 
@@ -67,7 +68,7 @@ def _check_add_options(allow_env: list[str] | None, max_bundle_mb: float | None)
             )
         return check_env_names(allow_env)
     except EtrHubError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {as_flags(str(e))}", file=sys.stderr)
         raise typer.Exit(2) from None
 
 

@@ -1,17 +1,52 @@
-"""The library's errors name its parameters (`max_new_tokens`); on the command line they are flags."""
+"""The library's messages name parameters (`tau`, `replace=True`); the CLI shows its flags instead.
+
+A library message quotes a parameter in backticks, alone or with a value: `max_tokens`,
+`tau=0.5`, `replace=True`. Here each known parameter becomes the flag that sets it (--max-tokens,
+--tau 0.5, --replace); anything else in backticks (`etr-hub expert list`) is left as it is.
+"""
 
 from __future__ import annotations
 
 import re
 
-# Parameters of the Python API that the commands take as flags of the same name.
+# library parameter -> the flag that sets it, for every parameter a library message names
 FLAGS = {
-    name: "--" + name.replace("_", "-")
-    for name in ("max_new_tokens", "max_prompt_tokens", "top_p", "repetition_penalty")
+    "allow_env": "--allow-env",
+    "batch_size": "--batch-size",
+    "data_dir": "--data-dir",
+    "epochs": "--epochs",
+    "label": "--label",
+    "label_field": "--label-field",
+    "lr": "--lr",
+    "mapping": "--map",
+    "max_bundle_mb": "--max-bundle-mb",
+    "max_epochs": "--max-epochs",
+    "max_new_tokens": "--max-new-tokens",
+    "max_prompt_tokens": "--max-prompt-tokens",
+    "max_tokens": "--max-tokens",
+    "out": "--out",
+    "pick": "--pick",
+    "plot": "--plot",
+    "repetition_penalty": "--repetition-penalty",
+    "replace": "--replace",
+    "rule": "--rule",
+    "size": "--size",
+    "tau": "--tau",
+    "top_p": "--top-p",
+    "version": "--version",
+    "weight_decay": "--weight-decay",
 }
-_NAMES = re.compile(r"(?<![\w'-])(" + "|".join(FLAGS) + r")(?![\w'-])")  # not a quoted name, e.g. an expert's
+
+_PARAMETER = re.compile(r"`([a-z_]+)(?:=([^`]*))?`")
 
 
 def as_flags(message: str) -> str:
-    """`message` with each parameter name spelt as its flag, e.g. "lower max_new_tokens" -> "lower --max-new-tokens"."""
-    return _NAMES.sub(lambda m: FLAGS[m[1]], message)
+    """`message` with the parameters it names written as the CLI's flags."""
+
+    def flag(m: re.Match[str]) -> str:
+        name, value = m.groups()
+        if name not in FLAGS:
+            return m.group(0)
+        return FLAGS[name] if value in (None, "True") else f"{FLAGS[name]} {value}"
+
+    return _PARAMETER.sub(flag, message)

@@ -29,7 +29,7 @@ def init(
         row = current  # already initialised: keep the active meta model
     else:
         with err.status("preparing the meta model…") as status:
-            row = register_meta_model(reg, ref, progress=lambda msg: status.update(safe(msg)))
+            row = register_meta_model(reg, ref, status=lambda msg: status.update(safe(msg)))
     if json_out:
         print_json(
             {

@@ -66,32 +66,18 @@ def build(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Score the dataset with the meta model and the expert; keep where the expert is better."""
+    from etr_hub.cli.flags import as_flags
     from etr_hub.cli.progress import bar_factory
-    from etr_hub.queryset.build import build_query_set
+    from etr_hub.queryset.build import QuerySetSpec, SelectionRule, build_query_set
     from etr_hub.registry import Registry
 
+    spec = QuerySetSpec(name, expert, data, versus=tuple(versus or ()), batch_size=batch_size, max_tokens=max_tokens)
+    selection = SelectionRule(rule=rule, tau=tau, size=size, seed=seed, pick=pick, label=label, label_field=label_field)
     reg = Registry.open()
     with bar_factory(quiet=json_out) as bars:
-        res = build_query_set(
-            reg,
-            name,
-            expert,
-            data,
-            tau=tau,
-            size=size,
-            seed=seed,
-            label=label,
-            label_field=label_field,
-            rule=rule,
-            versus=tuple(versus or ()),
-            pick=pick,
-            batch_size=batch_size,
-            max_tokens=max_tokens,
-            progress=bars,
-            status=None if json_out else note,
-        )
+        res = build_query_set(reg, spec, selection, progress=bars, status=None if json_out else note)
     for w in res.warnings:
-        warn(w)
+        warn(as_flags(w))
     summary = {
         "name": name,
         "rule": res.rule,

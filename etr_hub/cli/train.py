@@ -54,10 +54,14 @@ def train_token(
     from etr_hub.cli.progress import bar_factory
     from etr_hub.registry import Registry
     from etr_hub.training.optimize import TrainSettings
+    from etr_hub.training.train_token import BundleInfo
     from etr_hub.training.train_token import train_token as run
 
     cfg = TrainSettings(
         lr=lr, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs, max_epochs=max_epochs, seed=seed
+    )
+    bundle = BundleInfo(
+        out=out, version=version, description=description, license=license, provider=provider, replace=replace
     )
     reg = Registry.open()
     with bar_factory(quiet=json_out) as bars:
@@ -66,12 +70,7 @@ def train_token(
             name,
             query_set=query_set,
             cfg=cfg,
-            out=out,
-            version=version,
-            description=description,
-            license=license,
-            provider=provider,
-            replace=replace,
+            bundle=bundle,
             word_negatives=word_negatives,
             progress=bars,
             status=None if json_out else note,

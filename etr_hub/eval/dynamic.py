@@ -1,50 +1,24 @@
 """Plug-and-play check: static (all expert tokens trained together) vs dynamic (some trained
 first, the rest added later one at a time with train-token's procedure), on cached states.
 
-Both retrain rows from the registered experts' query sets; the registry is never written.
+Both retrain rows from the registered experts' query sets with train-token's optimiser; the
+registry is never written.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from etr_hub.routing import WORD, expert_token_loss
-from etr_hub.training.optimize import TrainSettings, cached_features, train_expert_row
+from etr_hub.routing import WORD
+from etr_hub.training.optimize import TrainSettings, cached_features, train_rows
 
 
 def train_rows_jointly(
     hidden: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, init: torch.Tensor, n_rows: int, cfg: TrainSettings
 ) -> torch.Tensor:
-    """All rows at once (the paper's static setting): minimise -log p(own token | query)."""
-    w = torch.nn.Parameter(init.detach().float().repeat(n_rows, 1))  # (E, C)
-    opt = torch.optim.AdamW([w], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = hidden.shape[0]
-    epochs = cfg.epochs or cfg.max_epochs
-    total = epochs * math.ceil(n / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-    )
-    gen = torch.Generator().manual_seed(cfg.seed)
-    best, since_best = float("inf"), 0
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        epoch_loss = 0.0
-        for start in range(0, n, cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            loss = expert_token_loss(hidden[idx], lse[idx], w, targets[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            epoch_loss += loss.item() * len(idx)
-        epoch_loss /= n
-        if cfg.epochs is None:
-            best, since_best = (epoch_loss, 0) if epoch_loss < best * (1 - 1e-3) else (best, since_best + 1)
-            if since_best >= cfg.patience:
-                break
-    return w.detach().clone()
+    """(E, C) all rows at once (the paper's static setting): minimise -log p(own token | query)."""
+    no_frozen = torch.zeros(0, init.shape[-1])  # (0, C)
+    return train_rows(cached_features(hidden, lse), hidden.shape[0], targets, no_frozen, init, cfg, k=n_rows).row
 
 
 def add_later(
@@ -73,6 +47,26 @@ def add_later(
         pooled = {j: 1 + p for p, j in enumerate(present)} | {k: 1 + len(present), -1: WORD}
         target = torch.tensor([pooled[int(owner[i])] for i in use])
         idx = torch.tensor(use)
-        outcome = train_expert_row(cached_features(hidden[idx], lse[idx]), len(use), target, frozen, init, cfg)
-        rows[k] = outcome.row
+        rows[k] = train_rows(cached_features(hidden[idx], lse[idx]), len(use), target, frozen, init, cfg).row
     return torch.cat([rows[k] for k in range(n_experts)], dim=0)  # (E, C)
+
+
+def static_and_dynamic(
+    hidden: torch.Tensor,
+    lse: torch.Tensor,
+    owner: torch.Tensor,
+    init: torch.Tensor,
+    n_experts: int,
+    later: list[int],
+    cfg: TrainSettings,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """((E, C) rows trained all together, (E, C) rows where the experts `later` joined last, one at
+    a time); `owner` as in `add_later`."""
+    target = torch.where(owner >= 0, owner + 1, torch.zeros_like(owner))  # pooled index: 0 is the words
+    first = [k for k in range(n_experts) if k not in later]
+    keep = torch.tensor([int(o) in first or int(o) == -1 for o in owner])
+    remap = {k: j for j, k in enumerate(first)}
+    first_target = torch.tensor([remap[int(o)] + 1 if int(o) >= 0 else 0 for o in owner[keep]])
+    static = train_rows_jointly(hidden, lse, target, init, n_experts, cfg)
+    w_first = train_rows_jointly(hidden[keep], lse[keep], first_target, init, len(first), cfg)
+    return static, add_later(hidden, lse, owner, w_first, later, init, cfg)

@@ -81,7 +81,7 @@ def subject_of(path: Path) -> str:
 def csv_files(data_dir: Path) -> list[Path]:
     if not data_dir.is_dir():
         raise DataError(
-            f"{data_dir} is not a directory", "pass --data-dir pointing at a folder of MMLU CSVs (SUBJECT_test.csv)"
+            f"{data_dir} is not a directory", "pass a `data_dir` that is a folder of MMLU CSVs (SUBJECT_test.csv)"
         )
     files = sorted(p for p in data_dir.glob("*.csv") if p.is_file())
     if not files:

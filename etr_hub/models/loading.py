@@ -21,7 +21,7 @@ from etr_hub.errors import ModelLoadError
 from etr_hub.models.refs import ModelRef
 from etr_hub.safety import PICKLE_SUFFIXES, code_in_folder
 
-Progress = Callable[[str], None] | None
+Status = Callable[[str], None] | None
 DTYPES = ("float32", "bfloat16", "float16")
 # Weight formats that unpickle (run code) on load: never read, and never allowed in a bundle.
 HF_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]  # weights, config, tokenizer
@@ -41,7 +41,7 @@ def load_causal_lm(
     *,
     meta: LoadedModel | None = None,
     dtype: str = "float32",
-    progress: Progress = None,
+    status: Status = None,
     role: str = "expert",
 ) -> LoadedModel:
     """Load `ref` frozen. `meta` is required for a PEFT ref whose base is the meta model.
@@ -49,7 +49,7 @@ def load_causal_lm(
     Any failure becomes a one-line ModelLoadError naming the model and a fix.
     """
     try:
-        loaded = _LOADERS[ref.kind](ref, meta=meta, dtype=dtype, progress=progress)
+        loaded = _LOADERS[ref.kind](ref, meta=meta, dtype=dtype, status=status)
     except ModelLoadError:
         raise
     except Exception as exc:  # transformers/peft raise many types; the user needs one line
@@ -63,18 +63,18 @@ def allow_download() -> bool:
     return os.environ.get("ETR_HUB_ALLOW_DOWNLOAD", "") == "1"
 
 
-def _load_local(ref: ModelRef, *, dtype: str, progress: Progress, **_: Any) -> LoadedModel:
+def _load_local(ref: ModelRef, *, dtype: str, status: Status, **_: Any) -> LoadedModel:
     path = _model_dir(ref.path)
-    _report(progress, f"loading {path.name}")
+    _report(status, f"loading {path.name}")
     model, tokenizer = _from_pretrained(str(path), dtype=dtype, use_safetensors=True, local_files_only=True)
     return LoadedModel(model, tokenizer, ref)
 
 
-def _load_hf(ref: ModelRef, *, dtype: str, progress: Progress, **_: Any) -> LoadedModel:
+def _load_hf(ref: ModelRef, *, dtype: str, status: Status, **_: Any) -> LoadedModel:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    _report(progress, f"fetching {ref.display()}" if allow_download() else f"loading {ref.display()}")
+    _report(status, f"fetching {ref.display()}" if allow_download() else f"loading {ref.display()}")
     # Resolve to a local snapshot first: only these patterns are fetched (no pickles, no code),
     # and the folder then gets the same checks as a local model.
     try:
@@ -91,26 +91,26 @@ def _load_hf(ref: ModelRef, *, dtype: str, progress: Progress, **_: Any) -> Load
     return LoadedModel(model, tokenizer, ref)
 
 
-def _load_gguf(ref: ModelRef, *, dtype: str, progress: Progress, **_: Any) -> LoadedModel:
+def _load_gguf(ref: ModelRef, *, dtype: str, status: Status, **_: Any) -> LoadedModel:
     path = Path(ref.path or "")
     folder, name = (path, ref.gguf_file) if ref.gguf_file else (path.parent, path.name)
     if not (folder / name).is_file():
         raise ModelLoadError(f"GGUF file not found: {folder / name}", "check the path")
-    _report(progress, f"loading and de-quantizing {name}")
+    _report(status, f"loading and de-quantizing {name}")
     model, tokenizer = _from_pretrained(str(folder), dtype=dtype, gguf_file=name, local_files_only=True)
     return LoadedModel(model, tokenizer, ref)
 
 
-def _load_embedded(ref: ModelRef, *, dtype: str, progress: Progress, **_: Any) -> LoadedModel:
+def _load_embedded(ref: ModelRef, *, dtype: str, status: Status, **_: Any) -> LoadedModel:
     from etr_hub.models.default_meta import ensure_default_meta
 
-    path = ensure_default_meta(progress=progress)
-    _report(progress, f"loading {ref.name}")
+    path = ensure_default_meta(status=status)
+    _report(status, f"loading {ref.name}")
     model, tokenizer = _from_pretrained(str(path), dtype=dtype, use_safetensors=True, local_files_only=True)
     return LoadedModel(model, tokenizer, ref)
 
 
-def _load_peft(ref: ModelRef, *, meta: LoadedModel | None, dtype: str, progress: Progress, **_: Any) -> LoadedModel:
+def _load_peft(ref: ModelRef, *, meta: LoadedModel | None, dtype: str, status: Status, **_: Any) -> LoadedModel:
     from peft import PeftModel
 
     adapter = _adapter_dir(ref.path)
@@ -123,9 +123,9 @@ def _load_peft(ref: ModelRef, *, meta: LoadedModel | None, dtype: str, progress:
             )
         base = LoadedModel(share_weights(meta.model), meta.tokenizer, meta.ref)
     else:
-        base = load_causal_lm(ref.base, dtype=dtype, progress=progress, role="base")
+        base = load_causal_lm(ref.base, dtype=dtype, status=status, role="base")
     name = adapter_name_for(adapter)
-    _report(progress, f"applying adapter {adapter.name}")
+    _report(status, f"applying adapter {adapter.name}")
     model = PeftModel.from_pretrained(
         base.model, str(adapter), adapter_name=name, is_trainable=False, trust_remote_code=False
     )
@@ -223,9 +223,9 @@ def _ensure_pad_token(tokenizer: Any) -> None:
         tokenizer.pad_token = tokenizer.eos_token  # batching needs a pad id; masked out anyway
 
 
-def _report(progress: Progress, message: str) -> None:
-    if progress is not None:
-        progress(message)
+def _report(status: Status, message: str) -> None:
+    if status is not None:
+        status(message)
 
 
 def _one_line(exc: BaseException) -> str:

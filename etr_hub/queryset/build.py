@@ -8,25 +8,65 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from etr_hub.cache import LossCache, StateCache, query_key
+import torch
+
+from etr_hub.cache import LossCache, query_key
 from etr_hub.errors import DataError, EtrHubError
 from etr_hub.models.refs import ModelRef
+from etr_hub.session import ModelSession, ProgressFactory, Status, no_progress
 from etr_hub.queryset import select
 from etr_hub.queryset.dataset import Dataset, read_dataset
-from etr_hub.queryset.scoring import MAX_TOKENS
+from etr_hub.models.scoring import MAX_TOKENS
 from etr_hub.registry import Registry
 from etr_hub.store import sha256_bytes, tree_listing, tree_sha256
 
-# progress(description, total) -> advance(n): the CLI passes a rich bar, the library a no-op.
-ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+@dataclass(frozen=True)
+class QuerySetSpec:
+    """What to score: the expert, the dataset, the models it must beat besides the meta model."""
+
+    name: str  # the query set is stored under the expert's name
+    expert: str | ModelRef
+    data: str | Path  # JSONL with 'query' and 'response' (optionally a label)
+    versus: tuple[str | ModelRef, ...] = ()  # other experts or a style-control adapter to beat too
+    batch_size: int = 8
+    max_tokens: int = MAX_TOKENS  # longest row scored (prompt + response): longer responses are cut
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 2:
+            raise EtrHubError(
+                f"`max_tokens` must be at least 2 (got {self.max_tokens})", f"pass e.g. `max_tokens={MAX_TOKENS}`"
+            )
 
 
-def no_progress(_description: str, _total: int) -> Callable[[int], None]:
-    return lambda _n: None
+@dataclass(frozen=True)
+class SelectionRule:
+    """Which scored rows become the query set."""
+
+    rule: str = "paper"  # "paper": loss gap > tau (eq. 3); "labelled": the rows labelled `label`
+    tau: float = 0.0  # nats, summed over the response
+    size: int = 100  # at most this many queries (the paper: 100)
+    seed: int = 0
+    pick: str = "random"  # "random": down-sample the passing rows with `seed` (the paper); "top": largest gaps
+    label: str | None = None  # the expert's domain: purity, in-/out-of-domain gaps, and the "labelled" rule
+    label_field: str = "label"  # the dataset field holding the labels
+
+    def __post_init__(self) -> None:
+        if self.rule not in ("paper", "labelled"):
+            raise EtrHubError(f"unknown selection `rule` '{self.rule}'", "use `rule=paper` or `rule=labelled`")
+        if self.size < 1:
+            raise EtrHubError(f"`size` must be at least 1 (got {self.size})", "pass e.g. `size=100`")
+        if self.pick not in ("random", "top"):
+            raise EtrHubError(
+                f"unknown `pick` '{self.pick}'", "use `pick=random` (the paper) or `pick=top` (largest gaps first)"
+            )
+        if self.rule == "labelled" and not self.label:
+            raise EtrHubError(
+                "`rule=labelled` needs `label`", "pass the label of the expert's domain, e.g. `label=astronomy`"
+            )
 
 
 @dataclass
@@ -47,6 +87,15 @@ class BuildResult:
     skipped_lines: list[int] = field(default_factory=list)  # rows over max_tokens, by file line
 
 
+@dataclass
+class Scores:
+    """Per dataset row (N,): NaN where a model skipped the row (over `max_tokens`)."""
+
+    loss_meta: torch.Tensor
+    loss_expert: torch.Tensor
+    gap: torch.Tensor  # min(loss_meta, loss of each `versus` model) - loss_expert
+
+
 def expert_cache_key(ref: ModelRef, meta_fingerprint: str) -> str:
     """Identity of an expert's weights for the loss cache."""
     parts = {
@@ -59,39 +108,6 @@ def expert_cache_key(ref: ModelRef, meta_fingerprint: str) -> str:
             tree_sha256(tree_listing(p)) if p.is_dir() else tree_sha256({p.name: sha256_bytes(p.read_bytes())})
         )
     return sha256_bytes(json.dumps(parts, sort_keys=True).encode())
-
-
-class ModelSession:
-    """Loads the registry's meta model (and experts on it) at most once, checking its identity."""
-
-    def __init__(self, registry: Registry, progress: Callable[[str], None] | None = None):
-        self.registry = registry
-        self.meta_row = registry.require_meta()
-        self.progress = progress
-        self._meta = None
-
-    @property
-    def meta(self):
-        if self._meta is None:
-            from etr_hub.models.fingerprint import meta_fingerprint
-            from etr_hub.models.loading import load_causal_lm
-
-            loaded = load_causal_lm(
-                ModelRef.model_validate(self.meta_row.reference), progress=self.progress, role="meta"
-            )
-            if meta_fingerprint(loaded.model) != self.meta_row.fingerprint:
-                raise EtrHubError(
-                    f"the meta model at {self.meta_row.display} is not the one the registry recorded (fingerprint changed)",
-                    "re-run `etr-hub init --meta REF` with the original model, or retrain the experts",
-                )
-            self._meta = loaded
-        return self._meta
-
-    def expert(self, ref: ModelRef):
-        from etr_hub.models.loading import load_causal_lm
-
-        needs_meta = ref.kind == "peft" and ref.base is None
-        return load_causal_lm(ref, meta=self.meta if needs_meta else None, progress=self.progress)
 
 
 def _loss_key(model_key: str, max_tokens: int) -> str:
@@ -110,8 +126,7 @@ def meta_pass(
 ):
     """Meta losses on the dataset (NaN: a row over `max_tokens`), from the cache or one pass that
     also caches routing states."""
-    from etr_hub.models.fingerprint import output_embedding
-    from etr_hub.queryset.scoring import encode_pairs, score_pairs
+    from etr_hub.models.scoring import encode_pairs, score_pairs
 
     fp = session.meta_row.fingerprint
     cache = LossCache(session.registry.settings.cache_dir)
@@ -130,10 +145,10 @@ def meta_pass(
         advance=progress("meta model pass", len(pairs)),
     )
     kept = [i for i, pair in enumerate(pairs) if pair is not None]
-    states = StateCache(session.registry.settings.cache_dir, fp)
+    assert result.hidden is not None and result.lse is not None  # want_states
     if kept:
-        states.put([query_key(queries[i]) for i in kept], result.hidden[kept], result.lse[kept])
-    states.put_mean_row(output_embedding(meta.model))
+        session.states.put([query_key(queries[i]) for i in kept], result.hidden[kept], result.lse[kept])
+    session.cache_mean_row()
     cache.put(_loss_key(fp, max_tokens), dataset.sha256, result.loss)
     return result.loss
 
@@ -148,7 +163,7 @@ def expert_pass(
     max_tokens: int = MAX_TOKENS,
 ):
     from etr_hub.models.chat import has_chat_template
-    from etr_hub.queryset.scoring import encode_pairs, score_pairs
+    from etr_hub.models.scoring import encode_pairs, score_pairs
 
     key = _loss_key(expert_cache_key(ref, session.meta_row.fingerprint), max_tokens)
     cache = LossCache(session.registry.settings.cache_dir)
@@ -173,183 +188,154 @@ def expert_pass(
 
 def build_query_set(
     registry: Registry,
-    name: str,
-    expert: str | ModelRef,
-    data: str | Path,
+    spec: QuerySetSpec,
+    rule: SelectionRule = SelectionRule(),
     *,
-    tau: float = 0.0,
-    size: int = 100,
-    seed: int = 0,
-    label: str | None = None,
-    label_field: str = "label",
-    rule: str = "paper",
-    versus: tuple = (),
-    pick: str = "random",
-    batch_size: int = 8,
     progress: ProgressFactory = no_progress,
-    status: Callable[[str], None] | None = None,
+    status: Status = None,
     session: ModelSession | None = None,
-    max_tokens: int = MAX_TOKENS,
 ) -> BuildResult:
-    """Score `data` with the meta model and the expert, select the query set, record it.
+    """Score `spec.data` with the meta model and the expert, select the query set by `rule`, record it.
 
     Rows longer than `max_tokens` (prompt + response, or the model's context if smaller) have
     their response cut; a row whose prompt alone does not fit is skipped and reported.
     Pass a `session` to reuse already loaded models across builds (recipes, benchmarks)."""
-    import torch
-
-    if rule not in ("paper", "labelled"):
-        raise EtrHubError(f"unknown selection rule '{rule}'", "use --rule paper or --rule labelled")
-    if size < 1:
-        raise EtrHubError(f"--size must be at least 1 (got {size})", "pass e.g. --size 100")
-    if pick not in ("random", "top"):
-        raise EtrHubError(
-            f"unknown --pick '{pick}'", "use --pick random (the paper) or --pick top (largest gaps first)"
-        )
-    if max_tokens < 2:
-        raise EtrHubError(f"--max-tokens must be at least 2 (got {max_tokens})", f"pass e.g. --max-tokens {MAX_TOKENS}")
-    if rule == "labelled" and not label:
-        raise EtrHubError(
-            "--rule labelled needs --label", "pass the label of the expert's domain, e.g. --label astronomy"
-        )
-    ref = expert if isinstance(expert, ModelRef) else ModelRef.parse(expert)
-    ref = _absolute(ref)
-    dataset = read_dataset(data)
+    ref = _model_ref(spec.expert)
+    versus = [_model_ref(v) for v in spec.versus]
+    dataset = read_dataset(spec.data)
     session = session or ModelSession(registry, status)
     warnings: list[str] = []
-    loss_meta = meta_pass(session, dataset, progress, batch_size, max_tokens)
-    loss_expert = expert_pass(session, ref, dataset, progress, batch_size, warnings, max_tokens)
-    versus_refs = [_absolute(v if isinstance(v, ModelRef) else ModelRef.parse(v)) for v in versus]
-    baseline = loss_meta
-    for v in versus_refs:  # "better than the meta model AND than these models": expertise, not a shared style
-        baseline = torch.minimum(baseline, expert_pass(session, v, dataset, progress, batch_size, warnings, max_tokens))
-    full_gap = select.loss_gap(baseline, loss_expert)  # (N,) NaN where a model skipped the row
-    kept = [i for i, g in enumerate(full_gap.tolist()) if g == g]
-    skipped = [dataset.line(i) for i in range(len(dataset.rows)) if full_gap[i] != full_gap[i]]
-    if not kept:
-        raise DataError(
-            f"every row of {dataset.path} is over {max_tokens:,} tokens (the query alone, in a model's chat template)",
-            "shorten the queries, or raise --max-tokens (at most the models' context)",
-        )
-    if skipped:
-        shown = ", ".join(map(str, skipped[:10])) + (", …" if len(skipped) > 10 else "")
-        warnings.append(
-            f"skipped {len(skipped):,} row(s) over {max_tokens:,} tokens (lines {shown}); raise --max-tokens to keep them"
-        )
-    gap = full_gap[kept]  # (K,): selection runs on the rows that fit; indices map back through `kept`
-    all_labels = dataset.labels(label_field)
+    scores = _score(session, spec, ref, versus, dataset, progress, warnings)
+    kept, skipped = _rows_that_fit(scores.gap, dataset, spec.max_tokens, warnings)
+    gap = scores.gap[kept]  # (K,): selection runs on the rows that fit; indices map back through `kept`
+    all_labels = dataset.labels(rule.label_field)
     labels = [all_labels[i] for i in kept]
     table = select.tau_table(gap)
-    if tau not in {row["tau"] for row in table}:
-        table.append({"tau": tau, "passing": int((gap > tau).sum())})
-    if rule == "paper":
-        chosen = [kept[i] for i in select.select_by_tau(gap, tau, size, seed, top=pick == "top")]
-        if not chosen:
-            raise DataError(
-                f"τ={tau:g} selects no query (loss-gap quantiles {select.gap_stats(gap)['quantiles']}; passing at τ: "
-                + ", ".join(f"{r['tau']:g}→{r['passing']}" for r in table)
-                + ")",
-                f"lower τ, e.g. --tau {select.suggest_tau(gap, size):g}",
-            )
-    else:
-        chosen = [kept[i] for i in select.select_by_label(labels, label, size, seed)]
-        if not chosen:
-            raise DataError(
-                f"no row of {dataset.path} has {label_field} == '{label}'",
-                f"check --label and --label-field (the dataset's '{label_field}' values are the labels)",
-            )
-
-    in_dom = out_dom = None
-    if label and any(lab is not None for lab in labels):
-        mask = torch.tensor([lab == label for lab in labels])
-        in_dom = float(gap[mask].mean()) if mask.any() else None
-        out_dom = float(gap[~mask].mean()) if (~mask).any() else None
+    if rule.tau not in {row["tau"] for row in table}:
+        table.append({"tau": rule.tau, "passing": int((gap > rule.tau).sum())})
+    chosen = [kept[i] for i in _choose(rule, gap, labels, table, dataset)]
+    in_dom, out_dom = _domain_gaps(gap, labels, rule.label)
     result = BuildResult(
-        name=name,
-        rule=rule,
-        tau=tau if rule == "paper" else None,
+        name=spec.name,
+        rule=rule.rule,
+        tau=rule.tau if rule.rule == "paper" else None,
         selected=chosen,
         dataset=dataset,
         gap_stats=select.gap_stats(gap),
         tau_table=table,
-        purity=select.purity(chosen, all_labels, label) if label else None,
+        purity=select.purity(chosen, all_labels, rule.label) if rule.label else None,
         in_domain_gap=in_dom,
         out_of_domain_gap=out_dom,
         warnings=warnings,
-        max_tokens=max_tokens,
+        max_tokens=spec.max_tokens,
         skipped_lines=skipped,
     )
-    _record(
-        registry,
-        session,
-        result,
-        ref,
-        loss_meta,
-        loss_expert,
-        full_gap,
-        seed,
-        size,
-        label,
-        label_field,
-        versus_refs,
-        pick,
-    )
+    _record(registry, session.meta_row.fingerprint, result, rule, ref, versus, scores)
     return result
 
 
-def _absolute(ref: ModelRef) -> ModelRef:
+def _model_ref(ref: str | ModelRef) -> ModelRef:
+    """A reference with local paths made absolute (the query set records where the expert was)."""
+    ref = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
     if ref.path and ref.kind in ("local", "peft", "gguf"):
         return ref.model_copy(update={"path": str(Path(ref.path).expanduser().resolve())})
     return ref
 
 
-def _record(
-    registry,
-    session,
-    result: BuildResult,
-    ref,
-    loss_meta,
-    loss_expert,
-    gap,
-    seed,
-    size,
-    label,
-    label_field,
-    versus,
-    pick,
-) -> None:
-    rows = []
-    for i in result.selected:
-        row = {
-            "query": result.dataset.rows[i]["query"],
-            "response": result.dataset.rows[i]["response"],
-            "loss_meta": round(float(loss_meta[i]), 4),
-            "loss_expert": round(float(loss_expert[i]), 4),
-            "gap": round(float(gap[i]), 4),
-        }
-        if result.dataset.rows[i].get(label_field) is not None:
-            row["label"] = result.dataset.rows[i][label_field]
-        rows.append(row)
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    if result.rule == "paper":
-        baseline = (
-            "min(" + ", ".join(["loss_meta"] + [f"loss[{v.display()}]" for v in versus]) + ")"
-            if versus
-            else "loss_meta"
+def _score(
+    session: ModelSession,
+    spec: QuerySetSpec,
+    ref: ModelRef,
+    versus: list[ModelRef],
+    dataset: Dataset,
+    progress: ProgressFactory,
+    warnings: list[str],
+) -> Scores:
+    loss_meta = meta_pass(session, dataset, progress, spec.batch_size, spec.max_tokens)
+    loss_expert = expert_pass(session, ref, dataset, progress, spec.batch_size, warnings, spec.max_tokens)
+    baseline = loss_meta
+    for v in versus:  # "better than the meta model AND than these models": expertise, not a shared style
+        loss_v = expert_pass(session, v, dataset, progress, spec.batch_size, warnings, spec.max_tokens)
+        baseline = torch.minimum(baseline, loss_v)
+    return Scores(loss_meta, loss_expert, select.loss_gap(baseline, loss_expert))  # (N,) NaN where skipped
+
+
+def _rows_that_fit(
+    full_gap: torch.Tensor, dataset: Dataset, max_tokens: int, warnings: list[str]
+) -> tuple[list[int], list[int]]:
+    """(indices of the rows every model scored, file lines of the rows some model skipped)."""
+    kept = [i for i, g in enumerate(full_gap.tolist()) if g == g]
+    skipped = [dataset.line(i) for i in range(len(dataset.rows)) if full_gap[i] != full_gap[i]]
+    if not kept:
+        raise DataError(
+            f"every row of {dataset.path} is over {max_tokens:,} tokens (the query alone, in a model's chat template)",
+            "shorten the queries, or raise `max_tokens` (at most the models' context)",
         )
-        rule_text = f"{baseline} - loss_expert > tau" + ("; largest gaps first" if pick == "top" else "")
-    else:
-        rule_text = f"{label_field} == '{label}'"
+    if skipped:
+        shown = ", ".join(map(str, skipped[:10])) + (", …" if len(skipped) > 10 else "")
+        warnings.append(
+            f"skipped {len(skipped):,} row(s) over {max_tokens:,} tokens (lines {shown}); "
+            "raise `max_tokens` to keep them"
+        )
+    return kept, skipped
+
+
+def _choose(
+    rule: SelectionRule, gap: torch.Tensor, labels: list[str | None], table: list[dict], dataset: Dataset
+) -> list[int]:
+    """Indices into `gap` (the rows that fit) of the query set; a DataError when none is chosen."""
+    if rule.rule == "paper":
+        chosen = select.select_by_tau(gap, rule.tau, rule.size, rule.seed, top=rule.pick == "top")
+        if not chosen:
+            raise DataError(
+                f"τ={rule.tau:g} selects no query (loss-gap quantiles {select.gap_stats(gap)['quantiles']}; "
+                + "passing at τ: "
+                + ", ".join(f"{r['tau']:g}→{r['passing']}" for r in table)
+                + ")",
+                f"lower τ, e.g. `tau={select.suggest_tau(gap, rule.size):g}`",
+            )
+        return chosen
+    assert rule.label is not None  # SelectionRule refuses the labelled rule without one
+    chosen = select.select_by_label(labels, rule.label, rule.size, rule.seed)
+    if not chosen:
+        raise DataError(
+            f"no row of {dataset.path} has {rule.label_field} == '{rule.label}'",
+            f"check `label` and `label_field` (the dataset's '{rule.label_field}' values are the labels)",
+        )
+    return chosen
+
+
+def _domain_gaps(gap: torch.Tensor, labels: list[str | None], label: str | None) -> tuple[float | None, float | None]:
+    """Mean loss gap on the rows labelled `label` and on the others: a high gap everywhere is style."""
+    if not label or all(lab is None for lab in labels):
+        return None, None
+    mask = torch.tensor([lab == label for lab in labels])
+    in_dom = float(gap[mask].mean()) if mask.any() else None
+    out_dom = float(gap[~mask].mean()) if (~mask).any() else None
+    return in_dom, out_dom
+
+
+def _record(
+    registry: Registry,
+    meta_fingerprint: str,
+    result: BuildResult,
+    rule: SelectionRule,
+    ref: ModelRef,
+    versus: list[ModelRef],
+    scores: Scores,
+) -> None:
+    """Store the query set (one JSON row per selected query, with its losses) and its provenance."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _rows(result, rule.label_field, scores))
     info = {
         "file": "query_set.jsonl",
         "sha256": sha256_bytes(text.encode()),
-        "size": len(rows),
+        "size": len(result.selected),
         "tau": result.tau,
-        "selection_rule": rule_text,
-        "seed": seed,
+        "selection_rule": _rule_text(rule, versus),
+        "seed": rule.seed,
         "source": {"name": result.dataset.name, "sha256": result.dataset.sha256, "n_pairs": len(result.dataset.rows)},
         "loss_gap": result.gap_stats,
-        "label": label,
+        "label": rule.label,
         "purity": result.purity,
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -357,9 +343,35 @@ def _record(
         path.write_text(text, encoding="utf-8")
         registry.add_query_set(
             name=result.name,
-            meta_fingerprint=session.meta_row.fingerprint,
+            meta_fingerprint=meta_fingerprint,
             file=path,
             info={k: v for k, v in info.items() if v is not None},
             expert_ref=ref.model_dump(mode="json", exclude_none=True),
         )
     result.info = info
+
+
+def _rows(result: BuildResult, label_field: str, scores: Scores) -> list[dict]:
+    rows = []
+    for i in result.selected:
+        row = {
+            "query": result.dataset.rows[i]["query"],
+            "response": result.dataset.rows[i]["response"],
+            "loss_meta": round(float(scores.loss_meta[i]), 4),
+            "loss_expert": round(float(scores.loss_expert[i]), 4),
+            "gap": round(float(scores.gap[i]), 4),
+        }
+        if result.dataset.rows[i].get(label_field) is not None:
+            row["label"] = result.dataset.rows[i][label_field]
+        rows.append(row)
+    return rows
+
+
+def _rule_text(rule: SelectionRule, versus: list[ModelRef]) -> str:
+    """The selection rule as the manifest records it."""
+    if rule.rule == "labelled":
+        return f"{rule.label_field} == '{rule.label}'"
+    baseline = (
+        "min(" + ", ".join(["loss_meta"] + [f"loss[{v.display()}]" for v in versus]) + ")" if versus else "loss_meta"
+    )
+    return f"{baseline} - loss_expert > tau" + ("; largest gaps first" if rule.pick == "top" else "")

@@ -126,7 +126,7 @@ class Registry:
                 raise BundleError(
                     f"bundle {bundle.root}: its expert reference asks for the environment variable ${name}, "
                     f"which the hub would send as an API key to {redact_url(ref.url or '?')}",
-                    f"if you trust that endpoint with ${name}, add the bundle with --allow-env {name}",
+                    f"if you trust that endpoint with ${name}, add the bundle with `allow_env={name}`",
                 )
 
     def _check_norm(self, bundle: Bundle, meta: MetaModel) -> None:
@@ -163,7 +163,7 @@ class Registry:
                 return existing  # the same bundle again: nothing to do (`expert add plugins/*/` is idempotent)
             raise RegistryError(
                 f"expert '{m.name}' version {m.version} is already registered",
-                "pass --replace to overwrite it, or bump 'version' in expert.json",
+                "pass `replace=True` to overwrite it, or bump the manifest's 'version'",
             )
         try:
             with self.store.lock(exclusive=False):  # no gc between our copies and our commit
@@ -226,12 +226,12 @@ class Registry:
         except IntegrityError:
             raise RegistryError(
                 f"expert '{m.name}' version {m.version} is already registered",
-                "pass --replace to overwrite it, or bump 'version' in expert.json",
+                "pass `replace=True` to overwrite it, or bump the manifest's 'version'",
             ) from None
         except DataError as e:  # the manifest schema's limits should make this unreachable
             reason = " ".join(str(getattr(e, "orig", None) or e).split())[:200]
             raise RegistryError(
-                f"the registry database refused expert '{m.name}': {reason}", "fix the value in expert.json"
+                f"the registry database refused expert '{m.name}': {reason}", "fix that value in the bundle's manifest"
             ) from None
         return row
 
@@ -392,19 +392,20 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 def check_env_names(names: Sequence[str] | None) -> list[str]:
-    """The operator's --allow-env names, sorted and unique; ETR_HUB_* are the hub's own, never an expert's."""
+    """The operator's `allow_env` names (the CLI's --allow-env), sorted and unique; ETR_HUB_* are the
+    hub's own, never an expert's."""
     from etr_hub.models.refs import HUB_ENV_PREFIX
 
     names = list(names or [])
     for name in names:
         if not _ENV_NAME.match(name):
             raise EtrHubError(
-                f"--allow-env {name!r} is not an environment variable name",
-                "pass the variable's NAME, e.g. --allow-env ASTRO_API_KEY (never the key)",
+                f"`allow_env` {name!r} is not an environment variable name",
+                "pass the variable's NAME, e.g. `allow_env=ASTRO_API_KEY` (never the key)",
             )
         if name.upper().startswith(HUB_ENV_PREFIX):
             raise EtrHubError(
-                f"--allow-env {name}: {HUB_ENV_PREFIX}* variables are the hub's own secrets and are never given to an expert",
+                f"`allow_env` {name}: {HUB_ENV_PREFIX}* variables are the hub's own secrets and are never given to an expert",
                 "give the expert its own variable, e.g. ASTRO_API_KEY",
             )
     return sorted(set(names))

@@ -11,12 +11,12 @@ from etr_hub.registry.tables import MetaModel
 DEFAULT_META = "embedded:smollm2-135m-instruct"
 
 
-def register_meta_model(registry: Registry, ref: ModelRef, progress: Callable[[str], None] | None = None) -> MetaModel:
+def register_meta_model(registry: Registry, ref: ModelRef, status: Callable[[str], None] | None = None) -> MetaModel:
     from etr_hub.models.fingerprint import meta_fingerprint, output_embedding
     from etr_hub.models.loading import load_causal_lm
     from etr_hub.routing.math import max_row_norm
 
-    loaded = load_causal_lm(ref, progress=progress)
+    loaded = load_causal_lm(ref, status=status)
     w_v = output_embedding(loaded.model)  # (V, C)
     return registry.register_meta(
         reference=ref.model_dump(mode="json", exclude_none=True),

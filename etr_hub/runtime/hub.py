@@ -35,7 +35,7 @@ from etr_hub.runtime.types import ChatResult, Done, Event, ExpertScore, Explanat
 
 class Hub:
     def __init__(
-        self, registry: Any, meta: Any, meta_row: Any, assembly: Any, pool: Any, progress: Callable[[str], None] | None
+        self, registry: Any, meta: Any, meta_row: Any, assembly: Any, pool: Any, status: Callable[[str], None] | None
     ):
         self.registry = registry
         self.meta = meta  # LoadedModel
@@ -43,7 +43,7 @@ class Hub:
         self.experts = assembly.experts
         self.skipped: list[tuple[str, str]] = assembly.skipped
         self.pool = pool
-        self.progress = progress
+        self.status = status
         dtype = next(meta.model.parameters()).dtype
         self.w_e_t = assembly.w_e.to(dtype).T.contiguous()  # (C, N): W_E transposed, one matmul per step
         self.eos = eos_ids(meta.model, meta.tokenizer)
@@ -57,7 +57,7 @@ class Hub:
         cls,
         registry: Any = None,
         *,
-        progress: Callable[[str], None] | None = None,
+        status: Callable[[str], None] | None = None,
         memory_budget_mb: int | None = None,
         meta: Any = None,
         route_window: int | None = 1,
@@ -70,7 +70,7 @@ class Hub:
         registry = registry or Registry.open()
         meta_row = registry.require_meta()
         if meta is None:
-            meta = load_causal_lm(ModelRef.model_validate(meta_row.reference), progress=progress, role="meta")
+            meta = load_causal_lm(ModelRef.model_validate(meta_row.reference), status=status, role="meta")
         fingerprint = meta_fingerprint(meta.model)
         if fingerprint != meta_row.fingerprint:
             raise EtrHubError(
@@ -79,12 +79,12 @@ class Hub:
             )
         w_v = output_embedding(meta.model)  # (V, C)
         hidden = int(w_v.shape[1])
-        if progress is not None:
-            progress("assembling expert tokens")
+        if status is not None:
+            status("assembling expert tokens")
         assembly = assemble(registry, fingerprint=fingerprint, hidden_size=hidden, max_row_norm=max_row_norm(w_v))
         budget = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
-        pool = ExpertPool(assembly.specs, meta, budget_bytes=budget, progress=progress)
-        hub = cls(registry, meta, meta_row, assembly, pool, progress)
+        pool = ExpertPool(assembly.specs, meta, budget_bytes=budget, status=status)
+        hub = cls(registry, meta, meta_row, assembly, pool, status)
         hub.route_window = route_window
         hub.keep_layer = meta_layer_to_keep(assembly.specs.values())
         return hub
@@ -274,7 +274,7 @@ class Hub:
                 if excess >= len(content):
                     raise EtrHubError(
                         f"the system prompt alone ({len(ids) - len(content)} tokens) leaves no room within {limit}",
-                        "shorten the system prompt, or lower max_new_tokens or raise max_prompt_tokens",
+                        "shorten the system prompt, or lower `max_new_tokens` or raise `max_prompt_tokens`",
                     )
                 messages[-1] = {**messages[-1], "content": tokenizer.decode(content[excess:], skip_special_tokens=True)}
                 cut += excess

@@ -51,7 +51,7 @@ class Options:
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             raise EtrHubError(
                 f"max_prompt_tokens must be at least 1 (got {self.max_prompt_tokens})",
-                "pass e.g. max_prompt_tokens=400",
+                "pass e.g. `max_prompt_tokens=400`",
             )
         return self
 

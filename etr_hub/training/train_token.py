@@ -3,29 +3,57 @@
 from __future__ import annotations
 
 import getpass
-import json
 import math
-import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
 import torch
 
-from etr_hub.bundle import Bundle, Manifest, write_bundle
-from etr_hub.bundle.io import save_token
-from etr_hub.bundle.manifest import MetaInfo, QuerySetInfo, TokenInfo, TrainingInfo
-from etr_hub.cache import StateCache, query_key
+from etr_hub.bundle import Bundle, Manifest
+from etr_hub.bundle.io import write_token_bundle
+from etr_hub.bundle.manifest import MetaInfo, QuerySetInfo, TrainingInfo
 from etr_hub.errors import EtrHubError
 from etr_hub.models.refs import ModelRef
-from etr_hub.queryset.build import ModelSession, ProgressFactory, no_progress
+from etr_hub.session import (
+    ModelSession,
+    ProgressFactory,
+    Status,
+    expert_row,
+    no_progress,
+    query_set_queries,
+    read_general_prompts,
+)
 from etr_hub.registry import Registry
-from etr_hub.registry.tables import Expert, QuerySet
+from etr_hub.registry.tables import Expert, MetaModel, QuerySet
 from etr_hub.routing import WORD
-from etr_hub.store import sha256_file
-from etr_hub.training.optimize import TrainOutcome, TrainSettings, cached_features, train_expert_row
+from etr_hub.training.optimize import TrainOutcome, TrainSettings, cached_features, train_rows
+
+PAPER = TrainSettings()  # the paper's optimiser settings
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """The bundle `train-token` writes: where, and what its manifest says besides the training."""
+
+    out: Path | None = None  # default: $ETR_HUB_HOME/bundles/NAME-VERSION
+    version: str | None = None  # default: the next patch version of NAME
+    description: str = ""  # default: "NAME expert"
+    license: str = "unknown"
+    provider: str | None = None  # default: the user's login name
+    replace: bool = False  # overwrite `out`, and a registered expert of the same name and version
+
+
+@dataclass
+class TrainingSet:
+    """The queries the new row learns from, each with the pooled index it should route to."""
+
+    queries: list[str]
+    target: torch.Tensor  # (Q,) 1 + len(negatives): the new token; 1 + k: registered expert k; WORD
+    w_frozen: torch.Tensor  # (N, C) the registered experts' rows, frozen in the softmax
+    negatives: list[str]  # the registered experts whose query sets are negatives
+    n_word: int  # everyday prompts among the queries (a word token should win there)
 
 
 @dataclass
@@ -39,56 +67,47 @@ class TrainResult:
     seconds: float
 
 
-def _queries(registry: Registry, qs: QuerySet) -> list[str]:
-    from etr_hub.jsonl import query_column
+def train_token(
+    registry: Registry,
+    name: str,
+    *,
+    query_set: str | None = None,
+    cfg: TrainSettings = PAPER,
+    bundle: BundleInfo = BundleInfo(),
+    word_negatives: bool = True,
+    progress: ProgressFactory = no_progress,
+    status: Status = None,
+    session: ModelSession | None = None,
+) -> TrainResult:
+    """Train `name`'s token on its query set (default: the one named `name`) with the registered
+    experts frozen, write the bundle and register it. Pass a `session` to reuse loaded models."""
+    t0 = time.perf_counter()
+    bundle = _with_defaults(registry, name, bundle)
+    _check_before_training(registry, name, cfg, bundle)
+    session = session or ModelSession(registry, status)
+    qs = _query_set(registry, query_set or name, session.meta_row.fingerprint)
+    data = _training_set(registry, name, qs, session.meta_row, word_negatives)
+    hidden, lse = session.routing_states(data.queries, progress)
+    features = cached_features(hidden, lse)
+    outcome = train_rows(features, len(data.queries), data.target, data.w_frozen, session.mean_row(), cfg)
+    _check_trained(outcome, hidden, cfg)
+    written = _write(registry, name, qs, session.meta_row, _training_info(outcome, cfg, data), outcome.row, bundle)
+    expert = registry.add_expert(written, replace=bundle.replace)
+    return TrainResult(
+        bundle=written,
+        expert=expert,
+        outcome=outcome,
+        n_queries=qs.size,
+        n_negatives=len(data.queries) - qs.size,
+        train_routing_accuracy=_routing_accuracy(hidden, lse, data, outcome.row),
+        seconds=time.perf_counter() - t0,
+    )
 
-    return query_column(registry.abspath(qs.store_path))
 
-
-def general_prompts(split: str) -> list[str]:
-    """The project's own everyday prompts (etr_hub/data/general_prompts.jsonl) of one split."""
-    from importlib.resources import files
-
-    lines = files("etr_hub").joinpath("data/general_prompts.jsonl").read_text(encoding="utf-8").splitlines()
-    rows = [json.loads(line) for line in lines if line.strip()]
-    return [r["query"] for r in rows if r["split"] == split]
-
-
-def _row(registry: Registry, expert: Expert) -> torch.Tensor:
-    from etr_hub.bundle.io import read_token
-
-    m = Manifest.model_validate(expert.manifest)
-    return read_token(registry.abspath(expert.token_path).parent, registry.abspath(expert.token_path), m).float()
-
-
-def routing_states_for(session: ModelSession, queries: list[str], progress: ProgressFactory, batch_size: int = 16):
-    """Cached (hidden, lse) for every query; one meta pass over the ones not cached yet."""
-    from etr_hub.models.fingerprint import output_embedding
-    from etr_hub.queryset.scoring import routing_states
-
-    cache = StateCache(session.registry.settings.cache_dir, session.meta_row.fingerprint)
-    keys = [query_key(q) for q in queries]
-    hidden, lse, missing = cache.get(keys)
-    if missing:
-        meta = session.meta
-        h_new, lse_new = routing_states(
-            meta.model,
-            meta.tokenizer,
-            [queries[i] for i in missing],
-            batch_size=batch_size,
-            advance=progress("meta model pass (routing states)", len(missing)),
-        )
-        cache.put([keys[i] for i in missing], h_new, lse_new)
-        cache.put_mean_row(output_embedding(meta.model))
-        if hidden is None:
-            hidden, lse = h_new, lse_new
-        else:
-            hidden[missing], lse[missing] = h_new, lse_new
-    init = cache.get_mean_row()
-    if init is None:
-        cache.put_mean_row(output_embedding(session.meta.model))
-        init = cache.get_mean_row()
-    return hidden, lse, init
+def _with_defaults(registry: Registry, name: str, bundle: BundleInfo) -> BundleInfo:
+    version = bundle.version or _next_version(registry, name)
+    out = Path(bundle.out) if bundle.out else registry.settings.bundles_dir / f"{name}-{version}"
+    return replace(bundle, version=version, out=out)
 
 
 def _next_version(registry: Registry, name: str) -> str:
@@ -99,131 +118,78 @@ def _next_version(registry: Registry, name: str) -> str:
     def key(v: str):
         return tuple(int(p) if p.isdigit() else 0 for p in v.split("."))
 
-    major, minor, patch = (list(key(max(versions, key=key))) + [0, 0, 0])[:3]
+    major, minor, patch = [*key(max(versions, key=key)), 0, 0, 0][:3]
     return f"{major}.{minor}.{patch + 1}"
 
 
-def train_token(
-    registry: Registry,
-    name: str,
-    *,
-    query_set: str | None = None,
-    cfg: TrainSettings = TrainSettings(),
-    out: Path | None = None,
-    version: str | None = None,
-    description: str = "",
-    license: str = "unknown",
-    provider: str | None = None,
-    replace: bool = False,
-    word_negatives: bool = True,
-    progress: ProgressFactory = no_progress,
-    status: Callable[[str], None] | None = None,
-    session: ModelSession | None = None,
-) -> TrainResult:
-    t0 = time.perf_counter()
-    version = version or _next_version(registry, name)
-    out = Path(out) if out else registry.settings.bundles_dir / f"{name}-{version}"
-    _check_before_training(registry, name, version, cfg, out, replace)
-    session = session or ModelSession(registry, status)
-    meta = session.meta_row
-    qs = registry.latest_query_set(query_set or name, meta.fingerprint)
+def _query_set(registry: Registry, name: str, meta_fingerprint: str) -> QuerySet:
+    qs = registry.latest_query_set(name, meta_fingerprint)
     if qs is None:
         raise EtrHubError(
-            f"no query set named '{query_set or name}' for the registry's meta model",
-            f"build one first: etr-hub query-set build {query_set or name} --expert REF --data FILE.jsonl",
+            f"no query set named '{name}' for the registry's meta model",
+            f"build one first: `etr-hub query-set build {name} --expert REF --data FILE.jsonl`",
         )
+    return qs
 
-    # the already registered experts: frozen rows in the softmax, their query sets as negatives
+
+def _training_set(registry: Registry, name: str, qs: QuerySet, meta: MetaModel, word_negatives: bool) -> TrainingSet:
+    """The expert's queries, the registered experts' query sets as negatives labelled with their
+    own (frozen) tokens, and with `word_negatives` the everyday prompts, where a word should win."""
     others = [
         e for e in registry.list_experts(enabled_only=True) if e.name != name and e.meta_fingerprint == meta.fingerprint
     ]
     w_frozen = (
-        torch.cat([_row(registry, e) for e in others], dim=0) if others else torch.zeros(0, meta.hidden_size)
-    )  # (N, C)
-    queries = _queries(registry, qs)
+        torch.cat([expert_row(registry, e) for e in others], dim=0) if others else torch.zeros(0, meta.hidden_size)
+    )
+    queries = query_set_queries(registry, qs)
     targets = [1 + len(others)] * len(queries)  # the new token's pooled index
     for k, e in enumerate(others):
         other_qs = registry.query_set_for(e)
         if other_qs is not None:
-            neg = _queries(registry, other_qs)
-            queries += neg
-            targets += [1 + k] * len(neg)
-    n_word = 0
-    if word_negatives:  # everyday prompts where a word token, not any expert, should win
-        general = general_prompts("train")
-        queries += general
-        targets += [WORD] * len(general)
-        n_word = len(general)
-    target = torch.tensor(targets)
-    hidden, lse, init = routing_states_for(session, queries, progress)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # thousands of tiny steps: extra threads only add sync cost (170x slower on a busy CPU)
-    try:
-        outcome = train_expert_row(cached_features(hidden, lse), len(queries), target, w_frozen, init, cfg)
-    finally:
-        torch.set_num_threads(threads)
-    _check_trained(outcome, hidden, cfg)
+            negatives = query_set_queries(registry, other_qs)
+            queries += negatives
+            targets += [1 + k] * len(negatives)
+    general = read_general_prompts(split="train") if word_negatives else []
+    queries += general
+    targets += [WORD] * len(general)
+    return TrainingSet(queries, torch.tensor(targets), w_frozen, [e.name for e in others], len(general))
 
+
+def _routing_accuracy(hidden: torch.Tensor, lse: torch.Tensor, data: TrainingSet, row: torch.Tensor) -> float:
+    """The share of the training queries whose own token (or a word) wins with the new row in place."""
     from etr_hub.routing import pooled_routing_logits
 
-    winners = pooled_routing_logits(hidden, lse, torch.cat([w_frozen, outcome.row], dim=0)).argmax(dim=-1)  # (Q,)
-    accuracy = float((winners == target).float().mean())
-    bundle = _write(
-        registry,
-        name,
-        qs,
-        meta,
-        outcome,
-        cfg,
-        [e.name for e in others],
-        n_word,
-        out,
-        version,
-        description,
-        license,
-        provider or getpass.getuser(),
-        replace,
-    )
-    expert = registry.add_expert(bundle, replace=replace)
-    return TrainResult(
-        bundle=bundle,
-        expert=expert,
-        outcome=outcome,
-        n_queries=qs.size,
-        n_negatives=len(queries) - qs.size,
-        train_routing_accuracy=accuracy,
-        seconds=time.perf_counter() - t0,
-    )
+    winners = pooled_routing_logits(hidden, lse, torch.cat([data.w_frozen, row], dim=0)).argmax(dim=-1)  # (Q,)
+    return float((winners == data.target).float().mean())
 
 
-def _check_before_training(
-    registry: Registry, name: str, version: str, cfg: TrainSettings, out: Path, replace: bool
-) -> None:
+def _check_before_training(registry: Registry, name: str, cfg: TrainSettings, bundle: BundleInfo) -> None:
     """Everything that would otherwise fail only after training: cheap, before any model loads."""
     from pydantic import TypeAdapter, ValidationError
 
-    for field, value in (("name", name), ("version", version)):
+    for field, value in (("name", name), ("version", bundle.version)):
         info = Manifest.model_fields[field]
         try:
-            TypeAdapter(Annotated[info.annotation, *info.metadata]).validate_python(value)
+            TypeAdapter(Annotated[info.annotation, *info.metadata]).validate_python(value)  # type: ignore[arg-type]
         except ValidationError as exc:
             raise EtrHubError(
                 f"{value!r} is not a valid expert {field} ({exc.errors()[0]['msg']})", f"pass another {field}"
             ) from None
-    for flag, value, ok in (("lr", cfg.lr, cfg.lr > 0), ("weight_decay", cfg.weight_decay, cfg.weight_decay >= 0)):
-        if not (math.isfinite(value) and ok):
+    for param, number, ok in (("lr", cfg.lr, cfg.lr > 0), ("weight_decay", cfg.weight_decay, cfg.weight_decay >= 0)):
+        if not (math.isfinite(number) and ok):
             raise EtrHubError(
-                f"{flag} must be a finite number {'> 0' if flag == 'lr' else '≥ 0'} (got {value})",
-                "pass e.g. --lr 5e-4 --weight-decay 1.0",
+                f"`{param}` must be a finite number {'> 0' if param == 'lr' else '≥ 0'} (got {number})",
+                "pass e.g. `lr=5e-4`, `weight_decay=1.0`",
             )
     if cfg.batch_size < 1 or cfg.max_epochs < 1 or (cfg.epochs is not None and cfg.epochs < 1):
-        raise EtrHubError("batch_size, max_epochs and epochs must be at least 1", "pass e.g. --batch-size 16")
-    if out.exists() and not replace:
-        raise EtrHubError(f"{out} already exists", "pass --replace or choose another --out")
-    if not replace and any(e.name == name and e.version == version for e in registry.list_experts()):
+        raise EtrHubError("`batch_size`, `max_epochs` and `epochs` must be at least 1", "pass e.g. `batch_size=16`")
+    assert bundle.out is not None  # _with_defaults
+    if bundle.out.exists() and not bundle.replace:
+        raise EtrHubError(f"{bundle.out} already exists", "pass `replace=True` or choose another `out`")
+    if not bundle.replace and any(e.name == name and e.version == bundle.version for e in registry.list_experts()):
         raise EtrHubError(
-            f"expert '{name}' version {version} is already registered",
-            "pass --replace to overwrite it, or another --version",
+            f"expert '{name}' version {bundle.version} is already registered",
+            "pass `replace=True` to overwrite it, or another `version`",
         )
 
 
@@ -232,68 +198,65 @@ MAX_TOKEN_LOGIT = 1e4
 
 
 def _check_trained(outcome: TrainOutcome, hidden: torch.Tensor, cfg: TrainSettings) -> None:
-    """Refuse a diverged row before anything is written (a bundle refusing it later would blame expert.json)."""
+    """Refuse a diverged row before anything is written (a bundle refusing it later would blame the manifest)."""
     row = outcome.row.float()
     largest = float((hidden.float() @ row.T).abs().max()) if hidden.numel() else 0.0  # (Q, C) @ (C, 1)
     if not (math.isfinite(outcome.final_loss) and bool(torch.isfinite(row).all()) and largest <= MAX_TOKEN_LOGIT):
         raise EtrHubError(
-            f"training diverged at --lr {cfg.lr:g} (final loss {outcome.final_loss:g}, largest token logit {largest:.3g}); nothing was written",
-            "lower --lr (the paper's is 5e-4)",
+            f"training diverged at `lr={cfg.lr:g}` (final loss {outcome.final_loss:g}, "
+            f"largest token logit {largest:.3g}); nothing was written",
+            "lower `lr` (the paper's is 5e-4)",
         )
 
 
+def _training_info(outcome: TrainOutcome, cfg: TrainSettings, data: TrainingSet) -> TrainingInfo:
+    return TrainingInfo(
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        epochs=outcome.epochs,
+        batch_size=cfg.batch_size,
+        schedule=f"cosine over {cfg.epochs or cfg.max_epochs} epochs, {cfg.warmup_steps} warm-up steps",
+        steps=outcome.steps,
+        final_loss=round(outcome.final_loss, 6),
+        stopped=outcome.stopped,
+        negatives=data.negatives,
+        word_negatives=data.n_word,
+    )
+
+
 def _write(
-    registry,
-    name,
+    registry: Registry,
+    name: str,
     qs: QuerySet,
-    meta,
-    outcome: TrainOutcome,
-    cfg: TrainSettings,
-    negatives,
-    n_word,
-    out,
-    version,
-    description,
-    license,
-    provider,
-    replace,
+    meta: MetaModel,
+    training: TrainingInfo,
+    row: torch.Tensor,
+    bundle: BundleInfo,
 ) -> Bundle:
     ref = ModelRef.model_validate(qs.expert_ref)
     files: dict[str, Path] = {"query_set.jsonl": registry.abspath(qs.store_path)}
     if ref.kind == "peft" and ref.path:
         files["adapter"] = Path(ref.path)
         ref = ref.model_copy(update={"path": "adapter"})  # the bundle carries the adapter
-    with tempfile.TemporaryDirectory() as tmp:
-        token_file = Path(tmp) / "token.safetensors"
-        save_token(token_file, outcome.row)
-        files["token.safetensors"] = token_file
-        manifest = Manifest(
-            name=name,
-            version=version,
-            description=description or f"{name} expert",
-            license=license,
-            provider=provider,
-            label=qs.label,
-            expert=ref,
-            meta=MetaInfo(
-                reference=meta.display,
-                hidden_size=meta.hidden_size,
-                vocab_size=meta.vocab_size,
-                fingerprint=meta.fingerprint,
-            ),
-            token=TokenInfo(sha256=sha256_file(token_file), shape=(1, meta.hidden_size), dtype="float32"),
-            query_set=QuerySetInfo.model_validate(qs.provenance),
-            training=TrainingInfo(
-                lr=cfg.lr,
-                weight_decay=cfg.weight_decay,
-                epochs=outcome.epochs,
-                batch_size=cfg.batch_size,
-                schedule=f"cosine over {cfg.epochs or cfg.max_epochs} epochs, {cfg.warmup_steps} warm-up steps",
-                steps=outcome.steps,
-                final_loss=round(outcome.final_loss, 6),
-                stopped=outcome.stopped,
-                negatives=negatives,
-                word_negatives=n_word,
-            ),
-        )
-        return write_bundle(out, manifest, files, replace=replace)
+    assert bundle.out is not None and bundle.version is not None  # _with_defaults
+    return write_token_bundle(
+        bundle.out,
+        row,
+        files=files,
+        replace=bundle.replace,
+        name=name,
+        version=bundle.version,
+        description=bundle.description or f"{name} expert",
+        license=bundle.license,
+        provider=bundle.provider or getpass.getuser(),
+        label=qs.label,
+        expert=ref,
+        meta=MetaInfo(
+            reference=meta.display,
+            hidden_size=meta.hidden_size,
+            vocab_size=meta.vocab_size,
+            fingerprint=meta.fingerprint,
+        ),
+        query_set=QuerySetInfo.model_validate(qs.provenance),
+        training=training,
+    )

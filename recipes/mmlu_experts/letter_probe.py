@@ -57,7 +57,7 @@ def main() -> None:
     from etr_hub.models.chat import routing_prompt_ids
     from etr_hub.models.loading import load_causal_lm
     from etr_hub.models.refs import ModelRef
-    from etr_hub.queryset.scoring import right_pad
+    from etr_hub.models.scoring import right_pad
 
     torch.manual_seed(0)
     meta = load_causal_lm(ModelRef.parse("embedded:smollm2-135m-instruct"), role="meta")

@@ -94,14 +94,13 @@ def everyday_rows(work: Path, home: Path) -> list[dict]:
     if path.is_file():
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     os.environ["ETR_HUB_HOME"] = str(home)
-    from etr_hub.eval.run import GENERAL_PROMPTS, read_general_prompts
     from etr_hub.eval.tasks import generate_greedy
     from etr_hub.models.chat import routing_prompt_ids
-    from etr_hub.queryset.build import ModelSession
+    from etr_hub.session import ModelSession, read_general_prompts
     from etr_hub.registry import Registry
 
     meta = ModelSession(Registry.open()).meta
-    prompts = read_general_prompts(GENERAL_PROMPTS, "train")
+    prompts = read_general_prompts(split="train")
     replies = generate_greedy(
         meta.model,
         meta.tokenizer,
