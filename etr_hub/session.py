@@ -31,7 +31,7 @@ ProgressFactory = Callable[[str, int], Callable[[int], None]]
 Status = Callable[[str], None] | None
 
 # The project's own everyday prompts: word-token negatives in training, false-fire checks in eval.
-GENERAL_PROMPTS = Path(__file__).resolve().parents[1] / "data" / "general_prompts.jsonl"
+GENERAL_PROMPTS = Path(__file__).resolve().parent / "data" / "general_prompts.jsonl"
 
 
 def no_progress(_description: str, _total: int) -> Callable[[int], None]:
