@@ -40,7 +40,8 @@ def iter_jsonl(path: str | Path, label: str | None = None) -> Iterator[tuple[int
                     bad = next((s for s in (key, v) if isinstance(s, str) and not is_unicode(s)), None)
                     if bad is not None:  # it would break every tokenizer (and the terminal) later
                         raise DataError(
-                            f"{label}:{lineno} field {key!r} holds an unpaired surrogate escape (\\u{_surrogate(bad):04x})",
+                            f"{label}:{lineno} field {key!r} holds an unpaired surrogate escape"
+                            f" (\\u{_surrogate(bad):04x})",
                             "write the text as UTF-8 (escapes like \\ud83d must come in pairs)",
                         )
             yield lineno, value

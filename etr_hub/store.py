@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,20 +115,15 @@ class Store:
                 if not parent.is_dir():
                     continue
                 for entry in sorted(parent.iterdir()):
-                    if entry.name.startswith(TMP) and not entry.name.endswith(LOCK) and _abandoned(entry):
+                    if not entry.name.startswith(TMP):
+                        continue
+                    if not entry.name.endswith(LOCK) and _abandoned(entry):
                         found.append(entry.relative_to(self.root).as_posix())
                         if not dry_run:
                             _remove(entry)
                             _remove(entry.with_name(entry.name + LOCK))
-                    elif (
-                        entry.name.startswith(TMP)
-                        and entry.name.endswith(LOCK)
-                        and not entry.with_name(entry.name[: -len(LOCK)]).exists()
-                    ):
-                        if (
-                            not dry_run and _older_than(entry, 60) and _unlocked(entry)
-                        ):  # a lock whose temporary is gone
-                            _remove(entry)
+                    elif entry.name.endswith(LOCK) and _orphan_lock(entry) and not dry_run:
+                        _remove(entry)
         except OSError:  # a read-only or vanished store: nothing to sweep here
             pass
         return found
@@ -155,10 +150,10 @@ class Store:
             if not dry_run:
                 self.discard(path)
                 if path.parent.parent.name == "sha256":
-                    try:
-                        path.parent.rmdir()  # an emptied shard folder (writers hold the shared lock: none now)
-                    except OSError:
-                        pass
+                    with suppress(
+                        OSError
+                    ):  # only an emptied shard folder goes (writers hold the shared lock: none now)
+                        path.parent.rmdir()
         return report
 
     # -- single files -------------------------------------------------------------------
@@ -232,14 +227,17 @@ def _older_than(path: Path, seconds: float) -> bool:
         return False
 
 
+def _orphan_lock(lock: Path) -> bool:
+    """A lock whose temporary is gone, old and held by no one."""
+    return not lock.with_name(lock.name[: -len(LOCK)]).exists() and _older_than(lock, 60) and _unlocked(lock)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        try:
+        with suppress(OSError):
             path.unlink()
-        except OSError:
-            pass
 
 
 def _size(path: Path) -> int:

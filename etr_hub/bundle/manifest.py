@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from etr_hub import __version__
 from etr_hub.models.refs import ModelRef
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 MANIFEST_NAME = "expert.json"
 TOKEN_TENSOR = "expert_token"  # the one tensor inside token.safetensors
 

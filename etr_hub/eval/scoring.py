@@ -151,4 +151,4 @@ class VectorCache:
             if rows is None:
                 rows = torch.zeros(len(keys), new.shape[1])  # (N, D)
             rows[missing] = new
-        return rows
+        return rows if rows is not None else torch.zeros(0, 0)  # no keys asked for

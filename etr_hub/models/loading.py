@@ -77,6 +77,8 @@ def _load_hf(ref: ModelRef, *, dtype: str, status: Status, **_: Any) -> LoadedMo
     _report(status, f"fetching {ref.display()}" if allow_download() else f"loading {ref.display()}")
     # Resolve to a local snapshot first: only these patterns are fetched (no pickles, no code),
     # and the folder then gets the same checks as a local model.
+    if ref.repo_id is None:
+        raise ValueError(f"{ref.display()} names no repository")  # ModelRef.parse always sets it for hf:
     try:
         snapshot = snapshot_download(
             ref.repo_id, revision=ref.revision, allow_patterns=HF_PATTERNS, local_files_only=not allow_download()
@@ -114,8 +116,9 @@ def _load_peft(ref: ModelRef, *, meta: LoadedModel | None, dtype: str, status: S
     from peft import PeftModel
 
     adapter = _adapter_dir(ref.path)
-    shares_meta = ref.base is None or (meta is not None and ref.base == meta.ref)
-    if shares_meta:
+    own_base = ref.base if ref.base is not None and (meta is None or ref.base != meta.ref) else None
+    shares_meta = own_base is None
+    if own_base is None:
         if meta is None:
             raise ModelLoadError(
                 f"PEFT adapter {adapter} is for the meta model, but no meta model was given",
@@ -123,7 +126,7 @@ def _load_peft(ref: ModelRef, *, meta: LoadedModel | None, dtype: str, status: S
             )
         base = LoadedModel(share_weights(meta.model), meta.tokenizer, meta.ref)
     else:
-        base = load_causal_lm(ref.base, dtype=dtype, status=status, role="base")
+        base = load_causal_lm(own_base, dtype=dtype, status=status, role="base")
     name = adapter_name_for(adapter)
     _report(status, f"applying adapter {adapter.name}")
     model = PeftModel.from_pretrained(

@@ -74,33 +74,34 @@ def score_pairs(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n = len(pairs)
     loss = torch.full((n,), float("nan"))
-    hidden = lse = None
-    if want_states:
-        hidden, lse = torch.zeros(n, model.config.hidden_size), torch.zeros(n)
-    scored = [i for i, pair in enumerate(pairs) if pair is not None]
+    hidden = torch.zeros(n, model.config.hidden_size) if want_states else None  # (N, C)
+    lse = torch.zeros(n) if want_states else None  # (N,)
+    scored = {i: pair for i, pair in enumerate(pairs) if pair is not None}
     if advance and len(scored) < n:
         advance(n - len(scored))
-    for part in _batches([len(pairs[i][0]) + len(pairs[i][1]) for i in scored], batch_size):
-        batch = [scored[j] for j in part]
-        ids, mask = right_pad([pairs[i][0] + pairs[i][1] for i in batch], pad)  # (B, T), (B, T)
+    order = list(scored)
+    for part in _batches([len(p) + len(r) for p, r in scored.values()], batch_size):
+        batch = [order[j] for j in part]
+        ids, mask = right_pad([scored[i][0] + scored[i][1] for i in batch], pad)  # (B, T), (B, T)
         h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
 
         # positions P-1 .. P+R-2 predict the response tokens P .. P+R-1
-        rows, cols, targets, owner = [], [], [], []
+        rows: list[int] = []
+        cols: list[int] = []
+        targets: list[int] = []
         for b, i in enumerate(batch):
-            p, r = len(pairs[i][0]), len(pairs[i][1])
+            p, r = len(scored[i][0]), len(scored[i][1])
             rows += [b] * r
             cols += range(p - 1, p + r - 1)
-            targets += pairs[i][1]
-            owner += [b] * r
+            targets += scored[i][1]
         h_resp = h[rows, cols]  # (M, C)
         logits = head(h_resp).float()  # (M, V)
         nll = F.cross_entropy(logits, torch.tensor(targets), reduction="none")  # (M,)
-        per_example = torch.zeros(len(batch)).index_add_(0, torch.tensor(owner), nll)  # (B,)
+        per_example = torch.zeros(len(batch)).index_add_(0, torch.tensor(rows), nll)  # (B,)
         loss[batch] = per_example
 
-        if want_states:
-            first = torch.tensor([owner.index(b) for b in range(len(batch))])  # routing position row
+        if hidden is not None and lse is not None:
+            first = torch.tensor([rows.index(b) for b in range(len(batch))])  # routing position row
             hidden[batch] = h_resp[first].float()  # (B, C)
             lse[batch] = torch.logsumexp(logits[first], dim=-1)  # (B,)
         if advance:

@@ -16,11 +16,11 @@ import torch
 from etr_hub.cache import LossCache, query_key
 from etr_hub.errors import DataError, EtrHubError
 from etr_hub.models.refs import ModelRef
-from etr_hub.session import ModelSession, ProgressFactory, Status, no_progress
+from etr_hub.models.scoring import MAX_TOKENS
 from etr_hub.queryset import select
 from etr_hub.queryset.dataset import Dataset, read_dataset
-from etr_hub.models.scoring import MAX_TOKENS
 from etr_hub.registry import Registry
+from etr_hub.session import ModelSession, ProgressFactory, Status, no_progress
 from etr_hub.store import sha256_bytes, tree_listing, tree_sha256
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.exc import DatabaseError, DataError, IntegrityError, InterfaceError, OperationalError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from etr_hub.bundle import Bundle, Manifest, load_bundle, write_bundle
 from etr_hub.config import Settings
@@ -106,12 +106,14 @@ class Registry:
     def _check_fits(self, manifest: Manifest, meta: MetaModel) -> None:
         if manifest.meta.fingerprint != meta.fingerprint:
             raise RegistryError(
-                f"expert '{manifest.name}' was trained against meta model {manifest.meta.fingerprint[:12]}… but the registry's meta model is {meta.fingerprint[:12]}… ({meta.display})",
+                f"expert '{manifest.name}' was trained against meta model {manifest.meta.fingerprint[:12]}…"
+                f" but the registry's meta model is {meta.fingerprint[:12]}… ({meta.display})",
                 "retrain the token against this meta model with `etr-hub train-token`",
             )
         if manifest.meta.hidden_size != meta.hidden_size:
             raise RegistryError(
-                f"expert '{manifest.name}' has token dimension {manifest.meta.hidden_size}, the meta model's hidden size is {meta.hidden_size}",
+                f"expert '{manifest.name}' has token dimension {manifest.meta.hidden_size},"
+                f" the meta model's hidden size is {meta.hidden_size}",
                 "retrain the token against this meta model",
             )
 
@@ -185,11 +187,8 @@ class Registry:
             if bundle.model_card_path and bundle.model_card_path.is_file()
             else None
         )
-        qs_file = (
-            self.store.put_file(bundle.query_set_path, m.query_set.sha256, ".jsonl")[1]
-            if bundle.query_set_path
-            else None
-        )
+        qs_path, qs = bundle.query_set_path, m.query_set  # a path only where the manifest records a query set
+        qs_file = self.store.put_file(qs_path, qs.sha256, ".jsonl")[1] if qs_path and qs else None
 
         # 2) one transaction records everything
         try:
@@ -236,10 +235,8 @@ class Registry:
         return row
 
     def _gc_quietly(self) -> None:
-        try:
+        with suppress(Exception):  # best effort: `etr-hub store gc` removes what is left
             self.collect_garbage()
-        except Exception:
-            pass
 
     def collect_garbage(self, *, dry_run: bool = False) -> GcReport:
         """Delete stored files no registry row references, and abandoned temporaries."""
@@ -267,6 +264,8 @@ class Registry:
 
     def _upsert_query_set(self, s: Session, m: Manifest, store_rel: str) -> QuerySet:
         qs = m.query_set
+        if qs is None:
+            raise ValueError("the bundle's manifest records no query set")  # callers check first
         row = s.exec(
             select(QuerySet).where(
                 QuerySet.name == m.name, QuerySet.sha256 == qs.sha256, QuerySet.meta_fingerprint == m.meta.fingerprint
@@ -308,7 +307,7 @@ class Registry:
 
     def list_experts(self, *, enabled_only: bool = False) -> list[Expert]:
         with self.session() as s:
-            q = select(Expert).order_by(Expert.name, Expert.created_at)
+            q = select(Expert).order_by(col(Expert.name), col(Expert.created_at))
             if enabled_only:
                 q = q.where(Expert.enabled == True)  # noqa: E712
             return list(s.exec(q))
@@ -359,7 +358,7 @@ class Registry:
     def latest_query_set(self, name: str, meta_fingerprint: str) -> QuerySet | None:
         with self.session() as s:
             q = select(QuerySet).where(QuerySet.name == name, QuerySet.meta_fingerprint == meta_fingerprint)
-            return s.exec(q.order_by(QuerySet.created_at.desc(), QuerySet.id.desc())).first()
+            return s.exec(q.order_by(col(QuerySet.created_at).desc(), col(QuerySet.id).desc())).first()
 
     def add_query_set(self, *, name: str, meta_fingerprint: str, file: Path, info: dict, expert_ref: dict) -> QuerySet:
         with self.store.lock(exclusive=False):
@@ -405,7 +404,8 @@ def check_env_names(names: Sequence[str] | None) -> list[str]:
             )
         if name.upper().startswith(HUB_ENV_PREFIX):
             raise EtrHubError(
-                f"`allow_env` {name}: {HUB_ENV_PREFIX}* variables are the hub's own secrets and are never given to an expert",
+                f"`allow_env` {name}: {HUB_ENV_PREFIX}* variables are the hub's own secrets"
+                " and are never given to an expert",
                 "give the expert its own variable, e.g. ASTRO_API_KEY",
             )
     return sorted(set(names))

@@ -87,7 +87,8 @@ def engine_for(url: str) -> Engine:
     elif url.startswith("postgresql"):
         # pre-ping: a pooled connection that died with a server restart is replaced, not used;
         # UTC sessions: `timestamp` columns hold UTC whatever the server's TimeZone is.
-        options = " ".join(filter(None, [make_url(url).query.get("options"), "-c TimeZone=UTC"]))  # keep the URL's own
+        own = make_url(url).query.get("options")  # keep the URL's own (a tuple when given twice)
+        options = " ".join(filter(None, [*([own] if isinstance(own, str) else own or ()), "-c TimeZone=UTC"]))
         try:
             engine = create_engine(
                 url, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S, "options": options}

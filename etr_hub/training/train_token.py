@@ -16,6 +16,9 @@ from etr_hub.bundle.io import write_token_bundle
 from etr_hub.bundle.manifest import MetaInfo, QuerySetInfo, TrainingInfo
 from etr_hub.errors import EtrHubError
 from etr_hub.models.refs import ModelRef
+from etr_hub.registry import Registry
+from etr_hub.registry.tables import Expert, MetaModel, QuerySet
+from etr_hub.routing import WORD
 from etr_hub.session import (
     ModelSession,
     ProgressFactory,
@@ -25,9 +28,6 @@ from etr_hub.session import (
     query_set_queries,
     read_general_prompts,
 )
-from etr_hub.registry import Registry
-from etr_hub.registry.tables import Expert, MetaModel, QuerySet
-from etr_hub.routing import WORD
 from etr_hub.training.optimize import TrainOutcome, TrainSettings, cached_features, train_rows
 
 PAPER = TrainSettings()  # the paper's optimiser settings

@@ -26,6 +26,9 @@ from torch.nn import functional as F
 
 
 class LeanLoraLinear(nn.Module):
+    a_t: torch.Tensor  # buffers, registered in __init__
+    b_t: torch.Tensor
+
     def __init__(self, base: nn.Linear, a: torch.Tensor, b: torch.Tensor, scaling: float):
         super().__init__()
         self.base = base  # the meta model's own Linear (shared weight)
