@@ -11,13 +11,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import torch
-from tiny_models import make_tiny_llama
 
 from etr_hub.bundle import Manifest, write_bundle
 from etr_hub.bundle.io import save_token
 from etr_hub.bundle.manifest import MetaInfo, TokenInfo
 from etr_hub.models.refs import ModelRef
 from etr_hub.store import sha256_file
+from tests.tiny_models import make_tiny_llama
 
 QUESTION = [{"role": "user", "content": "tell me about the stars"}]
 

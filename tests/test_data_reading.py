@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_bundle, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +16,7 @@ from etr_hub.eval.run import read_general_prompts
 from etr_hub.jsonl import query_column
 from etr_hub.queryset.dataset import read_dataset
 from etr_hub.store import sha256_file
+from tests.helpers import make_bundle, run_cli
 
 GOOD = b'{"query": "q", "response": "r"}\n'
 DEEP = b'{"query": "q", "response": "r", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from runtime_support import QUESTION, add_expert, lively_llama, routing_states, row_winning_at
 from transformers import RepetitionPenaltyLogitsProcessor
 
 from etr_hub.errors import EtrHubError
@@ -21,6 +20,7 @@ from etr_hub.models.refs import ModelRef
 from etr_hub.runtime import Hub
 from etr_hub.runtime.decode import Detokenizer, Sampling, penalize, sample_index
 from etr_hub.runtime.modelinfo import SamplingDefaults, eos_ids, sampling_defaults
+from tests.runtime_support import QUESTION, add_expert, lively_llama, routing_states, row_winning_at
 
 LOGITS = [3.0, 2.0, -1.0, 0.5, -0.2]
 ANSWER = [0, 2, 2]  # token 0 once, token 2 twice
