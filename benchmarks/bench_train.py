@@ -71,11 +71,11 @@ def main() -> None:
     from etr_hub.config import settings
     from etr_hub.models.loading import load_causal_lm
     from etr_hub.models.refs import ModelRef
-    from etr_hub.session import ModelSession
-    from etr_hub.queryset.build import QuerySetSpec, SelectionRule, build_query_set
     from etr_hub.models.scoring import encode_pairs, routing_states, score_pairs
+    from etr_hub.queryset.build import QuerySetSpec, SelectionRule, build_query_set
     from etr_hub.registry import Registry
     from etr_hub.registry.meta import DEFAULT_META, register_meta_model
+    from etr_hub.session import ModelSession
     from etr_hub.training.train_token import train_token
 
     tmp = Path(tempfile.mkdtemp(prefix="etr-bench-train-"))

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from etr_hub.config import settings
+
 DEFAULT_MAX_BUNDLE_MB = 2048  # the whole bundle folder; override: --max-bundle-mb / ETR_HUB_MAX_BUNDLE_MB
 MAX_FILES = 10_000
 MAX_DEPTH = 32  # folder nesting inside a bundle
@@ -64,13 +66,12 @@ class Refused(Exception):
 def max_bundle_bytes(override_mb: float | None = None) -> int:
     """The largest bundle accepted: the flag, else ETR_HUB_MAX_BUNDLE_MB, else 2048 MB."""
     if override_mb is None:
-        text = os.environ.get("ETR_HUB_MAX_BUNDLE_MB", "").strip()
         try:
-            override_mb = float(text) if text else DEFAULT_MAX_BUNDLE_MB
-        except ValueError:
-            raise Refused(
-                f"ETR_HUB_MAX_BUNDLE_MB={text!r} is not a number", "set it to a size in MB, e.g. 4096"
-            ) from None
+            override_mb = settings().max_bundle_mb
+        except ValueError as exc:
+            raise Refused(str(exc), "set it to a size in MB, e.g. 4096") from None
+        if override_mb is None:
+            override_mb = DEFAULT_MAX_BUNDLE_MB
     if not 0 < override_mb < float("inf"):
         raise Refused(
             f"the largest-bundle limit must be a positive number of MB (got {override_mb})",

@@ -11,11 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import torch
-from tiny_models import make_tiny_llama
 
 from etr_hub.bundle.io import write_token_bundle
 from etr_hub.bundle.manifest import MetaInfo
 from etr_hub.models.refs import ModelRef
+from tests.tiny_models import make_tiny_llama
 
 QUESTION = [{"role": "user", "content": "tell me about the stars"}]
 

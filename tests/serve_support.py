@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import etr_hub_cmd
+from tests.helpers import etr_hub_cmd
 
 ROUTE_PROMPT = "Tell me about the orbit of the comet."
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from etr_hub.bundle import Bundle, load_bundle
 from etr_hub.errors import BundleError
-from tests.conftest import make_bundle
+from tests.helpers import make_bundle
 
 _TEMPLATE: list[Path] = []
 

@@ -15,7 +15,7 @@ import pytest
 
 from etr_hub.bundle.io import load_bundle
 from etr_hub.errors import BundleError
-from tests.conftest import invoke, make_bundle, run_cli, write_manifest
+from tests.helpers import invoke, make_bundle, run_cli, write_manifest
 
 ETR_HUB = Path(__file__).resolve().parents[1] / "etr_hub"
 
@@ -278,7 +278,7 @@ def test_a_providers_own_adapter_folder_is_refused_for_code_only(tmp_path):
 
 def _plant_custom_tokenizer(adapter: Path, marker: Path) -> None:
     """What an attacker ships: a tokenizer whose class lives in evil.py (auto_map, no tokenizer_class)."""
-    from tiny_models import make_tokenizer
+    from tests.tiny_models import make_tokenizer
 
     make_tokenizer().save_pretrained(adapter)
     cfg = json.loads((adapter / "tokenizer_config.json").read_text())
@@ -295,13 +295,12 @@ def test_custom_code_in_an_adapter_is_refused_and_never_runs_even_when_stdin_say
     """The real console script, stdin answering "y": refused at `expert add`; and when the store's
     copy is changed afterwards (validation bypassed), the switch to the expert neither prompts nor
     runs evil.py — the meta model finishes the answer with a warning."""
-    from runtime_support import QUESTION, add_expert, lively_llama, routing_states, row_winning_at
-    from tiny_models import make_tiny_lora
-
     from etr_hub.models.chat import routing_prompt_ids
     from etr_hub.models.loading import load_causal_lm
     from etr_hub.models.refs import ModelRef
     from etr_hub.registry.meta import register_meta_model
+    from tests.runtime_support import QUESTION, add_expert, lively_llama, routing_states, row_winning_at
+    from tests.tiny_models import make_tiny_lora
 
     marker = tmp_path / "MARKER"
     meta_path = lively_llama(tmp_path / "meta")

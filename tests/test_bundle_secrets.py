@@ -11,9 +11,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from runtime_support import QUESTION, CompletionsServer, lively_llama, routing_states, row_winning_at
 
-from tests.conftest import invoke, run_cli
+from tests.helpers import invoke, run_cli
+from tests.runtime_support import QUESTION, CompletionsServer, lively_llama, routing_states, row_winning_at
 from tests.test_bundle_safety import assert_refused, list_json
 
 HUB_SECRET = "hub-secret-3c9f"  # what ETR_HUB_API_KEY holds: the key clients use to call this hub

@@ -10,14 +10,14 @@ import subprocess
 import time
 
 import pytest
-from runtime_support import QUESTION, CompletionsServer, add_expert, lively_llama, routing_states, row_winning_at
-from tiny_models import make_tiny_lora
 
 from etr_hub.models.chat import routing_prompt_ids
 from etr_hub.models.loading import load_causal_lm
 from etr_hub.models.refs import ModelRef
 from etr_hub.registry.meta import register_meta_model
-from tests.conftest import etr_hub_cmd, run_cli
+from tests.helpers import etr_hub_cmd, run_cli
+from tests.runtime_support import QUESTION, CompletionsServer, add_expert, lively_llama, routing_states, row_winning_at
+from tests.tiny_models import make_tiny_lora
 
 ASK = QUESTION[0]["content"]
 

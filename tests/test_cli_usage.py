@@ -13,7 +13,7 @@ from importlib.metadata import version
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def _commands():

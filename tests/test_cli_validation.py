@@ -12,10 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from conftest import init_world
-from test_train_token import build_labelled
 
-from tests.conftest import run_cli
+from tests.helpers import build_labelled, init_world, run_cli
 
 # (argv, the flag the usage error names)
 BAD_SETTINGS = [

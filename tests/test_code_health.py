@@ -31,7 +31,9 @@ def test_no_function_in_the_package_is_over_60_lines():
 
 
 def test_no_module_in_the_package_is_over_the_size_limit():
-    sizes = {p.relative_to(PACKAGE.parent): len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")}
+    sizes = {
+        p.relative_to(PACKAGE.parent): len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")
+    }
     assert {p: n for p, n in sizes.items() if n > MAX_MODULE_LINES} == {}
 
 

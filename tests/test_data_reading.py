@@ -7,16 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_bundle, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from etr_hub.errors import DataError
 from etr_hub.eval.mmlu import read_mmlu_file
 from etr_hub.jsonl import query_column
-from etr_hub.session import read_general_prompts
 from etr_hub.queryset.dataset import read_dataset
+from etr_hub.session import read_general_prompts
 from etr_hub.store import sha256_file
+from tests.helpers import make_bundle, run_cli
 
 GOOD = b'{"query": "q", "response": "r"}\n'
 DEEP = b'{"query": "q", "response": "r", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from etr_hub.eval.answers import is_correct
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.test_mmlu_eval import _bundle, _states, forget_row_norms
 from tests.tiny_models import make_tiny_llama, train_tiny_lora
 

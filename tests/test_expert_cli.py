@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from etr_hub.cli.main import app
-from tests.conftest import FAKE_FP, write_manifest
+from tests.helpers import FAKE_FP, write_manifest
 
 runner = CliRunner()
 

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from runtime_support import QUESTION, add_expert, lively_llama, routing_states, row_winning_at
 from transformers import RepetitionPenaltyLogitsProcessor
 
 from etr_hub.errors import EtrHubError
@@ -22,6 +21,7 @@ from etr_hub.models.fingerprint import meta_fingerprint
 from etr_hub.models.loading import load_causal_lm
 from etr_hub.models.refs import ModelRef
 from etr_hub.runtime import Hub
+from tests.runtime_support import QUESTION, add_expert, lively_llama, routing_states, row_winning_at
 
 LOGITS = [3.0, 2.0, -1.0, 0.5, -0.2]
 ANSWER = [0, 2, 2]  # token 0 once, token 2 twice

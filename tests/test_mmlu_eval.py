@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from etr_hub.eval.mmlu import LETTERS, read_mmlu_dir, render_query
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.tiny_models import make_tiny_llama, make_tiny_lora
 
 SUBJECTS = ("astronomy", "law", "cooking")

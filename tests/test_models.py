@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from tiny_models import make_tiny_llama, make_tiny_lora
 
 from etr_hub.errors import ModelLoadError
 from etr_hub.models import default_meta
@@ -20,6 +19,7 @@ from etr_hub.models.chat import plain_prompt, prompt_and_response_ids, routing_p
 from etr_hub.models.fingerprint import meta_fingerprint, output_embedding
 from etr_hub.models.loading import load_causal_lm
 from etr_hub.models.refs import ModelRef
+from tests.tiny_models import make_tiny_llama, make_tiny_lora
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

@@ -7,9 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import init_world as init
-from conftest import invoke, run_cli, write_jsonl
-from tiny_models import domain_rows, make_tiny_llama
+
+from tests.helpers import init_world as init
+from tests.helpers import invoke, run_cli, write_jsonl
+from tests.tiny_models import domain_rows, make_tiny_llama
 
 
 def build(world, name: str, *extra: str) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import FAKE_FP, HIDDEN, dispose_engine, make_bundle, run_cli
+from tests.helpers import FAKE_FP, HIDDEN, dispose_engine, make_bundle, run_cli
 
 pytestmark = pytest.mark.postgres
 

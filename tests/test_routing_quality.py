@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import invoke, write_jsonl
+
+from tests.helpers import invoke, write_jsonl
 
 MMLU = Path(__file__).resolve().parents[2] / "shared" / "data" / "mmlu" / "test"
 SUBJECTS = ("astronomy", "international_law", "human_sexuality")
@@ -26,16 +27,15 @@ def questions(subject: str) -> list[str]:
 
 
 def test_tokens_trained_one_by_one_route_held_out_questions(tmp_path):
-    from tiny_models import make_tiny_lora
-
     from etr_hub.config import settings
     from etr_hub.models.chat import routing_prompt_ids
     from etr_hub.models.fingerprint import output_embedding
     from etr_hub.models.loading import load_causal_lm
     from etr_hub.models.refs import ModelRef
-    from etr_hub.session import read_general_prompts
     from etr_hub.registry import Registry
     from etr_hub.routing import routing_logits
+    from etr_hub.session import read_general_prompts
+    from tests.tiny_models import make_tiny_lora
 
     assert invoke("init").returncode == 0
     meta_dir = settings().models_dir / "smollm2-135m-instruct"

@@ -11,7 +11,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from runtime_support import (
+
+from etr_hub.errors import EtrHubError
+from etr_hub.generation.modelinfo import eos_ids, unshared_bytes
+from etr_hub.models.chat import plain_prompt, routing_prompt_ids, to_ids
+from etr_hub.models.fingerprint import meta_fingerprint
+from etr_hub.models.loading import load_causal_lm
+from etr_hub.models.refs import ModelRef
+from etr_hub.runtime import Done, Hub, RouteWarning, Switch, TextDelta
+from tests.runtime_support import (
     QUESTION,
     CompletionsServer,
     add_expert,
@@ -21,15 +29,7 @@ from runtime_support import (
     routing_states,
     row_winning_at,
 )
-from tiny_models import make_tiny_lora
-
-from etr_hub.errors import EtrHubError
-from etr_hub.generation.modelinfo import eos_ids, unshared_bytes
-from etr_hub.models.chat import plain_prompt, routing_prompt_ids, to_ids
-from etr_hub.models.fingerprint import meta_fingerprint
-from etr_hub.models.loading import load_causal_lm
-from etr_hub.models.refs import ModelRef
-from etr_hub.runtime import Done, Hub, RouteWarning, Switch, TextDelta
+from tests.tiny_models import make_tiny_lora
 
 MAX_NEW = 14
 

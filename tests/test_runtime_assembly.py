@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from runtime_support import add_expert
 from safetensors.torch import save_file
 from sqlmodel import select
 
 from etr_hub.models.refs import ModelRef
 from etr_hub.registry.tables import MetaModel
 from etr_hub.runtime.assembly import assemble
-from tests.conftest import FAKE_FP, HIDDEN
+from tests.helpers import FAKE_FP, HIDDEN
+from tests.runtime_support import add_expert
 
 LOCAL = ModelRef(kind="local", path="/models/expert")
 REMOTE = ModelRef(kind="openai", url="http://127.0.0.1:9/v1", model="m")

@@ -6,8 +6,6 @@ import random
 
 import pytest
 import torch
-from runtime_support import greedy_no_cache, lively_llama
-from tiny_models import make_tokenizer
 
 from etr_hub.generation.plain import plain_tokens
 from etr_hub.generation.sampling import Sampling, sample_index
@@ -15,6 +13,8 @@ from etr_hub.generation.text import Detokenizer, TextStream
 from etr_hub.models.loading import load_causal_lm
 from etr_hub.models.refs import ModelRef
 from etr_hub.runtime.decode import RoutedDecoder, next_token_logits, token_probability
+from tests.runtime_support import greedy_no_cache, lively_llama
+from tests.tiny_models import make_tokenizer
 
 NEG = float("-inf")
 

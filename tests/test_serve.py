@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.serve_support import ROUTE_PROMPT, Server, free_port, make_world, streaming_client
 
 KEY = "test-key-7f3a9c"  # looked for in the server's log afterwards: it must not be there
@@ -59,8 +59,21 @@ def servers(tmp_path_factory):
         assert "Traceback" not in srv.output() and " 500 " not in srv.output(), srv.output()[-3000:]
 
 
+CLIENTS: list[openai.OpenAI] = []
+
+
 def client(server: Server, key: str | None = KEY, **kw) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key or "none", max_retries=0, timeout=60, **kw)
+    c = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key or "none", max_retries=0, timeout=60, **kw)
+    CLIENTS.append(c)
+    return c
+
+
+@pytest.fixture(autouse=True)
+def _close_clients():
+    """Close each test's clients (their pooled sockets) when it ends, not whenever they are collected."""
+    yield
+    while CLIENTS:
+        CLIENTS.pop().close()
 
 
 def ask(content: str) -> list[dict]:
@@ -337,25 +350,21 @@ def test_over_long_prompt_is_refused_before_it_waits(servers):
     queues); a 1 MB prompt to a server with the default 1 MiB body limit likewise."""
     s = servers["s"]
     before = health(s)
-    proc = streaming_client(
-        s.url,
-        {
-            "model": "etr-hub",
-            "messages": ask("keep the worker busy"),
-            "stream": True,
-            "max_tokens": 420,
-            "ignore_eos": True,
-        },
-        KEY,
-    )
-    assert proc.stdout.readline().strip() == "got"
-    started = time.monotonic()
-    with pytest.raises(openai.BadRequestError) as err:
-        client(s).chat.completions.create(model="etr-hub", messages=ask("x " * 300), max_tokens=4)
-    assert time.monotonic() - started < 2 and health(s)["running"]  # answered while the long one still runs
-    assert err.value.body["code"] == "context_length_exceeded" and "at most 400" in err.value.body["message"]
-    proc.kill()
-    proc.wait()
+    body = {
+        "model": "etr-hub",
+        "messages": ask("keep the worker busy"),
+        "stream": True,
+        "max_tokens": 420,
+        "ignore_eos": True,
+    }
+    with streaming_client(s.url, body, KEY) as proc:  # `with`: its stdout pipe is closed
+        assert proc.stdout.readline().strip() == "got"
+        started = time.monotonic()
+        with pytest.raises(openai.BadRequestError) as err:
+            client(s).chat.completions.create(model="etr-hub", messages=ask("x " * 300), max_tokens=4)
+        assert time.monotonic() - started < 2 and health(s)["running"]  # answered while the long one still runs
+        assert err.value.body["code"] == "context_length_exceeded" and "at most 400" in err.value.body["message"]
+        proc.kill()
     after = health(s)
     assert after["failed"] == before["failed"] and after["rejected"] == before["rejected"]  # it never reached the queue
     b_before, started = health(servers["b"]), time.monotonic()
@@ -438,21 +447,17 @@ def test_16_streaming_clients_get_their_own_answers(servers):
 def test_killed_client_frees_its_slot_and_server_keeps_serving(servers):
     s = servers["s"]
     before = health(s)
-    proc = streaming_client(
-        s.url,
-        {
-            "model": "etr-hub",
-            "messages": ask("a long answer please"),
-            "stream": True,
-            "max_tokens": 420,
-            "ignore_eos": True,
-        },
-        KEY,
-    )
-    for _ in range(3):
-        assert proc.stdout.readline().strip() == "got"
-    proc.kill()
-    proc.wait()
+    body = {
+        "model": "etr-hub",
+        "messages": ask("a long answer please"),
+        "stream": True,
+        "max_tokens": 420,
+        "ignore_eos": True,
+    }
+    with streaming_client(s.url, body, KEY) as proc:  # `with`: its stdout pipe is closed
+        for _ in range(3):
+            assert proc.stdout.readline().strip() == "got"
+        proc.kill()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         h = health(s)

@@ -79,6 +79,7 @@ def llama_server(tmp_path_factory):
         proc.kill()
         proc.wait()
         log.close()
+        log.close()
 
 
 def test_remote_expert_on_llama_cpp(llama_server):

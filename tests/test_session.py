@@ -18,8 +18,8 @@ QUERIES = ["Why is the sky blue?", "What is a comet?", "How do I bake bread?"]
 @pytest.fixture
 def session(registry, tmp_path):
     from etr_hub.models.refs import ModelRef
-    from etr_hub.session import ModelSession
     from etr_hub.registry.meta import register_meta_model
+    from etr_hub.session import ModelSession
 
     register_meta_model(registry, ModelRef.parse(str(make_tiny_llama(tmp_path / "meta"))))
     return ModelSession(registry)
@@ -35,8 +35,8 @@ def _refuse_loading(monkeypatch):
 
 
 def test_routing_states_are_a_live_pass_and_are_cached(session, registry, monkeypatch):
-    from etr_hub.session import ModelSession
     from etr_hub.models.scoring import routing_states
+    from etr_hub.session import ModelSession
 
     live_h, live_lse = routing_states(session.meta.model, session.meta.tokenizer, QUERIES)  # (3, C), (3,)
     seen: list[tuple[str, int]] = []

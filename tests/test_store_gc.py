@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from etr_hub.store import GRACE_S, Store
-from tests.conftest import etr_hub_cmd, invoke, make_bundle, run_cli
+from tests.helpers import etr_hub_cmd, invoke, make_bundle, run_cli
 from tests.test_bundle_safety import list_json, store_files
 
 
@@ -51,23 +51,23 @@ def test_kill_9_during_expert_add_leaves_nothing_after_the_next_open_and_gc(fake
     with open(bundle / "adapter" / "big.safetensors", "wb") as f:  # 256 MB: the copy takes a while
         for _ in range(256):
             f.write(block)
-    proc = subprocess.Popen(
+    with subprocess.Popen(  # `with`: its stderr pipe is closed however the test ends
         [*etr_hub_cmd(), "expert", "add", str(bundle)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 180
-    partial = None
-    while partial is None:
-        assert proc.poll() is None, f"expert add ended before it was killed: {proc.stderr.read().decode()}"
-        assert time.monotonic() < deadline, "no copy into the store started"
-        found = (
-            [p for p in (hub_home / "store" / "trees").glob(".tmp-*/big.safetensors")]
-            if (hub_home / "store" / "trees").is_dir()
-            else []
-        )
-        partial = found[0] if found else None
-        time.sleep(0.002)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    ) as proc:
+        deadline = time.monotonic() + 180
+        partial = None
+        while partial is None:
+            assert proc.poll() is None, f"expert add ended before it was killed: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "no copy into the store started"
+            found = (
+                [p for p in (hub_home / "store" / "trees").glob(".tmp-*/big.safetensors")]
+                if (hub_home / "store" / "trees").is_dir()
+                else []
+            )
+            partial = found[0] if found else None
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert temporaries(hub_home), "the kill came after the copy finished"
 
     res = run_cli("expert", "list", "--json")  # the next store open sweeps the dead writer's temporaries
@@ -93,14 +93,13 @@ LIVE_WRITER = textwrap.dedent("""
 
 def test_opening_the_store_spares_a_live_writers_temporary_and_sweeps_it_once_it_dies(tmp_path):
     root = tmp_path / "store"
-    writer = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(root)], stdout=subprocess.PIPE, text=True)
-    try:
-        tmp = Path(writer.stdout.readline().strip())
-        assert tmp.is_dir()
-        assert Store(root).swept == [] and tmp.is_dir()  # another process opens the store: the copy goes on
-    finally:
-        writer.kill()
-        writer.wait()
+    with subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(root)], stdout=subprocess.PIPE, text=True) as writer:
+        try:
+            tmp = Path(writer.stdout.readline().strip())
+            assert tmp.is_dir()
+            assert Store(root).swept == [] and tmp.is_dir()  # another process opens the store: the copy goes on
+        finally:
+            writer.kill()
     assert Store(root).swept == [tmp.relative_to(root).as_posix()]
     assert sorted(p.name for p in (root / "trees").iterdir()) == []  # its lock file went too
 

@@ -10,10 +10,10 @@ import re
 import subprocess
 
 import pytest
-from runtime_support import QUESTION, CompletionsServer, add_expert, lively_llama, routing_states, row_winning_at
 
 from etr_hub.registry.tables import Expert
-from tests.conftest import etr_hub_cmd
+from tests.helpers import etr_hub_cmd
+from tests.runtime_support import QUESTION, CompletionsServer, add_expert, lively_llama, routing_states, row_winning_at
 
 # (hostile text, how the terminal must show it)
 HOSTILE = [

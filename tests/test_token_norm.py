@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from runtime_support import QUESTION, add_expert, lively_llama, routing_states
 
 from etr_hub.models.refs import ModelRef
-from tests.conftest import invoke, run_cli
+from tests.helpers import invoke, run_cli
+from tests.runtime_support import QUESTION, add_expert, lively_llama, routing_states
 from tests.test_bundle_safety import assert_refused, list_json
 
 DOGS = "Tell me a fun fact about dogs."

@@ -7,29 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import init_world, invoke
-from tiny_models import make_tiny_llama
+
+from tests.helpers import build_labelled, init_world, invoke
+from tests.tiny_models import make_tiny_llama
 
 DOMAINS = ("astronomy", "law", "cooking")
-
-
-def build_labelled(world, name: str) -> None:
-    r = invoke(
-        "query-set",
-        "build",
-        name,
-        "--expert",
-        str(world[f"expert:{name}"]),
-        "--data",
-        str(world["data"]),
-        "--rule",
-        "labelled",
-        "--label",
-        name,
-        "--size",
-        "20",
-    )
-    assert r.returncode == 0, r.stderr
 
 
 # A 2-layer random model's routing states barely separate domains (its attention hardly mixes), so

@@ -15,15 +15,20 @@ from collections.abc import Callable
 from typing import Any
 
 from etr_hub.backends import ExpertBackend, ExpertError, ExpertSpec, create_backend
+from etr_hub.config import settings
+from etr_hub.errors import EtrHubError
 
 FAILURE_MEMORY_S = 30.0
-BUDGET_ENV = "ETR_HUB_EXPERT_MEMORY_MB"
 
 
 def default_budget_bytes() -> int:
     """$ETR_HUB_EXPERT_MEMORY_MB, else half the machine's memory."""
-    if value := os.environ.get(BUDGET_ENV):
-        return int(float(value) * 2**20)
+    try:
+        budget_mb = settings().expert_memory_mb
+    except ValueError as exc:
+        raise EtrHubError(str(exc), "set it to a size in MB, e.g. 8192, or unset it for half the RAM") from None
+    if budget_mb is not None:
+        return int(budget_mb * 2**20)
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
     except (ValueError, OSError, AttributeError):

@@ -7,14 +7,14 @@ The answer streams to stdout as plain text; hand-off markers, warnings and notes
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from etr_hub.cli.checks import number
-from etr_hub.cli.checks import seed as seed_range
 from etr_hub.cli.common import open_hub
 from etr_hub.cli.flags import as_flags
+from etr_hub.cli.options import MemoryBudgetOption, json_option, seed_option
 from etr_hub.cli.output import clean, err, lit, note, print_json, safe, warn
 from etr_hub.errors import EtrHubError
 
@@ -23,85 +23,103 @@ HELP = (
 )
 
 
-def chat(
-    once: str = typer.Option(None, "--once", help="Answer this one message and exit."),
-    json_out: bool = typer.Option(
-        False, "--json", help="With --once (or piped input): print each answer as one JSON object."
-    ),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Most tokens per answer."),
-    temperature: float = typer.Option(
-        None,
+Once = Annotated[str | None, typer.Option("--once", help="Answer this one message and exit.")]
+ChatJson = Annotated[bool, json_option("With --once (or piped input): print each answer as one JSON object.")]
+MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Most tokens per answer.")]
+Temperature = Annotated[
+    float | None,
+    typer.Option(
         "--temperature",
         callback=number(ge=0),
         help="Default: the meta model's recommendation (embedded SmolLM2: 0.2). 0 = greedy, for exact reproduction.",
     ),
-    top_p: float = typer.Option(
-        None,
+]
+TopP = Annotated[
+    float | None,
+    typer.Option(
         "--top-p",
         callback=number(gt=0, le=1),
         help="Nucleus sampling mass (default: the meta model's recommendation, embedded SmolLM2: 0.9).",
     ),
-    repetition_penalty: float = typer.Option(
-        None,
+]
+RepetitionPenalty = Annotated[
+    float | None,
+    typer.Option(
         "--repetition-penalty",
         callback=number(gt=0),
-        help="Divide the logits of tokens already in the answer (> 0; 1 = none; default: the meta model's recommendation, embedded SmolLM2: 1.2).",
+        help=(
+            "Divide the logits of tokens already in the answer (> 0; 1 = none; default: the meta model's "
+            "recommendation, embedded SmolLM2: 1.2)."
+        ),
     ),
-    seed: int = typer.Option(
-        None, "--seed", callback=seed_range, help="Seed for sampling: the same seed and settings give the same answer."
-    ),
-    max_prompt_tokens: int = typer.Option(
-        None,
+]
+ChatSeed = Annotated[int | None, seed_option("Seed for sampling: the same seed and settings give the same answer.")]
+MaxPromptTokens = Annotated[
+    int | None,
+    typer.Option(
         "--max-prompt-tokens",
         min=1,
-        help="Keep the conversation within this many tokens (oldest turns go first; default: the meta model's context).",
+        help=(
+            "Keep the conversation within this many tokens (oldest turns go first; default: the meta model's context)."
+        ),
     ),
-    system: str = typer.Option(None, "--system", help="A system prompt for the conversation."),
-    expert: str = typer.Option(None, "--expert", help="Let this expert answer directly (no routing)."),
-    memory_budget_mb: int = typer.Option(
-        None, "--memory-budget-mb", min=0, help="Memory for loaded experts (default: half the RAM)."
-    ),
+]
+System = Annotated[str | None, typer.Option("--system", help="A system prompt for the conversation.")]
+Expert = Annotated[str | None, typer.Option("--expert", help="Let this expert answer directly (no routing).")]
+
+
+def chat(
+    once: Once = None,
+    json_out: ChatJson = False,
+    max_new_tokens: MaxNewTokens = 256,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    repetition_penalty: RepetitionPenalty = None,
+    seed: ChatSeed = None,
+    max_prompt_tokens: MaxPromptTokens = None,
+    system: System = None,
+    expert: Expert = None,
+    memory_budget_mb: MemoryBudgetOption = None,
 ) -> None:
     """Chat with the meta model; domain questions are handed to the expert whose token wins."""
-    piped = once is None and not sys.stdin.isatty()
-    if once is not None and not once.strip():
-        raise EtrHubError("empty message", 'pass the question as --once "TEXT"')
-    if json_out and once is None and not piped:
-        raise EtrHubError(
-            "--json needs --once TEXT (or piped input)", 'e.g. etr-hub chat --once "Why is the sky blue?" --json'
-        )
-    from etr_hub.runtime.options import check_messages, check_settings
+    from etr_hub.runtime.options import check_settings
 
-    check_messages(
-        [*([{"role": "system", "content": system}] if system else []), {"role": "user", "content": once or "?"}]
-    )
-    check_settings(
-        max_new_tokens,
-        temperature,
-        top_p,
-        repetition_penalty=repetition_penalty,
-        seed=seed,
-        max_prompt_tokens=max_prompt_tokens,
-    )
-    settings = {
+    piped = once is None and not sys.stdin.isatty()
+    _check_request(once, json_out, piped, system)
+    settings: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
         "top_p": top_p,
         "repetition_penalty": repetition_penalty,
         "seed": seed,
-        "expert": expert,
         "max_prompt_tokens": max_prompt_tokens,
     }
+    check_settings(**settings)  # before the model loads
     hub = open_hub(quiet=json_out, memory_budget_mb=memory_budget_mb)
     if expert is not None:
         hub.require_expert(expert)
-    session = Session(hub, settings, system, json_out)
+    session = Session(hub, {**settings, "expert": expert}, system, json_out)
     if once is not None:
         session.ask(once)
         return
     if not piped:
         _banner(hub)
     session.loop(piped)
+
+
+def _check_request(once: str | None, json_out: bool, piped: bool, system: str | None) -> None:
+    """The message and the output mode, refused before any model loads."""
+    from etr_hub.runtime.options import check_messages
+
+    if once is not None and not once.strip():
+        raise EtrHubError("empty message", 'pass the question as --once "TEXT"')
+    if json_out and once is None and not piped:
+        raise EtrHubError(
+            "--json needs --once TEXT (or piped input)", 'e.g. etr-hub chat --once "Why is the sky blue?" --json'
+        )
+    check_messages(
+        [*([{"role": "system", "content": system}] if system else []), {"role": "user", "content": once or "?"}]
+    )
 
 
 def _banner(hub) -> None:
@@ -125,22 +143,14 @@ class Session:
         lineno = 0
         while True:
             try:
-                line = sys.stdin.buffer.readline() if piped else err.input("[bold green]you[/bold green] › ")
+                line = _read_line(lineno + 1) if piped else err.input("[bold green]you[/bold green] › ")
             except (EOFError, KeyboardInterrupt):
                 if not piped:
                     err.print()
                 return
-            if piped and line == b"":
+            if line is None:
                 return  # end of input
             lineno += 1
-            if piped:
-                try:
-                    line = line.decode("utf-8")
-                except UnicodeDecodeError as exc:  # binary bytes on stdin: skip that line, keep the session
-                    warn(
-                        f"input line {lineno} is not UTF-8 text (byte 0x{line[exc.start]:02x} at column {exc.start + 1}); skipped it — send UTF-8 text"
-                    )
-                    continue
             text = line.strip()
             if not text:
                 continue
@@ -195,6 +205,22 @@ class Session:
     def _remember(self, question: str, answer: str, result) -> None:
         self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         self.last = result
+
+
+def _read_line(lineno: int) -> str | None:
+    """One line from the pipe; None at its end. A line that is not UTF-8 is skipped with a warning
+    (an empty line is returned in its place), so binary bytes on stdin do not end the session."""
+    raw = sys.stdin.buffer.readline()
+    if raw == b"":
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        warn(
+            f"input line {lineno} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+            f"{exc.start + 1}); skipped it — send UTF-8 text"
+        )
+        return ""
 
 
 def _render(events, shown: list[str]):

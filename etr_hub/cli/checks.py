@@ -37,15 +37,6 @@ def number(*, gt: float | None = None, ge: float | None = None, le: float | None
     return check
 
 
-def one_of(*choices: str) -> Callable[[Any], Any]:
-    def check(value):
-        if value is not None and value not in choices:
-            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
-        return value
-
-    return check
-
-
 # Seeds go to torch.Generator, random.Random and numpy, whose common range is 0 … 2**32 - 1.
 seed = number(ge=0, le=2**32 - 1)
 

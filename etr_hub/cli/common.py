@@ -1,8 +1,15 @@
-"""What several commands share: opening the hub with a spinner and the skipped experts reported."""
+"""What several commands share: opening the registry, and the hub with a spinner and the skipped experts reported."""
 
 from __future__ import annotations
 
 from etr_hub.cli.output import err, note, safe, warn
+
+
+def open_registry():
+    """The registry of $ETR_HUB_HOME / $ETR_HUB_DATABASE_URL, migrated to the current schema."""
+    from etr_hub.registry import Registry
+
+    return Registry.open()
 
 
 def open_hub(*, quiet: bool = False, memory_budget_mb: int | None = None, plain_note: bool = True):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from etr_hub.cli.checks import seed as seed_range
+from etr_hub.cli.common import open_registry
+from etr_hub.cli.options import JsonOption, seed_option
 from etr_hub.cli.output import note, out, print_json, safe, warn
 from etr_hub.errors import EtrHubError
 
@@ -27,41 +29,72 @@ def _parse_map(items: list[str], what: str = "SUBJECT") -> dict[str, str]:
     return mapping
 
 
+DataDir = Annotated[
+    Path,
+    typer.Option("--data-dir", help="Folder of MMLU-format CSVs (SUBJECT_test.csv or SUBJECT_*.csv; no header)."),
+]
+Subjects = Annotated[
+    list[str] | None,
+    typer.Option("--subjects", help="Only these subjects (repeat the option or separate with commas)."),
+]
+SubjectMap = Annotated[
+    list[str] | None,
+    typer.Option("--map", help="SUBJECT=EXPERT, overriding the experts' manifest labels (repeatable)."),
+]
+MmluPlot = Annotated[
+    Path | None,
+    typer.Option("--plot", help="Write the routing confusion heat map and per-subject accuracy as a PNG."),
+]
+GeneralPrompts = Annotated[
+    Path | None,
+    typer.Option("--general-prompts", help="JSONL of everyday prompts ('query', 'split'); default: the project's own."),
+]
+NoBaselines = Annotated[bool, typer.Option("--no-baselines", help="Skip the prompt-based and embedding routers.")]
+TaskData = Annotated[
+    Path,
+    typer.Option(
+        "--data",
+        help=(
+            'JSONL, one {"question", "answer", "task"} per line (optional "kind": integer, integer_list, roman, '
+            "binary, hex)."
+        ),
+    ),
+]
+TaskMap = Annotated[
+    list[str] | None,
+    typer.Option("--map", help="TASK=EXPERT, overriding the experts' manifest labels (repeatable)."),
+]
+TaskPlot = Annotated[
+    Path | None,
+    typer.Option("--plot", help="Write the routing confusion heat map and per-task accuracy as a PNG."),
+]
+MaxNewTokens = Annotated[
+    int, typer.Option("--max-new-tokens", min=1, max=4096, help="Longest generated answer (greedy).")
+]
+
+
 @app.command("mmlu")
 def mmlu(
-    data_dir: Path = typer.Option(
-        ..., "--data-dir", help="Folder of MMLU-format CSVs (SUBJECT_test.csv or SUBJECT_*.csv; no header)."
-    ),
-    subjects: list[str] = typer.Option(
-        None, "--subjects", help="Only these subjects (repeat the option or separate with commas)."
-    ),
-    mapping: list[str] = typer.Option(
-        None, "--map", help="SUBJECT=EXPERT, overriding the experts' manifest labels (repeatable)."
-    ),
-    plot: Path = typer.Option(
-        None, "--plot", help="Write the routing confusion heat map and per-subject accuracy as a PNG."
-    ),
-    general_prompts: Path = typer.Option(
-        None, "--general-prompts", help="JSONL of everyday prompts ('query', 'split'); default: the project's own."
-    ),
-    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the prompt-based and embedding routers."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    seed: int = typer.Option(0, "--seed", callback=seed_range, help="Seed of the plug-and-play retraining."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    data_dir: DataDir,
+    subjects: Subjects = None,
+    mapping: SubjectMap = None,
+    plot: MmluPlot = None,
+    general_prompts: GeneralPrompts = None,
+    no_baselines: NoBaselines = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    seed: Annotated[int, seed_option("Seed of the plug-and-play retraining.")] = 0,
+    json_out: JsonOption = False,
 ) -> None:
     """Route MMLU questions with the registered experts' tokens and score the answers, next to baselines."""
-    from etr_hub.eval.run import GENERAL_PROMPTS, EvalOptions, evaluate_mmlu
+    from etr_hub.eval.run import EvalOptions, evaluate_mmlu
 
     wanted = [s.strip() for item in (subjects or []) for s in item.split(",") if s.strip()] or None
-    if general_prompts is not None and not general_prompts.is_file():
-        raise EtrHubError(
-            f"--general-prompts {general_prompts} does not exist", "pass a JSONL file with 'query' and 'split' fields"
-        )
+    prompts = _general_prompts(general_prompts)
     opts = EvalOptions(
         data_dir=data_dir,
         subjects=wanted,
         mapping=_parse_map(mapping or []),
-        general_prompts=general_prompts or GENERAL_PROMPTS,
+        general_prompts=prompts,
         batch_size=batch_size,
         baselines=not no_baselines,
         seed=seed,
@@ -71,40 +104,24 @@ def mmlu(
 
 @app.command("tasks")
 def tasks(
-    data: Path = typer.Option(
-        ...,
-        "--data",
-        help='JSONL, one {"question", "answer", "task"} per line (optional "kind": integer, integer_list, roman, binary, hex).',
-    ),
-    mapping: list[str] = typer.Option(
-        None, "--map", help="TASK=EXPERT, overriding the experts' manifest labels (repeatable)."
-    ),
-    plot: Path = typer.Option(
-        None, "--plot", help="Write the routing confusion heat map and per-task accuracy as a PNG."
-    ),
-    general_prompts: Path = typer.Option(
-        None, "--general-prompts", help="JSONL of everyday prompts ('query', 'split'); default: the project's own."
-    ),
-    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the prompt-based and embedding routers."),
-    max_new_tokens: int = typer.Option(
-        256, "--max-new-tokens", min=1, max=4096, help="Longest generated answer (greedy)."
-    ),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, max=1024),
-    seed: int = typer.Option(0, "--seed", callback=seed_range, help="Seed of the random-expert baseline."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    data: TaskData,
+    mapping: TaskMap = None,
+    plot: TaskPlot = None,
+    general_prompts: GeneralPrompts = None,
+    no_baselines: NoBaselines = False,
+    max_new_tokens: MaxNewTokens = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024)] = 8,
+    seed: Annotated[int, seed_option("Seed of the random-expert baseline.")] = 0,
+    json_out: JsonOption = False,
 ) -> None:
     """Route open-answer questions with the experts' tokens, generate the answers, and score them against baselines."""
-    from etr_hub.eval.run import GENERAL_PROMPTS
     from etr_hub.eval.tasks import TaskOptions, evaluate_tasks
 
-    if general_prompts is not None and not general_prompts.is_file():
-        raise EtrHubError(
-            f"--general-prompts {general_prompts} does not exist", "pass a JSONL file with 'query' and 'split' fields"
-        )
+    prompts = _general_prompts(general_prompts)
     opts = TaskOptions(
         data=data,
         mapping=_parse_map(mapping or [], "TASK"),
-        general_prompts=general_prompts or GENERAL_PROMPTS,
+        general_prompts=prompts,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         baselines=not no_baselines,
@@ -113,13 +130,25 @@ def tasks(
     _run_and_report(evaluate_tasks, opts, plot, json_out, per_key="per_task", title="tasks")
 
 
+def _general_prompts(path: Path | None) -> Path:
+    """--general-prompts, checked; else the project's own everyday prompts."""
+    from etr_hub.eval.run import GENERAL_PROMPTS
+
+    if path is None:
+        return GENERAL_PROMPTS
+    if not path.is_file():
+        raise EtrHubError(
+            f"--general-prompts {path} does not exist", "pass a JSONL file with 'query' and 'split' fields"
+        )
+    return path
+
+
 def _run_and_report(evaluate, opts, plot: Path | None, json_out: bool, **show) -> None:
     """Run an evaluation with progress bars, then the plot, the warnings and a table or JSON."""
     from etr_hub.cli.flags import as_flags
     from etr_hub.cli.progress import bar_factory
-    from etr_hub.registry import Registry
 
-    reg = Registry.open()
+    reg = open_registry()
     with bar_factory(quiet=json_out) as bars:
         report = evaluate(reg, opts, progress=bars, status=None if json_out else note)
     if plot is not None:
@@ -134,46 +163,55 @@ def _run_and_report(evaluate, opts, plot: Path | None, json_out: bool, **show) -
     _show(report, **show)
 
 
-def _show(r: dict, per_key: str = "per_subject", title: str = "MMLU-Expert") -> None:
-    from rich.table import Table
+BASELINE_NAMES = {
+    "meta": "meta model alone",
+    "oracle": "oracle expert",
+    "random": "random expert",
+    "etr_always_expert": "ETR, winner always answers",
+    "prompt_router": "prompt-based router (Meta-Prompting-E)",
+    "embedding_router": "embedding router (nearest centroid)",
+}
 
+
+def _show(r: dict, per_key: str = "per_subject", title: str = "MMLU-Expert") -> None:
     if r["routing_accuracy"] is None:
         out.print(
             safe(f"meta model alone: answer accuracy {_pct(r['accuracy'])} on {r['n']} questions"), highlight=False
         )
         return
+    what = "task" if per_key == "per_task" else "subject"
+    out.print(_methods_table(r, title))
+    out.print(_per_item_table(r, per_key, what))
+    out.print(_confusion_table(r, what))
+    for line in _summary_lines(r):
+        out.print(safe(line), highlight=False)
+
+
+def _methods_table(r: dict, title: str):
+    """ETR next to every baseline (and static vs dynamic training, when measured)."""
+    from rich.table import Table
+
     t = Table(title=safe(f"{title}: {r['n']} questions, {len(r['experts'])} experts, meta {r['meta']}"))
     for col in ("method", "routing accuracy", "answer accuracy", "fire rate"):
         t.add_column(col, justify="left" if col == "method" else "right")
     t.add_row(
         "[bold]ETR (expert tokens)[/bold]", _pct(r["routing_accuracy"]), _pct(r["accuracy"]), _pct(r["fire_rate"])
     )
-    names = {
-        "meta": "meta model alone",
-        "oracle": "oracle expert",
-        "random": "random expert",
-        "etr_always_expert": "ETR, winner always answers",
-        "prompt_router": "prompt-based router (Meta-Prompting-E)",
-        "embedding_router": "embedding router (nearest centroid)",
-    }
     for key, b in r["baselines"].items():
-        t.add_row(names.get(key, key), _pct(b.get("routing_accuracy")), _pct(b.get("accuracy")), "")
+        t.add_row(BASELINE_NAMES.get(key, key), _pct(b.get("routing_accuracy")), _pct(b.get("accuracy")), "")
     d = r.get("dynamic")
     if d:
-        t.add_row(
-            "static: all tokens trained together",
-            _pct(d["static"]["routing_accuracy"]),
-            _pct(d["static"]["accuracy"]),
-            _pct(d["static"]["fire_rate"]),
-        )
-        t.add_row(
-            safe(f"dynamic: {', '.join(d['added_later'])} added later"),
-            _pct(d["dynamic"]["routing_accuracy"]),
-            _pct(d["dynamic"]["accuracy"]),
-            _pct(d["dynamic"]["fire_rate"]),
-        )
-    out.print(t)
-    what = "task" if per_key == "per_task" else "subject"
+        for label, key in (
+            ("static: all tokens trained together", "static"),
+            (safe(f"dynamic: {', '.join(d['added_later'])} added later"), "dynamic"),
+        ):
+            t.add_row(label, _pct(d[key]["routing_accuracy"]), _pct(d[key]["accuracy"]), _pct(d[key]["fire_rate"]))
+    return t
+
+
+def _per_item_table(r: dict, per_key: str, what: str):
+    from rich.table import Table
+
     s = Table(title=f"per {what}")
     for col in (what, "n", "expert", "routing", "fire", "meta acc", "ETR acc", "oracle acc"):
         s.add_column(col, justify="left" if col in (what, "expert") else "right")
@@ -188,14 +226,23 @@ def _show(r: dict, per_key: str = "per_subject", title: str = "MMLU-Expert") -> 
             _pct(p["accuracy"]),
             _pct(p.get("oracle_accuracy")),
         )
-    out.print(s)
+    return s
+
+
+def _confusion_table(r: dict, what: str):
+    from rich.table import Table
+
     c = Table(title=f"routing confusion (rows: {what}, columns: winning expert token)")
     c.add_column(what)
     for e in r["experts"]:
         c.add_column(safe(e[:14]), justify="right")
     for subject, row in r["confusion"].items():
         c.add_row(safe(subject), *[str(row[e]) for e in r["experts"]])
-    out.print(c)
+    return c
+
+
+def _summary_lines(r: dict) -> list[str]:
+    """False fires, gap closed, the plug-and-play drop and the plot's path, one line each."""
     lines = []
     if r.get("false_fire_rate") is not None:
         g = r["general_prompts"]
@@ -204,11 +251,12 @@ def _show(r: dict, per_key: str = "per_subject", title: str = "MMLU-Expert") -> 
         lines.append(f"ETR closes {100 * r['gap_closed']:.0f}% of the meta → oracle answer-accuracy gap")
     elif r.get("gap_closed_reason"):
         lines.append(f"gap closed: not defined — {r['gap_closed_reason']}")
+    d = r.get("dynamic")
     if d:
         lines.append(
-            f"plug-and-play: routing drop {d['routing_drop_points']:+.2f} points, answer-accuracy drop {d['accuracy_drop_points']:+.2f} points (static − dynamic)"
+            f"plug-and-play: routing drop {d['routing_drop_points']:+.2f} points, answer-accuracy drop "
+            f"{d['accuracy_drop_points']:+.2f} points (static − dynamic)"
         )
     if r.get("plot"):
         lines.append(f"plot: {r['plot']}")
-    for line in lines:
-        out.print(safe(line), highlight=False)
+    return lines

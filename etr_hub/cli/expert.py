@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from etr_hub.cli.common import open_registry
+from etr_hub.cli.options import json_option
 from etr_hub.cli.output import err, lit, out, print_json, safe, short
 
 app = typer.Typer(no_args_is_help=True)
-
-
-def _registry():
-    from etr_hub.registry import Registry
-
-    return Registry.open()
 
 
 def _summary(row) -> dict:
@@ -72,26 +69,42 @@ def _check_add_options(allow_env: list[str] | None, max_bundle_mb: float | None)
         raise typer.Exit(2) from None
 
 
-@app.command("add")
-def add(
-    paths: list[Path] = typer.Argument(..., help="Bundle directories (each holds expert.json), e.g. plugins/*/"),
-    replace: bool = typer.Option(False, "--replace", help="Overwrite an expert with the same name and version."),
-    allow_env: list[str] = typer.Option(
-        None,
+Paths = Annotated[list[Path], typer.Argument(help="Bundle directories (each holds expert.json), e.g. plugins/*/")]
+AllowEnv = Annotated[
+    list[str] | None,
+    typer.Option(
         "--allow-env",
         metavar="NAME",
-        help="Let the bundle's remote expert send this environment variable as its API key (repeatable; never ETR_HUB_*).",
+        help=(
+            "Let the bundle's remote expert send this environment variable as its API key (repeatable; never "
+            "ETR_HUB_*)."
+        ),
     ),
-    max_bundle_mb: float = typer.Option(
-        None, "--max-bundle-mb", help="Largest bundle accepted, in MB (default: $ETR_HUB_MAX_BUNDLE_MB or 2048)."
-    ),
-    json_out: bool = typer.Option(False, "--json"),
+]
+MaxBundleMb = Annotated[
+    float | None,
+    typer.Option("--max-bundle-mb", help="Largest bundle accepted, in MB (default: $ETR_HUB_MAX_BUNDLE_MB or 2048)."),
+]
+Ref = Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")]
+
+
+@app.command("add")
+def add(
+    paths: Paths,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Overwrite an expert with the same name and version.")
+    ] = False,
+    allow_env: AllowEnv = None,
+    max_bundle_mb: MaxBundleMb = None,
+    json_out: Annotated[
+        bool, json_option("Print the registered expert as JSON (an array for several bundles).")
+    ] = False,
 ) -> None:
     """Validate bundles and register them (files are copied into the registry's store).
 
     Adding a bundle that is already registered, unchanged, does nothing, so this is safe to re-run."""
     allowed = _check_add_options(allow_env, max_bundle_mb)
-    reg = _registry()
+    reg = open_registry()
     added = []
     for path in paths:
         before = {(e.name, e.version, e.token_sha256) for e in reg.list_experts()}
@@ -109,9 +122,9 @@ def add(
 
 
 @app.command("list")
-def list_(json_out: bool = typer.Option(False, "--json", help="Print a JSON array.")) -> None:
+def list_(json_out: Annotated[bool, json_option("Print a JSON array.")] = False) -> None:
     """List registered experts."""
-    rows = _registry().list_experts()
+    rows = open_registry().list_experts()
     if json_out:
         print_json([_summary(r) for r in rows])
         return
@@ -140,12 +153,9 @@ def list_(json_out: bool = typer.Option(False, "--json", help="Print a JSON arra
 
 
 @app.command("show")
-def show(
-    name: str = typer.Argument(..., help="NAME or NAME@VERSION."),
-    json_out: bool = typer.Option(False, "--json", help="Print the full manifest."),
-) -> None:
+def show(name: Ref, json_out: Annotated[bool, json_option("Print the full manifest.")] = False) -> None:
     """Show one expert's manifest and where its files live."""
-    reg = _registry()
+    reg = open_registry()
     row = reg.get_expert(name)
     if json_out:
         print_json({**row.manifest, "expert": _redacted(row.manifest.get("expert") or {})})
@@ -182,15 +192,13 @@ def show(
 
 @app.command("remove")
 def remove(
-    name: str = typer.Argument(..., help="NAME (every version) or NAME@VERSION."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    name: Annotated[str, typer.Argument(help="NAME (every version) or NAME@VERSION.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Unregister an expert and delete its stored files (unless shared)."""
-    reg = _registry()
+    reg = open_registry()
     reg.get_expert(name)
     if not yes:
-        import sys
-
         if not sys.stdin.isatty():
             from etr_hub.errors import EtrHubError
 
@@ -201,25 +209,25 @@ def remove(
 
 
 @app.command("enable")
-def enable(name: str = typer.Argument(..., help="NAME or NAME@VERSION.")) -> None:
+def enable(name: Ref) -> None:
     """Enable an expert (its token joins W_E at the next load); other versions are disabled."""
-    row = _registry().set_enabled(name, True)
+    row = open_registry().set_enabled(name, True)
     err.print(safe(f"enabled {row.name}@{row.version}"), highlight=False)
 
 
 @app.command("disable")
-def disable(name: str = typer.Argument(..., help="NAME or NAME@VERSION.")) -> None:
+def disable(name: Ref) -> None:
     """Disable an expert (its token leaves W_E at the next load)."""
-    row = _registry().set_enabled(name, False)
+    row = open_registry().set_enabled(name, False)
     err.print(safe(f"disabled {row.name}"), highlight=False)
 
 
 @app.command("export")
 def export(
-    name: str = typer.Argument(..., help="NAME or NAME@VERSION."),
-    out_dir: Path = typer.Argument(..., help="Directory to write the bundle to."),
-    replace: bool = typer.Option(False, "--replace", help="Overwrite an existing directory."),
+    name: Ref,
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write the bundle to.")],
+    replace: Annotated[bool, typer.Option("--replace", help="Overwrite an existing directory.")] = False,
 ) -> None:
     """Write a registered expert back out as a bundle (byte-identical token file)."""
-    bundle = _registry().export_expert(name, out_dir, replace=replace)
+    bundle = open_registry().export_expert(name, out_dir, replace=replace)
     err.print(safe(f"wrote {bundle.root}"), highlight=False)

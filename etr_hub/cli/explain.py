@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from etr_hub.cli.common import open_hub
+from etr_hub.cli.options import JsonOption
 from etr_hub.cli.output import err, lit, out, print_json, safe
 from etr_hub.errors import EtrHubError
 
 
 def explain(
-    text: str = typer.Argument(..., help="A user message, as it would be asked in chat."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    top: int = typer.Option(10, "--top", min=0, help="How many word tokens to show next to the expert tokens."),
+    text: Annotated[str, typer.Argument(help="A user message, as it would be asked in chat.")],
+    json_out: JsonOption = False,
+    top: Annotated[
+        int, typer.Option("--top", min=0, help="How many word tokens to show next to the expert tokens.")
+    ] = 10,
 ) -> None:
     """At the routing position: every expert token's probability next to the top-K word tokens, and which would win."""
-    from etr_hub.cli.common import open_hub
-
     if not text.strip():
         raise EtrHubError("empty message", 'pass the message to explain, e.g. etr-hub explain "Why do stars twinkle?"')
     hub = open_hub(quiet=json_out)
@@ -47,20 +51,21 @@ def _show(result) -> None:
         )
     out.print(table)
     best = result.experts[0] if result.experts else None
-    if result.winner is not None:
+    if best is None:  # a winner needs an expert token, so there is none either
+        err.print("→ no experts are assembled: the meta model answers itself", highlight=False)
+    elif result.winner is not None:
         err.print(
-            f"→ routes to [bold]{lit(result.winner)}[/bold] (p={best.probability:.4f}; all expert tokens together {result.p_any_expert:.4f})",
+            f"→ routes to [bold]{lit(result.winner)}[/bold] (p={best.probability:.4f}; all expert tokens together "
+            f"{result.p_any_expert:.4f})",
             highlight=False,
         )
-    elif best is None:
-        err.print("→ no experts are assembled: the meta model answers itself", highlight=False)
     else:
         top_word = result.words[0] if result.words else None
         gap = (top_word.logit - best.logit) if top_word else float("nan")
         err.print(
             safe(
-                f"→ the meta model answers itself: the best expert token, {best.name} (p={best.probability:.4f}), is {gap:.2f} logits "
-                f"below the top word token"
+                f"→ the meta model answers itself: the best expert token, {best.name} (p={best.probability:.4f}), is "
+                f"{gap:.2f} logits below the top word token"
                 + (f" {top_word.token!r} (p={top_word.probability:.4f})" if top_word else "")
             ),
             highlight=False,

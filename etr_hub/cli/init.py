@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from etr_hub.cli.common import open_registry
+from etr_hub.cli.options import json_option
 from etr_hub.cli.output import err, lit, note, print_json, safe
+
+Meta = Annotated[
+    str | None,
+    typer.Option(
+        "--meta",
+        help=(
+            "Meta model reference: a local model dir, a .gguf file, hf:ORG/NAME@REVISION, or "
+            "embedded:smollm2-135m-instruct (default)."
+        ),
+    ),
+]
 
 
 def init(
-    meta: str = typer.Option(
-        None,
-        "--meta",
-        help="Meta model reference: a local model dir, a .gguf file, hf:ORG/NAME@REVISION, or embedded:smollm2-135m-instruct (default).",
-    ),
-    json_out: bool = typer.Option(False, "--json", help="Print the registered meta model as JSON."),
+    meta: Meta = None,
+    json_out: Annotated[bool, json_option("Print the registered meta model as JSON.")] = False,
 ) -> None:
     """Create $ETR_HUB_HOME and the registry, and register the meta model (idempotent)."""
     from etr_hub.models.refs import ModelRef
-    from etr_hub.registry import Registry
     from etr_hub.registry.meta import DEFAULT_META, register_meta_model
 
-    reg = Registry.open()
+    reg = open_registry()
     current = reg.active_meta()
     ref = ModelRef.parse(meta or DEFAULT_META)
     if current is not None and meta is None and current.max_row_norm is None:
@@ -43,6 +53,7 @@ def init(
         return
     note(f"home: {reg.settings.home}")
     err.print(
-        f"meta model [bold]{lit(row.display)}[/bold]  hidden {row.hidden_size}  vocab {row.vocab_size}  fingerprint {row.fingerprint[:12]}…",
+        f"meta model [bold]{lit(row.display)}[/bold]  hidden {row.hidden_size}  vocab {row.vocab_size}  fingerprint "
+        f"{row.fingerprint[:12]}…",
         highlight=False,
     )

@@ -4,42 +4,40 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
 
 from etr_hub.cli.flags import as_flags
 from etr_hub.cli.output import clean
+from etr_hub.config import settings
 from etr_hub.errors import EtrHubError
 
 try:  # Typer ≥ 0.2x raises usage errors from its own copy of Click, older Typer from Click itself
     from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException
+    from click.exceptions import ClickException  # type: ignore[assignment]
 
 
-# The CLI draws its own rich progress; silence the libraries' bars and advisory warnings, and
+# The CLI draws its own rich progress; silence the libraries' bars and advisory logging, and
 # never reach for the Hugging Face Hub unless asked to (no network is the normal case here).
+# These configure third-party libraries through their own variables, before they are imported.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' own weight-loading bars
-if os.environ.get("ETR_HUB_ALLOW_DOWNLOAD") != "1":
+if not settings().allow_download:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-warnings.filterwarnings("ignore", category=FutureWarning)
-warnings.filterwarnings("ignore", message=".*requires_grad.*scalar.*")
 
 
 class ErrorHandlingGroup(TyperGroup):
     """Turn library errors into one line on stderr and a non-zero exit, no traceback."""
 
     def invoke(self, ctx):
-        from etr_hub.config import debug
-
         try:
             return super().invoke(ctx)
         except EtrHubError as e:
-            if debug():
+            if settings().debug:
                 raise
             one_line = clean(as_flags(str(e)).replace("\n", " "))  # it may quote a manifest: no control codes
             print(f"error: {one_line}", file=sys.stderr)
@@ -51,10 +49,11 @@ class ErrorHandlingGroup(TyperGroup):
         except (typer.Exit, typer.Abort, SystemExit, ClickException):
             raise  # Typer prints usage errors (exit 2) and handles exits itself
         except Exception as e:  # a bug: still no traceback unless asked for
-            if debug():
+            if settings().debug:
                 raise
             print(
-                f"error: internal error: {type(e).__name__}: {clean(str(e).splitlines()[0]) if str(e) else ''} — rerun with ETR_HUB_DEBUG=1 for a traceback and report it",
+                f"error: internal error: {type(e).__name__}: {clean(str(e).splitlines()[0]) if str(e) else ''} — "
+                "rerun with ETR_HUB_DEBUG=1 for a traceback and report it",
                 file=sys.stderr,
             )
             ctx.exit(70)
@@ -85,9 +84,9 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    show_version: bool = typer.Option(
-        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
-    ),
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     pass
 

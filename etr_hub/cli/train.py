@@ -3,56 +3,81 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from etr_hub.cli.checks import manifest_field, number
-from etr_hub.cli.checks import seed as seed_range
+from etr_hub.cli.common import open_registry
+from etr_hub.cli.options import JsonOption, SeedOption
 from etr_hub.cli.output import err, lit, note, print_json, safe
 
-
-def train_token(
-    name: str = typer.Argument(..., help="The expert's name.", callback=manifest_field("name")),
-    query_set: str = typer.Option(None, "--query-set", help="Query set to train on (default: the one named NAME)."),
-    epochs: int = typer.Option(
-        None, "--epochs", min=1, help="Fixed number of epochs (default: until the loss plateaus, at most --max-epochs)."
+Name = Annotated[str, typer.Argument(help="The expert's name.", callback=manifest_field("name"))]
+QuerySet = Annotated[
+    str | None, typer.Option("--query-set", help="Query set to train on (default: the one named NAME).")
+]
+Epochs = Annotated[
+    int | None,
+    typer.Option(
+        "--epochs", min=1, help="Fixed number of epochs (default: until the loss plateaus, at most --max-epochs)."
     ),
-    max_epochs: int = typer.Option(300, "--max-epochs", min=1),
-    lr: float = typer.Option(5e-4, "--lr", callback=number(gt=0), help="AdamW learning rate (paper: 5e-4)."),
-    weight_decay: float = typer.Option(
-        1.0, "--weight-decay", callback=number(ge=0), help="AdamW weight decay (paper: 1.0)."
-    ),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
-    seed: int = typer.Option(0, "--seed", callback=seed_range),
-    out: Path = typer.Option(
-        None, "--out", help="Bundle directory to write (default: $ETR_HUB_HOME/bundles/NAME-VERSION)."
-    ),
-    version: str = typer.Option(
-        None, "--version", callback=manifest_field("version"), help="Bundle version (default: next patch version)."
-    ),
-    description: str = typer.Option("", "--description", callback=manifest_field("description")),
-    license: str = typer.Option(
-        "unknown", "--license", callback=manifest_field("license"), help="Licence of the bundle (SPDX id)."
-    ),
-    provider: str = typer.Option(
-        None,
+]
+MaxEpochs = Annotated[int, typer.Option("--max-epochs", min=1)]
+Lr = Annotated[float, typer.Option("--lr", callback=number(gt=0), help="AdamW learning rate (paper: 5e-4).")]
+WeightDecay = Annotated[
+    float, typer.Option("--weight-decay", callback=number(ge=0), help="AdamW weight decay (paper: 1.0).")
+]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1)]
+Out = Annotated[
+    Path | None,
+    typer.Option("--out", help="Bundle directory to write (default: $ETR_HUB_HOME/bundles/NAME-VERSION)."),
+]
+Version = Annotated[
+    str | None,
+    typer.Option("--version", callback=manifest_field("version"), help="Bundle version (default: next patch version)."),
+]
+Description = Annotated[str, typer.Option("--description", callback=manifest_field("description"))]
+License = Annotated[
+    str, typer.Option("--license", callback=manifest_field("license"), help="Licence of the bundle (SPDX id).")
+]
+Provider = Annotated[
+    str | None,
+    typer.Option(
         "--provider",
         callback=manifest_field("provider"),
         help="Who provides the expert (default: your user name).",
     ),
-    replace: bool = typer.Option(
-        False, "--replace", help="Overwrite --out and an expert of the same name and version."
-    ),
-    word_negatives: bool = typer.Option(
-        True,
+]
+Replace = Annotated[bool, typer.Option("--replace", help="Overwrite --out and an expert of the same name and version.")]
+WordNegatives = Annotated[
+    bool,
+    typer.Option(
         "--general-negatives/--no-general-negatives",
         help="Also train on etr-hub's everyday prompts as negatives, so the token does not fire on small talk.",
     ),
-    json_out: bool = typer.Option(False, "--json"),
+]
+
+
+def train_token(
+    name: Name,
+    query_set: QuerySet = None,
+    epochs: Epochs = None,
+    max_epochs: MaxEpochs = 300,
+    lr: Lr = 5e-4,
+    weight_decay: WeightDecay = 1.0,
+    batch_size: BatchSize = 16,
+    seed: SeedOption = 0,
+    out: Out = None,
+    version: Version = None,
+    description: Description = "",
+    license: License = "unknown",
+    provider: Provider = None,
+    replace: Replace = False,
+    word_negatives: WordNegatives = True,
+    json_out: JsonOption = False,
 ) -> None:
-    """Train NAME's expert token (only that row; the meta model and other experts stay frozen), write and register the bundle."""
+    """Train NAME's expert token (only that row; the meta model and other experts stay frozen), write and register the bundle."""  # noqa: E501 - one line: rich help keeps a docstring's line breaks
     from etr_hub.cli.progress import bar_factory
-    from etr_hub.registry import Registry
     from etr_hub.training.optimize import TrainSettings
     from etr_hub.training.train_token import BundleInfo
     from etr_hub.training.train_token import train_token as run
@@ -63,7 +88,7 @@ def train_token(
     bundle = BundleInfo(
         out=out, version=version, description=description, license=license, provider=provider, replace=replace
     )
-    reg = Registry.open()
+    reg = open_registry()
     with bar_factory(quiet=json_out) as bars:
         res = run(
             reg,
@@ -75,7 +100,15 @@ def train_token(
             progress=bars,
             status=None if json_out else note,
         )
-    summary = {
+    if json_out:
+        print_json(_summary(res))
+        return
+    _show(name, res)
+
+
+def _summary(res: Any) -> dict[str, Any]:
+    """The --json object (its keys are part of the CLI's interface)."""
+    return {
         "name": res.expert.name,
         "version": res.expert.version,
         "bundle": str(res.bundle.root),
@@ -89,12 +122,14 @@ def train_token(
         "train_routing_accuracy": res.train_routing_accuracy,
         "seconds": round(res.seconds, 3),
     }
-    if json_out:
-        print_json(summary)
-        return
+
+
+def _show(name: str, res: Any) -> None:
     err.print(
-        f"trained [bold]{lit(name)}[/bold] {lit(res.expert.version)}: {res.outcome.epochs} epochs ({res.outcome.stopped}), final loss {res.outcome.final_loss:.4f}, "
-        f"routes {res.train_routing_accuracy:.0%} of its {res.n_queries} queries + {res.n_negatives} negatives correctly; {res.seconds:.1f} s",
+        f"trained [bold]{lit(name)}[/bold] {lit(res.expert.version)}: {res.outcome.epochs} epochs "
+        f"({res.outcome.stopped}), final loss {res.outcome.final_loss:.4f}, "
+        f"routes {res.train_routing_accuracy:.0%} of its {res.n_queries} queries + {res.n_negatives} negatives "
+        f"correctly; {res.seconds:.1f} s",
         highlight=False,
     )
     err.print(safe(f"bundle: {res.bundle.root} (registered)"), highlight=False)

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from etr_hub.models.compat import cache_kwarg
+
 
 class CausalRunner:
     """Prefill once, then one token per step; returns the last position's hidden state.
@@ -48,7 +50,7 @@ class CausalRunner:
         if self.keep_layer is not None:
             hook = self.decoder.layers[self.keep_layer].register_forward_pre_hook(self._keep_residual, with_kwargs=True)
         try:
-            out = self.decoder(input_ids=x, past_key_values=self.cache, use_cache=True)
+            out = self.decoder(input_ids=x, **{cache_kwarg(self.decoder): self.cache}, use_cache=True)
         finally:
             if hook is not None:
                 hook.remove()

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from etr_hub.generation.runner import CausalRunner, common_prefix
+from etr_hub.models.compat import cache_kwarg
 
 
 @contextmanager
@@ -58,7 +59,9 @@ def feed_from_donor(
         return None, list(ids)
     cache = runner.ensure_cache()
     with only_layers_from(runner.decoder, k):  # layers >= k over the new positions, from the meta's residual
-        out = runner.decoder(inputs_embeds=residual[:, start:shared], past_key_values=cache, use_cache=True)
+        out = runner.decoder(
+            inputs_embeds=residual[:, start:shared], **{cache_kwarg(runner.decoder): cache}, use_cache=True
+        )
     for i, layer in enumerate(lower):  # layers < k: the meta's keys/values as they are
         cache.update(layer.keys[:, :, start:shared], layer.values[:, :, start:shared], i)  # (B, H, S, D) each
     runner.ids.extend(ids[: shared - start])

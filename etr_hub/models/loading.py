@@ -10,14 +10,15 @@ shallow structural clone, so wrapping it with LoRA layers leaves the meta model 
 from __future__ import annotations
 
 import copy
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from etr_hub.config import settings
 from etr_hub.errors import ModelLoadError
+from etr_hub.models.compat import peft_deprecations_silenced
 from etr_hub.models.refs import ModelRef
 from etr_hub.safety import PICKLE_SUFFIXES, code_in_folder
 
@@ -60,7 +61,7 @@ def load_causal_lm(
 
 
 def allow_download() -> bool:
-    return os.environ.get("ETR_HUB_ALLOW_DOWNLOAD", "") == "1"
+    return settings().allow_download
 
 
 def _load_local(ref: ModelRef, *, dtype: str, status: Status, **_: Any) -> LoadedModel:
@@ -129,9 +130,10 @@ def _load_peft(ref: ModelRef, *, meta: LoadedModel | None, dtype: str, status: S
         base = load_causal_lm(own_base, dtype=dtype, status=status, role="base")
     name = adapter_name_for(adapter)
     _report(status, f"applying adapter {adapter.name}")
-    model = PeftModel.from_pretrained(
-        base.model, str(adapter), adapter_name=name, is_trainable=False, trust_remote_code=False
-    )
+    with peft_deprecations_silenced():
+        model = PeftModel.from_pretrained(
+            base.model, str(adapter), adapter_name=name, is_trainable=False, trust_remote_code=False
+        )
     return LoadedModel(model, _adapter_tokenizer(adapter) or base.tokenizer, ref, shares_meta, name)
 
 

@@ -96,8 +96,8 @@ def everyday_rows(work: Path, home: Path) -> list[dict]:
     os.environ["ETR_HUB_HOME"] = str(home)
     from etr_hub.eval.tasks import generate_greedy
     from etr_hub.models.chat import routing_prompt_ids
-    from etr_hub.session import ModelSession, read_general_prompts
     from etr_hub.registry import Registry
+    from etr_hub.session import ModelSession, read_general_prompts
 
     meta = ModelSession(Registry.open()).meta
     prompts = read_general_prompts(split="train")

@@ -1,0 +1,34 @@
+"""Options several commands share, as `Annotated` aliases (Typer's idiom): one definition each.
+
+    def chat(json_out: JsonOption = False, memory_budget_mb: MemoryBudgetOption = None): ...
+
+Where a command words an option's help its own way, `json_option(help)` / `seed_option(help)`
+build the same option with that text. Fixed choices are `StrEnum`s in the command's module, so
+`--help` lists them and a value outside them is a usage error (exit 2).
+
+`--device` (a later issue) gets its alias here when the library can place the meta model and
+its experts on a device; today everything runs where torch puts it, so there is no option yet.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from etr_hub.cli import checks
+
+
+def json_option(help: str = "Print one JSON object.") -> Any:
+    return typer.Option("--json", help=help)
+
+
+def seed_option(help: str | None = None) -> Any:
+    return typer.Option("--seed", callback=checks.seed, help=help)
+
+
+JsonOption = Annotated[bool, json_option()]
+SeedOption = Annotated[int, seed_option()]
+MemoryBudgetOption = Annotated[
+    int | None, typer.Option("--memory-budget-mb", min=0, help="Memory for loaded experts (default: half the RAM).")
+]
