@@ -12,6 +12,11 @@ if [ "$#" -gt 0 ]; then
     exec python -m pytest -q "$@"
 fi
 
+# Lint, format and types first: they take seconds and name the line.
+ruff check .
+ruff format --check .
+mypy
+
 # PostgreSQL from Debian's packages (its binaries live in /usr/lib/postgresql/N/bin).
 have_postgres() { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null; }
 if ! have_postgres && command -v apt-get >/dev/null; then

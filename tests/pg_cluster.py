@@ -9,6 +9,7 @@ Uses Debian's packages (`apt-get install postgresql`). As root, the server runs 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -137,10 +138,8 @@ class Cluster:
         )
 
     def destroy(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # already stopped, or never started
             self.stop("immediate")
-        except Exception:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)
 
 

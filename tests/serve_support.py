@@ -100,14 +100,14 @@ class Server:
         self.log = log or home.parent / f"serve-{self.port}.log"
         full_env = {**os.environ, "ETR_HUB_HOME": str(home), "OMP_NUM_THREADS": "1", **(env or {})}
         full_env.pop("ETR_HUB_DATABASE_URL", None)
-        self._out = open(self.log, "w")
-        self.proc = subprocess.Popen(
-            [*etr_hub_cmd(), "serve", "--port", str(self.port), *args],
-            env=full_env,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        with open(self.log, "w") as out:  # the server writes through its own copy of the handle
+            self.proc = subprocess.Popen(
+                [*etr_hub_cmd(), "serve", "--port", str(self.port), *args],
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
 
     def wait_ready(self, timeout: float = 90) -> Server:
         import httpx
@@ -125,8 +125,6 @@ class Server:
         raise RuntimeError(f"etr-hub serve did not become ready in {timeout} s: {self.output()[-2000:]}")
 
     def output(self) -> str:
-        if not self._out.closed:
-            self._out.flush()
         return self.log.read_text()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -140,14 +138,14 @@ class Server:
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
-        self._out.close()
 
 
 CLIENT_SCRIPT = r"""
 import sys, httpx, json
 url, key = sys.argv[1], sys.argv[2]
 body = json.loads(sys.argv[3])
-with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer " + key} if key else {}, timeout=60) as r:
+headers = {"Authorization": "Bearer " + key} if key else {}
+with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers=headers, timeout=60) as r:
     for line in r.iter_lines():
         if line.startswith("data:") and '"content"' in line:
             print("got", flush=True)

@@ -232,7 +232,7 @@ def test_nul_byte_in_a_bundle_path_is_a_bundle_error(fake_meta, tmp_path):
     from etr_hub.registry import Registry
 
     for path in (f"{tmp_path}/bun\x00dle", "\x00"):
-        with pytest.raises(BundleError, match="NUL|null byte"):
+        with pytest.raises(BundleError, match=r"NUL|null byte"):
             load_bundle(path)
         with pytest.raises(BundleError):
             Registry.open().add_expert(path)

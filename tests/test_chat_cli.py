@@ -149,7 +149,7 @@ def test_ctrl_c_stops_the_answer_and_keeps_the_session(registry, tmp_path):
                 time.sleep(0.1)
             started = time.monotonic()
             proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate("/experts\n/exit\n", timeout=60)
+            _, err = proc.communicate("/experts\n/exit\n", timeout=60)
         finally:
             proc.kill()
     assert proc.returncode == 0, err

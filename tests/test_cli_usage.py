@@ -79,7 +79,8 @@ def test_usage_errors_do_not_import_torch():
         "import json, sys\nimport etr_hub.cli.main as m\n"
         "codes = []\n"
         f"for argv in json.loads({json.dumps(json.dumps([c[0] for c in CASES]))}):\n"
-        "    try:\n        m.app(argv, prog_name='etr-hub')\n    except SystemExit as e:\n        codes.append(e.code)\n"
+        "    try:\n        m.app(argv, prog_name='etr-hub')\n"
+        "    except SystemExit as e:\n        codes.append(e.code)\n"
         "print(json.dumps([codes, [x for x in ('torch', 'transformers', 'peft', 'sqlmodel') if x in sys.modules]]))\n"
     )
     probe = subprocess.run(

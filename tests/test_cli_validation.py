@@ -67,7 +67,8 @@ def test_bad_settings_are_refused_before_torch_is_imported():
     code = (
         "import json, sys\nimport etr_hub.cli.main as m\ncodes = []\n"
         f"for argv in json.loads({json.dumps(json.dumps([c[0] for c in BAD_SETTINGS]))}):\n"
-        "    try:\n        m.app(argv, prog_name='etr-hub')\n    except SystemExit as e:\n        codes.append(e.code)\n"
+        "    try:\n        m.app(argv, prog_name='etr-hub')\n"
+        "    except SystemExit as e:\n        codes.append(e.code)\n"
         "print(json.dumps([codes, 'torch' in sys.modules]))\n"
     )
     probe = subprocess.run(

@@ -72,7 +72,7 @@ def test_no_csvs_is_a_one_line_error_with_a_hint(tmp_path):
 
 def test_only_malformed_rows_is_an_error(tmp_path):
     (tmp_path / "a_test.csv").write_text("q,a,b\n")
-    with pytest.raises(DataError, match="no readable MMLU rows.*3 columns"):
+    with pytest.raises(DataError, match=r"no readable MMLU rows.*3 columns"):
         read_mmlu_dir(tmp_path)
 
 
@@ -93,7 +93,7 @@ def test_subject_filter(tmp_path):
     for s in ("astronomy", "prehistory"):
         (tmp_path / f"{s}_test.csv").write_text(f"{s} q,a,b,c,d,A\n")
     assert list(read_mmlu_dir(tmp_path, ["prehistory"]).questions) == ["prehistory"]
-    with pytest.raises(DataError, match="no CSV in .* for virology"):
+    with pytest.raises(DataError, match=r"no CSV in .* for virology"):
         read_mmlu_dir(tmp_path, ["virology"])
 
 

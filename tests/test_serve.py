@@ -212,7 +212,8 @@ BAD_REQUESTS = [
     (
         "infinite-penalty",
         {
-            "content": b'{"model": "etr-hub", "messages": [{"role": "user", "content": "x"}], "repetition_penalty": Infinity}'
+            "content": b'{"model": "etr-hub", "messages": [{"role": "user", "content": "x"}],'
+            b' "repetition_penalty": Infinity}'
         },
         400,
         "repetition_penalty",

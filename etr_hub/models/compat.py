@@ -14,11 +14,12 @@ from typing import Any
 def cache_kwarg(model: Any) -> str:
     """The keyword `model.forward` takes its KV cache by. transformers renamed `past_key_values`
     to `cache`; the old name still works until 5.40, with a FutureWarning."""
-    return _cache_kwarg(type(model))
+    cls: Any = type(model)
+    return _cache_kwarg(cls)
 
 
 @functools.cache
-def _cache_kwarg(cls: type) -> str:
+def _cache_kwarg(cls: Any) -> str:  # a model class: hashable, and its forward never changes
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 

@@ -15,7 +15,7 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ class Failed:
 
 @dataclass(eq=False)
 class Job:
-    call: Callable[[Any], Iterator[Any]]  # hub -> the Hub's event generator
+    call: Callable[[Any], Generator[Any, None, Any]]  # hub -> the Hub's event generator
     client: str  # fairness key (the peer address)
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
