@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from etr_hub.cli.common import open_registry
-from etr_hub.cli.options import JsonOption, seed_option
+from etr_hub.cli.options import JsonOption, map_option, plot_option, seed_option
 from etr_hub.cli.output import note, out, print_json, safe, warn
 from etr_hub.errors import EtrHubError
 
@@ -37,14 +37,8 @@ Subjects = Annotated[
     list[str] | None,
     typer.Option("--subjects", help="Only these subjects (repeat the option or separate with commas)."),
 ]
-SubjectMap = Annotated[
-    list[str] | None,
-    typer.Option("--map", help="SUBJECT=EXPERT, overriding the experts' manifest labels (repeatable)."),
-]
-MmluPlot = Annotated[
-    Path | None,
-    typer.Option("--plot", help="Write the routing confusion heat map and per-subject accuracy as a PNG."),
-]
+SubjectMap = Annotated[list[str] | None, map_option("SUBJECT")]
+MmluPlot = Annotated[Path | None, plot_option("subject")]
 GeneralPrompts = Annotated[
     Path | None,
     typer.Option("--general-prompts", help="JSONL of everyday prompts ('query', 'split'); default: the project's own."),
@@ -60,14 +54,8 @@ TaskData = Annotated[
         ),
     ),
 ]
-TaskMap = Annotated[
-    list[str] | None,
-    typer.Option("--map", help="TASK=EXPERT, overriding the experts' manifest labels (repeatable)."),
-]
-TaskPlot = Annotated[
-    Path | None,
-    typer.Option("--plot", help="Write the routing confusion heat map and per-task accuracy as a PNG."),
-]
+TaskMap = Annotated[list[str] | None, map_option("TASK")]
+TaskPlot = Annotated[Path | None, plot_option("task")]
 MaxNewTokens = Annotated[
     int, typer.Option("--max-new-tokens", min=1, max=4096, help="Longest generated answer (greedy).")
 ]

@@ -23,6 +23,19 @@ def json_option(help: str = "Print one JSON object.") -> Any:
     return typer.Option("--json", help=help)
 
 
+def manifest_option(field: str, help: str | None = None) -> Any:
+    """`--FIELD`, a value checked by the bundle manifest's own schema before anything loads."""
+    return typer.Option("--" + field, callback=checks.manifest_field(field), help=help)
+
+
+def map_option(what: str) -> Any:
+    return typer.Option("--map", help=f"{what}=EXPERT, overriding the experts' manifest labels (repeatable).")
+
+
+def plot_option(what: str) -> Any:
+    return typer.Option("--plot", help=f"Write the routing confusion heat map and per-{what} accuracy as a PNG.")
+
+
 def seed_option(help: str | None = None) -> Any:
     return typer.Option("--seed", callback=checks.seed, help=help)
 

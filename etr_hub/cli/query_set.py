@@ -10,7 +10,7 @@ import typer
 
 from etr_hub.cli.checks import manifest_field, number
 from etr_hub.cli.common import open_registry
-from etr_hub.cli.options import JsonOption, SeedOption
+from etr_hub.cli.options import JsonOption, SeedOption, manifest_option
 from etr_hub.cli.output import err, lit, note, out, print_json, safe, warn
 
 app = typer.Typer(no_args_is_help=True)
@@ -48,11 +48,7 @@ Size = Annotated[
 ]
 Label = Annotated[
     str | None,
-    typer.Option(
-        "--label",
-        callback=manifest_field("label"),
-        help="The expert's domain label: reports query-set purity; required by --rule labelled.",
-    ),
+    manifest_option("label", "The expert's domain label: reports query-set purity; required by --rule labelled."),
 ]
 LabelField = Annotated[str, typer.Option("--label-field", help="Dataset field holding the label.")]
 Rule = Annotated[

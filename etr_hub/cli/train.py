@@ -9,7 +9,7 @@ import typer
 
 from etr_hub.cli.checks import manifest_field, number
 from etr_hub.cli.common import open_registry
-from etr_hub.cli.options import JsonOption, SeedOption
+from etr_hub.cli.options import JsonOption, SeedOption, manifest_option
 from etr_hub.cli.output import err, lit, note, print_json, safe
 
 Name = Annotated[str, typer.Argument(help="The expert's name.", callback=manifest_field("name"))]
@@ -32,22 +32,10 @@ Out = Annotated[
     Path | None,
     typer.Option("--out", help="Bundle directory to write (default: $ETR_HUB_HOME/bundles/NAME-VERSION)."),
 ]
-Version = Annotated[
-    str | None,
-    typer.Option("--version", callback=manifest_field("version"), help="Bundle version (default: next patch version)."),
-]
-Description = Annotated[str, typer.Option("--description", callback=manifest_field("description"))]
-License = Annotated[
-    str, typer.Option("--license", callback=manifest_field("license"), help="Licence of the bundle (SPDX id).")
-]
-Provider = Annotated[
-    str | None,
-    typer.Option(
-        "--provider",
-        callback=manifest_field("provider"),
-        help="Who provides the expert (default: your user name).",
-    ),
-]
+Version = Annotated[str | None, manifest_option("version", "Bundle version (default: next patch version).")]
+Description = Annotated[str, manifest_option("description")]
+License = Annotated[str, manifest_option("license", "Licence of the bundle (SPDX id).")]
+Provider = Annotated[str | None, manifest_option("provider", "Who provides the expert (default: your user name).")]
 Replace = Annotated[bool, typer.Option("--replace", help="Overwrite --out and an expert of the same name and version.")]
 WordNegatives = Annotated[
     bool,

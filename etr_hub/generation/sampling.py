@@ -5,11 +5,29 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 NEG_INF = float("-inf")
 MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy: logits / 1e-300 overflow to inf and NaN
+
+
+class SamplingSettings(Protocol):
+    """What a request sets (the hub's options, an expert's GenSettings)."""
+
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def top_p(self) -> float: ...
+    @property
+    def seed(self) -> int | None: ...
+    @property
+    def repetition_penalty(self) -> float: ...
+    @property
+    def presence_penalty(self) -> float: ...
+    @property
+    def frequency_penalty(self) -> float: ...
 
 
 def penalize(
@@ -87,6 +105,19 @@ class Sampling:
             float(presence_penalty),
             float(frequency_penalty),
             Counter(answer),
+        )
+
+    @classmethod
+    def of(cls, settings: SamplingSettings, answer: Iterable[int] = ()) -> Sampling:
+        """From a request's settings (the hub's options or an expert's GenSettings: same field names)."""
+        return cls.make(
+            settings.temperature,
+            settings.top_p,
+            settings.seed,
+            repetition_penalty=settings.repetition_penalty,
+            presence_penalty=settings.presence_penalty,
+            frequency_penalty=settings.frequency_penalty,
+            answer=answer,
         )
 
     def pick(self, logits: torch.Tensor) -> int:

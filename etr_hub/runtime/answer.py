@@ -138,15 +138,7 @@ def requested_expert(ans: Answer, name: str) -> Iterator[Event]:
 def meta_decoding(ans: Answer, routed: bool) -> Iterator[Event]:
     """The meta model writes until eos, a stop string, the token budget, or an expert that finishes."""
     hub, opts = ans.hub, ans.opts
-    sampling = Sampling.make(
-        opts.temperature,
-        opts.top_p,
-        opts.seed,
-        repetition_penalty=opts.repetition_penalty,
-        presence_penalty=opts.presence_penalty,
-        frequency_penalty=opts.frequency_penalty,
-        answer=ans.answer_ids,
-    )
+    sampling = Sampling.of(opts, answer=ans.answer_ids)
     w_e_t = hub.w_e_t if routed else None
     decoder = RoutedDecoder(hub.meta.model, w_e_t, sampling, route_window=hub.route_window, keep_layer=hub.keep_layer)
     ans.new_detokenizer()  # after the requested expert's text, if it wrote some

@@ -10,7 +10,7 @@ A Hub is not thread-safe; serialise calls.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 
@@ -28,7 +28,7 @@ from etr_hub.registry import Registry
 from etr_hub.routing.math import max_row_norm, routable_logits
 from etr_hub.runtime.answer import answer
 from etr_hub.runtime.assembly import assemble
-from etr_hub.runtime.options import Messages, check_messages, check_prompt
+from etr_hub.runtime.options import Messages, RequestSettings, check_messages, check_prompt
 from etr_hub.runtime.options import Options as _Options
 from etr_hub.runtime.types import ChatResult, Done, Event, ExpertScore, Explanation, WordScore
 
@@ -97,37 +97,18 @@ class Hub:
         self,
         messages: Messages,
         *,
-        max_new_tokens: int = 256,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        stop: list[str] | None = None,
-        seed: int | None = None,
         stream: bool = False,
         expert: str | None = None,
-        ignore_eos: bool = False,
-        repetition_penalty: float | None = None,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
-        max_prompt_tokens: int | None = None,
+        **settings: Unpack[RequestSettings],
     ) -> ChatResult | Iterator[Event]:
         """Answer the conversation: routed (expert=None) or by the named expert directly.
 
-        temperature / top_p / repetition_penalty None: the meta model's recommendation
-        (`self.sampling`); temperature 0 is greedy. The penalties count the answer's tokens
-        (the meta model's and the experts'). A conversation longer than `max_prompt_tokens`
-        (or the context) loses its oldest turns, then the start of the last message."""
-        opts = self._options(
-            max_new_tokens,
-            temperature,
-            top_p,
-            stop,
-            seed,
-            ignore_eos,
-            repetition_penalty,
-            presence_penalty,
-            frequency_penalty,
-            max_prompt_tokens,
-        )
+        `settings` (all optional, see RequestSettings): temperature / top_p / repetition_penalty
+        None is the meta model's recommendation (`self.sampling`); temperature 0 is greedy. The
+        penalties count the answer's tokens (the meta model's and the experts'). A conversation
+        longer than `max_prompt_tokens` (or the context) loses its oldest turns, then the start of
+        the last message."""
+        opts = self._options(settings)
         messages = check_messages(messages)
         self.require_expert(expert)
         ids, messages, notes, opts.max_new_tokens = self._fit_chat(
@@ -141,33 +122,13 @@ class Hub:
         self,
         prompt: str,
         *,
-        max_new_tokens: int = 256,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        stop: list[str] | None = None,
-        seed: int | None = None,
-        expert: str | None = None,
         stream: bool = False,
-        ignore_eos: bool = False,
-        repetition_penalty: float | None = None,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
-        max_prompt_tokens: int | None = None,
+        expert: str | None = None,
+        **settings: Unpack[RequestSettings],
     ) -> ChatResult | Iterator[Event]:
         """Raw continuation of `prompt` (no chat template, no routing) by the meta model or one expert
         (settings as in `chat`; a prompt over `max_prompt_tokens` keeps its end)."""
-        opts = self._options(
-            max_new_tokens,
-            temperature,
-            top_p,
-            stop,
-            seed,
-            ignore_eos,
-            repetition_penalty,
-            presence_penalty,
-            frequency_penalty,
-            max_prompt_tokens,
-        )
+        opts = self._options(settings)
         check_prompt(prompt)
         self.require_expert(expert)
         ids = to_ids(self.meta.tokenizer(prompt, add_special_tokens=True))
@@ -190,31 +151,23 @@ class Hub:
             return len(to_ids(self.meta.tokenizer(check_prompt(prompt), add_special_tokens=True)))
         return len(routing_prompt_ids(self.meta.tokenizer, check_messages(messages or []))[0])
 
-    def _options(
-        self,
-        max_new_tokens,
-        temperature,
-        top_p,
-        stop,
-        seed,
-        ignore_eos,
-        repetition_penalty,
-        presence_penalty,
-        frequency_penalty,
-        max_prompt_tokens,
-    ) -> _Options:
+    def _options(self, settings: RequestSettings) -> _Options:
+        """The request's settings, the meta model's recommendation where one is None, checked."""
+        unknown = sorted(set(settings) - set(RequestSettings.__annotations__))
+        if unknown:
+            raise TypeError(f"unexpected setting(s): {', '.join(unknown)}")
         d = self.sampling
         return _Options(
-            max_new_tokens,
-            d.temperature if temperature is None else temperature,
-            d.top_p if top_p is None else top_p,
-            list(stop or []),
-            seed,
-            ignore_eos,
-            d.repetition_penalty if repetition_penalty is None else repetition_penalty,
-            presence_penalty,
-            frequency_penalty,
-            max_prompt_tokens,
+            max_new_tokens=settings.get("max_new_tokens", 256),
+            temperature=_or(settings.get("temperature"), d.temperature),
+            top_p=_or(settings.get("top_p"), d.top_p),
+            stop=list(settings.get("stop") or []),
+            seed=settings.get("seed"),
+            ignore_eos=settings.get("ignore_eos", False),
+            repetition_penalty=_or(settings.get("repetition_penalty"), d.repetition_penalty),
+            presence_penalty=settings.get("presence_penalty", 0.0),
+            frequency_penalty=settings.get("frequency_penalty", 0.0),
+            max_prompt_tokens=settings.get("max_prompt_tokens"),
         ).check()
 
     def explain(self, text: str, *, top: int = 10) -> Explanation:
@@ -311,3 +264,7 @@ def _collect(events: Iterator[Event]) -> ChatResult:
         if isinstance(event, Done):
             return event.result
     raise RuntimeError("the answer ended without a result")  # unreachable: _answer always ends with Done
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 from etr_hub.errors import EtrHubError
 from etr_hub.jsonl import is_unicode
@@ -12,6 +13,21 @@ from etr_hub.jsonl import is_unicode
 ROLES = ("system", "user", "assistant")
 Messages = Sequence[Mapping[str, str]] | str
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+
+
+class RequestSettings(TypedDict, total=False):
+    """What a caller may set on `Hub.chat` / `Hub.complete` (every key optional)."""
+
+    max_new_tokens: int  # default 256
+    temperature: float | None  # None: the meta model's recommendation; 0: greedy
+    top_p: float | None
+    stop: list[str] | None
+    seed: int | None
+    ignore_eos: bool
+    repetition_penalty: float | None
+    presence_penalty: float
+    frequency_penalty: float
+    max_prompt_tokens: int | None  # None: the meta model's context
 
 
 @dataclass

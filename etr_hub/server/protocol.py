@@ -208,60 +208,39 @@ def usage(result: ChatResult) -> dict:
     }
 
 
+def _body(rid: str, obj: str, created: int, model: str, choice: dict | None, **rest: Any) -> dict:
+    """OpenAI's response envelope; `choice` is the one choice (index 0), None for none."""
+    choices = [] if choice is None else [{"index": 0, **choice, "logprobs": None}]
+    return {"id": rid, "object": obj, "created": created, "model": model, "choices": choices, **rest}
+
+
 def chat_response(rid: str, created: int, model: str, result: ChatResult) -> dict:
-    return {
-        "id": rid,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": result.text},
-                "finish_reason": result.finish_reason,
-                "logprobs": None,
-            }
-        ],
-        "usage": usage(result),
-        "etr_route": route_record(result),
-    }
+    message = {"role": "assistant", "content": result.text}
+    return _body(
+        rid,
+        "chat.completion",
+        created,
+        model,
+        {"message": message, "finish_reason": result.finish_reason},
+        usage=usage(result),
+        etr_route=route_record(result),
+    )
 
 
 def chat_chunk(
     rid: str, created: int, model: str, delta: dict | None = None, finish: str | None = None, **ext: Any
 ) -> dict:
-    return {
-        "id": rid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish, "logprobs": None}],
-        **ext,
-    }
+    return _body(rid, "chat.completion.chunk", created, model, {"delta": delta or {}, "finish_reason": finish}, **ext)
 
 
 def completion_response(rid: str, created: int, model: str, result: ChatResult) -> dict:
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "text": result.text, "finish_reason": result.finish_reason, "logprobs": None}],
-        "usage": usage(result),
-        "etr_route": route_record(result),
-    }
+    choice = {"text": result.text, "finish_reason": result.finish_reason}
+    return _body(rid, "text_completion", created, model, choice, usage=usage(result), etr_route=route_record(result))
 
 
 def completion_chunk(rid: str, created: int, model: str, text: str = "", finish: str | None = None, **ext: Any) -> dict:
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-        **ext,
-    }
+    return _body(rid, "text_completion", created, model, {"text": text, "finish_reason": finish}, **ext)
 
 
 def usage_chunk(rid: str, created: int, model: str, obj: str, result: ChatResult) -> dict:
-    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage(result)}
+    return _body(rid, obj, created, model, None, usage=usage(result))

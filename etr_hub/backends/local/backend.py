@@ -98,15 +98,7 @@ class LocalBackend(ExpertBackend):
         budget = max(0, min(settings.max_new_tokens, self.context - 1))
         ids = self.prompt_ids(handoff)[-(self.context - budget) :]  # keep the end: the open turn
         detok = Detokenizer(self.loaded.tokenizer, ids[-4:])
-        sampling = Sampling.make(
-            settings.temperature,
-            settings.top_p,
-            settings.seed,
-            repetition_penalty=settings.repetition_penalty,
-            presence_penalty=settings.presence_penalty,
-            frequency_penalty=settings.frequency_penalty,
-            answer=self.answer_ids(handoff),
-        )
+        sampling = Sampling.of(settings, answer=self.answer_ids(handoff))
         stops = frozenset() if settings.ignore_eos else self.eos
         runner, self._prefix = (
             self._prefix or CausalRunner(self.loaded.model),
