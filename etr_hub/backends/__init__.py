@@ -19,14 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from etr_hub.backends.base import (
-    Chunk,
-    ExpertBackend,
-    ExpertError,
-    ExpertSpec,
-    GenSettings,
-    Handoff,
-)
+from etr_hub.backends.base import Chunk, ExpertBackend, ExpertError, ExpertSpec, GenSettings, Handoff
 from etr_hub.models.refs import BUILTIN_KINDS, ModelRef
 from etr_hub.plugins import backend_entry_points, plugin_backend_kinds
 

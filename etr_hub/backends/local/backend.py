@@ -12,14 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from etr_hub.backends.base import (
-    Chunk,
-    ExpertBackend,
-    ExpertError,
-    ExpertSpec,
-    GenSettings,
-    Handoff,
-)
+from etr_hub.backends.base import Chunk, ExpertBackend, ExpertError, ExpertSpec, GenSettings, Handoff
 from etr_hub.errors import EtrHubError
 from etr_hub.generation.modelinfo import context_limit, eos_ids, same_tokenizer, unshared_bytes
 from etr_hub.generation.plain import plain_tokens
