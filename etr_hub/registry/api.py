@@ -62,7 +62,7 @@ class Registry:
     # -- meta model ---------------------------------------------------------------------
     def active_meta(self) -> MetaModel | None:
         with self.session() as s:
-            return s.exec(select(MetaModel).where(MetaModel.active == True)).first()  # noqa: E712
+            return s.exec(select(MetaModel).where(col(MetaModel.active))).first()
 
     def register_meta(
         self,
@@ -77,7 +77,7 @@ class Registry:
         """Record a meta model and make it the active one (idempotent; fills in max_row_norm when
         a registry from before it was recorded runs `etr-hub init` again)."""
         with self.session(write=True) as s:
-            for other in s.exec(select(MetaModel).where(MetaModel.active == True)):  # noqa: E712
+            for other in s.exec(select(MetaModel).where(col(MetaModel.active))):
                 other.active = False
             row = s.exec(select(MetaModel).where(MetaModel.fingerprint == fingerprint)).first()
             if row is None:
@@ -201,7 +201,7 @@ class Registry:
                     if old is not None:
                         s.delete(old)
                         s.flush()
-                for other in s.exec(select(Expert).where(Expert.name == m.name, Expert.enabled == True)):  # noqa: E712
+                for other in s.exec(select(Expert).where(Expert.name == m.name, col(Expert.enabled))):
                     other.enabled = False  # one enabled version per name: the newest added
                 row = Expert(
                     name=m.name,
@@ -309,7 +309,7 @@ class Registry:
         with self.session() as s:
             q = select(Expert).order_by(col(Expert.name), col(Expert.created_at))
             if enabled_only:
-                q = q.where(Expert.enabled == True)  # noqa: E712
+                q = q.where(col(Expert.enabled))
             return list(s.exec(q))
 
     def set_enabled(self, selector: str, enabled: bool) -> Expert:
