@@ -44,7 +44,7 @@ class TrainOutcome:
 
 
 def get_lr(step: int, cfg: TrainSettings, total_steps: int) -> float:
-    """The learning rate of optimiser step `step` (0-based), the paper's schedule: linear warm-up
+    """The learning rate of optimiser step `step` (0-based): linear warm-up
     over `cfg.warmup_steps` steps, times a cosine decay from cfg.lr to 0 at `total_steps`.
 
     The two factors overlap (the decay starts at step 0), as with the one LambdaLR it replaces;
