@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serve_support import ROUTE_PROMPT, Server, make_world
+from tests.serve_support import ROUTE_PROMPT, Server, free_port, make_world
 
 KEY = "metrics-key-41c7e2"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -27,7 +27,8 @@ def servers(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("metrics")
     expert_dir = make_tiny_llama(root / "expert", seed=5)
-    home = make_world(root / "k", experts={"astro": {"kind": "local", "path": str(expert_dir)}})
+    gone = {"kind": "openai", "url": f"http://127.0.0.1:{free_port()}/v1", "model": "x", "timeout_s": 5}  # nobody there
+    home = make_world(root / "k", experts={"astro": {"kind": "local", "path": str(expert_dir)}, "gone": gone})
     k = Server(home, env={"ETR_HUB_API_KEY": KEY})
     pub = Server(make_world(root / "p"), "--metrics-public", "--log-prompts", env={"ETR_HUB_API_KEY": KEY})
     try:
@@ -144,7 +145,7 @@ def test_counters_move_by_exactly_the_requests(servers):
     assert value(after, "etr_hub_queue_depth") == 0
     assert value(after, "etr_hub_experts_loaded") == 1
     assert value(after, "etr_hub_expert_memory_bytes", expert="astro") > 0
-    assert not any(name.startswith("etr_hub_fallbacks") and v for (name, _), v in after.items())
+    assert not any(name.startswith("etr_hub_fallbacks") and delta(name, **dict(labels)) for name, labels in after)
 
 
 def test_a_meta_only_answer_counts_as_meta(servers):
@@ -192,3 +193,36 @@ def test_refused_requests_are_counted_and_logged(servers):
     labels = {"endpoint": "/v1/models", "model": "-", "status": "401"}
     assert value(after, "etr_hub_requests_total", **labels) - value(before, "etr_hub_requests_total", **labels) == 1
     assert any(r["status"] == 401 and r["endpoint"] == "/v1/models" for r in request_log(k))
+
+
+def test_a_failed_expert_counts_as_a_fallback_with_a_bounded_reason(servers):
+    k = servers["k"]
+    before = scrape(k, AUTH)
+    body = {"model": "gone", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    answer = httpx.post(f"{k.url}/v1/chat/completions", json=body, headers=AUTH, timeout=60).json()
+    switch = answer["etr_route"]["route"][0]
+    assert switch["fell_back"] and "unreachable" in switch["reason"]
+    after = scrape_after(k, before, 1, AUTH)
+    fallbacks = {key: v for key, v in after.items() if key[0] == "etr_hub_fallbacks_total"}
+    assert fallbacks == {("etr_hub_fallbacks_total", (("expert", "gone"), ("reason", "unreachable"))): 1.0}
+    assert value(after, "etr_hub_route_decisions_total", expert="gone") == 0  # named, not routed
+    line = log_line(k, answer["id"])
+    assert line["route"]["switches"][0]["fell_back"] and line["route"]["warnings"] == 1
+
+
+@pytest.mark.parametrize(
+    ("problem", "reason"),
+    [
+        ("remote expert 'x' at http://h/v1 is unreachable (ConnectError: refused)", "unreachable"),
+        ("remote expert 'x' at http://h/v1 did not answer within 5 s", "timeout"),
+        ("remote expert 'x' at http://h/v1 answered HTTP 503", "http_5xx"),
+        ("remote expert 'x' at http://h/v1 refused the request without an API key (HTTP 401)", "auth"),
+        ("remote expert 'x' at http://h/v1 failed mid-answer: ReadError: eof", "failed_mid_answer"),
+        ("expert 'x' failed: ValueError: something new", "error"),
+        (None, "error"),
+    ],
+)
+def test_fallback_reasons_are_a_small_set(problem, reason):
+    from etr_hub.server.metrics import fallback_reason
+
+    assert fallback_reason(problem) == reason

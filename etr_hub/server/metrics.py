@@ -27,6 +27,17 @@ request_log = logging.getLogger("etr_hub.requests")
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
 META = "meta"  # the route label when the meta model answered alone
+# An expert's failure, as a bounded label: (words in its message, reason); the whole message stays in the log.
+FALLBACK_REASONS = (
+    (("unreachable",), "unreachable"),
+    (("did not answer within", "stopped answering", "timed out", "timeout"), "timeout"),
+    (("api key", "http 401", "http 403"), "auth"),
+    (("http 5",), "http_5xx"),
+    (("http ",), "http_error"),
+    (("malformed",), "malformed"),
+    (("mid-answer",), "failed_mid_answer"),
+    (("load",), "load_failed"),
+)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -179,7 +190,7 @@ class Metrics:
             self.routes.labels(result.route[0].expert if result.route else META).inc()
         for switch in result.route:
             if switch.fell_back:
-                self.fallbacks.labels(switch.expert, switch.reason or "unknown").inc()
+                self.fallbacks.labels(switch.expert, fallback_reason(switch.reason)).inc()
 
     def log_record(self, trace: Trace, status: int, ended: float) -> dict[str, Any]:
         result = trace.result
@@ -199,6 +210,15 @@ class Metrics:
             record["prompt"] = trace.prompt
             record["answer"] = None if result is None else result.text
         return record
+
+
+def fallback_reason(problem: str | None) -> str:
+    """One of a few reasons (a Prometheus label must not hold free text: URLs, status bodies)."""
+    text = (problem or "").lower()
+    for words, reason in FALLBACK_REASONS:
+        if any(w in text for w in words):
+            return reason
+    return "error"
 
 
 def _route(result: ChatResult) -> dict[str, Any]:
