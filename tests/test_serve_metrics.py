@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serve_support import ROUTE_PROMPT, Server, free_port, make_world
+from tests.serve_support import ROUTE_PROMPT, Server, free_port, home_env, make_world
 
 KEY = "metrics-key-41c7e2"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -30,11 +30,12 @@ def servers(tmp_path_factory):
     gone = {"kind": "openai", "url": f"http://127.0.0.1:{free_port()}/v1", "model": "x", "timeout_s": 5}  # nobody there
     home = make_world(root / "k", experts={"astro": {"kind": "local", "path": str(expert_dir)}, "gone": gone})
     k = Server(home, env={"ETR_HUB_API_KEY": KEY})
-    pub = Server(make_world(root / "p"), "--metrics-public", "--log-prompts", env={"ETR_HUB_API_KEY": KEY})
+    pub_home = make_world(root / "p")
+    pub = Server(pub_home, "--metrics-public", "--log-prompts", env={"ETR_HUB_API_KEY": KEY})
     try:
         for srv in (k, pub):
             srv.wait_ready()
-        yield {"k": k, "p": pub}
+        yield {"k": k, "p": pub, "home_p": pub_home}
     finally:
         for srv in (k, pub):
             srv.stop()
@@ -47,9 +48,13 @@ def scrape(server: Server, headers: dict | None = None) -> dict[tuple[str, tuple
     r = httpx.get(f"{server.url}/metrics", headers=headers, timeout=10)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain")
+    return parse(r.text)
+
+
+def parse(text: str) -> dict[tuple[str, tuple], float]:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(r.text)
+        for family in text_string_to_metric_families(text)
         for s in family.samples
     }
 
@@ -226,3 +231,24 @@ def test_fallback_reasons_are_a_small_set(problem, reason):
     from etr_hub.server.metrics import fallback_reason
 
     assert fallback_reason(problem) == reason
+
+
+def test_each_app_has_its_own_registry(servers):
+    """Two apps in one process: each counts its own requests (the global registry would refuse the
+    second app's metrics as duplicates)."""
+    from fastapi.testclient import TestClient
+
+    from etr_hub.runtime import Hub
+    from etr_hub.server import ServerConfig, create_app
+
+    with home_env(servers["home_p"]):
+        hub = Hub.open()
+    try:
+        one, two = create_app(hub, ServerConfig()), create_app(hub, ServerConfig())
+        with TestClient(one) as c1, TestClient(two) as c2:
+            assert c1.get("/v1/models").status_code == 200
+            labels = {"endpoint": "/v1/models", "model": "-", "status": "200"}
+            counts = [value(parse(c.get("/metrics").text), "etr_hub_requests_total", **labels) for c in (c1, c2)]
+            assert counts == [1.0, 0.0]
+    finally:
+        hub.close()
