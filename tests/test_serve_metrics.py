@@ -252,3 +252,31 @@ def test_each_app_has_its_own_registry(servers):
             assert counts == [1.0, 0.0]
     finally:
         hub.close()
+
+
+def test_a_streamed_answer_is_counted_when_its_stream_ends(servers):
+    k = servers["k"]
+    before = scrape(k, AUTH)
+    body = {
+        "model": "etr-hub",
+        "messages": [{"role": "user", "content": ROUTE_PROMPT}],
+        "max_tokens": 5,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    chunks = []
+    with httpx.stream("POST", f"{k.url}/v1/chat/completions", json=body, headers=AUTH, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                chunks.append(json.loads(line[len("data: ") :]))
+    usage = chunks[-1]["usage"]
+    after = scrape_after(k, before, 1, AUTH)
+    assert (
+        value(after, "etr_hub_completion_tokens_total", model="etr-hub")
+        - value(before, "etr_hub_completion_tokens_total", model="etr-hub")
+        == usage["completion_tokens"]
+        == 5
+    )
+    line = log_line(k, chunks[0]["id"])
+    assert line["stream"] is True and line["tokens"] == usage and line["route"]["expert"] == "astro"
+    assert line["timings_ms"]["total"] >= line["timings_ms"]["first_token"] > 0
