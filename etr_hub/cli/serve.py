@@ -63,8 +63,24 @@ CorsOrigin = Annotated[
 ModelName = Annotated[
     str, typer.Option("--model-name", help="The hub's model id in /v1/models (experts are listed by name).")
 ]
+MetricsPublic = Annotated[
+    bool,
+    typer.Option(
+        "--metrics-public", help="Serve GET /metrics without the API key (for a scraper on a trusted network)."
+    ),
+]
+LogPrompts = Annotated[
+    bool,
+    typer.Option(
+        "--log-prompts", help="Put each request's prompt and answer in its JSON request log line (left out by default)."
+    ),
+]
 LogLevelOption = Annotated[
-    LogLevel, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")
+    LogLevel,
+    typer.Option(
+        "--log-level",
+        help="Log level of uvicorn and the JSON request log (info): critical, error, warning, info, debug.",
+    ),
 ]
 
 
@@ -80,6 +96,8 @@ def serve(
     cors_origin: CorsOrigin = None,
     model_name: ModelName = "etr-hub",
     memory_budget_mb: MemoryBudgetOption = None,
+    metrics_public: MetricsPublic = False,
+    log_prompts: LogPrompts = False,
     log_level: LogLevelOption = LogLevel.info,
 ) -> None:
     """Serve the meta model and its experts over the OpenAI API (POST /v1/chat/completions, /v1/completions, GET /v1/models)."""  # noqa: E501 - one line: rich help keeps a docstring's line breaks
@@ -100,6 +118,8 @@ def serve(
         max_body_bytes=max_body_kb * 1024,
         cors_origins=tuple(cors_origin or ()),
         model_id=model_name,
+        metrics_public=metrics_public,
+        log_prompts=log_prompts,
     ).check()
     check_port_free(config.host, config.port)  # before the slow part
     hub = open_hub(memory_budget_mb=memory_budget_mb, plain_note=False)
@@ -112,7 +132,7 @@ def _require_web_stack() -> None:
 
     from etr_hub.errors import EtrHubError
 
-    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
     if missing:
         raise EtrHubError(
             f"etr-hub serve needs {' and '.join(missing)}, which are not installed", "pip install 'etr-hub[serve]'"
@@ -131,7 +151,7 @@ def _announce(hub, config) -> None:
     )
     note(
         f"OpenAI base URL: {url} · API key {'required' if config.api_key else 'not required'} · queue "
-        f"{config.max_queue} · Ctrl-C stops"
+        f"{config.max_queue} · metrics at /metrics{' (public)' if config.metrics_public else ''} · Ctrl-C stops"
     )
     if not config.api_key and host not in ("127.0.0.1", "localhost", "::1"):
         warn(f"serving on {host} without an API key (--insecure)")

@@ -4,6 +4,7 @@ POST /v1/chat/completions   routed answers (model = the hub's id), or one expert
 POST /v1/completions        raw continuation by the meta model or an expert (what remote experts call)
 GET  /v1/models             the hub, then each expert
 GET  /health                liveness and queue depth (no key needed, nothing private)
+GET  /metrics               Prometheus text format (behind the API key unless --metrics-public)
 
 Every /v1 route sits on one APIRouter whose dependency checks the API key (FastAPI's global
 dependencies); what the endpoints share (the hub, its worker, the settings) is a `Service` on
@@ -29,6 +30,7 @@ from etr_hub.errors import EtrHubError
 from etr_hub.runtime.types import Done, RouteWarning, Switch, TextDelta
 from etr_hub.server import protocol as p
 from etr_hub.server.config import ServerConfig
+from etr_hub.server.metrics import Metrics, RequestTrace, Trace
 from etr_hub.server.worker import END, Failed, HubWorker, Job, NotServing, QueueFull
 
 log = logging.getLogger("etr_hub.server")
@@ -46,6 +48,7 @@ class Service:
         self.worker = HubWorker(hub, config.max_queue)
         self.experts = {e.name: e for e in hub.experts}
         self.created = p.now()
+        self.metrics = Metrics(self, log_prompts=config.log_prompts)
 
     async def read_json(self, request: Request) -> Any:
         """The body, refused (413) past --max-body-kb before it is all read."""
@@ -91,7 +94,11 @@ class Service:
 
     def submit(self, request: Request, call: Callable[[Any], Any]) -> Job:
         """Queue `call(hub)` for the worker: 429 when the queue is full, 503 while shutting down."""
+        trace = _trace(request)
         job = Job(call, client=request.client.host if request.client else "?", loop=asyncio.get_running_loop())
+        job.trace = trace
+        if trace is not None:
+            trace.job = job
         try:
             self.worker.submit(job)
         except QueueFull as full:
@@ -137,6 +144,17 @@ def service(request: Request) -> Service:
     return request.app.state.service
 
 
+def _trace(request: Request) -> Trace | None:
+    return getattr(request.state, "trace", None)
+
+
+def _traced(request: Request, rid: str, model: str, *, stream: bool, routed: bool, prompt: Any) -> None:
+    """Tell the request's trace (metrics, the request log) what was asked, under the response's id."""
+    trace = _trace(request)
+    if trace is not None:
+        trace.request_id, trace.model, trace.stream, trace.routed, trace.prompt = rid, model, stream, routed, prompt
+
+
 ServiceDep = Annotated[Service, Depends(service)]
 
 
@@ -166,6 +184,11 @@ async def health(svc: ServiceDep):
     return {"status": "ok", "queue": svc.worker.health()}
 
 
+async def metrics(svc: ServiceDep) -> Response:
+    body, content_type = svc.metrics.exposition()
+    return Response(body, media_type=content_type)
+
+
 @api.get("/models")
 async def models(svc: ServiceDep):
     return svc.model_list()
@@ -177,9 +200,10 @@ async def chat_completions(request: Request, svc: ServiceDep) -> Response:
     expert = svc.expert_for(req.model)
     settings = req.settings(svc.config.default_max_tokens, svc.config.max_tokens_limit)
     messages = _checked_messages(req.chat_messages())
+    rid, now = p.new_id("chatcmpl"), p.now()
+    _traced(request, rid, req.model, stream=req.stream, routed=expert is None, prompt=messages)
     await svc.check_prompt_length(lambda: svc.hub.prompt_tokens(messages), "messages")
     job = svc.submit(request, lambda h: h.chat(messages, stream=True, expert=expert, **settings))
-    rid, now = p.new_id("chatcmpl"), p.now()
     if req.stream:
         return _stream(job, _chat_events(job, rid, now, req.model, req.include_usage))
     return await _reply(job, request, lambda result: p.chat_response(rid, now, req.model, result))
@@ -190,9 +214,10 @@ async def completions(request: Request, svc: ServiceDep) -> Response:
     req = p.parse(p.CompletionRequest, await svc.read_json(request))
     expert = svc.expert_for(req.model)
     settings = req.settings(svc.config.default_max_tokens, svc.config.max_tokens_limit)
+    rid, now = p.new_id("cmpl"), p.now()
+    _traced(request, rid, req.model, stream=req.stream, routed=False, prompt=req.prompt)  # raw: never routed
     await svc.check_prompt_length(lambda: svc.hub.prompt_tokens(prompt=req.prompt), "prompt")
     job = svc.submit(request, lambda h: h.complete(req.prompt, stream=True, expert=expert, **settings))
-    rid, now = p.new_id("cmpl"), p.now()
     if req.stream:
         return _stream(job, _completion_events(job, rid, now, req.model, req.include_usage))
     return await _reply(job, request, lambda result: p.completion_response(rid, now, req.model, result))
@@ -214,6 +239,9 @@ def create_app(hub: Any, config: ServerConfig) -> FastAPI:
     _add_error_handlers(app)
     app.include_router(public)
     app.include_router(api)
+    auth = [] if config.metrics_public else [Depends(authorize)]
+    app.add_api_route("/metrics", metrics, methods=["GET"], dependencies=auth, include_in_schema=False)
+    app.add_middleware(RequestTrace, metrics=svc.metrics)
     return app
 
 
@@ -262,6 +290,7 @@ async def _result_of(job: Job, request: Request) -> Any:
                 continue
             if item is END:
                 return result
+            job.see(item)
             if isinstance(item, Done):
                 result = item.result
             elif isinstance(item, Failed):
@@ -327,6 +356,7 @@ async def _events(job: Job) -> AsyncIterator[Any]:
             continue
         if item is END:
             return
+        job.see(item)
         yield item
 
 

@@ -23,6 +23,8 @@ class ServerConfig:
     max_prompt_tokens: int = 400  # longer prompts get 400 before they wait: one would hold the only worker
     cors_origins: tuple[str, ...] = ()
     model_id: str = DEFAULT_MODEL_ID
+    metrics_public: bool = False  # GET /metrics without the API key
+    log_prompts: bool = False  # the request log's JSON lines carry the prompt and the answer
 
     def check(self) -> ServerConfig:
         if not 0 < self.port < 65536:

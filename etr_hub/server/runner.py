@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import logging
 import socket
+import sys
 from typing import Any
 
 from etr_hub.errors import EtrHubError
@@ -31,6 +33,7 @@ def serve(hub: Any, config: ServerConfig, *, log_level: str = "info") -> None:
     from etr_hub.server.app import create_app
 
     app = create_app(hub, config)
+    _log_requests(log_level)
     uv = uvicorn.Config(
         app,
         host=config.host.strip("[]"),
@@ -43,3 +46,16 @@ def serve(hub: Any, config: ServerConfig, *, log_level: str = "info") -> None:
         timeout_graceful_shutdown=5,
     )
     uvicorn.Server(uv).run()
+
+
+def _log_requests(log_level: str) -> None:
+    """The request log ("etr_hub.requests": one JSON line per request, at INFO) on stderr, beside uvicorn's;
+    --log-level warning and above silence it."""
+    logger = logging.getLogger("etr_hub.requests")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    level = logging.getLevelName(log_level.upper())
+    logger.setLevel(level if isinstance(level, int) else logging.DEBUG)  # uvicorn's "trace" is below DEBUG

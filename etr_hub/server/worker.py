@@ -50,6 +50,12 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     queue: Any = None  # the FairQueue holding it while it waits
+    trace: Any = None  # the request's metrics.Trace: sees each event as the event loop receives it
+    started: float | None = None  # time.monotonic() when the worker took it
+
+    def see(self, item: Any) -> None:
+        if self.trace is not None:
+            self.trace.see(item)
 
     def emit(self, item: Any) -> None:
         try:
@@ -172,7 +178,7 @@ class HubWorker:
                 self.stats["cancelled"] += 1
                 continue
             self.running = job
-            started = time.monotonic()
+            started = job.started = time.monotonic()
             try:
                 self._run(job)
             finally:
