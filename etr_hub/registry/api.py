@@ -4,6 +4,7 @@ records them, so a process killed mid-way leaves no half-registered expert."""
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from sqlalchemy.exc import DatabaseError, DataError, IntegrityError, InterfaceEr
 from sqlmodel import Session, col, select
 
 from etr_hub.bundle import Bundle, Manifest, load_bundle, write_bundle
+from etr_hub.bundle.card import HUB_CARD, hub_model_card
 from etr_hub.config import Settings
 from etr_hub.config import settings as current_settings
 from etr_hub.errors import BundleError, EtrHubError, RegistryError
@@ -150,10 +152,20 @@ class Registry:
         allow_env: Sequence[str] = (),
         max_bundle_mb: float | None = None,
     ) -> Expert:
-        """Validate, copy into the store, record. `allow_env`: environment variables the bundle's
-        expert reference may read (never ETR_HUB_*); `max_bundle_mb`: the largest bundle accepted."""
+        """Validate, copy into the store, record. `source`: a Bundle, a bundle folder, or `hf:ORG/REPO@COMMIT`
+        (a bundle repository on the Hugging Face Hub, from its local cache unless ETR_HUB_ALLOW_DOWNLOAD=1);
+        `allow_env`: environment variables the bundle's expert reference may read (never ETR_HUB_*);
+        `max_bundle_mb`: the largest bundle accepted."""
+        from etr_hub.bundle.hf import fetched_bundle, is_hf_bundle
+
         allowed = check_env_names(allow_env)
+        if is_hf_bundle(source):
+            with fetched_bundle(str(source), max_bundle_mb=max_bundle_mb) as (bundle, origin):
+                return self._add(bundle, replace, allowed, origin)
         bundle = source if isinstance(source, Bundle) else load_bundle(source, max_bundle_mb=max_bundle_mb)
+        return self._add(bundle, replace, allowed, None)
+
+    def _add(self, bundle: Bundle, replace: bool, allowed: list[str], origin: str | None) -> Expert:
         m = bundle.manifest
         self._check_env(bundle, allowed)
         meta = self.require_meta()
@@ -169,7 +181,7 @@ class Registry:
             )
         try:
             with self.store.lock(exclusive=False):  # no gc between our copies and our commit
-                row = self._copy_and_record(bundle, replace, allowed)
+                row = self._copy_and_record(bundle, replace, allowed, origin)
         except BaseException:
             self._gc_quietly()  # copies no row references (a failed insert, an interrupt)
             raise
@@ -177,7 +189,7 @@ class Registry:
             self._gc_quietly()  # the replaced version's files
         return row
 
-    def _copy_and_record(self, bundle: Bundle, replace: bool, allowed: list[str]) -> Expert:
+    def _copy_and_record(self, bundle: Bundle, replace: bool, allowed: list[str], origin: str | None) -> Expert:
         m = bundle.manifest
         # 1) content-addressed copies (idempotent; harmless if we die after this)
         _, token_file = self.store.put_file(bundle.token_path, m.token.sha256, ".safetensors")
@@ -220,6 +232,7 @@ class Registry:
                     expert_ref=m.expert.model_dump(mode="json", exclude_none=True),
                     manifest=m.model_dump(mode="json", exclude_none=True),
                     allowed_env=allowed,
+                    source=origin,
                 )
                 s.add(row)
         except IntegrityError:
@@ -341,12 +354,17 @@ class Registry:
         files: dict[str, Path] = {m.token.file: self.abspath(row.token_path)}
         if row.adapter_path and m.expert.path:
             files[m.expert.path] = self.abspath(row.adapter_path)
+        card = None
         if row.model_card_path and m.model_card:
             files[m.model_card] = self.abspath(row.model_card_path)
+            card = files[m.model_card].read_text(encoding="utf-8", errors="replace")
         qs = self.query_set_for(row)
         if qs is not None and m.query_set is not None:
             files[m.query_set.file] = self.abspath(qs.store_path)
-        return write_bundle(Path(out), m, files, replace=replace)
+        with tempfile.TemporaryDirectory() as tmp:  # README.md: the card with the Hub's front matter (ready to upload)
+            readme = Path(tmp) / HUB_CARD
+            readme.write_text(hub_model_card(card, m), encoding="utf-8")
+            return write_bundle(Path(out), m, {**files, HUB_CARD: readme}, replace=replace)
 
     # -- query sets ---------------------------------------------------------------------
     def query_set_for(self, expert: Expert) -> QuerySet | None:

@@ -66,4 +66,5 @@ class Expert(SQLModel, table=True):
     allowed_env: list | None = Field(
         default=None, sa_column=Column(JSON, nullable=True)
     )  # env variables the operator let it read (--allow-env)
+    source: str | None = Field(default=None, max_length=512)  # where it came from: hf:ORG/REPO@COMMIT (None: a folder)
     created_at: datetime = Field(default_factory=_now)
