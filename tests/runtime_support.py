@@ -101,7 +101,14 @@ class CompletionsServer:
     that answers every completion with `reply`, streamed as SSE chunks when asked to stream.
     With `api_key`, every request without `Authorization: Bearer <api_key>` gets HTTP 401."""
 
-    def __init__(self, reply: str = " the remote expert speaks", *, delay_s: float = 0.0, api_key: str | None = None):
+    def __init__(
+        self,
+        reply: str = " the remote expert speaks",
+        *,
+        delay_s: float = 0.0,
+        api_key: str | None = None,
+        port: int = 0,
+    ):
         self.reply, self.delay_s, self.requests, self.api_key = reply, delay_s, [], api_key
         self.authorizations: list[str | None] = []  # the Authorization header of every request
         server = self
@@ -164,7 +171,7 @@ class CompletionsServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -176,6 +183,32 @@ class CompletionsServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def serve_completions_forever(port: int) -> None:
+    """The body of a separate server process (`python -c`): a CompletionsServer on `port` until killed."""
+    with CompletionsServer(" the remote expert speaks", port=port) as server:
+        server.thread.join()
+
+
+def start_completions_process(port: int):
+    """A CompletionsServer in its own process on 127.0.0.1:`port`, answering GET /v1/models when this returns."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    code = "import sys; from tests.runtime_support import serve_completions_forever as s; s(int(sys.argv[1]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(port)], cwd=Path(__file__).resolve().parent.parent)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1):
+                return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"the completions server on port {port} did not start") from None
+            time.sleep(0.05)
 
 
 def closed_port() -> int:

@@ -7,6 +7,7 @@ exactly at generated token k, which makes every switch deterministic.
 from __future__ import annotations
 
 import shutil
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -28,6 +29,7 @@ from tests.runtime_support import (
     lively_llama,
     routing_states,
     row_winning_at,
+    start_completions_process,
 )
 from tests.tiny_models import make_tiny_lora
 
@@ -264,6 +266,43 @@ def test_remote_expert_continues_the_open_assistant_turn(tiny):
     assert (
         request["model"] == "tiny-remote" and request["max_tokens"] == MAX_NEW - k and request["stop"] == ["never-seen"]
     )
+
+
+def test_a_killed_remote_expert_cools_down_and_comes_back(tiny):
+    """A real server process: killed, the expert fails 3 requests (each falls back), then is out of
+    routing (no attempt, a warning); restarted on its port, a probe after the cool-down lets it back."""
+    from fastapi.testclient import TestClient
+
+    from etr_hub.server.app import create_app
+    from etr_hub.server.config import ServerConfig
+
+    k, port = switch_step(tiny), closed_port()
+    proc = start_completions_process(port)
+    try:
+        ref = ModelRef(kind="openai", url=f"http://127.0.0.1:{port}/v1", model="tiny-remote", timeout_s=5)
+        add_expert(tiny.registry, "far", row_winning_at(tiny.states, k), ref, fingerprint=tiny.fp, hidden=tiny.hidden)
+        hub = open_hub(tiny, failures_before_cooldown=3, cooldown_s=1.0)
+        remote_answer = decode(tiny.tok, tiny.trajectory[:k]) + " the remote expert speaks"
+        assert hub.chat(QUESTION, max_new_tokens=MAX_NEW).text == remote_answer
+        proc.kill()
+        proc.wait()
+        for _ in range(3):
+            _assert_fell_back(tiny, hub.chat(QUESTION, max_new_tokens=MAX_NEW), "far", ["unreachable"])
+        result = hub.chat(QUESTION, max_new_tokens=MAX_NEW)
+        assert result.route == [] and result.text == decode(tiny.tok, tiny.trajectory)  # not even tried
+        [warning] = result.warnings
+        assert "expert 'far' is cooling down after 3 failure(s) in a row" in warning and "unreachable" in warning
+        with TestClient(create_app(hub, ServerConfig())) as client:
+            far = client.get("/health").json()["experts"]["far"]
+        assert far["state"] == "cooling_down" and "unreachable" in far["reason"] and 0 < far["seconds_left"] <= 1.0
+        proc = start_completions_process(port)
+        time.sleep(1.1)  # past the cool-down: the next routed request probes it first
+        result = hub.chat(QUESTION, max_new_tokens=MAX_NEW)
+        assert result.text == remote_answer and result.warnings == [] and not result.route[0].fell_back
+        assert hub.pool.health.report(0)["far"] == {"state": "ok", "failures": 0}
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 KEY = "sk-test-0123456789abcdef"  # a made-up key for the local test server

@@ -13,8 +13,10 @@ import re
 FLAGS = {
     "allow_env": "--allow-env",
     "batch_size": "--batch-size",
+    "cooldown_s": "--cooldown-s",
     "data_dir": "--data-dir",
     "epochs": "--epochs",
+    "failures_before_cooldown": "--failures-before-cooldown",
     "label": "--label",
     "label_field": "--label-field",
     "lr": "--lr",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -83,6 +83,18 @@ LogLevelOption = Annotated[
     ),
 ]
 
+FailuresBeforeCooldown = Annotated[
+    int,
+    typer.Option(
+        "--failures-before-cooldown",
+        help="A remote expert that fails this many times in a row leaves routing for --cooldown-s (3).",
+    ),
+]
+CooldownS = Annotated[
+    float,
+    typer.Option("--cooldown-s", help="Seconds a failing remote expert stays out of routing before a probe (30)."),
+]
+
 
 def serve(
     host: Host = "127.0.0.1",
@@ -99,8 +111,11 @@ def serve(
     metrics_public: MetricsPublic = False,
     log_prompts: LogPrompts = False,
     log_level: LogLevelOption = LogLevel.info,
+    failures_before_cooldown: FailuresBeforeCooldown = 3,
+    cooldown_s: CooldownS = 30.0,
 ) -> None:
     """Serve the meta model and its experts over the OpenAI API (POST /v1/chat/completions, /v1/completions, GET /v1/models)."""  # noqa: E501 - one line: rich help keeps a docstring's line breaks
+    from etr_hub.backends.health import HealthPolicy
     from etr_hub.server.config import ServerConfig
 
     _require_web_stack()
@@ -121,8 +136,10 @@ def serve(
         metrics_public=metrics_public,
         log_prompts=log_prompts,
     ).check()
-    check_port_free(config.host, config.port)  # before the slow part
-    hub = open_hub(memory_budget_mb=memory_budget_mb, plain_note=False)
+    health: dict[str, Any] = {"failures_before_cooldown": failures_before_cooldown, "cooldown_s": cooldown_s}
+    HealthPolicy(**health).check()  # before the slow part
+    check_port_free(config.host, config.port)
+    hub = open_hub(memory_budget_mb=memory_budget_mb, plain_note=False, **health)
     _announce(hub, config)
     run(hub, config, log_level=log_level.value)
 

@@ -142,6 +142,10 @@ def meta_decoding(ans: Answer, routed: bool) -> Iterator[Event]:
     w_e_t = hub.w_e_t if routed else None
     decoder = RoutedDecoder(hub.meta.model, w_e_t, sampling, route_window=hub.route_window, keep_layer=hub.keep_layer)
     ans.new_detokenizer()  # after the requested expert's text, if it wrote some
+    cooling = hub.pool.cooling_down() if routed else {}
+    for k, info in enumerate(hub.experts):
+        if info.name in cooling:
+            decoder.cool(k)
     decoder.start(ans.prompt_ids + ans.answer_ids)
     while ans.finish is None:
         if ans.used >= opts.max_new_tokens:
@@ -149,6 +153,8 @@ def meta_decoding(ans: Answer, routed: bool) -> Iterator[Event]:
             break
         index = decoder.next()
         yield from unroutable_warnings(ans, decoder)
+        for k in decoder.take_cooled_winners():
+            yield ans.warning(f"{cooling[hub.experts[k].name]}; it was left out of routing")
         if index >= decoder.vocab:  # an expert token: hand the answer over (never fed back)
             yield from hand_over(ans, decoder, index)
         elif index in hub.eos and not opts.ignore_eos:
@@ -214,6 +220,7 @@ def run_expert(ans: Answer, name: str, switch: RouteSwitch, budget: int) -> Gene
         yield ans.warning(f"expert '{name}' failed ({error.problem}); the meta model finished the answer")
         return turn
     ans.result.expert, turn.ok = name, True
+    ans.hub.pool.succeeded(name)
     turn.finish = expert_finish(turn, budget, ans.stream.stopped)
     return turn
 

@@ -62,6 +62,9 @@ class RoutedDecoder:
         self.w_e_t = w_e_t if w_e_t is not None and w_e_t.numel() else None  # (C, N)
         self.n_experts = 0 if self.w_e_t is None else int(self.w_e_t.shape[1])
         self.blocked: torch.Tensor | None = None  # (N,) bool: experts that failed in this answer
+        self.cooling: torch.Tensor | None = None  # (N,) bool: experts out of routing for a cool-down
+        self.cooled_winners: set[int] = set()  # cooling experts whose token had the top logit (warned once)
+        self._cooled_unreported: list[int] = []
         self.unroutable: set[int] = set()  # experts whose logit was NaN/Inf (never routed; reported once)
         self._unreported: list[int] = []
         self.sampling = sampling
@@ -91,7 +94,9 @@ class RoutedDecoder:
             self.unroutable |= bad
             self._unreported += sorted(bad)
         self.vocab = word.shape[-1]
-        self.logits = next_token_logits(word, expert, self.blocked)  # (V + N,)
+        self.logits = next_token_logits(word, expert, self._out())  # (V + N,)
+        if expert is not None and self.cooling is not None:
+            self._note_cooled_winner(next_token_logits(word, expert, self.blocked))
         index = self.sampling.pick(self.logits)
         if index < self.vocab:
             self.pending = [index]
@@ -112,6 +117,30 @@ class RoutedDecoder:
         if self.blocked is None:
             self.blocked = torch.zeros(self.n_experts, dtype=torch.bool)
         self.blocked[expert] = True
+
+    def cool(self, expert: int) -> None:
+        """Out of routing for this answer because it is cooling down (its logit -inf, as if absent)."""
+        if self.cooling is None:
+            self.cooling = torch.zeros(self.n_experts, dtype=torch.bool)
+        self.cooling[expert] = True
+
+    def _out(self) -> torch.Tensor | None:
+        if self.cooling is None:
+            return self.blocked
+        return self.cooling if self.blocked is None else self.cooling | self.blocked  # (N,)
+
+    def _note_cooled_winner(self, logits: torch.Tensor) -> None:
+        """Would a cooling expert's token have had the top logit here? (its question stays with the others)"""
+        assert self.cooling is not None
+        top = int(logits.argmax()) - self.vocab
+        if top >= 0 and bool(self.cooling[top]) and top not in self.cooled_winners:
+            self.cooled_winners.add(top)
+            self._cooled_unreported.append(top)
+
+    def take_cooled_winners(self) -> list[int]:
+        """Cooling experts newly found to have had the top logit since the last call (to warn about once)."""
+        found, self._cooled_unreported = self._cooled_unreported, []
+        return found
 
     def extend(self, ids: Sequence[int]) -> None:
         """Add tokens the meta model did not sample (an expert's text after a failure)."""

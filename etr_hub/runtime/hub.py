@@ -16,6 +16,7 @@ import torch
 
 from etr_hub.backends import meta_layer_to_keep
 from etr_hub.backends.base import Handoff
+from etr_hub.backends.health import DEFAULT_COOLDOWN_S, DEFAULT_FAILURES_BEFORE_COOLDOWN, HealthPolicy
 from etr_hub.backends.pool import ExpertPool
 from etr_hub.errors import EtrHubError
 from etr_hub.generation.modelinfo import context_limit, eos_ids, sampling_defaults
@@ -61,12 +62,17 @@ class Hub:
         memory_budget_mb: int | None = None,
         meta: Any = None,
         route_window: int | None = 1,
+        failures_before_cooldown: int = DEFAULT_FAILURES_BEFORE_COOLDOWN,
+        cooldown_s: float = DEFAULT_COOLDOWN_S,
     ) -> Hub:
         """Load the registry's meta model (or use `meta`, an already loaded LoadedModel of it) and
         assemble W_E from the enabled experts that fit it.
 
         `route_window`: expert tokens compete at the first N positions of an answer (1: the
-        routing position their rows were trained at); None: at every position."""
+        routing position their rows were trained at); None: at every position.
+        `failures_before_cooldown` / `cooldown_s`: a remote expert that fails that many times in a
+        row is out of routing for that long, then probed (backends/health.py)."""
+        health = HealthPolicy(failures_before_cooldown, cooldown_s).check()
         registry = registry or Registry.open()
         meta_row = registry.require_meta()
         if meta is None:
@@ -83,7 +89,7 @@ class Hub:
             status("assembling expert tokens")
         assembly = assemble(registry, fingerprint=fingerprint, hidden_size=hidden, max_row_norm=max_row_norm(w_v))
         budget = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
-        pool = ExpertPool(assembly.specs, meta, budget_bytes=budget, status=status)
+        pool = ExpertPool(assembly.specs, meta, budget_bytes=budget, status=status, health=health)
         hub = cls(registry, meta, meta_row, assembly, pool, status)
         hub.route_window = route_window
         hub.keep_layer = meta_layer_to_keep(assembly.specs.values())

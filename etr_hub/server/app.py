@@ -181,7 +181,8 @@ api = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
 
 @public.get("/health")
 async def health(svc: ServiceDep):
-    return {"status": "ok", "queue": svc.worker.health()}
+    pool = svc.hub.pool
+    return {"status": "ok", "queue": svc.worker.health(), "experts": pool.health.report(pool.clock())}
 
 
 async def metrics(svc: ServiceDep) -> Response:

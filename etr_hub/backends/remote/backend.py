@@ -28,6 +28,7 @@ from etr_hub.models.refs import HUB_ENV_PREFIX, redact_url
 DEFAULT_READ_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 5.0
 HEALTH_TIMEOUT_S = 5.0
+PROBE_TIMEOUT_S = 2.0  # the health probe after a cool-down (backends/health.py): one try, no retries
 RETRIES = 2
 BACKOFF_S = 0.25  # then doubled per retry
 MAX_STOPS = 4  # the OpenAI API accepts at most four stop strings
@@ -62,6 +63,22 @@ class RemoteBackend(ExpertBackend):
         except ExpertError:
             self.unload()
             raise
+
+    def probe(self) -> None:
+        """One short GET /models, no retries: does the endpoint answer again? Raises ExpertError if not."""
+        import httpx
+
+        try:
+            resp = httpx.get(
+                f"{self.base_url}/models",
+                headers=self._auth_headers(),
+                timeout=min(PROBE_TIMEOUT_S, self.read_timeout),
+                follow_redirects=False,
+            )
+        except httpx.HTTPError as exc:
+            raise ExpertError(f"{self._where()} did not answer the probe ({type(exc).__name__})") from None
+        if resp.status_code >= 500 or resp.status_code == 429:
+            raise ExpertError(f"{self._where()} answered the probe with HTTP {resp.status_code}")
 
     def _auth_headers(self) -> dict[str, str]:
         name = self.spec.ref.api_key_env
