@@ -224,6 +224,7 @@ def test_a_failed_expert_counts_as_a_fallback_with_a_bounded_reason(servers):
         ("remote expert 'x' at http://h/v1 refused the request without an API key (HTTP 401)", "auth"),
         ("remote expert 'x' at http://h/v1 failed mid-answer: ReadError: eof", "failed_mid_answer"),
         ("expert 'x' failed: ValueError: something new", "error"),
+        ("expert 'x' is cooling down after 3 failure(s) in a row: remote expert 'x' is unreachable", "cooling_down"),
         (None, "error"),
     ],
 )

@@ -29,6 +29,7 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
 META = "meta"  # the route label when the meta model answered alone
 # An expert's failure, as a bounded label: (words in its message, reason); the whole message stays in the log.
 FALLBACK_REASONS = (
+    (("is cooling down after",), "cooling_down"),  # asked for by name while out of routing (backends/health.py)
     (("unreachable",), "unreachable"),
     (("did not answer within", "stopped answering", "timed out", "timeout"), "timeout"),
     (("api key", "http 401", "http 403"), "auth"),
