@@ -70,6 +70,17 @@ def pooled_routing_logits(h: torch.Tensor, lse_v: torch.Tensor, w_e: torch.Tenso
     return torch.cat([lse_v.float().unsqueeze(-1), expert], dim=-1)  # (B, 1 + N)
 
 
+def admission_winners(
+    h: torch.Tensor, lse_v: torch.Tensor, w_e: torch.Tensor, row: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Who wins the routing position (pooled index: WORD, 1 + k, the new row at 1 + N) without and
+    with a new expert row, from one matmul h @ [W_E; e]^T. Ties go to the lower index: a word
+    before any expert, a registered expert before the new one."""
+    expert = routable_logits(h.float() @ torch.cat([w_e.float(), row.float()], dim=0).T)  # (B, C) @ (C, N + 1)
+    pooled = torch.cat([lse_v.float().unsqueeze(-1), expert], dim=-1)  # (B, 1 + N + 1)
+    return pooled[:, :-1].argmax(dim=-1), pooled.argmax(dim=-1)  # (B,) before, (B,) after
+
+
 def expert_token_loss(h: torch.Tensor, lse_v: torch.Tensor, w_e: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean -log p(target | h) over the batch; target is WORD (0) or 1 + expert index."""
     logits = pooled_routing_logits(h, lse_v, w_e)  # (B, 1 + N)
