@@ -49,8 +49,9 @@ def cache_states(registry, queries: list[str], hidden: torch.Tensor) -> None:
 
 
 @pytest.fixture
-def hub(registry, fake_meta, tmp_path):
+def hub(registry, fake_meta, tmp_path, monkeypatch):
     """A registry with one expert 'law' (row e1, recall 100%) and every routing state cached."""
+    monkeypatch.setenv("ETR_HUB_ADMISSION_REPORT", "1")  # the suite turns it off (conftest): back on, as by default
     law = token_bundle(tmp_path / "law", "law", axis((1, 1.0)), seed=1)
     astro = make_bundle(tmp_path / "astro-queries", "astronomy", seed=2)  # its query set: the new experts'
     registry.add_expert(law)
@@ -169,3 +170,13 @@ def test_silent_token_recall_zero_and_bad_input(registry, hub, tmp_path):
         usage = _add(str(silent), *bad)
         assert usage.returncode == 2 and len(usage.stderr.strip().splitlines()) == 1, usage.stderr
     assert _names(registry) == ["empty", "law"]
+
+
+def test_switched_off_by_default_but_not_when_asked(registry, hub, monkeypatch):
+    greedy = new_bundle(hub, axis((0, 2.0), (1, 2.0), (2, 2.0)))
+    monkeypatch.setenv("ETR_HUB_ADMISSION_REPORT", "0")
+    refused = _add(str(greedy), "--max-steal", "0.5")  # a limit asks for the report
+    assert refused.returncode == 2 and _names(registry) == ["law"]
+    added = _add(str(greedy), "--json")
+    assert added.returncode == 0, added.stderr
+    assert "admission" not in json.loads(added.stdout) and registry.get_expert("astronomy").admission is None

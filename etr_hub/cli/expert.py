@@ -135,7 +135,12 @@ MaxFalseFire = Annotated[
     ),
 ]
 NoReport = Annotated[
-    bool, typer.Option("--no-report", help="Register without the admission report (no meta model, no limits).")
+    bool,
+    typer.Option(
+        "--no-report",
+        help="Register without the admission report (no meta model, no limits; the default with "
+        "ETR_HUB_ADMISSION_REPORT=0).",
+    ),
 ]
 
 
@@ -177,7 +182,8 @@ def _add_one(reg, source, replace, allowed, max_bundle_mb, check_only, max_steal
     options = {"replace": replace, "allow_env": allowed, "max_bundle_mb": max_bundle_mb}
     target = source if source.startswith("hf:") else Path(source)
     before = {(e.name, e.version, e.token_sha256) for e in reg.list_experts()}
-    if no_report:
+    asked = check_only or max_steal is not None or max_false_fire is not None
+    if no_report or not (asked or reg.settings.admission_report):
         row, report = reg.add_expert(target, **options), None
     else:
         try:
