@@ -85,6 +85,19 @@ def test_winners_one_matmul_ties_to_the_lower_index():
     assert admission_winners(h, lse, w_e, nan_row)[1].tolist() == [1, WORD, WORD]  # non-finite never routes
 
 
+@pytest.mark.parametrize("n", [0, 1, 7])
+def test_winners_match_the_pooled_softmax_argmax(n):
+    from etr_hub.routing.math import pooled_routing_logits
+
+    g = torch.Generator().manual_seed(n)
+    h, lse = torch.randn(500, 8, generator=g), torch.randn(500, generator=g) * 3
+    w_e, row = torch.randn(n, 8, generator=g), torch.randn(1, 8, generator=g)
+    before, after = admission_winners(h, lse, w_e, row)
+    assert torch.equal(before, pooled_routing_logits(h, lse, w_e).argmax(dim=-1))
+    assert torch.equal(after, pooled_routing_logits(h, lse, torch.cat([w_e, row])).argmax(dim=-1))
+    assert set(after.tolist()) == set(range(n + 2))  # every class wins somewhere: the test can tell them apart
+
+
 def test_report_exact_numbers(registry, hub):
     from etr_hub.bundle import load_bundle
     from etr_hub.eval.admission import admission_report
