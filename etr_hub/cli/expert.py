@@ -60,13 +60,28 @@ def _source_text(source: str | None) -> str:
     return f"{repo}@{short(commit)}" if repo else source
 
 
-def _check_add_options(allow_env: list[str] | None, max_bundle_mb: float | None) -> list[str]:
+def _check_add_options(
+    allow_env: list[str] | None,
+    max_bundle_mb: float | None,
+    max_steal: float | None = None,
+    max_false_fire: float | None = None,
+    no_report: bool = False,
+    check_only: bool = False,
+) -> list[str]:
     """Usage errors (exit 2, one line) before the registry opens or anything is read."""
     from etr_hub.cli.flags import as_flags
     from etr_hub.errors import EtrHubError
+    from etr_hub.eval.admission import check_rate
     from etr_hub.registry.api import check_env_names
 
     try:
+        check_rate("max_steal", max_steal)
+        check_rate("max_false_fire", max_false_fire)
+        if no_report and (check_only or max_steal is not None or max_false_fire is not None):
+            raise EtrHubError(
+                "--no-report skips the admission report that --check-only, --max-steal and --max-false-fire need",
+                "drop --no-report, or those options",
+            )
         if max_bundle_mb is not None and not 0 < max_bundle_mb < float("inf"):
             raise EtrHubError(
                 f"--max-bundle-mb must be a positive number of MB (got {max_bundle_mb:g})",
@@ -104,6 +119,31 @@ MaxBundleMb = Annotated[
 Ref = Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")]
 
 
+CheckOnly = Annotated[
+    bool, typer.Option("--check-only", help="Print the admission report and register nothing (exit 2 over a limit).")
+]
+MaxSteal = Annotated[
+    float | None,
+    typer.Option(
+        "--max-steal", metavar="P", help="Refuse a bundle that would take over P (0-1) of any expert's queries."
+    ),
+]
+MaxFalseFire = Annotated[
+    float | None,
+    typer.Option(
+        "--max-false-fire", metavar="P", help="Refuse a bundle that would fire on over P (0-1) of everyday prompts."
+    ),
+]
+NoReport = Annotated[
+    bool,
+    typer.Option(
+        "--no-report",
+        help="Register without the admission report (no meta model, no limits; the default with "
+        "ETR_HUB_ADMISSION_REPORT=0).",
+    ),
+]
+
+
 @app.command("add")
 def add(
     sources: Sources,
@@ -112,34 +152,85 @@ def add(
     ] = False,
     allow_env: AllowEnv = None,
     max_bundle_mb: MaxBundleMb = None,
+    check_only: CheckOnly = False,
+    max_steal: MaxSteal = None,
+    max_false_fire: MaxFalseFire = None,
+    no_report: NoReport = False,
     json_out: Annotated[
-        bool, json_option("Print the registered expert as JSON (an array for several bundles).")
+        bool, json_option('Print the registered expert as JSON, its report as "admission" (an array for several).')
     ] = False,
 ) -> None:
-    """Validate bundles and register them (files are copied into the registry's store).
+    """Validate bundles, report what each new token does at the routing position, and register them.
 
-    Adding a bundle that is already registered, unchanged, does nothing, so this is safe to re-run."""
-    allowed = _check_add_options(allow_env, max_bundle_mb)
+    The admission report (before anything is written): the new token's recall on its own query set,
+    the share of each enabled expert's queries it would take, their recall before and after, and its
+    false-fire rate on everyday prompts. Adding a bundle that is already registered, unchanged, does
+    nothing, so this is safe to re-run."""
+    allowed = _check_add_options(allow_env, max_bundle_mb, max_steal, max_false_fire, no_report, check_only)
     reg = open_registry()
-    added = []
-    for source in sources:
-        before = {(e.name, e.version, e.token_sha256) for e in reg.list_experts()}
-        row = reg.add_expert(
-            source if source.startswith("hf:") else Path(source),
-            replace=replace,
-            allow_env=allowed,
-            max_bundle_mb=max_bundle_mb,
-        )
-        added.append(_summary(row))
-        if not json_out:
-            again = (row.name, row.version, row.token_sha256) in before and not replace
-            verb = "already registered" if again else "registered"
-            err.print(
-                f"{verb} [bold]{lit(row.name)}[/bold] {lit(row.version)} (token {lit(short(row.token_sha256))})",
-                highlight=False,
-            )
+    added = [
+        _add_one(reg, s, replace, allowed, max_bundle_mb, check_only, max_steal, max_false_fire, no_report, json_out)
+        for s in sources
+    ]
     if json_out:
         print_json(added[0] if len(added) == 1 else added)
+
+
+def _add_one(reg, source, replace, allowed, max_bundle_mb, check_only, max_steal, max_false_fire, no_report, json_out):
+    from etr_hub.eval.admission import AdmissionRefused, add_with_report
+
+    options = {"replace": replace, "allow_env": allowed, "max_bundle_mb": max_bundle_mb}
+    target = source if source.startswith("hf:") else Path(source)
+    before = {(e.name, e.version, e.token_sha256) for e in reg.list_experts()}
+    asked = check_only or max_steal is not None or max_false_fire is not None
+    if no_report or not (asked or reg.settings.admission_report):
+        row, report = reg.add_expert(target, **options), None
+    else:
+        try:
+            row, report = add_with_report(
+                reg, target, check_only=check_only, max_steal=max_steal, max_false_fire=max_false_fire, **options
+            )
+        except AdmissionRefused as refused:
+            r = refused.report.to_json()
+            if json_out:  # what was measured, then the one-line refusal on stderr
+                print_json({"name": r["name"], "version": r["version"], "registered": False, "admission": r})
+            else:
+                _show_report(r)
+            raise
+        if not json_out:
+            _show_report(report.to_json())
+    admission = report.to_json() if report else None
+    if row is None:  # --check-only
+        assert report is not None
+        return {"name": report.name, "version": report.version, "registered": False, "admission": admission}
+    if not json_out:
+        again = (row.name, row.version, row.token_sha256) in before and not replace
+        verb = "already registered" if again else "registered"
+        err.print(
+            f"{verb} [bold]{lit(row.name)}[/bold] {lit(row.version)} (token {lit(short(row.token_sha256))})",
+            highlight=False,
+        )
+    return {**_summary(row), "registered": True, **({"admission": admission} if admission else {})}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
+def _show_report(r: dict, console=err) -> None:
+    """The admission report as a short table (`add`: on stderr; with --json, the JSON carries it)."""
+    from rich.table import Table
+
+    table = Table(title=safe(f"admission report: {r['name']} {r['version']}"), title_justify="left")
+    for col in ("query set", "queries", "new token wins", "recall before", "recall after"):
+        table.add_column(col, justify="left" if col == "query set" else "right")
+    table.add_row(f"{safe(r['name'])} (its own)", str(r["queries"]), _pct(r["recall"]), "-", "-")
+    for e in r["experts"]:
+        table.add_row(
+            safe(e["name"]), str(e["queries"]), _pct(e["steal"]), _pct(e["recall_before"]), _pct(e["recall_after"])
+        )
+    table.add_row("everyday prompts", str(r["everyday"]), _pct(r["false_fire"]), "-", "-")
+    console.print(table)
 
 
 @app.command("list")
@@ -183,7 +274,14 @@ def show(name: Ref, json_out: Annotated[bool, json_option("Print the full manife
     reg = open_registry()
     row = reg.get_expert(name)
     if json_out:
-        print_json({**row.manifest, "expert": _redacted(row.manifest.get("expert") or {}), "source": row.source})
+        print_json(
+            {
+                **row.manifest,
+                "expert": _redacted(row.manifest.get("expert") or {}),
+                "source": row.source,
+                "admission": row.admission,
+            }
+        )
         return
     from rich.table import Table
 
@@ -214,6 +312,10 @@ def show(name: Ref, json_out: Annotated[bool, json_option("Print the full manife
     ]:
         table.add_row(k, safe(v))
     out.print(table)
+    if row.admission:
+        _show_report(row.admission, out)
+    else:
+        out.print("no admission report (added with --no-report, or before reports existed)")
 
 
 @app.command("remove")

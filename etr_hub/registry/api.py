@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -151,26 +151,28 @@ class Registry:
         replace: bool = False,
         allow_env: Sequence[str] = (),
         max_bundle_mb: float | None = None,
+        admit: Callable[[Bundle], dict | None] | None = None,
     ) -> Expert:
         """Validate, copy into the store, record. `source`: a Bundle, a bundle folder, or `hf:ORG/REPO@COMMIT`
         (a bundle repository on the Hugging Face Hub, from its local cache unless ETR_HUB_ALLOW_DOWNLOAD=1);
         `allow_env`: environment variables the bundle's expert reference may read (never ETR_HUB_*);
-        `max_bundle_mb`: the largest bundle accepted."""
+        `max_bundle_mb`: the largest bundle accepted; `admit(bundle)`: before any write, raises or returns a report."""
         from etr_hub.bundle.hf import fetched_bundle, is_hf_bundle
 
         allowed = check_env_names(allow_env)
         if is_hf_bundle(source):
             with fetched_bundle(str(source), max_bundle_mb=max_bundle_mb) as (bundle, origin):
-                return self._add(bundle, replace, allowed, origin)
+                return self._add(bundle, replace, allowed, origin, admit)
         bundle = source if isinstance(source, Bundle) else load_bundle(source, max_bundle_mb=max_bundle_mb)
-        return self._add(bundle, replace, allowed, None)
+        return self._add(bundle, replace, allowed, None, admit)
 
-    def _add(self, bundle: Bundle, replace: bool, allowed: list[str], origin: str | None) -> Expert:
+    def _add(self, bundle: Bundle, replace: bool, allowed: list[str], origin: str | None, admit: Callable | None):
         m = bundle.manifest
         self._check_env(bundle, allowed)
         meta = self.require_meta()
         self._check_fits(m, meta)
         self._check_norm(bundle, meta)
+        admission = admit(bundle) if admit is not None else None  # the admission report (etr_hub.eval.admission)
         existing = self._find(m.name, m.version)
         if existing is not None and not replace:
             if self._same_bundle(existing, bundle, allowed):
@@ -181,7 +183,7 @@ class Registry:
             )
         try:
             with self.store.lock(exclusive=False):  # no gc between our copies and our commit
-                row = self._copy_and_record(bundle, replace, allowed, origin)
+                row = self._copy_and_record(bundle, replace, allowed, {"source": origin, "admission": admission})
         except BaseException:
             self._gc_quietly()  # copies no row references (a failed insert, an interrupt)
             raise
@@ -189,7 +191,7 @@ class Registry:
             self._gc_quietly()  # the replaced version's files
         return row
 
-    def _copy_and_record(self, bundle: Bundle, replace: bool, allowed: list[str], origin: str | None) -> Expert:
+    def _copy_and_record(self, bundle: Bundle, replace: bool, allowed: list[str], recorded: dict) -> Expert:
         m = bundle.manifest
         # 1) content-addressed copies (idempotent; harmless if we die after this)
         _, token_file = self.store.put_file(bundle.token_path, m.token.sha256, ".safetensors")
@@ -232,7 +234,7 @@ class Registry:
                     expert_ref=m.expert.model_dump(mode="json", exclude_none=True),
                     manifest=m.model_dump(mode="json", exclude_none=True),
                     allowed_env=allowed,
-                    source=origin,
+                    **recorded,  # source, admission
                 )
                 s.add(row)
         except IntegrityError:

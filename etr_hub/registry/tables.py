@@ -67,4 +67,7 @@ class Expert(SQLModel, table=True):
         default=None, sa_column=Column(JSON, nullable=True)
     )  # env variables the operator let it read (--allow-env)
     source: str | None = Field(default=None, max_length=512)  # where it came from: hf:ORG/REPO@COMMIT (None: a folder)
+    admission: dict | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )  # the admission report at `expert add` (None: added without one)
     created_at: datetime = Field(default_factory=_now)

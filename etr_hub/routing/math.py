@@ -70,6 +70,23 @@ def pooled_routing_logits(h: torch.Tensor, lse_v: torch.Tensor, w_e: torch.Tenso
     return torch.cat([lse_v.float().unsqueeze(-1), expert], dim=-1)  # (B, 1 + N)
 
 
+def admission_winners(
+    h: torch.Tensor, lse_v: torch.Tensor, w_e: torch.Tensor, row: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Who wins the routing position (pooled index: WORD, 1 + k, the new row at 1 + N) without and
+    with a new expert row, from one matmul h @ [W_E; e]^T. Ties go to the lower index: a word
+    before any expert, a registered expert before the new one."""
+    expert = routable_logits(h.float() @ torch.cat([w_e.float(), row.float()], dim=0).T)  # (B, C) @ (C, N + 1)
+    n, word = w_e.shape[0], lse_v.float()  # word: (B,) the pooled word class's logit
+    if n:
+        best, idx = expert[:, :n].max(dim=-1)  # (B,), (B,) the registered experts' best
+    else:
+        best, idx = torch.full_like(word, float("-inf")), torch.zeros_like(word, dtype=torch.long)
+    before = torch.where(best > word, idx + 1, WORD)  # (B,)
+    after = torch.where(expert[:, n] > torch.maximum(best, word), n + 1, before)  # (B,)
+    return before, after
+
+
 def expert_token_loss(h: torch.Tensor, lse_v: torch.Tensor, w_e: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean -log p(target | h) over the batch; target is WORD (0) or 1 + expert index."""
     logits = pooled_routing_logits(h, lse_v, w_e)  # (B, 1 + N)
