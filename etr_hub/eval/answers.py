@@ -30,7 +30,7 @@ _LIST = re.compile(rf"(?<![\w.-]){_INT}(?:(?:\s*[,;]\s*|\s+and\s+|\s+){_INT})+(?
 _ROMAN_WORD = re.compile(r"(?<![\w])[IVXLCDM]+(?![\w])")
 _BINARY = re.compile(r"(?<![\w])(?:0[bB])?[01]+(?![\w])")
 _HEX = re.compile(r"(?<![\w])(?:0[xX])?[0-9A-Fa-f]+(?![\w])")
-_ROMAN_VALUES = [
+ROMAN_VALUES = [
     (1000, "M"),
     (900, "CM"),
     (500, "D"),
@@ -49,7 +49,7 @@ _ROMAN_VALUES = [
 
 def to_roman(n: int) -> str:
     out = []
-    for value, symbol in _ROMAN_VALUES:
+    for value, symbol in ROMAN_VALUES:
         count, n = divmod(n, value)
         out.append(symbol * count)
     return "".join(out)
@@ -58,7 +58,7 @@ def to_roman(n: int) -> str:
 def roman_value(text: str) -> int | None:
     """The value of a canonical Roman numeral (1–3999), else None."""
     total, i = 0, 0
-    for value, symbol in _ROMAN_VALUES:
+    for value, symbol in ROMAN_VALUES:
         while text.startswith(symbol, i):
             total, i = total + value, i + len(symbol)
     return total if i == len(text) and 0 < total < 4000 and to_roman(total) == text else None

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repository root holds `recipes`
 
+from etr_hub.eval.answers import ROMAN_VALUES, to_roman
 from recipes.skills.phrasings import ARITHMETIC_TEMPLATES, BASE_TEMPLATES, ROMAN_TEMPLATES, SORTING_TEMPLATES
 
 SKILLS = ("arithmetic", "sorting", "roman", "base_conversion")
@@ -193,21 +194,6 @@ def _list_text(nums: list[int], rng: random.Random) -> str:
 
 
 # ---------------------------------------------------------------- roman numerals
-ROMAN = [
-    (1000, "M"),
-    (900, "CM"),
-    (500, "D"),
-    (400, "CD"),
-    (100, "C"),
-    (90, "XC"),
-    (50, "L"),
-    (40, "XL"),
-    (10, "X"),
-    (9, "IX"),
-    (5, "V"),
-    (4, "IV"),
-    (1, "I"),
-]
 
 
 def roman_parts(n: int) -> list[tuple[int, str]]:
@@ -217,15 +203,11 @@ def roman_parts(n: int) -> list[tuple[int, str]]:
         digit_value = (n // place % 10) * place
         if digit_value:
             rest, sym = digit_value, ""
-            for v, s in ROMAN:
+            for v, s in ROMAN_VALUES:
                 while rest >= v:
                     sym, rest = sym + s, rest - v
             parts.append((digit_value, sym))
     return parts
-
-
-def to_roman(n: int) -> str:
-    return "".join(s for _, s in roman_parts(n))
 
 
 def sample_roman(rng: random.Random) -> Problem:
