@@ -84,6 +84,13 @@ QUERY_SET_SIZE = 200  # labelled route: lettered and open forms of the subject's
 PAPER_POOL = (8, 24)  # paper route: per-subject pool questions, distractors (each row costs 7 scoring passes)
 
 
+def train_token_args(cli: str, name: str, seed: int, description: str, out: Path) -> list[str]:
+    """`etr-hub train-token NAME …` as the shipped bundles are trained: version 1.0.0, Apache-2.0, by etr-hub."""
+    flags = {"--seed": str(seed), "--version": "1.0.0", "--license": "Apache-2.0", "--provider": "etr-hub"}
+    flags |= {"--description": description, "--out": str(out)}
+    return [cli, "train-token", name, *(x for pair in flags.items() for x in pair), "--replace", "--json"]
+
+
 def run(cmd: list[str], home: Path, log: list[dict]) -> dict | None:
     t0 = time.perf_counter()
     print("$", " ".join(cmd), flush=True)
@@ -304,29 +311,7 @@ def main() -> None:
         if _registered(cli, home, subject):
             run([cli, "expert", "remove", subject, "--yes"], home, log)
     for subject in MMLU_EXPERT_SUBJECTS:
-        run(
-            [
-                cli,
-                "train-token",
-                subject,
-                "--seed",
-                str(args.seed),
-                "--version",
-                "1.0.0",
-                "--license",
-                "Apache-2.0",
-                "--provider",
-                "etr-hub",
-                "--description",
-                DESCRIPTIONS[subject],
-                "--out",
-                str(work / "bundles" / subject),
-                "--replace",
-                "--json",
-            ],
-            home,
-            log,
-        )
+        run(train_token_args(cli, subject, args.seed, DESCRIPTIONS[subject], work / "bundles" / subject), home, log)
     for subject in MMLU_EXPERT_SUBJECTS:
         dest = args.plugins / subject
         run([cli, "expert", "export", subject, str(dest), "--replace"], home, log)
@@ -397,25 +382,7 @@ def main() -> None:
             )
         for subject in MMLU_EXPERT_SUBJECTS:
             run(
-                [
-                    cli,
-                    "train-token",
-                    subject,
-                    "--seed",
-                    str(args.seed),
-                    "--version",
-                    "1.0.0",
-                    "--license",
-                    "Apache-2.0",
-                    "--provider",
-                    "etr-hub",
-                    "--description",
-                    DESCRIPTIONS[subject],
-                    "--out",
-                    str(work / "paper_bundles" / subject),
-                    "--replace",
-                    "--json",
-                ],
+                train_token_args(cli, subject, args.seed, DESCRIPTIONS[subject], work / "paper_bundles" / subject),
                 phome,
                 log,
             )

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from recipes.mmlu_experts.build import add_model_card, etr_hub, run, write_jsonl
+from recipes.mmlu_experts.build import add_model_card, etr_hub, run, train_token_args, write_jsonl
 from recipes.skills.tasks import SKILLS, generate
 
 DESCRIPTIONS = {
@@ -233,29 +233,7 @@ def main() -> None:
             log,
         )
     for skill in skills:
-        run(
-            [
-                cli,
-                "train-token",
-                skill,
-                "--seed",
-                str(args.seed),
-                "--version",
-                "1.0.0",
-                "--license",
-                "Apache-2.0",
-                "--provider",
-                "etr-hub",
-                "--description",
-                DESCRIPTIONS[skill],
-                "--out",
-                str(work / "bundles" / skill),
-                "--replace",
-                "--json",
-            ],
-            home,
-            log,
-        )
+        run(train_token_args(cli, skill, args.seed, DESCRIPTIONS[skill], work / "bundles" / skill), home, log)
         dest = args.plugins / skill
         run([cli, "expert", "export", skill, str(dest), "--replace"], home, log)
         add_model_card(dest, model_card(skill, json.loads((dest / "expert.json").read_text()), builds[skill] or {}))
