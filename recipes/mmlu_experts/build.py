@@ -91,6 +91,13 @@ def train_token_args(cli: str, name: str, seed: int, description: str, out: Path
     return [cli, "train-token", name, *(x for pair in flags.items() for x in pair), "--replace", "--json"]
 
 
+def paper_rule_args(cli: str, subject: str, work: Path, seed: int, tau: str) -> list[str]:
+    """`etr-hub query-set build SUBJECT` by the paper's rule (loss gap > τ) over the mixed pool, 100 queries."""
+    head = [cli, "query-set", "build", subject, "--expert", str(work / "adapters" / subject)]
+    pool = ["--data", str(work / "paper_pool.jsonl"), "--rule", "paper", "--tau", tau, "--label", subject]
+    return [*head, *pool, "--size", "100", "--seed", str(seed), "--json"]
+
+
 def run(cmd: list[str], home: Path, log: list[dict]) -> dict | None:
     t0 = time.perf_counter()
     print("$", " ".join(cmd), flush=True)
@@ -330,53 +337,13 @@ def main() -> None:
             tau = args.paper_tau
             if tau is None:  # the top quarter of the loss gaps (τ = their 75th percentile), down-sampled to 100
                 probe = run(
-                    [
-                        cli,
-                        "query-set",
-                        "build",
-                        subject,
-                        "--expert",
-                        str(work / "adapters" / subject),
-                        "--data",
-                        str(work / "paper_pool.jsonl"),
-                        "--rule",
-                        "paper",
-                        "--tau",
-                        "-1000000",
-                        "--label",
-                        subject,
-                        "--size",
-                        "100",
-                        "--seed",
-                        str(args.seed),
-                        "--json",
-                    ],
+                    paper_rule_args(cli, subject, work, args.seed, "-1000000"),
                     phome,
                     log,
                 )
                 tau = float(probe["loss_gap"]["quantiles"]["p75"])
             paper[subject] = run(
-                [
-                    cli,
-                    "query-set",
-                    "build",
-                    subject,
-                    "--expert",
-                    str(work / "adapters" / subject),
-                    "--data",
-                    str(work / "paper_pool.jsonl"),
-                    "--rule",
-                    "paper",
-                    "--tau",
-                    f"{tau:g}",
-                    "--label",
-                    subject,
-                    "--size",
-                    "100",
-                    "--seed",
-                    str(args.seed),
-                    "--json",
-                ],
+                paper_rule_args(cli, subject, work, args.seed, f"{tau:g}"),
                 phome,
                 log,
             )
