@@ -218,3 +218,17 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def meta_and_winning_row(registry, tmp_path):
+    """A tiny meta model registered in `registry`, and an expert row that wins at QUESTION's first token."""
+    from etr_hub.models.chat import routing_prompt_ids
+    from etr_hub.models.loading import load_causal_lm
+    from etr_hub.registry.meta import register_meta_model
+
+    path = lively_llama(tmp_path / "meta")
+    ref = ModelRef(kind="local", path=str(path))
+    meta_row = register_meta_model(registry, ref)
+    meta = load_causal_lm(ref)
+    prompt = routing_prompt_ids(meta.tokenizer, QUESTION)[0]
+    return path, meta_row, row_winning_at(routing_states(meta.model, prompt)[len(prompt) - 1 :], 0)

@@ -295,19 +295,12 @@ def test_custom_code_in_an_adapter_is_refused_and_never_runs_even_when_stdin_say
     """The real console script, stdin answering "y": refused at `expert add`; and when the store's
     copy is changed afterwards (validation bypassed), the switch to the expert neither prompts nor
     runs evil.py — the meta model finishes the answer with a warning."""
-    from etr_hub.models.chat import routing_prompt_ids
-    from etr_hub.models.loading import load_causal_lm
     from etr_hub.models.refs import ModelRef
-    from etr_hub.registry.meta import register_meta_model
-    from tests.runtime_support import QUESTION, add_expert, lively_llama, routing_states, row_winning_at
+    from tests.runtime_support import QUESTION, add_expert, meta_and_winning_row
     from tests.tiny_models import make_tiny_lora
 
     marker = tmp_path / "MARKER"
-    meta_path = lively_llama(tmp_path / "meta")
-    meta_row = register_meta_model(registry, ModelRef(kind="local", path=str(meta_path)))
-    meta = load_causal_lm(ModelRef(kind="local", path=str(meta_path)))
-    prompt = routing_prompt_ids(meta.tokenizer, QUESTION)[0]
-    row = row_winning_at(routing_states(meta.model, prompt)[len(prompt) - 1 :], 0)
+    meta_path, meta_row, row = meta_and_winning_row(registry, tmp_path)
     adapter = make_tiny_lora(meta_path, tmp_path / "lora", seed=1)
 
     # 1) at validation: `etr-hub expert add` refuses the bundle

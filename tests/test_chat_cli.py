@@ -11,25 +11,12 @@ import time
 
 import pytest
 
-from etr_hub.models.chat import routing_prompt_ids
-from etr_hub.models.loading import load_causal_lm
 from etr_hub.models.refs import ModelRef
-from etr_hub.registry.meta import register_meta_model
 from tests.helpers import etr_hub_cmd, run_cli
-from tests.runtime_support import QUESTION, CompletionsServer, add_expert, lively_llama, routing_states, row_winning_at
+from tests.runtime_support import QUESTION, CompletionsServer, add_expert, meta_and_winning_row
 from tests.tiny_models import make_tiny_lora
 
 ASK = QUESTION[0]["content"]
-
-
-def meta_and_winning_row(registry, tmp_path):
-    """A tiny meta model registered in `registry`, and an expert row that wins at QUESTION's first token."""
-    path = lively_llama(tmp_path / "meta")
-    ref = ModelRef(kind="local", path=str(path))
-    meta_row = register_meta_model(registry, ref)
-    meta = load_causal_lm(ref)
-    prompt = routing_prompt_ids(meta.tokenizer, QUESTION)[0]
-    return path, meta_row, row_winning_at(routing_states(meta.model, prompt)[len(prompt) - 1 :], 0)
 
 
 @pytest.fixture
