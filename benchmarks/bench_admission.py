@@ -3,7 +3,7 @@
     python benchmarks/bench_admission.py [--queries 20000] [--experts 6] [--hidden 576] [--reps 21] [--threads 1]
 
 With the routing states cached (ModelSession.routing_states reads them; no meta pass), the report's
-cost is `admission_winners`: h @ [W_E; e]ᵀ, the pooled word class, two argmaxes. This times it next
+cost is `admission_winners`: h @ [W_E; e]ᵀ + b, the top word logit, two argmaxes. This times it next
 to the bare matmul h @ [W_E; e]ᵀ on synthetic states of SmolLM2-135M's width, the median of paired
 repetitions in rotating order, and prints the ratio (wall time).
 """
@@ -34,14 +34,16 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     g = torch.Generator().manual_seed(0)
     h = torch.randn(a.queries, a.hidden, generator=g)  # (B, C)
-    lse = torch.randn(a.queries, generator=g) + 10  # (B,)
+    top = torch.randn(a.queries, generator=g) + 10  # (B,) the top word logit
+    lse = top + 1  # (B,)
+    bias = torch.zeros(a.experts)  # (N,)
     w_e, row = torch.randn(a.experts, a.hidden, generator=g), torch.randn(1, a.hidden, generator=g)
 
     def matmul() -> None:
         h @ torch.cat([w_e, row]).T  # (B, C) @ (C, N + 1)
 
     def report() -> None:
-        admission_winners(h, lse, w_e, row)
+        admission_winners((h, lse, top), w_e, bias, row)
 
     runs: dict[str, list[float]] = {"matmul": [], "report": []}
     for rep in range(a.reps + 1):

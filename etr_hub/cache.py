@@ -2,8 +2,9 @@
 
 - losses/<model key>/<dataset sha256>.safetensors: per-example summed response NLL.
 - states/<meta fingerprint>/<shard>.safetensors: for each query (keyed by a hash of its
-  routing prompt), the meta model's final hidden state at the routing position and the
-  log-sum-exp of its word-token logits there: all that training an expert token needs.
+  routing prompt), the meta model's final hidden state at the routing position, the
+  log-sum-exp of its word-token logits there and the largest of them: all that training an
+  expert token, routing decisions and calibration need.
 """
 
 from __future__ import annotations
@@ -11,10 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     import torch
+
+
+class RoutingStates(NamedTuple):
+    """What the frozen meta model computes at each query's routing position (the last prompt token)."""
+
+    hidden: torch.Tensor  # (N, C) final hidden state h
+    lse: torch.Tensor  # (N,) logsumexp of the word-token logits W_V h (training's pooled word class)
+    top: torch.Tensor  # (N,) the largest word-token logit (what an expert must beat to be picked greedily)
 
 
 def digest(*parts: str) -> str:
@@ -71,26 +80,29 @@ class StateCache:
         for shard in sorted(self.dir.glob("*.safetensors")) if self.dir.is_dir() else []:
             with safe_open(shard, framework="pt") as f:
                 keys = json.loads(f.metadata()["query_keys"])
+                if set(RoutingStates._fields) - set(f.keys()):
+                    continue  # written before `top` was kept: computed again
             index.update({k: (shard, i) for i, k in enumerate(keys)})
         return index
 
-    def get(self, keys: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[int]]:
-        """(hidden (N, C), lse (N,), indices of keys not cached); rows of missing keys are zero."""
+    def get(self, keys: list[str]) -> tuple[RoutingStates | None, list[int]]:
+        """(states of every key, rows of missing keys zero; indices of keys not cached)."""
         import torch
         from safetensors.torch import load_file
 
         index = self._index()
         missing = [i for i, k in enumerate(keys) if k not in index]
         if len(missing) == len(keys):
-            return None, None, missing
+            return None, missing
         shards = {path: load_file(path) for path in {index[k][0] for k in keys if k in index}}
         dim = next(iter(shards.values()))["hidden"].shape[1]
-        hidden, lse = torch.zeros(len(keys), dim), torch.zeros(len(keys))
+        states = RoutingStates(torch.zeros(len(keys), dim), torch.zeros(len(keys)), torch.zeros(len(keys)))
         for i, k in enumerate(keys):
             if k in index:
                 path, row = index[k]
-                hidden[i], lse[i] = shards[path]["hidden"][row], shards[path]["lse"][row]
-        return hidden, lse, missing
+                for name, tensor in zip(RoutingStates._fields, states):
+                    tensor[i] = shards[path][name][row]
+        return states, missing
 
     def put_mean_row(self, w_v: torch.Tensor) -> None:
         """Cache the mean output-embedding row: the expert-token initialisation."""
@@ -105,12 +117,12 @@ class StateCache:
         path = self.dir / "mean_row.st"
         return load_file(path)["mean_row"] if path.is_file() else None
 
-    def put(self, keys: list[str], hidden: torch.Tensor, lse: torch.Tensor) -> None:
+    def put(self, keys: list[str], states: RoutingStates) -> None:
         if not keys:
             return
         shard = hashlib.sha256("".join(keys).encode()).hexdigest()[:24]
         save_atomic(
-            {"hidden": hidden.float().cpu(), "lse": lse.float().cpu()},
+            {name: t.float().cpu() for name, t in zip(RoutingStates._fields, states)},
             self.dir / f"{shard}.safetensors",
             {"query_keys": json.dumps(keys)},
         )

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from etr_hub.cache import StateCache, query_key
+from etr_hub.cache import RoutingStates, StateCache, query_key
 from etr_hub.errors import DataError, EtrHubError
 from etr_hub.jsonl import iter_jsonl, query_column
 from etr_hub.models.refs import ModelRef
@@ -78,29 +78,30 @@ class ModelSession:
         *,
         batch_size: int = 16,
         description: str = "meta model pass (routing states)",
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden (N, C), lse_V (N,)) at each query's routing position: from the cache, with one
-        meta pass over the queries not cached yet."""
+    ) -> RoutingStates:
+        """(hidden (N, C), lse_V (N,), top word logit (N,)) at each query's routing position: from the
+        cache, with one meta pass over the queries not cached yet."""
         from etr_hub.models.scoring import routing_states
 
         keys = [query_key(q) for q in queries]
-        hidden, lse, missing = self.states.get(keys)
+        states, missing = self.states.get(keys)
         if missing:
             meta = self.meta
-            h_new, lse_new = routing_states(
+            new = routing_states(
                 meta.model,
                 meta.tokenizer,
                 [queries[i] for i in missing],
                 batch_size=batch_size,
                 advance=progress(description, len(missing)),
             )
-            self.states.put([keys[i] for i in missing], h_new, lse_new)
+            self.states.put([keys[i] for i in missing], new)
             self.cache_mean_row()  # the meta model is loaded now: the init costs nothing more
-            if hidden is None or lse is None:
-                return h_new, lse_new
-            hidden[missing], lse[missing] = h_new, lse_new
-        assert hidden is not None and lse is not None
-        return hidden, lse
+            if states is None:
+                return new
+            for cached, computed in zip(states, new):
+                cached[missing] = computed
+        assert states is not None
+        return states
 
     def cache_mean_row(self) -> None:
         from etr_hub.models.fingerprint import output_embedding

@@ -1,8 +1,8 @@
 """The admission report at `expert add` (issue 14, item 1): hand-set routing states in the meta model's
 state cache and hand-set tokens, so every number is known exactly and no model loads.
 
-States: each query's h is 10 along one axis (e0 astronomy, e1 law, e2 everyday) and lse_V = 5, so an
-expert whose row is e_k scores 10 on its own queries and beats the words there. Law's last three
+States: each query's h is 10 along one axis (e0 astronomy, e1 law, e2 everyday), the top word logit 5
+(lse_V 6), so an expert whose row is e_k scores 10 on its own queries and beats the words there. Law's last three
 queries also carry 20 along e3: a row with an e3 part takes exactly those (3/5 = 60%)."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import json
 import pytest
 import torch
 
-from etr_hub.cache import StateCache, query_key
+from etr_hub.cache import RoutingStates, StateCache, query_key
 from etr_hub.jsonl import query_column
 from etr_hub.routing.math import WORD, admission_winners
 from etr_hub.session import read_general_prompts
 from tests.helpers import FAKE_FP, HIDDEN, make_bundle, run_cli, write_manifest
 
-LSE = 5.0
+TOP, LSE = 5.0, 6.0
 
 
 def axis(*weights: tuple[int, float]) -> torch.Tensor:
@@ -43,9 +43,9 @@ def token_bundle(root, name: str, row: torch.Tensor, seed: int = 0):
 
 
 def cache_states(registry, queries: list[str], hidden: torch.Tensor) -> None:
-    StateCache(registry.settings.cache_dir, FAKE_FP).put(
-        [query_key(q) for q in queries], hidden, torch.full((len(queries),), LSE)
-    )
+    n = len(queries)
+    states = RoutingStates(hidden, torch.full((n,), LSE), torch.full((n,), TOP))
+    StateCache(registry.settings.cache_dir, FAKE_FP).put([query_key(q) for q in queries], states)
 
 
 @pytest.fixture
@@ -75,27 +75,43 @@ def new_bundle(hub, row: torch.Tensor):
 
 def test_winners_one_matmul_ties_to_the_lower_index():
     h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # (3, 2)
-    lse = torch.tensor([0.5, 0.5, 3.0])
-    w_e = torch.tensor([[1.0, 0.0]])  # expert 0 scores 1, 0, 1
+    top = torch.tensor([0.5, 0.5, 3.0])  # the top word logits
+    states = (h, top + 1.0, top)
+    w_e, bias = torch.tensor([[1.0, 0.0]]), torch.zeros(1)  # expert 0 scores 1, 0, 1
     row = torch.tensor([[1.0, 2.0]])  # the new one scores 1 (a tie with expert 0), 2, 3 (a tie with the words)
-    before, after = admission_winners(h, lse, w_e, row)
+    before, after = admission_winners(states, w_e, bias, row)
     assert before.tolist() == [1, WORD, WORD]
     assert after.tolist() == [1, 2, WORD]
     nan_row = torch.tensor([[float("nan"), 0.0]])
-    assert admission_winners(h, lse, w_e, nan_row)[1].tolist() == [1, WORD, WORD]  # non-finite never routes
+    assert admission_winners(states, w_e, bias, nan_row)[1].tolist() == [1, WORD, WORD]  # non-finite never routes
+    assert admission_winners(states, w_e, bias, row, row_bias=-1.5)[1].tolist() == [1, WORD, WORD]  # 2 - 1.5 < 0.5
 
 
-@pytest.mark.parametrize("n", [0, 1, 7])
-def test_winners_match_the_pooled_softmax_argmax(n):
-    from etr_hub.routing.math import pooled_routing_logits
+def greedy_winners(h, w_v, w_e, bias, min_p=0.0):
+    """The decoder's own rule, written out: argmax of [W_V h; W_E h + b], an expert only with p >= min_p."""
+    logits = torch.cat([h @ w_v.T, h @ w_e.T + bias], dim=-1)  # (B, V + N)
+    v = w_v.shape[0]
+    pick = logits.argmax(dim=-1)  # (B,)
+    p = torch.softmax(logits, dim=-1).gather(-1, pick.unsqueeze(-1)).squeeze(-1)  # (B,)
+    return torch.where((pick >= v) & (p >= min_p), pick - v + 1, WORD)
 
+
+@pytest.mark.parametrize(("n", "min_p"), [(0, 0.0), (1, 0.0), (7, 0.0), (7, 0.3), (3, 0.6)])
+def test_winners_match_greedy_decoding_over_words_and_experts(n, min_p):
     g = torch.Generator().manual_seed(n)
-    h, lse = torch.randn(500, 8, generator=g), torch.randn(500, generator=g) * 3
+    h, w_v = torch.randn(2000, 8, generator=g), torch.randn(50, 8, generator=g) * 0.6
     w_e, row = torch.randn(n, 8, generator=g), torch.randn(1, 8, generator=g)
-    before, after = admission_winners(h, lse, w_e, row)
-    assert torch.equal(before, pooled_routing_logits(h, lse, w_e).argmax(dim=-1))
-    assert torch.equal(after, pooled_routing_logits(h, lse, torch.cat([w_e, row])).argmax(dim=-1))
-    assert set(after.tolist()) == set(range(n + 2))  # every class wins somewhere: the test can tell them apart
+    bias, row_bias = torch.randn(n, generator=g), 0.7
+    word = h @ w_v.T  # (B, V)
+    states = (h, torch.logsumexp(word, dim=-1), word.max(dim=-1).values)
+    before, after = admission_winners(states, w_e, bias, row, row_bias, min_p)
+    assert torch.equal(before, greedy_winners(h, w_v, w_e, bias, min_p))
+    assert torch.equal(
+        after, greedy_winners(h, w_v, torch.cat([w_e, row]), torch.cat([bias, torch.tensor([0.7])]), min_p)
+    )
+    assert len(set(after.tolist())) >= min(n + 2, 4)  # several classes win: the test can tell them apart
+    if min_p:  # and the minimum switch probability kept some positions with the meta model
+        assert int((after == WORD).sum()) > int((admission_winners(states, w_e, bias, row, row_bias)[1] == WORD).sum())
 
 
 def test_report_exact_numbers(registry, hub):

@@ -50,6 +50,9 @@ BAD_SETTINGS = [
     (["serve", "--max-tokens", "0"], "'--max-tokens'"),
     (["serve", "--max-body-kb", "0"], "'--max-body-kb'"),
     (["serve", "--log-level", "loud"], "'--log-level'"),
+    (["chat", "--once", "hi", "--min-p", "1.5"], "'--min-p'"),
+    (["serve", "--min-p", "-0.1"], "'--min-p'"),
+    (["explain", "hi", "--min-p", "nan"], "'--min-p'"),
 ]
 
 

@@ -39,6 +39,21 @@ def test_greedy_choice_over_words_and_experts(word, expert, blocked, expected):
     assert sample_index(logits) == expected
 
 
+@pytest.mark.parametrize(
+    "expert, min_p, expected",
+    [
+        ([4.0, 0.0], 0.0, 3),  # expert 0 wins: V + 0
+        ([4.0, 0.0], 0.5, 3),  # p(expert 0) = e^4 / (e + e^3 + e^2 + e^4 + 1) = 0.64 >= 0.5
+        ([4.0, 0.0], 0.7, 1),  # under min_p: masked, the top word wins
+        ([4.0, 3.9], 0.5, 1),  # two close experts share the mass: neither reaches 0.5
+        ([4.0, 3.9], 0.3, 3),
+    ],
+)
+def test_min_p_keeps_the_meta_model_below_the_switch_probability(expert, min_p, expected):
+    logits = next_token_logits(torch.tensor([[1.0, 3.0, 2.0]]), torch.tensor([expert]), None, min_p)
+    assert sample_index(logits) == expected
+
+
 def test_token_probability_is_the_softmax():
     logits = torch.tensor([1.0, 2.0, 3.0, NEG])
     assert token_probability(logits, 2) == pytest.approx(float(torch.softmax(logits, -1)[2]))
@@ -146,3 +161,22 @@ def test_routed_decoder_after_a_blocked_expert_continues_from_the_same_state(mod
     assert decoder.next() == vocab + 1  # the same state, expert 0 masked
     decoder.block(1)
     assert [first, decoder.next()] == reference[:2]  # all blocked: the meta model's own token
+
+
+def test_the_operators_bias_moves_the_routing_decision(model):
+    """The same state and W_E: a bias on expert 1 makes it win, a negative one on both hands back."""
+    prompt = model.tokenizer("route me", add_special_tokens=False)["input_ids"]
+    reference = greedy_no_cache(model.model, prompt, 1, eos=set())
+
+    def first(bias):
+        w_e_t = torch.zeros(32, 2)  # (C, N): logit 0 for both, below the top word here
+        decoder = RoutedDecoder(model.model, w_e_t, Sampling(), bias=torch.tensor(bias))
+        decoder.start(prompt)
+        return decoder.next(), decoder.vocab
+
+    index, vocab = first([0.0, 0.0])
+    assert index == reference[0]  # no bias: the meta model's own token
+    index, vocab = first([0.0, 1e4])
+    assert index == vocab + 1  # expert 1, by its bias alone
+    index, _ = first([-1e4, -1e4])
+    assert index == reference[0]

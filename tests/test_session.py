@@ -38,28 +38,34 @@ def test_routing_states_are_a_live_pass_and_are_cached(session, registry, monkey
     from etr_hub.models.scoring import routing_states
     from etr_hub.session import ModelSession
 
-    live_h, live_lse = routing_states(session.meta.model, session.meta.tokenizer, QUERIES)  # (3, C), (3,)
+    live = routing_states(session.meta.model, session.meta.tokenizer, QUERIES)  # (3, C), (3,), (3,)
+    live_h, live_lse = live.hidden, live.lse
+    w_v = session.meta.model.get_output_embeddings().weight.float()  # (V, C)
+    torch.testing.assert_close(live.top, (live_h @ w_v.T).max(dim=-1).values)  # the top word logit
     seen: list[tuple[str, int]] = []
 
     def progress(description: str, total: int):
         seen.append((description, total))
         return lambda _n: None
 
-    hidden, lse = session.routing_states(QUERIES[:2], progress, description="first two")
+    hidden, lse, top = session.routing_states(QUERIES[:2], progress, description="first two")
     assert seen == [("first two", 2)]
     torch.testing.assert_close(hidden, live_h[:2])
     torch.testing.assert_close(lse, live_lse[:2])
+    torch.testing.assert_close(top, live.top[:2])
 
     # a second session on the same registry: only the third query needs the meta model
     again = ModelSession(registry)
-    hidden, lse = again.routing_states(QUERIES, progress)
+    hidden, lse, top = again.routing_states(QUERIES, progress)
     assert seen[-1] == ("meta model pass (routing states)", 1)
     torch.testing.assert_close(hidden, live_h)
     torch.testing.assert_close(lse, live_lse)
+    torch.testing.assert_close(top, live.top)
 
     _refuse_loading(monkeypatch)  # everything is cached now: no load, no pass
-    hidden, lse = ModelSession(registry).routing_states(list(reversed(QUERIES)), progress)
+    hidden, _, top = ModelSession(registry).routing_states(list(reversed(QUERIES)), progress)
     torch.testing.assert_close(hidden, live_h.flip(0))
+    torch.testing.assert_close(top, live.top.flip(0))
     assert len(seen) == 2
 
 

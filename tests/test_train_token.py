@@ -87,7 +87,7 @@ def test_cached_states_train_the_same_row_as_live_forward_passes(world):
     init = expert_token_init(output_embedding(meta.model))
     cfg = TrainSettings(epochs=8, batch_size=4, lr=5e-3)
 
-    hidden, lse = routing_states(meta.model, meta.tokenizer, queries)
+    hidden, lse, _ = routing_states(meta.model, meta.tokenizer, queries)
 
     def live(idx):  # the official ETR code's way: run the frozen model for every batch
         hs, ls = [], []

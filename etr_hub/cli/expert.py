@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -29,6 +29,7 @@ def _summary(row) -> dict:
         "meta_fingerprint": row.meta_fingerprint,
         "token_sha256": row.token_sha256,
         "tau": row.tau,
+        "bias": row.bias,
         "query_set_size": (m.get("query_set") or {}).get("size"),
         "created_at": row.created_at.isoformat(),
     }
@@ -72,7 +73,7 @@ def _check_add_options(
     from etr_hub.cli.flags import as_flags
     from etr_hub.errors import EtrHubError
     from etr_hub.eval.admission import check_rate
-    from etr_hub.registry.api import check_env_names
+    from etr_hub.registry.env_names import check_env_names
 
     try:
         check_rate("max_steal", max_steal)
@@ -221,7 +222,9 @@ def _show_report(r: dict, console=err) -> None:
     """The admission report as a short table (`add`: on stderr; with --json, the JSON carries it)."""
     from rich.table import Table
 
-    table = Table(title=safe(f"admission report: {r['name']} {r['version']}"), title_justify="left")
+    at = f" at bias {r['bias']:+g}" if r.get("bias") else ""
+    at += f", min_p {r['min_p']:g}" if r.get("min_p") else ""
+    table = Table(title=safe(f"admission report: {r['name']} {r['version']}{at}"), title_justify="left")
     for col in ("query set", "queries", "new token wins", "recall before", "recall after"):
         table.add_column(col, justify="left" if col == "query set" else "right")
     table.add_row(f"{safe(r['name'])} (its own)", str(r["queries"]), _pct(r["recall"]), "-", "-")
@@ -233,26 +236,72 @@ def _show_report(r: dict, console=err) -> None:
     console.print(table)
 
 
+Server = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        metavar="URL",
+        help="Show expert health from this running `etr-hub serve` (default: the servers of this ETR_HUB_HOME).",
+    ),
+]
+
+
 @app.command("list")
-def list_(json_out: Annotated[bool, json_option("Print a JSON array.")] = False) -> None:
-    """List registered experts."""
-    rows = open_registry().list_experts()
+def list_(json_out: Annotated[bool, json_option("Print a JSON array.")] = False, server: Server = None) -> None:
+    """List registered experts (with their health where a server of this home is running)."""
+    reg = open_registry()
+    rows = reg.list_experts()
+    health = _health(reg.settings.home, server)
     if json_out:
-        print_json([_summary(r) for r in rows])
+        print_json([{**_summary(r), "health": health.get(r.name)} for r in rows])
         return
     if not rows:
         err.print("no experts registered — add one with `etr-hub expert add PATH`")
         return
+    out.print(_list_table(rows, health))
+
+
+def _health(home: Path, server: str | None) -> dict[str, dict]:
+    """Each remote expert's state from the running server(s) (the first that tracks it); none without one."""
+    from etr_hub.server.discovery import expert_health, running_servers
+
+    found: dict[str, dict] = {}
+    for url in [server] if server else running_servers(home):
+        states = expert_health(url)
+        if isinstance(states, str):
+            err.print(safe(f"warning: {states}"), highlight=False)
+            continue
+        for name, state in states.items():
+            found.setdefault(name, {**state, "server": url})
+    return found
+
+
+def _health_text(state: dict | None) -> str:
+    if state is None:
+        return "-"
+    if state.get("state") == "ok":
+        return "ok"
+    return f"cooling down {state.get('seconds_left', '?')} s: {state.get('reason', '?')}"
+
+
+def _list_table(rows, health: dict[str, dict]):
     from rich.table import Table
 
     table = Table(title="experts")
-    sourced = any(r.source for r in rows)  # a source column only where some expert came from the Hub
-    for col in ("name", "version", "enabled", "label", "expert", "τ", "query set", "token", "meta", "source")[
-        : 10 if sourced else 9
-    ]:
+    optional = {
+        "bias": any(r.bias for r in rows),  # columns only where they say something
+        "source": any(r.source for r in rows),  # some expert came from the Hub
+        "health": bool(health),  # a server answered
+    }
+    columns = ["name", "version", "enabled", "label", "expert", "τ", "query set", "token", "meta"]
+    for col in [*columns, *(c for c, shown in optional.items() if shown)]:
         table.add_column(col)
     for r in rows:
-        s = _summary(r)
+        extra: dict[str, Any] = {
+            "bias": f"{r.bias:+g}",
+            "source": safe(_source_text(r.source)),
+            "health": safe(_health_text(health.get(r.name))),
+        }
         table.add_row(
             safe(r.name),
             safe(r.version),
@@ -260,12 +309,12 @@ def list_(json_out: Annotated[bool, json_option("Print a JSON array.")] = False)
             safe(r.label or "-"),
             safe(_ref_text(r.expert_ref)),
             "-" if r.tau is None else f"{r.tau:g}",
-            str(s["query_set_size"] or "-"),
+            str(_summary(r)["query_set_size"] or "-"),
             short(r.token_sha256),
             short(r.meta_fingerprint),
-            *([safe(_source_text(r.source))] if sourced else []),
+            *(extra[c] for c, shown in optional.items() if shown),
         )
-    out.print(table)
+    return table
 
 
 @app.command("show")
@@ -299,6 +348,7 @@ def show(name: Ref, json_out: Annotated[bool, json_option("Print the full manife
         ("license", m["license"]),
         ("expert model", _ref_text(row.expert_ref)),
         ("allowed env", ", ".join(row.allowed_env or []) or "-"),
+        ("routing bias", f"{row.bias:+g} (the operator's, `etr-hub expert tune`)"),
         ("source", row.source or "a bundle folder"),
         ("meta model", f"{m['meta']['reference']} ({short(row.meta_fingerprint)})"),
         ("token", f"{short(row.token_sha256)} {tuple(m['token']['shape'])} {m['token']['dtype']}"),

@@ -92,11 +92,12 @@ def _root(
 
 
 def _register() -> None:
-    from etr_hub.cli import chat, expert, explain, init, query_set, serve, train
+    from etr_hub.cli import chat, expert, explain, init, query_set, serve, train, tune
     from etr_hub.cli import eval as eval_cli
 
     app.command("init")(init.init)
-    app.add_typer(expert.app, name="expert", help="Register, list, inspect and export expert bundles.")
+    expert.app.command("tune")(tune.tune)
+    app.add_typer(expert.app, name="expert", help="Register, list, inspect, tune and export expert bundles.")
     app.add_typer(
         query_set.app, name="query-set", help="Build expert query sets (where the expert beats the meta model)."
     )

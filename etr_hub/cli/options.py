@@ -45,3 +45,14 @@ SeedOption = Annotated[int, seed_option()]
 MemoryBudgetOption = Annotated[
     int | None, typer.Option("--memory-budget-mb", min=0, help="Memory for loaded experts (default: half the RAM).")
 ]
+MinPOption = Annotated[
+    float | None,
+    typer.Option(
+        "--min-p",
+        min=0.0,
+        max=1.0,
+        metavar="P",
+        help="An expert token needs probability ≥ P to take over (default: the registry's, set by "
+        "`etr-hub expert tune --min-p`).",
+    ),
+]

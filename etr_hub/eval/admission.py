@@ -3,7 +3,9 @@
 From the meta model's cached routing states (one meta pass per query never seen before, then none)
 and one matmul per query, h @ [W_E; e]^T: the new token's recall on its own query set, the share of
 each enabled expert's query set it would take (and that expert's recall before and after), and how
-often it fires on the project's everyday prompts. `add_with_report` runs it between a bundle's
+often it fires on the project's everyday prompts. A routing position goes to an expert as greedy decoding
+decides it (`routing_winners`: its logit above every word logit), with the operators' biases and min_p
+(`expert tune`). `add_with_report` runs it between a bundle's
 validation and its registration; `max_steal` / `max_false_fire` refuse a bundle that exceeds them.
 """
 
@@ -49,6 +51,8 @@ class AdmissionReport:
     everyday: int  # everyday prompts measured (0: none, false_fire is None)
     false_fire: float | None
     experts: list[ExpertImpact] = field(default_factory=list)
+    bias: float = 0.0  # the new expert's calibration bias it was measured at (0 at `expert add`)
+    min_p: float = 0.0  # the registry's minimum switch probability it was measured at
 
     @property
     def max_steal(self) -> float:
@@ -74,7 +78,7 @@ class _CheckedOnly(Exception):  # control flow out of the registry's add (--chec
 def admission_numbers(
     before: torch.Tensor, after: torch.Tensor, spans: Sequence[tuple[int, int]], n_experts: int
 ) -> tuple[float, list[tuple[float, float, float]], float | None]:
-    """From the winners (B,) before/after (pooled indices, `admission_winners`) and the row spans of
+    """From the winners (B,) before/after (0 or 1 + expert index, `admission_winners`) and the row spans of
     [own query set, expert 0's, …, expert N-1's, everyday prompts]: (recall of the new token,
     [(steal, recall before, recall after)] per expert, false-fire rate or None without prompts)."""
     new = 1 + n_experts
@@ -114,10 +118,7 @@ def admission_report(
 ) -> AdmissionReport:
     """The report for `bundle` (validated, not yet registered) against the registry's enabled experts.
     `general`: the everyday prompts (default: the project's, split 'eval')."""
-    import torch
-
     from etr_hub.bundle.io import read_token
-    from etr_hub.routing.math import admission_winners
 
     m = bundle.manifest
     try:
@@ -126,7 +127,37 @@ def admission_report(
         own = []
     if not own:
         raise BundleError(f"bundle {bundle.root}: its query set is missing or empty", NO_REPORT_FIX)
-    others = _others(registry, m.name)
+    row = read_token(bundle.root, bundle.token_path, m).float().reshape(1, -1)  # (1, C)
+    return _report(registry, m.name, m.version, own, row, 0.0, session=session, general=general)
+
+
+def readmission_report(registry: Registry, expert: Expert, *, session: ModelSession | None = None) -> AdmissionReport:
+    """The report of a registered expert as it routes now (its bias, the registry's min_p) against the
+    other enabled experts: what `expert tune` records after a change."""
+    qs = registry.query_set_for(expert)
+    own = query_set_queries(registry, qs) if qs is not None else []
+    if not own:
+        raise RegistryError(f"expert '{expert.name}' has no query set in the registry's store", NO_REPORT_FIX)
+    row = expert_row(registry, expert).reshape(1, -1)  # (1, C)
+    return _report(registry, expert.name, expert.version, own, row, float(expert.bias), session=session)
+
+
+def _report(
+    registry: Registry,
+    name: str,
+    version: str,
+    own: list[str],
+    row: torch.Tensor,
+    row_bias: float,
+    *,
+    session: ModelSession | None = None,
+    general: list[str] | None = None,
+) -> AdmissionReport:
+    import torch
+
+    from etr_hub.routing.math import admission_winners
+
+    others = _others(registry, name)
     general = read_general_prompts(split="eval") if general is None else general
     groups = [own, *(q for _, q in others), general]
     spans, start = [], 0
@@ -134,19 +165,22 @@ def admission_report(
         spans.append((start, start + len(g)))
         start += len(g)
     session = session or ModelSession(registry)
-    hidden, lse = session.routing_states([q for g in groups for q in g])  # (B, C), (B,)
-    row = read_token(bundle.root, bundle.token_path, m).float().reshape(1, -1)  # (1, C)
+    states = session.routing_states([q for g in groups for q in g])  # (B, C), (B,), (B,)
     w_e = torch.cat([expert_row(registry, e) for e, _ in others]) if others else torch.zeros(0, row.shape[1])
-    before, after = admission_winners(hidden, lse, w_e, row)  # (B,), (B,)
+    bias = torch.tensor([float(e.bias) for e, _ in others])  # (N,)
+    min_p = float(session.meta_row.min_p)
+    before, after = admission_winners(states, w_e, bias, row, row_bias, min_p)  # (B,), (B,)
     recall, impacts, false_fire = admission_numbers(before, after, spans, len(others))
     return AdmissionReport(
-        name=m.name,
-        version=m.version,
+        name=name,
+        version=version,
         queries=len(own),
         recall=recall,
         everyday=len(general),
         false_fire=false_fire,
         experts=[ExpertImpact(e.name, len(q), *nums) for (e, q), nums in zip(others, impacts)],
+        bias=row_bias,
+        min_p=min_p,
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from etr_hub.cache import digest, query_key
+from etr_hub.cache import digest
 from etr_hub.eval.experts import NO_EXPERTS, ExpertEntry, experts_for, load_experts, no_group_maps
 from etr_hub.eval.mmlu import Question, ReadResult, read_mmlu_dir, render_query
 from etr_hub.eval.report import Answered, Routed, gap_closed, mean, per_group, per_group_meta, route
@@ -77,19 +77,9 @@ class Evaluator:
         self, queries: list[str], what: str = "routing states"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(hidden (N, C), lse_V (N,), max word logit (N,)) at each query's routing position."""
-        from etr_hub.models.fingerprint import output_embedding
-
-        hidden, lse = self.session.routing_states(
+        return self.session.routing_states(
             queries, self.progress, batch_size=self.opts.batch_size, description=f"meta model: {what}"
         )
-
-        def max_word(idx: list[int]) -> torch.Tensor:
-            w_v = output_embedding(self.session.meta.model).float()  # (V, C)
-            return (hidden[idx] @ w_v.T).max(dim=-1).values.unsqueeze(-1)  # (M, C) @ (C, V) -> (M, 1)
-
-        keys = [query_key(q) for q in queries]
-        top = self.cache.fetch(digest("max-word-logit", self.fp), keys, max_word)[:, 0]  # (N,)
-        return hidden, lse, top
 
     def route(self, queries: list[str], keys: list[str], experts: list[ExpertEntry], gold: torch.Tensor) -> Routed:
         hidden, lse, max_word = self.routing(queries)

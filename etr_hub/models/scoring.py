@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from etr_hub.cache import RoutingStates
 from etr_hub.models.chat import prompt_and_response_ids, routing_prompt_ids
 
 Advance = Callable[[int], None] | None
@@ -24,8 +25,7 @@ MAX_TOKENS = 1024  # per example (query-set build --max-tokens); longer response
 @dataclass
 class PassResult:
     loss: torch.Tensor  # (N,) summed NLL of the response tokens
-    hidden: torch.Tensor | None  # (N, C) final hidden state at the routing position
-    lse: torch.Tensor | None  # (N,) logsumexp of the word-token logits there
+    states: RoutingStates | None  # at the routing position (the first response token's input)
 
 
 Pair = tuple[list[int], list[int]]
@@ -74,8 +74,9 @@ def score_pairs(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n = len(pairs)
     loss = torch.full((n,), float("nan"))
-    hidden = torch.zeros(n, model.config.hidden_size) if want_states else None  # (N, C)
-    lse = torch.zeros(n) if want_states else None  # (N,)
+    states = (
+        RoutingStates(torch.zeros(n, model.config.hidden_size), torch.zeros(n), torch.zeros(n)) if want_states else None
+    )
     scored = {i: pair for i, pair in enumerate(pairs) if pair is not None}
     if advance and len(scored) < n:
         advance(n - len(scored))
@@ -100,31 +101,33 @@ def score_pairs(
         per_example = torch.zeros(len(batch)).index_add_(0, torch.tensor(rows), nll)  # (B,)
         loss[batch] = per_example
 
-        if hidden is not None and lse is not None:
+        if states is not None:
             first = torch.tensor([rows.index(b) for b in range(len(batch))])  # routing position row
-            hidden[batch] = h_resp[first].float()  # (B, C)
-            lse[batch] = torch.logsumexp(logits[first], dim=-1)  # (B,)
+            states.hidden[batch] = h_resp[first].float()  # (B, C)
+            states.lse[batch] = torch.logsumexp(logits[first], dim=-1)  # (B,)
+            states.top[batch] = logits[first].max(dim=-1).values  # (B,)
         if advance:
             advance(len(batch))
-    return PassResult(loss=loss, hidden=hidden, lse=lse)
+    return PassResult(loss=loss, states=states)
 
 
 @torch.no_grad()
 def routing_states(
     model, tokenizer, queries: Sequence[str], *, batch_size: int = 16, advance: Advance = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hidden (N, C), lse (N,)) at the routing position of each query, without responses."""
+) -> RoutingStates:
+    """The routing states of each query, without responses."""
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     prompts = [routing_prompt_ids(tokenizer, q)[0][-MAX_TOKENS:] for q in queries]
-    hidden, lse = torch.zeros(len(prompts), model.config.hidden_size), torch.zeros(len(prompts))
+    n, c = len(prompts), model.config.hidden_size
+    hidden, lse, top = torch.zeros(n, c), torch.zeros(n), torch.zeros(n)
     for batch in _batches([len(p) for p in prompts], batch_size):
         ids, mask = right_pad([prompts[i] for i in batch], pad)  # (B, T), (B, T)
         h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
         last = torch.tensor([len(prompts[i]) - 1 for i in batch])
         h_route = h[torch.arange(len(batch)), last].float()  # (B, C)
-        hidden[batch] = h_route
-        lse[batch] = torch.logsumexp(head(h_route.to(h.dtype)).float(), dim=-1)  # (B,)
+        word = head(h_route.to(h.dtype)).float()  # (B, V)
+        hidden[batch], lse[batch], top[batch] = h_route, torch.logsumexp(word, dim=-1), word.max(dim=-1).values
         if advance:
             advance(len(batch))
-    return hidden, lse
+    return RoutingStates(hidden, lse, top)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from etr_hub.cache import LossCache, query_key
+from etr_hub.cache import LossCache, RoutingStates, query_key
 from etr_hub.errors import DataError, EtrHubError
 from etr_hub.models.refs import ModelRef
 from etr_hub.models.scoring import MAX_TOKENS
@@ -145,9 +145,9 @@ def meta_pass(
         advance=progress("meta model pass", len(pairs)),
     )
     kept = [i for i, pair in enumerate(pairs) if pair is not None]
-    assert result.hidden is not None and result.lse is not None  # want_states
+    assert result.states is not None  # want_states
     if kept:
-        session.states.put([query_key(queries[i]) for i in kept], result.hidden[kept], result.lse[kept])
+        session.states.put([query_key(queries[i]) for i in kept], RoutingStates(*(t[kept] for t in result.states)))
     session.cache_mean_row()
     cache.put(_loss_key(fp, max_tokens), dataset.sha256, result.loss)
     return result.loss

@@ -3,7 +3,6 @@ records them, so a process killed mid-way leaves no half-registered expert."""
 
 from __future__ import annotations
 
-import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -17,8 +16,9 @@ from etr_hub.bundle import Bundle, Manifest, load_bundle, write_bundle
 from etr_hub.bundle.card import HUB_CARD, hub_model_card
 from etr_hub.config import Settings
 from etr_hub.config import settings as current_settings
-from etr_hub.errors import BundleError, EtrHubError, RegistryError
-from etr_hub.registry.db import corrupt_sqlite, engine_for, migrate
+from etr_hub.errors import BundleError, RegistryError
+from etr_hub.registry.db import corrupt_sqlite, engine_for, migrate, unreachable
+from etr_hub.registry.env_names import check_env_names
 from etr_hub.registry.tables import Expert, MetaModel, QuerySet
 from etr_hub.store import GcReport, Store
 
@@ -37,7 +37,7 @@ class Registry:
         try:
             migrate(reg.engine)
         except (OperationalError, InterfaceError) as e:
-            raise _unreachable(cfg.database_url, e) from None
+            raise unreachable(cfg.database_url, e) from None
         except DatabaseError as e:
             raise corrupt_sqlite(cfg.database_url, e) or e from None
         return reg
@@ -51,7 +51,7 @@ class Registry:
             with Session(engine, expire_on_commit=False) as s, s.begin():
                 yield s
         except (OperationalError, InterfaceError) as e:
-            raise _unreachable(self.settings.database_url, e) from None
+            raise unreachable(self.settings.database_url, e) from None
         except DatabaseError as e:  # e.g. a page corrupted since the file was opened
             raise corrupt_sqlite(self.settings.database_url, e) or e from None
 
@@ -335,6 +335,29 @@ class Registry:
         target.enabled = enabled
         return target
 
+    def set_bias(self, selector: str, bias: float, admission: dict | None = None) -> Expert:
+        """The operator's bias on one expert's routing logit (and its admission report at that bias)."""
+        target = self.get_expert(selector)
+        with self.session(write=True) as s:
+            row = s.get(Expert, target.id)
+            assert row is not None
+            row.bias = bias
+            row.admission = admission if admission is not None else row.admission
+            s.add(row)
+        target.bias, target.admission = bias, admission if admission is not None else target.admission
+        return target
+
+    def set_min_p(self, min_p: float) -> MetaModel:
+        """The minimum probability an expert token needs to take the routing position (0: none)."""
+        meta = self.require_meta()
+        with self.session(write=True) as s:
+            row = s.get(MetaModel, meta.id)
+            assert row is not None
+            row.min_p = min_p
+            s.add(row)
+        meta.min_p = min_p
+        return meta
+
     def remove_expert(self, selector: str) -> list[Expert]:
         """Remove one version (`name@version`) or every version of a name."""
         name, _, version = selector.partition("@")
@@ -405,45 +428,3 @@ class Registry:
                     row.provenance, row.created_at = info, datetime.now(UTC)
                 s.add(row)
         return row
-
-
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-
-
-def check_env_names(names: Sequence[str] | None) -> list[str]:
-    """The operator's `allow_env` names (the CLI's --allow-env), sorted and unique; ETR_HUB_* are the
-    hub's own, never an expert's."""
-    from etr_hub.models.refs import HUB_ENV_PREFIX
-
-    names = list(names or [])
-    for name in names:
-        if not _ENV_NAME.match(name):
-            raise EtrHubError(
-                f"`allow_env` {name!r} is not an environment variable name",
-                "pass the variable's NAME, e.g. `allow_env=ASTRO_API_KEY` (never the key)",
-            )
-        if name.upper().startswith(HUB_ENV_PREFIX):
-            raise EtrHubError(
-                f"`allow_env` {name}: {HUB_ENV_PREFIX}* variables are the hub's own secrets"
-                " and are never given to an expert",
-                "give the expert its own variable, e.g. ASTRO_API_KEY",
-            )
-    return sorted(set(names))
-
-
-def _unreachable(url: str, e: Exception) -> RegistryError:
-    reason = " ".join(str(getattr(e, "orig", None) or e).split())  # the driver's words, on one line
-    return RegistryError(
-        f"the registry database at {_safe_url(url)} failed: {reason}",
-        "check ETR_HUB_DATABASE_URL / ETR_HUB_HOME and that the database server is running, then retry",
-    )
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<database url>"

@@ -139,3 +139,19 @@ def migrate(engine: Engine) -> str:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
     return head
+
+
+def unreachable(url: str, e: Exception) -> RegistryError:
+    reason = " ".join(str(getattr(e, "orig", None) or e).split())  # the driver's words, on one line
+    return RegistryError(
+        f"the registry database at {safe_url(url)} failed: {reason}",
+        "check ETR_HUB_DATABASE_URL / ETR_HUB_HOME and that the database server is running, then retry",
+    )
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<database url>"

@@ -23,6 +23,7 @@ class MetaModel(SQLModel, table=True):
     vocab_size: int
     max_row_norm: float | None = None  # largest L2 norm of a W_V row: expert rows far beyond it are refused
     active: bool = Field(default=False)  # the meta model experts are checked against
+    min_p: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})  # an expert needs p ≥ this to route
     created_at: datetime = Field(default_factory=_now)
 
 
@@ -67,6 +68,7 @@ class Expert(SQLModel, table=True):
         default=None, sa_column=Column(JSON, nullable=True)
     )  # env variables the operator let it read (--allow-env)
     source: str | None = Field(default=None, max_length=512)  # where it came from: hf:ORG/REPO@COMMIT (None: a folder)
+    bias: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})  # the operator's, added to its logit
     admission: dict | None = Field(
         default=None, sa_column=Column(JSON, nullable=True)
     )  # the admission report at `expert add` (None: added without one)

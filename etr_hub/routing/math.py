@@ -3,6 +3,9 @@
 eq. 1   p(· | h) = softmax([W_V; W_E] h)                 -> routing_logits
 eq. 4   L(e)     = -log p(expert token | query)            -> expert_token_loss
 init    e        = mean of the rows of W_V                 -> expert_token_init
+route   expert k wins when W_E h + b (b: the operator's     -> routing_winners
+        bias) has its largest entry above every word
+        logit, with p(k) ≥ min_p
 guard   |e| ≤ MAX_ROW_NORM_RATIO · max_v |w_v|;           -> row_norm_ratio, routable_logits
         a non-finite expert logit never routes
 
@@ -14,6 +17,7 @@ expert probability exact while the frozen meta model's part is computed once and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -70,21 +74,52 @@ def pooled_routing_logits(h: torch.Tensor, lse_v: torch.Tensor, w_e: torch.Tenso
     return torch.cat([lse_v.float().unsqueeze(-1), expert], dim=-1)  # (B, 1 + N)
 
 
+def calibrated_logits(h: torch.Tensor, w_e: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The expert logits at the routing position with the operator's per-expert bias: W_E h + b,
+    non-finite ones at -inf (never routed)."""
+    z = torch.addmm(bias.float(), h.float(), w_e.T.float())  # (N,) + (B, C) @ (C, N) -> (B, N)
+    return z.nan_to_num_(nan=float("-inf"), posinf=float("-inf"))  # (B, N)
+
+
+def routing_winners(
+    h: torch.Tensor, top: torch.Tensor, lse_v: torch.Tensor, w_e: torch.Tensor, bias: torch.Tensor, min_p: float = 0.0
+) -> torch.Tensor:
+    """Who takes each routing position as greedy decoding decides it: 1 + k when expert k's calibrated
+    logit is the largest of all (above the top word logit `top`) and its probability is at least
+    `min_p`, else WORD (the meta model answers). Ties go to a word, then to the lower expert index."""
+    return winners_from_logits(calibrated_logits(h, w_e, bias), top, lse_v, min_p)  # (B,)
+
+
+def winners_from_logits(z: torch.Tensor, top: torch.Tensor, lse_v: torch.Tensor, min_p: float = 0.0) -> torch.Tensor:
+    """`routing_winners` from the calibrated expert logits z (B, N)."""
+    if z.shape[-1] == 0:
+        return torch.zeros(z.shape[0], dtype=torch.long)  # (B,)
+    best, idx = z.max(dim=-1)  # (B,), (B,)
+    wins = best > top.float()  # (B,)
+    if min_p > 0:  # p(best) = exp(best - logsumexp([lse_V, z])), eq. 1 with the V words pooled
+        wins &= best - torch.logsumexp(torch.cat([lse_v.float().unsqueeze(-1), z], dim=-1), dim=-1) >= math.log(min_p)
+    return torch.where(wins, idx + 1, WORD)  # (B,)
+
+
 def admission_winners(
-    h: torch.Tensor, lse_v: torch.Tensor, w_e: torch.Tensor, row: torch.Tensor
+    states: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    w_e: torch.Tensor,
+    bias: torch.Tensor,
+    row: torch.Tensor,
+    row_bias: float = 0.0,
+    min_p: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Who wins the routing position (pooled index: WORD, 1 + k, the new row at 1 + N) without and
-    with a new expert row, from one matmul h @ [W_E; e]^T. Ties go to the lower index: a word
-    before any expert, a registered expert before the new one."""
-    expert = routable_logits(h.float() @ torch.cat([w_e.float(), row.float()], dim=0).T)  # (B, C) @ (C, N + 1)
-    n, word = w_e.shape[0], lse_v.float()  # word: (B,) the pooled word class's logit
-    if n:
-        best, idx = expert[:, :n].max(dim=-1)  # (B,), (B,) the registered experts' best
-    else:
-        best, idx = torch.full_like(word, float("-inf")), torch.zeros_like(word, dtype=torch.long)
-    before = torch.where(best > word, idx + 1, WORD)  # (B,)
-    after = torch.where(expert[:, n] > torch.maximum(best, word), n + 1, before)  # (B,)
-    return before, after
+    """Who wins each routing position (0, or 1 + k; the new row is 1 + N) without and with a new
+    expert row, from the states (hidden (B, C), lse_V (B,), top word logit (B,)) and one matmul."""
+    h, lse_v, top = states
+    w_all = torch.cat([w_e.float(), row.float().reshape(1, -1)], dim=0)  # (N + 1, C)
+    b_all = torch.cat([bias.float(), torch.tensor([float(row_bias)])])  # (N + 1,)
+    z = calibrated_logits(h, w_all, b_all)  # (B, N + 1)
+    before = winners_from_logits(z[:, :-1], top, lse_v, min_p)  # (B,)
+    if min_p > 0:  # the new token changes every probability: decide again
+        return before, winners_from_logits(z, top, lse_v, min_p)
+    rival = torch.maximum(z[:, :-1].max(dim=-1).values, top.float()) if w_e.shape[0] else top.float()  # (B,)
+    return before, torch.where(z[:, -1] > rival, w_e.shape[0] + 1, before)  # (B,), (B,): ties stay
 
 
 def expert_token_loss(h: torch.Tensor, lse_v: torch.Tensor, w_e: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

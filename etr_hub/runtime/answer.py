@@ -45,6 +45,8 @@ class HubParts(Protocol):
     route_window: int | None
     keep_layer: int | None
     pool: ExpertPool
+    bias: torch.Tensor  # (N,) the operator's calibration on the expert logits
+    min_p: float
 
 
 @dataclass
@@ -140,7 +142,15 @@ def meta_decoding(ans: Answer, routed: bool) -> Iterator[Event]:
     hub, opts = ans.hub, ans.opts
     sampling = Sampling.of(opts, answer=ans.answer_ids)
     w_e_t = hub.w_e_t if routed else None
-    decoder = RoutedDecoder(hub.meta.model, w_e_t, sampling, route_window=hub.route_window, keep_layer=hub.keep_layer)
+    decoder = RoutedDecoder(
+        hub.meta.model,
+        w_e_t,
+        sampling,
+        route_window=hub.route_window,
+        keep_layer=hub.keep_layer,
+        bias=hub.bias,
+        min_p=hub.min_p,
+    )
     ans.new_detokenizer()  # after the requested expert's text, if it wrote some
     cooling = hub.pool.cooling_down() if routed else {}
     for k, info in enumerate(hub.experts):

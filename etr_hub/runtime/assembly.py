@@ -30,6 +30,7 @@ from etr_hub.store import sha256_file
 @dataclass
 class Assembly:
     w_e: torch.Tensor  # (N, C) float32, row k = experts[k]'s token
+    bias: torch.Tensor  # (N,) float32, the operator's calibration bias on expert k's logit (registry, not bundle)
     experts: list[ExpertInfo] = field(default_factory=list)
     specs: dict[str, ExpertSpec] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
@@ -40,7 +41,7 @@ def assemble(registry: Registry, *, fingerprint: str, hidden_size: int, max_row_
     if max_row_norm is None:
         meta = registry.active_meta()
         max_row_norm = meta.max_row_norm if meta is not None and meta.fingerprint == fingerprint else None
-    rows, experts, specs, skipped = [], [], {}, []
+    rows, biases, experts, specs, skipped = [], [], [], {}, []
     for expert in registry.list_experts(enabled_only=True):
         try:
             row, ref = _admit(registry, expert, fingerprint, hidden_size, max_row_norm)
@@ -48,13 +49,21 @@ def assemble(registry: Registry, *, fingerprint: str, hidden_size: int, max_row_
             skipped.append((expert.name, str(skip)))
             continue
         rows.append(row)
+        biases.append(float(expert.bias))
         specs[expert.name] = ExpertSpec(expert.name, ref, frozenset(expert.allowed_env or ()))
         experts.append(
             ExpertInfo(
-                expert.name, expert.version, backend_kind(ref) or "?", ref.display(), expert.label, expert.description
+                expert.name,
+                expert.version,
+                backend_kind(ref) or "?",
+                ref.display(),
+                expert.label,
+                expert.description,
+                float(expert.bias),
             )
         )
-    return Assembly(assemble_expert_matrix(rows, hidden_size), experts, specs, skipped)
+    bias = torch.tensor(biases, dtype=torch.float32)  # (N,)
+    return Assembly(assemble_expert_matrix(rows, hidden_size), bias, experts, specs, skipped)
 
 
 class _Skip(Exception):

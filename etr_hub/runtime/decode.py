@@ -20,15 +20,19 @@ from etr_hub.routing.math import routable_logits
 
 # -- the routing step: small pure functions -----------------------------------------------------
 def next_token_logits(
-    word: torch.Tensor, expert: torch.Tensor | None, blocked: torch.Tensor | None = None
+    word: torch.Tensor, expert: torch.Tensor | None, blocked: torch.Tensor | None = None, min_p: float = 0.0
 ) -> torch.Tensor:
-    """[W_V h; W_E h] for one position, with blocked and non-finite experts at -inf."""
+    """[W_V h; W_E h + b] for one position (b: the operator's biases, already added), with blocked and
+    non-finite experts at -inf, and experts whose probability is under `min_p` too."""
     word = word.reshape(-1)  # (V,)
     if expert is None or expert.numel() == 0:
         return word
     expert = routable_logits(expert.reshape(-1).to(word.dtype))  # (N,)
     if blocked is not None:
         expert = expert.masked_fill(blocked, NEG_INF)  # (N,)
+    if min_p > 0:
+        p = torch.softmax(torch.cat([word, expert]).float(), dim=-1)[word.numel() :]  # (N,) eq. 1, untempered
+        expert = expert.masked_fill(p < min_p, NEG_INF)  # (N,)
     return torch.cat([word, expert])  # (V + N,)
 
 
@@ -52,6 +56,8 @@ class RoutedDecoder:
         sampling: Sampling,
         route_window: int | None = 1,
         keep_layer: int | None = None,
+        bias: torch.Tensor | None = None,
+        min_p: float = 0.0,
     ):
         self.runner = CausalRunner(model, keep_layer)  # keep_layer: for LoRA experts to continue its cache
         # Expert tokens compete only at the first `route_window` positions of the answer: that is
@@ -61,6 +67,8 @@ class RoutedDecoder:
         self.steps = 0
         self.w_e_t = w_e_t if w_e_t is not None and w_e_t.numel() else None  # (C, N)
         self.n_experts = 0 if self.w_e_t is None else int(self.w_e_t.shape[1])
+        self.bias = bias if bias is not None and self.n_experts else None  # (N,) the operator's calibration
+        self.min_p = min_p
         self.blocked: torch.Tensor | None = None  # (N,) bool: experts that failed in this answer
         self.cooling: torch.Tensor | None = None  # (N,) bool: experts out of routing for a cool-down
         self.cooled_winners: set[int] = set()  # cooling experts whose token had the top logit (warned once)
@@ -89,14 +97,16 @@ class RoutedDecoder:
         w_e_t = self.w_e_t if in_window else None  # (C, N) or None: experts compete here or not
         self.steps += 1
         expert = h @ w_e_t if w_e_t is not None else None  # (1, C) @ (C, N) -> (1, N)
+        if expert is not None and self.bias is not None:
+            expert = expert + self.bias.to(expert.dtype)  # (1, N) calibrated logits
         if expert is not None and not bool(torch.isfinite(expert).all()):
             bad = set(torch.nonzero(~torch.isfinite(expert.reshape(-1))).reshape(-1).tolist()) - self.unroutable
             self.unroutable |= bad
             self._unreported += sorted(bad)
         self.vocab = word.shape[-1]
-        self.logits = next_token_logits(word, expert, self._out())  # (V + N,)
+        self.logits = next_token_logits(word, expert, self._out(), self.min_p)  # (V + N,)
         if expert is not None and self.cooling is not None:
-            self._note_cooled_winner(next_token_logits(word, expert, self.blocked))
+            self._note_cooled_winner(next_token_logits(word, expert, self.blocked, self.min_p))
         index = self.sampling.pick(self.logits)
         if index < self.vocab:
             self.pending = [index]

@@ -47,6 +47,8 @@ class Hub:
         self.status = status
         dtype = next(meta.model.parameters()).dtype
         self.w_e_t = assembly.w_e.to(dtype).T.contiguous()  # (C, N): W_E transposed, one matmul per step
+        self.bias: torch.Tensor = assembly.bias  # (N,) the operator's calibration, added to the expert logits
+        self.min_p: float = float(meta_row.min_p)  # an expert token needs p >= min_p to take over
         self.eos = eos_ids(meta.model, meta.tokenizer)
         self.context = context_limit(meta.model, meta.tokenizer)
         self.sampling = sampling_defaults(meta.model)  # what None means for temperature, top_p, repetition_penalty
@@ -64,6 +66,7 @@ class Hub:
         route_window: int | None = 1,
         failures_before_cooldown: int = DEFAULT_FAILURES_BEFORE_COOLDOWN,
         cooldown_s: float = DEFAULT_COOLDOWN_S,
+        min_p: float | None = None,
     ) -> Hub:
         """Load the registry's meta model (or use `meta`, an already loaded LoadedModel of it) and
         assemble W_E from the enabled experts that fit it.
@@ -71,8 +74,11 @@ class Hub:
         `route_window`: expert tokens compete at the first N positions of an answer (1: the
         routing position their rows were trained at); None: at every position.
         `failures_before_cooldown` / `cooldown_s`: a remote expert that fails that many times in a
-        row is out of routing for that long, then probed (backends/health.py)."""
+        row is out of routing for that long, then probed (backends/health.py).
+        `min_p`: the minimum probability an expert token needs to take over (None: the registry's,
+        set by `etr-hub expert tune --min-p`)."""
         health = HealthPolicy(failures_before_cooldown, cooldown_s).check()
+        check_min_p(min_p)
         registry = registry or Registry.open()
         meta_row = registry.require_meta()
         if meta is None:
@@ -92,6 +98,7 @@ class Hub:
         pool = ExpertPool(assembly.specs, meta, budget_bytes=budget, status=status, health=health)
         hub = cls(registry, meta, meta_row, assembly, pool, status)
         hub.route_window = route_window
+        hub.min_p = hub.min_p if min_p is None else float(min_p)
         hub.keep_layer = meta_layer_to_keep(assembly.specs.values())
         return hub
 
@@ -186,11 +193,16 @@ class Hub:
         with torch.inference_mode():
             h = runner.feed(ids)  # (1, C)
             word = runner.word_logits(h).reshape(-1).float()  # (V,)
-            expert = routable_logits((h @ self.w_e_t).reshape(-1).float())  # (N,): non-finite -> -inf, as in decoding
-        lse = torch.logsumexp(torch.cat([word, expert]), dim=-1)  # ()
-        p_word, p_expert = torch.exp(word - lse), torch.exp(expert - lse)  # (V,), (N,)
+            raw = (h @ self.w_e_t).reshape(-1).float()  # (N,)
+        p_word, p_expert, z = eq1_probabilities(word, raw, self.bias)  # (V,), (N,), (N,) calibrated
+        _, p_raw, _ = eq1_probabilities(word, raw, torch.zeros_like(self.bias))  # (N,) as the provider trained it
         experts = sorted(
-            (ExpertScore(e.name, float(p_expert[k]), float(expert[k])) for k, e in enumerate(self.experts)),
+            (
+                ExpertScore(
+                    e.name, float(p_expert[k]), float(z[k]), float(p_raw[k]), float(raw[k]), float(self.bias[k])
+                )
+                for k, e in enumerate(self.experts)
+            ),
             key=lambda s: -s.probability,
         )
         values, order = p_word.topk(max(0, min(top, word.numel())))
@@ -198,8 +210,10 @@ class Hub:
             WordScore(self.meta.tokenizer.decode([int(i)]), int(i), float(v), float(word[i]))
             for v, i in zip(values, order)
         ]
-        winner = experts[0].name if experts and experts[0].logit > float(word.max()) else None
-        return Explanation(text, len(ids) - 1, experts, words, winner, float(p_expert.sum()))
+        best = experts[0] if experts else None
+        wins = best is not None and best.logit > float(word.max()) and best.probability >= self.min_p
+        winner = best.name if best is not None and wins else None
+        return Explanation(text, len(ids) - 1, experts, words, winner, float(p_expert.sum()), self.min_p)
 
     # -- inputs ---------------------------------------------------------------------------------
     def require_expert(self, expert: str | None) -> None:
@@ -274,3 +288,20 @@ def _collect(events: Iterator[Event]) -> ChatResult:
 
 def _or(value: float | None, default: float) -> float:
     return default if value is None else value
+
+
+def eq1_probabilities(
+    word: torch.Tensor, raw: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """softmax([W_V h; W_E h + b]) split into words (V,) and experts (N,), with the calibrated logits
+    (N,); a non-finite expert logit is -inf (never routes), as in decoding."""
+    z = routable_logits(raw + bias.float())  # (N,)
+    lse = torch.logsumexp(torch.cat([word, z]), dim=-1)  # ()
+    return torch.exp(word - lse), torch.exp(z - lse), z
+
+
+def check_min_p(min_p: float | None) -> None:
+    import math
+
+    if min_p is not None and not (math.isfinite(min_p) and 0 <= min_p <= 1):
+        raise EtrHubError(f"`min_p` must be a probability between 0 and 1 (got {min_p:g})", "pass e.g. `min_p=0.3`")

@@ -19,6 +19,7 @@ class ExpertInfo:
     reference: str  # the expert model, e.g. "peft:/…/adapter (on meta)"
     label: str | None = None
     description: str = ""
+    bias: float = 0.0  # the operator's calibration on its routing logit
 
 
 @dataclass
@@ -91,8 +92,11 @@ Event = TextDelta | Switch | RouteWarning | Done
 @dataclass(frozen=True)
 class ExpertScore:
     name: str
-    probability: float
-    logit: float
+    probability: float  # calibrated: with the operator's bias in the softmax (what routing uses)
+    logit: float  # calibrated: e·h + bias
+    raw_probability: float  # the token as its provider trained it (no biases anywhere)
+    raw_logit: float  # e·h
+    bias: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -113,16 +117,17 @@ class Explanation:
     words: list[WordScore]  # the top-K word tokens
     winner: str | None  # the expert that would take over, or None when a word token wins
     p_any_expert: float  # the summed probability of all expert tokens
+    min_p: float = 0.0  # an expert token needs at least this probability to take over
 
     def to_json(self) -> dict:
+        scores = ("probability", "logit", "raw_probability", "raw_logit")
         return {
             "text": self.text,
             "routing_position": self.routing_position,
             "winner": self.winner,
             "p_any_expert": _finite(self.p_any_expert),
-            "experts": [
-                {**asdict(e), "probability": _finite(e.probability), "logit": _finite(e.logit)} for e in self.experts
-            ],
+            "min_p": self.min_p,
+            "experts": [{**asdict(e), **{k: _finite(getattr(e, k)) for k in scores}} for e in self.experts],
             "words": [
                 {**asdict(w), "probability": _finite(w.probability), "logit": _finite(w.logit)} for w in self.words
             ],

@@ -19,7 +19,7 @@ import hmac
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -224,13 +224,18 @@ async def completions(request: Request, svc: ServiceDep) -> Response:
     return await _reply(job, request, lambda result: p.completion_response(rid, now, req.model, result))
 
 
-def create_app(hub: Any, config: ServerConfig) -> FastAPI:
+def create_app(
+    hub: Any, config: ServerConfig, while_serving: Callable[[], AbstractContextManager] | None = None
+) -> FastAPI:
+    """`while_serving`: a context held from start-up to shutdown (inside the lifespan, which runs
+    before uvicorn re-raises a SIGTERM it caught; a `finally` around uvicorn's run would not)."""
     svc = Service(hub, config)
 
     @asynccontextmanager
     async def lifespan(_app):
         svc.worker.start()
-        yield
+        with while_serving() if while_serving else nullcontext():
+            yield
         svc.worker.stop()
 
     app = FastAPI(title="etr-hub", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

@@ -6,6 +6,7 @@ import errno
 import logging
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from etr_hub.errors import EtrHubError
@@ -27,12 +28,15 @@ def check_port_free(host: str, port: int) -> None:
             raise EtrHubError(f"cannot listen on {host}:{port} ({exc.strerror})", "check --host") from None
 
 
-def serve(hub: Any, config: ServerConfig, *, log_level: str = "info") -> None:
+def serve(hub: Any, config: ServerConfig, *, log_level: str = "info", home: Path | None = None) -> None:
+    """`home`: announce the server's URL in home/servers/ while it runs (`etr-hub expert list` reads it)."""
     import uvicorn
 
     from etr_hub.server.app import create_app
+    from etr_hub.server.discovery import announced, local_url
 
-    app = create_app(hub, config)
+    url = local_url(config.host, config.port)
+    app = create_app(hub, config, (lambda: announced(home, url)) if home is not None else None)
     _log_requests(log_level)
     uv = uvicorn.Config(
         app,

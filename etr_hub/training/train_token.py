@@ -87,7 +87,7 @@ def train_token(
     session = session or ModelSession(registry, status)
     qs = _query_set(registry, query_set or name, session.meta_row.fingerprint)
     data = _training_set(registry, name, qs, session.meta_row, word_negatives)
-    hidden, lse = session.routing_states(data.queries, progress)
+    hidden, lse, _ = session.routing_states(data.queries, progress)
     features = cached_features(hidden, lse)
     outcome = train_rows(features, len(data.queries), data.target, data.w_frozen, session.mean_row(), cfg)
     _check_trained(outcome, hidden, cfg)
