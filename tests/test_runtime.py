@@ -305,6 +305,35 @@ def test_a_killed_remote_expert_cools_down_and_comes_back(tiny):
         proc.wait()
 
 
+@pytest.mark.parametrize("fallback", ["meta", "next-expert"])
+def test_a_cooling_experts_question_goes_where_the_operator_chose(tiny, fallback):
+    """'far' (down, cooling) would win at step k, 'near' (a working remote) is the next-best token there."""
+    k = switch_step(tiny)
+    with CompletionsServer(" the near expert speaks") as server:
+        down = ModelRef(kind="openai", url=f"http://127.0.0.1:{closed_port()}/v1", model="gone", timeout_s=2)
+        up = ModelRef(kind="openai", url=server.url, model="tiny-remote", timeout_s=5)
+        add_expert(tiny.registry, "far", row_winning_at(tiny.states, k), down, fingerprint=tiny.fp, hidden=tiny.hidden)
+        near_row = row_winning_at(tiny.states, k, margin=250.0)  # beats the words at k, below far
+        add_expert(tiny.registry, "near", near_row, up, fingerprint=tiny.fp, hidden=tiny.hidden)
+        hub = open_hub(tiny, failures_before_cooldown=1, cooldown_s=300.0, fallback=fallback)
+        first = hub.chat(QUESTION, max_new_tokens=MAX_NEW).route[0]  # it fails once: now cooling down
+        assert first.expert == "far" and first.fell_back and "unreachable" in first.reason
+        server.requests.clear()  # the failed answer went on with near: count from here
+        result = hub.chat(QUESTION, max_new_tokens=MAX_NEW)
+    [warning] = result.warnings
+    assert "expert 'far' is cooling down" in warning
+    if fallback == "meta":
+        assert result.route == [] and result.text == decode(tiny.tok, tiny.trajectory) and not server.requests
+    else:
+        assert [s.expert for s in result.route] == ["near"]
+        assert result.text == decode(tiny.tok, tiny.trajectory[:k]) + " the near expert speaks"
+
+
+def test_a_bad_fallback_is_one_clear_error(tiny):
+    with pytest.raises(EtrHubError, match="`fallback` must be one of meta, next-expert"):
+        open_hub(tiny, fallback="elsewhere")
+
+
 KEY = "sk-test-0123456789abcdef"  # a made-up key for the local test server
 
 

@@ -13,6 +13,11 @@ from etr_hub.cli.output import err, lit, note, warn
 from etr_hub.config import API_KEY
 
 
+class Fallback(StrEnum):
+    meta = "meta"
+    next_expert = "next-expert"
+
+
 class LogLevel(StrEnum):
     critical = "critical"
     error = "error"
@@ -94,6 +99,13 @@ CooldownS = Annotated[
     float,
     typer.Option("--cooldown-s", help="Seconds a failing remote expert stays out of routing before a probe (30)."),
 ]
+FallbackOption = Annotated[
+    Fallback,
+    typer.Option(
+        "--fallback",
+        help="Who answers a question whose expert is cooling down: the meta model, or the next-best token.",
+    ),
+]
 
 
 def serve(
@@ -114,6 +126,7 @@ def serve(
     failures_before_cooldown: FailuresBeforeCooldown = 3,
     cooldown_s: CooldownS = 30.0,
     min_p: MinPOption = None,
+    fallback: FallbackOption = Fallback.meta,
 ) -> None:
     """Serve the meta model and its experts over the OpenAI API (POST /v1/chat/completions, /v1/completions, GET /v1/models)."""  # noqa: E501 - one line: rich help keeps a docstring's line breaks
     from etr_hub.backends.health import HealthPolicy
@@ -140,7 +153,7 @@ def serve(
     health: dict[str, Any] = {"failures_before_cooldown": failures_before_cooldown, "cooldown_s": cooldown_s}
     HealthPolicy(**health).check()  # before the slow part
     check_port_free(config.host, config.port)
-    hub = open_hub(memory_budget_mb=memory_budget_mb, plain_note=False, min_p=min_p, **health)
+    hub = open_hub(memory_budget_mb=memory_budget_mb, plain_note=False, min_p=min_p, fallback=fallback.value, **health)
     _announce(hub, config)
     from etr_hub.config import settings
 

@@ -47,6 +47,7 @@ class HubParts(Protocol):
     pool: ExpertPool
     bias: torch.Tensor  # (N,) the operator's calibration on the expert logits
     min_p: float
+    fallback: str  # a cooling expert's question: "meta" (the meta model answers) or "next-expert"
 
 
 @dataclass
@@ -153,6 +154,7 @@ def meta_decoding(ans: Answer, routed: bool) -> Iterator[Event]:
     )
     ans.new_detokenizer()  # after the requested expert's text, if it wrote some
     cooling = hub.pool.cooling_down() if routed else {}
+    decoder.cooled_to_meta = hub.fallback == "meta"
     for k, info in enumerate(hub.experts):
         if info.name in cooling:
             decoder.cool(k)

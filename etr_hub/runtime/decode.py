@@ -72,6 +72,7 @@ class RoutedDecoder:
         self.blocked: torch.Tensor | None = None  # (N,) bool: experts that failed in this answer
         self.cooling: torch.Tensor | None = None  # (N,) bool: experts out of routing for a cool-down
         self.cooled_winners: set[int] = set()  # cooling experts whose token had the top logit (warned once)
+        self.cooled_to_meta = True  # such a question stays with the meta model (False: the next-best token)
         self._cooled_unreported: list[int] = []
         self.unroutable: set[int] = set()  # experts whose logit was NaN/Inf (never routed; reported once)
         self._unreported: list[int] = []
@@ -106,7 +107,7 @@ class RoutedDecoder:
         self.vocab = word.shape[-1]
         self.logits = next_token_logits(word, expert, self._out(), self.min_p)  # (V + N,)
         if expert is not None and self.cooling is not None:
-            self._note_cooled_winner(next_token_logits(word, expert, self.blocked, self.min_p))
+            self._route_around_cooling(word, expert)
         index = self.sampling.pick(self.logits)
         if index < self.vocab:
             self.pending = [index]
@@ -139,13 +140,24 @@ class RoutedDecoder:
             return self.blocked
         return self.cooling if self.blocked is None else self.cooling | self.blocked  # (N,)
 
-    def _note_cooled_winner(self, logits: torch.Tensor) -> None:
-        """Would a cooling expert's token have had the top logit here? (its question stays with the others)"""
+    def _route_around_cooling(self, word: torch.Tensor, expert: torch.Tensor) -> None:
+        """A cooling expert is already out of `self.logits`; if its token had the top logit, its question
+        stays with the meta model unless the operator chose the next-best token (--fallback next-expert)."""
+        cooled_winner = self._note_cooled_winner(next_token_logits(word, expert, self.blocked, self.min_p))
+        if cooled_winner and self.cooled_to_meta:
+            every = torch.ones(self.n_experts, dtype=torch.bool)  # (N,)
+            self.logits = next_token_logits(word, expert, every)  # (V + N,) words only
+
+    def _note_cooled_winner(self, logits: torch.Tensor) -> bool:
+        """Would a cooling expert's token have had the top logit here? (warned about once per answer)"""
         assert self.cooling is not None
         top = int(logits.argmax()) - self.vocab
-        if top >= 0 and bool(self.cooling[top]) and top not in self.cooled_winners:
+        if not (top >= 0 and bool(self.cooling[top])):
+            return False
+        if top not in self.cooled_winners:
             self.cooled_winners.add(top)
             self._cooled_unreported.append(top)
+        return True
 
     def take_cooled_winners(self) -> list[int]:
         """Cooling experts newly found to have had the top logit since the last call (to warn about once)."""

@@ -33,6 +33,8 @@ from etr_hub.runtime.options import Messages, RequestSettings, check_messages, c
 from etr_hub.runtime.options import Options as _Options
 from etr_hub.runtime.types import ChatResult, Done, Event, ExpertScore, Explanation, WordScore
 
+FALLBACKS = ("meta", "next-expert")
+
 
 class Hub:
     def __init__(
@@ -49,6 +51,7 @@ class Hub:
         self.w_e_t = assembly.w_e.to(dtype).T.contiguous()  # (C, N): W_E transposed, one matmul per step
         self.bias: torch.Tensor = assembly.bias  # (N,) the operator's calibration, added to the expert logits
         self.min_p: float = float(meta_row.min_p)  # an expert token needs p >= min_p to take over
+        self.fallback = "meta"  # a cooling expert's question: the meta model's, or "next-expert"
         self.eos = eos_ids(meta.model, meta.tokenizer)
         self.context = context_limit(meta.model, meta.tokenizer)
         self.sampling = sampling_defaults(meta.model)  # what None means for temperature, top_p, repetition_penalty
@@ -67,6 +70,7 @@ class Hub:
         failures_before_cooldown: int = DEFAULT_FAILURES_BEFORE_COOLDOWN,
         cooldown_s: float = DEFAULT_COOLDOWN_S,
         min_p: float | None = None,
+        fallback: str = "meta",
     ) -> Hub:
         """Load the registry's meta model (or use `meta`, an already loaded LoadedModel of it) and
         assemble W_E from the enabled experts that fit it.
@@ -76,9 +80,15 @@ class Hub:
         `failures_before_cooldown` / `cooldown_s`: a remote expert that fails that many times in a
         row is out of routing for that long, then probed (backends/health.py).
         `min_p`: the minimum probability an expert token needs to take over (None: the registry's,
-        set by `etr-hub expert tune --min-p`)."""
+        set by `etr-hub expert tune --min-p`).
+        `fallback`: who takes a question whose expert is cooling down: "meta" (the meta model) or
+        "next-expert" (the next-best token, which may be another expert)."""
         health = HealthPolicy(failures_before_cooldown, cooldown_s).check()
         check_min_p(min_p)
+        if fallback not in FALLBACKS:
+            raise EtrHubError(
+                f"`fallback` must be one of {', '.join(FALLBACKS)} (got {fallback!r})", "pass `fallback=meta`"
+            )
         registry = registry or Registry.open()
         meta_row = registry.require_meta()
         if meta is None:
@@ -99,6 +109,7 @@ class Hub:
         hub = cls(registry, meta, meta_row, assembly, pool, status)
         hub.route_window = route_window
         hub.min_p = hub.min_p if min_p is None else float(min_p)
+        hub.fallback = fallback
         hub.keep_layer = meta_layer_to_keep(assembly.specs.values())
         return hub
 
