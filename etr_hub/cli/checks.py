@@ -66,3 +66,18 @@ def manifest_field(field: str) -> Callable[[Any], Any]:
         return value
 
     return check
+
+
+def as_usage_error(check: Callable[[], Any]) -> Any:
+    """Run a library check of the flags together: an EtrHubError from it is a usage error (one line
+    on stderr with the flags' names, exit 2), before the registry opens or a model loads."""
+    import sys
+
+    from etr_hub.cli.flags import as_flags
+    from etr_hub.errors import EtrHubError
+
+    try:
+        return check()
+    except EtrHubError as e:
+        print(f"error: {as_flags(str(e))}", file=sys.stderr)
+        raise typer.Exit(2) from None

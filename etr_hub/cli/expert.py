@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from etr_hub.cli.checks import as_usage_error
 from etr_hub.cli.common import open_registry
 from etr_hub.cli.options import json_option
 from etr_hub.cli.output import err, lit, out, print_json, safe, short
@@ -70,12 +71,11 @@ def _check_add_options(
     check_only: bool = False,
 ) -> list[str]:
     """Usage errors (exit 2, one line) before the registry opens or anything is read."""
-    from etr_hub.cli.flags import as_flags
     from etr_hub.errors import EtrHubError
     from etr_hub.eval.admission import check_rate
     from etr_hub.registry.env_names import check_env_names
 
-    try:
+    def check() -> list[str]:
         check_rate("max_steal", max_steal)
         check_rate("max_false_fire", max_false_fire)
         if no_report and (check_only or max_steal is not None or max_false_fire is not None):
@@ -89,9 +89,8 @@ def _check_add_options(
                 "pass e.g. --max-bundle-mb 4096",
             )
         return check_env_names(allow_env)
-    except EtrHubError as e:
-        print(f"error: {as_flags(str(e))}", file=sys.stderr)
-        raise typer.Exit(2) from None
+
+    return as_usage_error(check)
 
 
 Sources = Annotated[

@@ -3,11 +3,11 @@ hub's minimum switch probability, without touching any bundle."""
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
+from etr_hub.cli.checks import as_usage_error
 from etr_hub.cli.common import open_registry
 from etr_hub.cli.options import JsonOption
 from etr_hub.cli.output import err, out, print_json, safe
@@ -57,7 +57,7 @@ def tune(
     from etr_hub.eval.calibration import check_request
     from etr_hub.eval.calibration import tune as run_tune
 
-    _usage(lambda: check_request(name, bias, target_recall, max_false_fire, min_p))
+    as_usage_error(lambda: check_request(name, bias, target_recall, max_false_fire, min_p))
     reg = open_registry()
     result = run_tune(
         reg,
@@ -74,18 +74,6 @@ def tune(
         print_json(result.to_json())
         return
     _show(result)
-
-
-def _usage(check) -> None:
-    """A bad combination or value is a usage error: one line, exit 2, before the registry opens."""
-    from etr_hub.cli.flags import as_flags
-    from etr_hub.errors import EtrHubError
-
-    try:
-        check()
-    except EtrHubError as e:
-        print(f"error: {as_flags(str(e))}", file=sys.stderr)
-        raise typer.Exit(2) from None
 
 
 def _pct(x: float | None) -> str:
