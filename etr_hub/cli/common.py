@@ -14,16 +14,16 @@ def open_registry():
     return Registry.open()
 
 
-def open_hub(*, quiet: bool = False, memory_budget_mb: int | None = None, plain_note: bool = True, **health: Any):
+def open_hub(*, quiet: bool = False, memory_budget_mb: int | None = None, plain_note: bool = True, **options: Any):
     """Hub.open() for a command: a spinner on stderr unless `quiet`, each skipped expert a warning.
-    `health`: Hub.open's failures_before_cooldown / cooldown_s."""
+    `options`: Hub.open's device / dtype, failures_before_cooldown / cooldown_s."""
     from etr_hub.runtime import Hub
 
     if quiet:
-        hub = Hub.open(memory_budget_mb=memory_budget_mb, **health)
+        hub = Hub.open(memory_budget_mb=memory_budget_mb, **options)
     else:
         with err.status("loading the meta model…") as status:
-            hub = Hub.open(status=lambda m: status.update(safe(f"{m}…")), memory_budget_mb=memory_budget_mb, **health)
+            hub = Hub.open(status=lambda m: status.update(safe(f"{m}…")), memory_budget_mb=memory_budget_mb, **options)
     for name, reason in hub.skipped:
         warn(f"skipped expert '{name}': {reason}")
     if plain_note and not hub.experts and not quiet:

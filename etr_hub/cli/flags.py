@@ -15,6 +15,8 @@ FLAGS = {
     "batch_size": "--batch-size",
     "cooldown_s": "--cooldown-s",
     "data_dir": "--data-dir",
+    "device": "--device",
+    "dtype": "--dtype",
     "epochs": "--epochs",
     "failures_before_cooldown": "--failures-before-cooldown",
     "label": "--label",

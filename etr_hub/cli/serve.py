@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from etr_hub.cli.common import open_hub
-from etr_hub.cli.options import MemoryBudgetOption
+from etr_hub.cli.options import DeviceOption, DtypeOption, MemoryBudgetOption
 from etr_hub.cli.output import err, lit, note, warn
 from etr_hub.config import API_KEY
 
@@ -113,6 +113,8 @@ def serve(
     log_level: LogLevelOption = LogLevel.info,
     failures_before_cooldown: FailuresBeforeCooldown = 3,
     cooldown_s: CooldownS = 30.0,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
 ) -> None:
     """Serve the meta model and its experts over the OpenAI API (POST /v1/chat/completions, /v1/completions, GET /v1/models)."""  # noqa: E501 - one line: rich help keeps a docstring's line breaks
     from etr_hub.backends.health import HealthPolicy
@@ -139,7 +141,7 @@ def serve(
     health: dict[str, Any] = {"failures_before_cooldown": failures_before_cooldown, "cooldown_s": cooldown_s}
     HealthPolicy(**health).check()  # before the slow part
     check_port_free(config.host, config.port)
-    hub = open_hub(memory_budget_mb=memory_budget_mb, plain_note=False, **health)
+    hub = open_hub(memory_budget_mb=memory_budget_mb, plain_note=False, device=device, dtype=dtype, **health)
     _announce(hub, config)
     run(hub, config, log_level=log_level.value)
 

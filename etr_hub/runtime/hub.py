@@ -45,8 +45,9 @@ class Hub:
         self.skipped: list[tuple[str, str]] = assembly.skipped
         self.pool = pool
         self.status = status
-        dtype = next(meta.model.parameters()).dtype
-        self.w_e_t = assembly.w_e.to(dtype).T.contiguous()  # (C, N): W_E transposed, one matmul per step
+        device = meta.model.get_input_embeddings().weight.device
+        # (C, N): W_E transposed, one matmul per step; float32 on the meta model's device (decode.py says why)
+        self.w_e_t = assembly.w_e.float().T.contiguous().to(device)
         self.eos = eos_ids(meta.model, meta.tokenizer)
         self.context = context_limit(meta.model, meta.tokenizer)
         self.sampling = sampling_defaults(meta.model)  # what None means for temperature, top_p, repetition_penalty
@@ -64,6 +65,8 @@ class Hub:
         route_window: int | None = 1,
         failures_before_cooldown: int = DEFAULT_FAILURES_BEFORE_COOLDOWN,
         cooldown_s: float = DEFAULT_COOLDOWN_S,
+        device: str | None = None,
+        dtype: str | None = None,
     ) -> Hub:
         """Load the registry's meta model (or use `meta`, an already loaded LoadedModel of it) and
         assemble W_E from the enabled experts that fit it.
@@ -71,13 +74,16 @@ class Hub:
         `route_window`: expert tokens compete at the first N positions of an answer (1: the
         routing position their rows were trained at); None: at every position.
         `failures_before_cooldown` / `cooldown_s`: a remote expert that fails that many times in a
-        row is out of routing for that long, then probed (backends/health.py)."""
+        row is out of routing for that long, then probed (backends/health.py).
+        `device` / `dtype`: where the meta model loads (models/device.py; None: ETR_HUB_DEVICE /
+        ETR_HUB_DTYPE, else auto); its experts and W_E follow it. A given `meta` stays where it is."""
         health = HealthPolicy(failures_before_cooldown, cooldown_s).check()
         registry = registry or Registry.open()
         meta_row = registry.require_meta()
         if meta is None:
-            meta = load_causal_lm(ModelRef.model_validate(meta_row.reference), status=status, role="meta")
-        fingerprint = meta_fingerprint(meta.model)
+            ref = ModelRef.model_validate(meta_row.reference)  # device and dtype are checked before it loads
+            meta = load_causal_lm(ref, device=device, dtype=dtype, status=status, role="meta", fingerprint=True)
+        fingerprint = meta.fingerprint or meta_fingerprint(meta.model)
         if fingerprint != meta_row.fingerprint:
             raise EtrHubError(
                 f"the meta model at {meta_row.display} is not the one the registry recorded (fingerprint changed)",
@@ -186,7 +192,7 @@ class Hub:
         with torch.inference_mode():
             h = runner.feed(ids)  # (1, C)
             word = runner.word_logits(h).reshape(-1).float()  # (V,)
-            expert = routable_logits((h @ self.w_e_t).reshape(-1).float())  # (N,): non-finite -> -inf, as in decoding
+            expert = routable_logits((h.float() @ self.w_e_t).reshape(-1))  # (N,): non-finite -> -inf, as in decoding
         lse = torch.logsumexp(torch.cat([word, expert]), dim=-1)  # ()
         p_word, p_expert = torch.exp(word - lse), torch.exp(expert - lse)  # (V,), (N,)
         experts = sorted(
