@@ -243,6 +243,8 @@ def test_a_token_trained_in_bfloat16_loads_in_float32_and_back(world, registry):
     states = sorted(p.name for p in (registry.settings.cache_dir / "states").iterdir())
     fp = registry.require_meta().fingerprint
     assert states == [fp[:32], f"{fp[:32]}-bfloat16"]  # what each dtype computed is its own
+    losses = list((registry.settings.cache_dir / "losses").iterdir())
+    assert len(losses) == 4  # the meta model's in float32 and in bfloat16 (same data), and each expert's
     for dtype in ("float32", "bfloat16"):
         hub = Hub.open(registry, device="cpu", dtype=dtype)
         assert [e.name for e in hub.experts] == ["astronomy", "law"] and hub.skipped == [], dtype
@@ -330,6 +332,7 @@ def test_on_cuda_everything_follows_the_meta_model_and_routes_as_on_the_cpu(tiny
 
 @cuda
 def test_on_cuda_the_batched_passes_match_the_cpu(tiny):
+    from etr_hub.models.scoring import encode_pairs, score_pairs
     from etr_hub.session import ModelSession
 
     queries = [QUESTION[0]["content"], OTHER[0]["content"], "what about the comet 7?"]
@@ -341,6 +344,12 @@ def test_on_cuda_the_batched_passes_match_the_cpu(tiny):
     assert h_gpu.device.type == "cpu"  # cached and trained on as float32 CPU tensors
     assert torch.allclose(h_cpu, h_gpu, atol=1e-3) and torch.allclose(lse_cpu, lse_gpu, atol=1e-3)
     assert placement_of(on_gpu.meta.model) == ("cuda:0", "float32")
+    pairs = encode_pairs(on_cpu.meta.tokenizer, queries, ["the sky holds a star", "fine, thanks", "it orbits"])
+    cpu_pass = score_pairs(on_cpu.meta.model, on_cpu.meta.tokenizer, pairs, want_states=True)
+    gpu_pass = score_pairs(on_gpu.meta.model, on_gpu.meta.tokenizer, pairs, want_states=True)
+    assert gpu_pass.loss.device.type == "cpu" and torch.allclose(cpu_pass.loss, gpu_pass.loss, rtol=1e-3, atol=1e-3)
+    assert gpu_pass.hidden is not None and cpu_pass.hidden is not None
+    assert torch.allclose(cpu_pass.hidden, gpu_pass.hidden, atol=1e-3)
 
 
 @cuda
