@@ -1,6 +1,7 @@
 """Decoding speed of routed generation vs plain `model.generate`, side by side in one run.
 
     python benchmarks/bench_decode.py [--new-tokens 128] [--reps 5] [--threads 1] [--no-speed] [--switch-reps N]
+                                      [--device auto|cpu|cuda|cuda:N|mps] [--dtype auto|float32|bfloat16|float16]
 
 On the registry's meta model (the embedded default SmolLM2-135M-Instruct after `etr-hub init`),
 in throw-away copies of $ETR_HUB_HOME: one with 6 and one with 1,000 synthetic experts (random
@@ -33,6 +34,11 @@ time (speed ratio, higher is better), the median over paired repetitions; target
 and ≥ 0.9 (1,000). Each ratio is given for wall time and for this process's CPU time: on a
 machine shared with other work the CPU time is the steadier of the two (wall time also counts
 the time other processes held the core). The ratios are printed last.
+
+--device / --dtype place the meta model (and with it W_E and the LoRA expert) as `etr-hub chat
+--device/--dtype` does (default: cpu, float32; benchmarks/gpu_check.sh runs it on a GPU). On a
+GPU both runs wait for the device at every token (generate to check its stopping criteria, the
+hub to read the chosen id), so wall times compare like for like; CPU time there is the host's.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ def main() -> None:
         "--switch", action=argparse.BooleanOptionalAction, default=True, help="time a switch to a LoRA expert"
     )
     parser.add_argument("--switch-reps", type=int, default=0, help="repetitions of the switch timing (default: --reps)")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: cpu)")
+    parser.add_argument("--dtype", default="float32", help="auto, float32, bfloat16 or float16 (default: float32)")
     args = parser.parse_args()
 
     import torch
@@ -151,8 +159,8 @@ def add_switching_lora(registry, meta, meta_row, work: Path) -> str:
                     param.copy_(torch.randn(param.shape, generator=gen) * 0.01)
         peft_model.save_pretrained(work / "adapter")
     with torch.no_grad():
-        ids = torch.tensor([routing_prompt_ids(meta.tokenizer, QUESTION)[0]])
-        h = meta.model.get_decoder()(input_ids=ids).last_hidden_state[0, -1].float()  # (C,)
+        ids = torch.tensor([routing_prompt_ids(meta.tokenizer, QUESTION)[0]], device=meta.model.device)
+        h = meta.model.get_decoder()(input_ids=ids).last_hidden_state[0, -1].float().cpu()  # (C,)
     bundle = write_token_bundle(
         work / "bundle",
         h * (100.0 / float(h @ h)),  # logit 100 there
@@ -191,7 +199,9 @@ def run(source: Path, work: Path, counts: list[int], args) -> None:
         f"{args.new_tokens} new tokens; {args.reps} reps"
     )
     with console.status("loading the meta model"):
-        meta = load_causal_lm(ModelRef.model_validate(meta_row.reference), role="meta")
+        ref = ModelRef.model_validate(meta_row.reference)
+        meta = load_causal_lm(ref, device=args.device, dtype=args.dtype, role="meta", fingerprint=True)
+    console.print(f"device {meta.model.device}, dtype {meta.model.dtype}")
     hubs = {}
     with Progress(console=console) as bar:
         for n in counts:
@@ -208,7 +218,7 @@ def run(source: Path, work: Path, counts: list[int], args) -> None:
         hubs["switch"] = Hub.open(registry, meta=meta)
 
     model, tok = meta.model, meta.tokenizer
-    ids = torch.tensor([routing_prompt_ids(tok, QUESTION)[0]])  # (1, T)
+    ids = torch.tensor([routing_prompt_ids(tok, QUESTION)[0]], device=model.device)  # (1, T)
     config = GenerationConfig(
         max_new_tokens=args.new_tokens,
         do_sample=False,

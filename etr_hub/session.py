@@ -1,8 +1,9 @@
 """One session with the registry's meta model, shared by query sets, training and evaluation.
 
 The meta model is loaded at most once and checked against the fingerprint the registry
-recorded. What the three read through it is written here once: the routing states at each
-query's routing position (cached per meta model, so no forward pass is paid twice), the
+recorded, on the device and in the dtype asked for (models/device.py; experts loaded through
+it follow it). What the three read through it is written here once: the routing states at each
+query's routing position (cached per meta model and dtype, so no forward pass is paid twice), the
 expert-token initialisation (the mean of the output-embedding rows), a stored query set, an
 expert's token row and the project's everyday prompts.
 """
@@ -39,24 +40,37 @@ def no_progress(_description: str, _total: int) -> Callable[[int], None]:
 
 
 class ModelSession:
-    """Loads the registry's meta model (and experts on it) at most once, checking its identity."""
+    """Loads the registry's meta model (and experts on it) at most once, checking its identity.
 
-    def __init__(self, registry: Registry, status: Status = None):
+    `device` / `dtype`: where (None: ETR_HUB_DEVICE / ETR_HUB_DTYPE, else auto), checked here,
+    before anything loads. What the meta model computes is cached per dtype (`cache_id`)."""
+
+    def __init__(
+        self, registry: Registry, status: Status = None, *, device: str | None = None, dtype: str | None = None
+    ):
+        from etr_hub.models.device import placement
+        from etr_hub.models.loading import config_dtype
+
         self.registry = registry
         self.meta_row = registry.require_meta()
         self.status = status
-        self.states = StateCache(registry.settings.cache_dir, self.meta_row.fingerprint)
+        place = placement(device, dtype)
+        self.device = place.device
+        self.dtype = place.dtype_for(config_dtype(ModelRef.model_validate(self.meta_row.reference)))
+        self.cache_id = cache_id(self.meta_row.fingerprint, self.dtype)
+        self.states = StateCache(registry.settings.cache_dir, self.meta_row.fingerprint, self.dtype)
         self._meta: LoadedModel | None = None
 
     @property
     def meta(self) -> LoadedModel:
         if self._meta is None:
-            from etr_hub.models.fingerprint import meta_fingerprint
             from etr_hub.models.loading import load_causal_lm
 
             ref = ModelRef.model_validate(self.meta_row.reference)
-            loaded = load_causal_lm(ref, status=self.status, role="meta")
-            if meta_fingerprint(loaded.model) != self.meta_row.fingerprint:
+            loaded = load_causal_lm(
+                ref, device=self.device, dtype=self.dtype, status=self.status, role="meta", fingerprint=True
+            )
+            if loaded.fingerprint != self.meta_row.fingerprint:
                 raise EtrHubError(
                     f"the meta model at {self.meta_row.display} is not the one the registry recorded "
                     "(fingerprint changed)",
@@ -69,7 +83,8 @@ class ModelSession:
         from etr_hub.models.loading import load_causal_lm
 
         needs_meta = ref.kind == "peft" and ref.base is None
-        return load_causal_lm(ref, meta=self.meta if needs_meta else None, status=self.status)
+        meta = self.meta if needs_meta else None
+        return load_causal_lm(ref, meta=meta, device=self.device, dtype=self.dtype, status=self.status)
 
     def routing_states(
         self,
@@ -117,6 +132,12 @@ class ModelSession:
             row = self.states.get_mean_row()
         assert row is not None
         return row
+
+
+def cache_id(fingerprint: str, dtype: str) -> str:
+    """What the meta model computes is keyed by this: its fingerprint, and the dtype unless float32
+    (a bfloat16 pass rounds differently; float32 keeps the keys the caches had before dtypes)."""
+    return fingerprint if dtype == "float32" else f"{fingerprint}-{dtype}"
 
 
 def query_set_queries(registry: Registry, qs: QuerySet) -> list[str]:

@@ -34,6 +34,8 @@ def hub_home(tmp_path, monkeypatch) -> Iterator[Path]:
     monkeypatch.setenv("ETR_HUB_HOME", str(home))
     monkeypatch.delenv("ETR_HUB_DATABASE_URL", raising=False)
     monkeypatch.delenv("ETR_HUB_DEBUG", raising=False)
+    monkeypatch.delenv("ETR_HUB_DEVICE", raising=False)  # tests choose their device themselves (CPU unless marked)
+    monkeypatch.delenv("ETR_HUB_DTYPE", raising=False)
     # most tests add bundles on a meta model that never loads: the admission report (tests/test_admission.py) is off
     monkeypatch.setenv("ETR_HUB_ADMISSION_REPORT", "0")
     base = os.environ.get("ETR_HUB_TEST_DATABASE_URL")  # run the suite on PostgreSQL (scripts/test.sh)

@@ -249,6 +249,29 @@ def test_second_run_is_served_from_the_caches(world, expected, registered, monke
         assert second[key] == first[key]
 
 
+def test_in_bfloat16_the_eval_runs_its_own_passes_cached_apart(world, expected, registered):
+    """--dtype bfloat16: every pass (routing states, letter scores, the baselines' embeddings, the
+    plug-and-play retraining) runs again in bfloat16 and is cached apart from float32's. (Routing is
+    not compared: these rows, solved for logits of ±1,000, have norms near 11,000, which turn bfloat16's
+    rounding of h into logit errors of ±50; a trained row is a fraction of the largest word row's norm,
+    and tests/test_devices.py compares routing across dtypes with such a row.)"""
+    from etr_hub.cache import StateCache, query_key
+
+    first = _evaluate(world, registered)
+    half = _evaluate(world, registered, dtype="bfloat16")
+    assert set(half) == set(first) and set(half["baselines"]) == set(first["baselines"])
+    for key in ("routing_accuracy", "fire_rate", "false_fire_rate", "accuracy"):
+        assert 0 <= half[key] <= 1, key
+    fp = registered.require_meta().fingerprint
+    root = registered.settings.cache_dir
+    assert {p.name for p in (root / "states").iterdir()} == {fp[:32], f"{fp[:32]}-bfloat16"}
+    keys = [query_key(q) for q in expected["queries"]]
+    h32, _, missing32 = StateCache(root, fp).get(keys)
+    h16, _, missing16 = StateCache(root, fp, "bfloat16").get(keys)
+    assert missing32 == missing16 == [] and h32 is not None and h16 is not None
+    assert not torch.equal(h32, h16) and torch.allclose(h32, h16, rtol=0.05, atol=0.05)  # its own, rounded pass
+
+
 def test_map_overrides_labels_and_unmapped_subjects_are_reported(world, registered):
     r = _evaluate(world, registered, subjects=["astronomy", "law"], mapping={"law": "cooking"})
     assert r["n"] == 6 and r["per_subject"]["law"]["expert"] == "cooking"

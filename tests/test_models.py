@@ -300,7 +300,7 @@ def test_unloadable_refs(ref, message):
 
 
 def test_unknown_dtype(zoo):
-    with pytest.raises(ModelLoadError, match="unknown dtype"):
+    with pytest.raises(ModelLoadError, match="`dtype=int3` is not a dtype — use auto, float32, bfloat16 or float16"):
         load_causal_lm(ModelRef.parse(str(zoo["tiny"])), dtype="int3")
 
 

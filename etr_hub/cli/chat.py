@@ -14,7 +14,7 @@ import typer
 from etr_hub.cli.checks import number
 from etr_hub.cli.common import open_hub
 from etr_hub.cli.flags import as_flags
-from etr_hub.cli.options import MemoryBudgetOption, MinPOption, json_option, seed_option
+from etr_hub.cli.options import DeviceOption, DtypeOption, MemoryBudgetOption, MinPOption, json_option, seed_option
 from etr_hub.cli.output import clean, err, lit, note, print_json, safe, warn
 from etr_hub.errors import EtrHubError
 
@@ -81,6 +81,8 @@ def chat(
     expert: Expert = None,
     memory_budget_mb: MemoryBudgetOption = None,
     min_p: MinPOption = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
 ) -> None:
     """Chat with the meta model; domain questions are handed to the expert whose token wins."""
     from etr_hub.runtime.options import check_settings
@@ -96,7 +98,7 @@ def chat(
         "max_prompt_tokens": max_prompt_tokens,
     }
     check_settings(**settings)  # before the model loads
-    hub = open_hub(quiet=json_out, memory_budget_mb=memory_budget_mb, min_p=min_p)
+    hub = open_hub(quiet=json_out, memory_budget_mb=memory_budget_mb, min_p=min_p, device=device, dtype=dtype)
     if expert is not None:
         hub.require_expert(expert)
     session = Session(hub, {**settings, "expert": expert}, system, json_out)

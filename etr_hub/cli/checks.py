@@ -41,6 +41,18 @@ def number(*, gt: float | None = None, ge: float | None = None, le: float | None
 seed = number(ge=0, le=2**32 - 1)
 
 
+def device(value: str | None) -> str | None:
+    """A device name (auto, cpu, cuda, cuda:N, mps); whether this machine has it is checked when models load."""
+    if value is None:
+        return value
+    from etr_hub.models.device import DEVICE_CHOICES, parse_device
+
+    parsed = parse_device(value)
+    if parsed is None:
+        raise typer.BadParameter(f"{value!r} is not a device: use {DEVICE_CHOICES}")
+    return parsed
+
+
 def manifest_field(field: str) -> Callable[[Any], Any]:
     """A value the bundle manifest's `field` accepts (name, version, …), checked by the manifest's own schema."""
 

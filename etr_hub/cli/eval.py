@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from etr_hub.cli.common import open_registry
-from etr_hub.cli.options import JsonOption, map_option, plot_option, seed_option
+from etr_hub.cli.options import DeviceOption, DtypeOption, JsonOption, map_option, plot_option, seed_option
 from etr_hub.cli.output import note, out, print_json, safe, warn
 from etr_hub.errors import EtrHubError
 
@@ -72,6 +72,8 @@ def mmlu(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     seed: Annotated[int, seed_option("Seed of the plug-and-play retraining.")] = 0,
     json_out: JsonOption = False,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
 ) -> None:
     """Route MMLU questions with the registered experts' tokens and score the answers, next to baselines."""
     from etr_hub.eval.run import EvalOptions, evaluate_mmlu
@@ -86,6 +88,8 @@ def mmlu(
         batch_size=batch_size,
         baselines=not no_baselines,
         seed=seed,
+        device=device,
+        dtype=dtype,
     )
     _run_and_report(evaluate_mmlu, opts, plot, json_out)
 
@@ -101,6 +105,8 @@ def tasks(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024)] = 8,
     seed: Annotated[int, seed_option("Seed of the random-expert baseline.")] = 0,
     json_out: JsonOption = False,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
 ) -> None:
     """Route open-answer questions with the experts' tokens, generate the answers, and score them against baselines."""
     from etr_hub.eval.tasks import TaskOptions, evaluate_tasks
@@ -114,6 +120,8 @@ def tasks(
         max_new_tokens=max_new_tokens,
         baselines=not no_baselines,
         seed=seed,
+        device=device,
+        dtype=dtype,
     )
     _run_and_report(evaluate_tasks, opts, plot, json_out, per_key="per_task", title="tasks")
 

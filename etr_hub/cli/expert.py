@@ -10,7 +10,7 @@ import typer
 
 from etr_hub.cli.checks import as_usage_error
 from etr_hub.cli.common import open_registry
-from etr_hub.cli.options import json_option
+from etr_hub.cli.options import DeviceOption, DtypeOption, json_option
 from etr_hub.cli.output import err, lit, out, print_json, safe, short
 
 app = typer.Typer(no_args_is_help=True)
@@ -159,6 +159,8 @@ def add(
     json_out: Annotated[
         bool, json_option('Print the registered expert as JSON, its report as "admission" (an array for several).')
     ] = False,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
 ) -> None:
     """Validate bundles, report what each new token does at the routing position, and register them.
 
@@ -168,15 +170,20 @@ def add(
     nothing, so this is safe to re-run."""
     allowed = _check_add_options(allow_env, max_bundle_mb, max_steal, max_false_fire, no_report, check_only)
     reg = open_registry()
+    on = {"device": device, "dtype": dtype}  # where the admission report's meta-model pass runs
     added = [
-        _add_one(reg, s, replace, allowed, max_bundle_mb, check_only, max_steal, max_false_fire, no_report, json_out)
+        _add_one(
+            reg, s, replace, allowed, max_bundle_mb, check_only, max_steal, max_false_fire, no_report, json_out, on
+        )
         for s in sources
     ]
     if json_out:
         print_json(added[0] if len(added) == 1 else added)
 
 
-def _add_one(reg, source, replace, allowed, max_bundle_mb, check_only, max_steal, max_false_fire, no_report, json_out):
+def _add_one(
+    reg, source, replace, allowed, max_bundle_mb, check_only, max_steal, max_false_fire, no_report, json_out, report_on
+):
     from etr_hub.eval.admission import AdmissionRefused, add_with_report
 
     options = {"replace": replace, "allow_env": allowed, "max_bundle_mb": max_bundle_mb}
@@ -188,7 +195,13 @@ def _add_one(reg, source, replace, allowed, max_bundle_mb, check_only, max_steal
     else:
         try:
             row, report = add_with_report(
-                reg, target, check_only=check_only, max_steal=max_steal, max_false_fire=max_false_fire, **options
+                reg,
+                target,
+                check_only=check_only,
+                max_steal=max_steal,
+                max_false_fire=max_false_fire,
+                **report_on,
+                **options,
             )
         except AdmissionRefused as refused:
             r = refused.report.to_json()

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from etr_hub.cli.common import open_hub
-from etr_hub.cli.options import JsonOption, MinPOption
+from etr_hub.cli.options import DeviceOption, DtypeOption, JsonOption, MinPOption
 from etr_hub.cli.output import err, lit, out, print_json, safe
 from etr_hub.errors import EtrHubError
 
@@ -19,11 +19,13 @@ def explain(
         int, typer.Option("--top", min=0, help="How many word tokens to show next to the expert tokens.")
     ] = 10,
     min_p: MinPOption = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
 ) -> None:
     """At the routing position: every expert token's probability next to the top-K word tokens, and which would win."""
     if not text.strip():
         raise EtrHubError("empty message", 'pass the message to explain, e.g. etr-hub explain "Why do stars twinkle?"')
-    hub = open_hub(quiet=json_out, min_p=min_p)
+    hub = open_hub(quiet=json_out, min_p=min_p, device=device, dtype=dtype)
     result = hub.explain(text, top=top)
     if json_out:
         print_json({"meta_model": hub.meta_name, **result.to_json()})

@@ -6,12 +6,13 @@ Where a command words an option's help its own way, `json_option(help)` / `seed_
 build the same option with that text. Fixed choices are `StrEnum`s in the command's module, so
 `--help` lists them and a value outside them is a usage error (exit 2).
 
-`--device` (a later issue) gets its alias here when the library can place the meta model and
-its experts on a device; today everything runs where torch puts it, so there is no option yet.
+`--device` / `--dtype` (DeviceOption, DtypeOption) are on every command that loads models; their
+default None lets the library read ETR_HUB_DEVICE / ETR_HUB_DTYPE (models/device.py).
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -42,6 +43,32 @@ def seed_option(help: str | None = None) -> Any:
 
 JsonOption = Annotated[bool, json_option()]
 SeedOption = Annotated[int, seed_option()]
+
+
+class Dtype(StrEnum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+DeviceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        callback=checks.device,
+        help="Where models run: auto (a GPU when torch sees one), cpu, cuda, cuda:N or mps "
+        "(default: $ETR_HUB_DEVICE, else auto).",
+    ),
+]
+DtypeOption = Annotated[
+    Dtype | None,
+    typer.Option(
+        "--dtype",
+        help="Precision of the models: auto (float32 on the CPU, the model's own on a GPU) or one of these "
+        "(default: $ETR_HUB_DTYPE, else auto).",
+    ),
+]
 MemoryBudgetOption = Annotated[
     int | None, typer.Option("--memory-budget-mb", min=0, help="Memory for loaded experts (default: half the RAM).")
 ]

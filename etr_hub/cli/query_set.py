@@ -10,7 +10,7 @@ import typer
 
 from etr_hub.cli.checks import manifest_field, number
 from etr_hub.cli.common import open_registry
-from etr_hub.cli.options import JsonOption, SeedOption, manifest_option
+from etr_hub.cli.options import DeviceOption, DtypeOption, JsonOption, SeedOption, manifest_option
 from etr_hub.cli.output import err, lit, note, out, print_json, safe, warn
 
 app = typer.Typer(no_args_is_help=True)
@@ -102,6 +102,8 @@ def build(
     batch_size: BatchSize = 8,
     max_tokens: MaxTokens = 1024,
     json_out: JsonOption = False,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
 ) -> None:
     """Score the dataset with the meta model and the expert; keep where the expert is better."""
     from etr_hub.cli.flags import as_flags
@@ -114,7 +116,9 @@ def build(
     )
     reg = open_registry()
     with bar_factory(quiet=json_out) as bars:
-        res = build_query_set(reg, spec, selection, progress=bars, status=None if json_out else note)
+        res = build_query_set(
+            reg, spec, selection, progress=bars, status=None if json_out else note, device=device, dtype=dtype
+        )
     for w in res.warnings:
         warn(as_flags(w))
     if json_out:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from etr_hub.cli.common import open_hub
-from etr_hub.cli.options import MemoryBudgetOption, MinPOption
+from etr_hub.cli.options import DeviceOption, DtypeOption, MemoryBudgetOption, MinPOption
 from etr_hub.cli.output import err, lit, note, warn
 from etr_hub.config import API_KEY
 
@@ -127,6 +127,8 @@ def serve(
     cooldown_s: CooldownS = 30.0,
     min_p: MinPOption = None,
     fallback: FallbackOption = Fallback.meta,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
 ) -> None:
     """Serve the meta model and its experts over the OpenAI API (POST /v1/chat/completions, /v1/completions, GET /v1/models)."""  # noqa: E501 - one line: rich help keeps a docstring's line breaks
     from etr_hub.backends.health import HealthPolicy
@@ -153,7 +155,15 @@ def serve(
     health: dict[str, Any] = {"failures_before_cooldown": failures_before_cooldown, "cooldown_s": cooldown_s}
     HealthPolicy(**health).check()  # before the slow part
     check_port_free(config.host, config.port)
-    hub = open_hub(memory_budget_mb=memory_budget_mb, plain_note=False, min_p=min_p, fallback=fallback.value, **health)
+    hub = open_hub(
+        memory_budget_mb=memory_budget_mb,
+        plain_note=False,
+        min_p=min_p,
+        fallback=fallback.value,
+        device=device,
+        dtype=dtype,
+        **health,
+    )
     _announce(hub, config)
     from etr_hub.config import settings
 

@@ -9,7 +9,7 @@ import typer
 
 from etr_hub.cli.checks import manifest_field, number
 from etr_hub.cli.common import open_registry
-from etr_hub.cli.options import JsonOption, SeedOption, manifest_option
+from etr_hub.cli.options import DeviceOption, DtypeOption, JsonOption, SeedOption, manifest_option
 from etr_hub.cli.output import err, lit, note, print_json, safe
 
 Name = Annotated[str, typer.Argument(help="The expert's name.", callback=manifest_field("name"))]
@@ -63,6 +63,8 @@ def train_token(
     replace: Replace = False,
     word_negatives: WordNegatives = True,
     json_out: JsonOption = False,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
 ) -> None:
     """Train NAME's expert token (only that row; the meta model and other experts stay frozen), write and register the bundle."""  # noqa: E501 - one line: rich help keeps a docstring's line breaks
     from etr_hub.cli.progress import bar_factory
@@ -87,6 +89,8 @@ def train_token(
             word_negatives=word_negatives,
             progress=bars,
             status=None if json_out else note,
+            device=device,
+            dtype=dtype,
         )
     if json_out:
         print_json(_summary(res))

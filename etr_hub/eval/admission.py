@@ -216,13 +216,16 @@ def add_with_report(
     max_steal: float | None = None,
     max_false_fire: float | None = None,
     session: ModelSession | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
     **add_options,
 ) -> tuple[Expert | None, AdmissionReport]:
     """Validate `source`, compute its admission report, refuse it over a limit, register it unless
-    `check_only` (then the expert is None). `add_options`: as `Registry.add_expert`."""
+    `check_only` (then the expert is None). `device` / `dtype`: where the meta model's pass runs
+    (models/device.py). `add_options`: as `Registry.add_expert`."""
     check_rate("max_steal", max_steal)
     check_rate("max_false_fire", max_false_fire)
-    session = session or ModelSession(registry)
+    session = session or ModelSession(registry, device=device, dtype=dtype)
     reports: list[AdmissionReport] = []
 
     def admit(bundle: Bundle) -> dict:

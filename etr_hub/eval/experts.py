@@ -32,7 +32,9 @@ class ExpertEntry:
     query_set: list[str] | None
 
 
-def load_experts(registry: Registry, fingerprint: str) -> list[ExpertEntry]:
+def load_experts(registry: Registry, fingerprint: str, cache_id: str | None = None) -> list[ExpertEntry]:
+    """The enabled experts of the meta model `fingerprint`; `cache_id` (session.cache_id, default
+    the fingerprint) keys what they compute."""
     entries = []
     for e in sorted(registry.list_experts(enabled_only=True), key=lambda r: r.name):
         if e.meta_fingerprint != fingerprint:
@@ -43,7 +45,7 @@ def load_experts(registry: Registry, fingerprint: str) -> list[ExpertEntry]:
         identity = e.adapter_sha256 or json.dumps(e.expert_ref, sort_keys=True)
         qs = registry.query_set_for(e)
         queries = query_set_queries(registry, qs) if qs is not None else None
-        score_key = digest(SCORE_FORMAT, fingerprint, identity)
+        score_key = digest(SCORE_FORMAT, cache_id or fingerprint, identity)
         entries.append(
             ExpertEntry(e.name, e.label, e.description or "", ref, expert_row(registry, e), score_key, queries)
         )

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from etr_hub.eval.scoring import Advance, score_letters
-from etr_hub.models.scoring import right_pad
+from etr_hub.models.scoring import model_device, right_pad
 
 ROUTER_PREFIX = "Expert:"
 
@@ -100,7 +100,7 @@ class MetaEmbedder:
 
     @torch.no_grad()
     def __call__(self, texts: Sequence[str], advance: Advance = None, batch_size: int = 8) -> torch.Tensor:
-        decoder = self.model.get_decoder()
+        decoder, device = self.model.get_decoder(), model_device(self.model)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         out = torch.zeros(len(texts), self.model.config.hidden_size)
         for start in range(0, len(texts), batch_size):
@@ -108,9 +108,9 @@ class MetaEmbedder:
                 list(self.tokenizer(t, add_special_tokens=False)["input_ids"])[:512] or [pad]
                 for t in texts[start : start + batch_size]
             ]
-            ids, mask = right_pad(chunk, pad)  # (B, T), (B, T)
+            ids, mask = right_pad(chunk, pad, device)  # (B, T), (B, T)
             h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
-            out[start : start + len(chunk)] = mean_pool(h.float(), mask)
+            out[start : start + len(chunk)] = mean_pool(h.float(), mask).cpu()
             if advance:
                 advance(len(chunk))
         return F.normalize(out, dim=-1)  # (N, C)

@@ -44,6 +44,8 @@ class EvalOptions:
     baselines: bool = True
     dynamic_later: int = 2  # experts added later in the plug-and-play check
     seed: int = 0
+    device: str | None = None  # where the models run (models/device.py; None: ETR_HUB_DEVICE, else auto)
+    dtype: str | None = None
 
 
 class Evaluator:
@@ -69,8 +71,9 @@ class Evaluator:
 
     def _open(self) -> None:
         """The registry's meta model (loaded only when something is not cached)."""
-        self.session = ModelSession(self.registry, self.status)
+        self.session = ModelSession(self.registry, self.status, device=self.opts.device, dtype=self.opts.dtype)
         self.fp = self.session.meta_row.fingerprint
+        self.cache_fp = self.session.cache_id  # what the models compute is cached per meta model and dtype
 
     # -- what the frozen models compute (cached) ------------------------------------------
     def routing(
@@ -102,7 +105,7 @@ class Evaluator:
         return self.cache.fetch(model_key, keys, compute)  # (N, 4)
 
     def meta_scores(self, queries: list[str], keys: list[str]) -> torch.Tensor:
-        key = digest(SCORE_FORMAT, "meta", self.fp)
+        key = digest(SCORE_FORMAT, "meta", self.cache_fp)
         return self.letter_scores(key, queries, keys, lambda: self.session.meta, "meta model")
 
     def expert_scores(self, e: ExpertEntry, queries: list[str], keys: list[str]) -> torch.Tensor:
@@ -118,7 +121,7 @@ class Evaluator:
         read = read_mmlu_dir(self.opts.data_dir, self.opts.subjects)  # bad data fails before any model loads
         self._open()
         self._warn_about_files(read)
-        experts = load_experts(self.registry, self.fp)
+        experts = load_experts(self.registry, self.fp, self.cache_fp)
         gold_of = experts_for(read.questions, experts, self.opts.mapping)
         unmapped = {s: len(qs) for s, qs in read.questions.items() if gold_of[s] is None}
         if not experts:
@@ -238,7 +241,7 @@ class Evaluator:
         if len(routed.experts) > 26:
             return {"routing_accuracy": None, "accuracy": None, "note": "more than 26 experts"}
         listed = [(e.name, e.description) for e in routed.experts]
-        key = digest("prompt-router-v1", self.fp, json.dumps(listed))
+        key = digest("prompt-router-v1", self.cache_fp, json.dumps(listed))
 
         def compute(idx):
             meta = self.session.meta
@@ -271,7 +274,7 @@ class Evaluator:
             return embed
 
         name = MiniLMEmbedder.name if path else MetaEmbedder.name
-        cache_key = digest("embed", "minilm-l6-v2" if path else f"meta-meanpool-{self.fp}")
+        cache_key = digest("embed", "minilm-l6-v2" if path else f"meta-meanpool-{self.cache_fp}")
 
         def vectors(texts: list[str], what: str) -> torch.Tensor:
             tk = [digest("text", t) for t in texts]

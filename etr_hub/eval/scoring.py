@@ -16,7 +16,7 @@ import torch
 from etr_hub.cache import save_atomic
 from etr_hub.eval.mmlu import ANSWER_PREFIX, LETTERS
 from etr_hub.models.chat import routing_prompt_ids
-from etr_hub.models.scoring import right_pad
+from etr_hub.models.scoring import model_device, right_pad
 
 Advance = Callable[[int], None] | None
 SCORE_FORMAT = "letters-v1"  # part of every cache key: change it when the prompt format changes
@@ -59,16 +59,17 @@ def last_position_logits(
     advance: Advance = None,
     on_batch: Callable[[list[int], torch.Tensor], None] | None = None,
 ) -> None:
-    """Run right-padded batches and hand each batch's last-position hidden state (B, C) to `on_batch`."""
-    decoder = model.get_decoder()
+    """Run right-padded batches on the model's device and hand each batch's last-position hidden
+    state (B, C) to `on_batch`."""
+    decoder, device = model.get_decoder(), model_device(model)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        ids, mask = right_pad([prompts[i] for i in batch], pad_id)  # (B, T), (B, T)
+        ids, mask = right_pad([prompts[i] for i in batch], pad_id, device)  # (B, T), (B, T)
         h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
-        last = torch.tensor([len(prompts[i]) - 1 for i in batch])
+        last = torch.tensor([len(prompts[i]) - 1 for i in batch], device=device)
         if on_batch is not None:
-            on_batch(batch, h[torch.arange(len(batch)), last])  # (B, C)
+            on_batch(batch, h[torch.arange(len(batch), device=device), last])  # (B, C)
         if advance:
             advance(len(batch))
 
@@ -91,7 +92,7 @@ def score_letters(
 
     def keep(batch: list[int], h_last: torch.Tensor) -> None:
         logp = torch.log_softmax(head(h_last).float(), dim=-1)  # (B, V)
-        out[batch] = logp[:, ids]  # (B, L)
+        out[batch] = logp[:, ids].cpu()  # (B, L)
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     last_position_logits(model, prompts, pad, batch_size=batch_size, advance=advance, on_batch=keep)

@@ -53,6 +53,8 @@ class TaskOptions:
     max_new_tokens: int = 256
     baselines: bool = True
     seed: int = 0
+    device: str | None = None  # where the models run (models/device.py; None: ETR_HUB_DEVICE, else auto)
+    dtype: str | None = None
 
     def eval_options(self) -> EvalOptions:
         """What the evaluation shares with `eval mmlu` (the data read here, not as MMLU CSVs)."""
@@ -63,6 +65,8 @@ class TaskOptions:
             batch_size=self.batch_size,
             baselines=self.baselines,
             seed=self.seed,
+            device=self.device,
+            dtype=self.dtype,
         )
 
 
@@ -195,7 +199,7 @@ class TaskEvaluator(Evaluator):
     def run(self) -> dict:
         items, skipped = read_tasks(self.task_opts.data)  # bad data fails before any model loads
         self._open()
-        experts = load_experts(self.registry, self.fp)
+        experts = load_experts(self.registry, self.fp, self.cache_fp)
         expert_of = experts_for({i.task for i in items}, experts, self.opts.mapping)
         if not experts:
             self.warnings.append(NO_EXPERTS)
@@ -251,7 +255,7 @@ class TaskEvaluator(Evaluator):
     # -- generations (cached, only where needed) --------------------------------------------------
     def _model_key(self, k: int, experts: list[ExpertEntry]) -> str:
         identity = "meta" if k < 0 else experts[k].score_key
-        return digest(GEN_FORMAT, self.fp, identity, str(self.task_opts.max_new_tokens))
+        return digest(GEN_FORMAT, self.cache_fp, identity, str(self.task_opts.max_new_tokens))
 
     def replies(self, k: int, experts: list[ExpertEntry], queries: list[str], idx: list[int]) -> dict[int, str]:
         """Model k's (−1: the meta model) replies to queries[idx]."""

@@ -21,6 +21,7 @@ class CausalRunner:
         self.model = model
         self.decoder = model.get_decoder()
         self.head = model.get_output_embeddings()
+        self.device = model.get_input_embeddings().weight.device  # the ids go where the model is
         self.cache: Any = None
         self.ids: list[int] = []
         # The residual stream entering decoder layer `keep_layer`, one (1, t, C) chunk per feed:
@@ -45,7 +46,7 @@ class CausalRunner:
     def feed(self, ids: Sequence[int]) -> torch.Tensor:
         """Append `ids` to the sequence; (1, C) hidden state of the last of them."""
         self.ensure_cache()
-        x = torch.tensor([list(ids)], dtype=torch.long)  # (1, T)
+        x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)  # (1, T)
         hook = None
         if self.keep_layer is not None:
             hook = self.decoder.layers[self.keep_layer].register_forward_pre_hook(self._keep_residual, with_kwargs=True)

@@ -43,8 +43,8 @@ def penalize(
     else l * p. presence/frequency (OpenAI's): l - presence - frequency * count."""
     if not counts or (repetition_penalty == 1.0 and presence_penalty == 0.0 and frequency_penalty == 0.0):
         return logits
-    ids = torch.tensor(list(counts), dtype=torch.long)  # (S,)
-    times = torch.tensor(list(counts.values()), dtype=logits.dtype)  # (S,)
+    ids = torch.tensor(list(counts), dtype=torch.long, device=logits.device)  # (S,)
+    times = torch.tensor(list(counts.values()), dtype=logits.dtype, device=logits.device)  # (S,)
     seen = logits[ids]  # (S,)
     if repetition_penalty != 1.0:
         seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
@@ -56,10 +56,13 @@ def sample_index(
     logits: torch.Tensor, *, temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None
 ) -> int:
     """Greedy when temperature is (about) 0, else temperature + nucleus (top-p) sampling. Logits
-    the model made NaN never win, and a distribution that is not finite falls back to greedy."""
+    the model made NaN never win, and a distribution that is not finite falls back to greedy.
+    Greedy picks where the logits are; sampling draws on the CPU (the generator's device), so a
+    seed picks the same tokens from the same logits on any device."""
     logits = torch.nan_to_num(logits.float(), nan=NEG_INF)  # (V + N,)
     if temperature < MIN_TEMPERATURE:
         return int(logits.argmax())
+    logits = logits.cpu()
     probs = torch.softmax((logits - logits.max()) / temperature, dim=-1)  # (V + N,) the max maps to 0: no overflow
     if not bool(probs.isfinite().all()) or not float(probs.sum()) > 0:
         return int(logits.argmax())

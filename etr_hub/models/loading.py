@@ -5,11 +5,14 @@ stdin whether to run a folder's code), never unpickle (safetensors only; GGUF is
 Offline: Hub refs come from the local HF cache unless ETR_HUB_ALLOW_DOWNLOAD=1.
 A PEFT expert on the meta model shares the meta model's weight tensors (no copy) through a
 shallow structural clone, so wrapping it with LoRA layers leaves the meta model untouched.
+Device and dtype: `device` / `dtype` as models/device.py resolves them (float32 on the CPU by
+default); a PEFT adapter's own matrices follow its base model's.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,11 +22,11 @@ from typing import Any
 from etr_hub.config import settings
 from etr_hub.errors import ModelLoadError
 from etr_hub.models.compat import peft_deprecations_silenced
+from etr_hub.models.device import DTYPES, placement, placement_of
 from etr_hub.models.refs import ModelRef
 from etr_hub.safety import PICKLE_SUFFIXES, code_in_folder
 
 Status = Callable[[str], None] | None
-DTYPES = ("float32", "bfloat16", "float16")
 # Weight formats that unpickle (run code) on load: never read, and never allowed in a bundle.
 HF_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]  # weights, config, tokenizer
 
@@ -35,22 +38,34 @@ class LoadedModel:
     ref: ModelRef
     base_shares_meta: bool = False  # True: a PEFT expert whose base weights ARE the meta model's
     adapter_name: str | None = None  # peft only: the adapter's name inside the PeftModel
+    source: str | None = None  # the safetensors folder it was loaded from (not for GGUF or PEFT)
+    fingerprint: str | None = None  # the meta fingerprint, when asked for (load_causal_lm(fingerprint=True))
 
 
 def load_causal_lm(
     ref: ModelRef,
     *,
     meta: LoadedModel | None = None,
-    dtype: str = "float32",
+    device: str | None = "cpu",
+    dtype: str | None = "float32",
     status: Status = None,
     role: str = "expert",
+    fingerprint: bool = False,
 ) -> LoadedModel:
     """Load `ref` frozen. `meta` is required for a PEFT ref whose base is the meta model.
 
-    Any failure becomes a one-line ModelLoadError naming the model and a fix.
+    `device` / `dtype`: as models/device.py's `placement` takes them (None: ETR_HUB_DEVICE /
+    ETR_HUB_DTYPE; auto: the GPU if any, and there the model's own dtype), checked before it
+    loads. `fingerprint`: also record the meta fingerprint (of the float32 weights, whatever
+    `dtype` is) in `.fingerprint`. Any failure becomes a one-line ModelLoadError naming the model
+    and a fix.
     """
+    place = placement(device, dtype)
+    dtype = place.dtype_for(config_dtype(ref) if place.dtype == "auto" else None)
     try:
-        loaded = _LOADERS[ref.kind](ref, meta=meta, dtype=dtype, status=status)
+        loaded = _LOADERS[ref.kind](ref, meta=meta, device=place.device, dtype=dtype, status=status)
+        if fingerprint:
+            loaded.fingerprint = _fingerprint(loaded, ref, dtype, status)
     except ModelLoadError:
         raise
     except Exception as exc:  # transformers/peft raise many types; the user needs one line
@@ -60,18 +75,55 @@ def load_causal_lm(
     return loaded
 
 
+def config_dtype(ref: ModelRef) -> str | None:
+    """The dtype a model's config.json names, read without loading the model; None where it names
+    none or there is no config.json at hand (GGUF, PEFT, a Hub model not in the local cache)."""
+    folder: str | None = None
+    if ref.kind == "local":
+        folder = ref.path
+    elif ref.kind == "embedded":
+        from etr_hub.models.default_meta import default_meta_dir
+
+        folder = str(default_meta_dir())
+    elif ref.kind == "hf" and ref.repo_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(ref.repo_id, "config.json", revision=ref.revision)
+        folder = str(Path(cached).parent) if isinstance(cached, str) else None
+    try:
+        config = json.loads((Path(folder or "") / "config.json").read_text(encoding="utf-8")) if folder else None
+    except (OSError, ValueError, RecursionError):
+        return None
+    value = (config.get("dtype") or config.get("torch_dtype")) if isinstance(config, dict) else None
+    return value if value in DTYPES else None
+
+
+def _fingerprint(loaded: LoadedModel, ref: ModelRef, dtype: str, status: Status) -> str:
+    """The meta fingerprint of the float32 weights: from the model as loaded in float32, else from
+    its checkpoint's own values, else (GGUF) from a float32 load on the CPU for this alone."""
+    from etr_hub.models.fingerprint import checkpoint_fingerprint, meta_fingerprint
+
+    if dtype == "float32":
+        return meta_fingerprint(loaded.model)
+    stored = checkpoint_fingerprint(loaded.source, loaded.model) if loaded.source else None
+    if stored is not None:
+        return stored
+    _report(status, f"fingerprinting {ref.display()} in float32")
+    return meta_fingerprint(load_causal_lm(ref, status=status, role="meta").model)
+
+
 def allow_download() -> bool:
     return settings().allow_download
 
 
-def _load_local(ref: ModelRef, *, dtype: str, status: Status, **_: Any) -> LoadedModel:
+def _load_local(ref: ModelRef, *, device: str, dtype: str, status: Status, **_: Any) -> LoadedModel:
     path = _model_dir(ref.path)
     _report(status, f"loading {path.name}")
-    model, tokenizer = _from_pretrained(str(path), dtype=dtype, use_safetensors=True, local_files_only=True)
-    return LoadedModel(model, tokenizer, ref)
+    model, tokenizer = _from_pretrained(str(path), device, dtype, use_safetensors=True, local_files_only=True)
+    return LoadedModel(model, tokenizer, ref, source=str(path))
 
 
-def _load_hf(ref: ModelRef, *, dtype: str, status: Status, **_: Any) -> LoadedModel:
+def _load_hf(ref: ModelRef, *, device: str, dtype: str, status: Status, **_: Any) -> LoadedModel:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -90,30 +142,32 @@ def _load_hf(ref: ModelRef, *, dtype: str, status: Status, **_: Any) -> LoadedMo
             "set ETR_HUB_ALLOW_DOWNLOAD=1 once to download it (safetensors and config files only)",
         ) from None
     path = _model_dir(snapshot)
-    model, tokenizer = _from_pretrained(str(path), dtype=dtype, use_safetensors=True, local_files_only=True)
-    return LoadedModel(model, tokenizer, ref)
+    model, tokenizer = _from_pretrained(str(path), device, dtype, use_safetensors=True, local_files_only=True)
+    return LoadedModel(model, tokenizer, ref, source=str(path))
 
 
-def _load_gguf(ref: ModelRef, *, dtype: str, status: Status, **_: Any) -> LoadedModel:
+def _load_gguf(ref: ModelRef, *, device: str, dtype: str, status: Status, **_: Any) -> LoadedModel:
     path = Path(ref.path or "")
     folder, name = (path, ref.gguf_file) if ref.gguf_file else (path.parent, path.name)
     if not (folder / name).is_file():
         raise ModelLoadError(f"GGUF file not found: {folder / name}", "check the path")
     _report(status, f"loading and de-quantizing {name}")
-    model, tokenizer = _from_pretrained(str(folder), dtype=dtype, gguf_file=name, local_files_only=True)
+    model, tokenizer = _from_pretrained(str(folder), device, dtype, gguf_file=name, local_files_only=True)
     return LoadedModel(model, tokenizer, ref)
 
 
-def _load_embedded(ref: ModelRef, *, dtype: str, status: Status, **_: Any) -> LoadedModel:
+def _load_embedded(ref: ModelRef, *, device: str, dtype: str, status: Status, **_: Any) -> LoadedModel:
     from etr_hub.models.default_meta import ensure_default_meta
 
     path = ensure_default_meta(status=status)
     _report(status, f"loading {ref.name}")
-    model, tokenizer = _from_pretrained(str(path), dtype=dtype, use_safetensors=True, local_files_only=True)
-    return LoadedModel(model, tokenizer, ref)
+    model, tokenizer = _from_pretrained(str(path), device, dtype, use_safetensors=True, local_files_only=True)
+    return LoadedModel(model, tokenizer, ref, source=str(path))
 
 
-def _load_peft(ref: ModelRef, *, meta: LoadedModel | None, dtype: str, status: Status, **_: Any) -> LoadedModel:
+def _load_peft(
+    ref: ModelRef, *, meta: LoadedModel | None, device: str, dtype: str, status: Status, **_: Any
+) -> LoadedModel:
     from peft import PeftModel
 
     adapter = _adapter_dir(ref.path)
@@ -127,14 +181,26 @@ def _load_peft(ref: ModelRef, *, meta: LoadedModel | None, dtype: str, status: S
             )
         base = LoadedModel(share_weights(meta.model), meta.tokenizer, meta.ref)
     else:
-        base = load_causal_lm(own_base, dtype=dtype, status=status, role="base")
+        base = load_causal_lm(own_base, device=device, dtype=dtype, status=status, role="base")
     name = adapter_name_for(adapter)
     _report(status, f"applying adapter {adapter.name}")
     with peft_deprecations_silenced():
         model = PeftModel.from_pretrained(
             base.model, str(adapter), adapter_name=name, is_trainable=False, trust_remote_code=False
         )
+    _place_adapter(model, *placement_of(base.model))
     return LoadedModel(model, _adapter_tokenizer(adapter) or base.tokenizer, ref, shares_meta, name)
+
+
+def _place_adapter(model: Any, device: str, dtype: str) -> None:
+    """The adapter's own matrices on its base model's device, in its dtype (PEFT keeps float32
+    copies of half-precision adapters, which a lean LoRA layer cannot fold into the base)."""
+    import torch
+
+    want = getattr(torch, dtype)
+    for name, param in model.named_parameters():
+        if "lora_" in name and param.is_floating_point() and (str(param.device) != device or param.dtype != want):
+            param.data = param.data.to(device=device, dtype=want)
 
 
 def share_weights(model: Any) -> Any:
@@ -152,15 +218,17 @@ def adapter_name_for(adapter_dir: Path) -> str:
     return re.sub(r"\W", "_", adapter_dir.name) or "adapter"
 
 
-def _from_pretrained(source: str, *, dtype: str, **kwargs: Any) -> tuple[Any, Any]:
+def _from_pretrained(source: str, device: str, dtype: str, **kwargs: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok_kwargs = {k: v for k, v in kwargs.items() if k in ("gguf_file", "local_files_only")}
     # adapter_kwargs: transformers' adapter lookup ignores the top-level local_files_only
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         source, dtype=_torch_dtype(dtype), adapter_kwargs={"local_files_only": True}, trust_remote_code=False, **kwargs
     )
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, **tok_kwargs)
+    if device != "cpu":
+        model = model.to(device)
     return model, tokenizer
 
 
@@ -212,9 +280,7 @@ def _adapter_tokenizer(adapter: Path) -> Any | None:
 def _torch_dtype(name: str) -> Any:
     import torch
 
-    if name not in DTYPES:
-        raise ModelLoadError(f"unknown dtype '{name}'", f"use one of {', '.join(DTYPES)}")
-    return getattr(torch, name)
+    return getattr(torch, name)  # a name models/device.py resolved
 
 
 def _freeze(model: Any) -> None:

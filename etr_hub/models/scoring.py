@@ -43,14 +43,21 @@ def encode_pairs(
     return pairs
 
 
-def right_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists -> right-padded ids (B, T) and attention mask (B, T)."""
+def right_pad(
+    seqs: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> right-padded ids (B, T) and attention mask (B, T), on `device`."""
     width = max(len(x) for x in seqs)
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)  # (B, T)
     mask = torch.zeros(len(seqs), width, dtype=torch.long)  # (B, T)
     for b, x in enumerate(seqs):
         ids[b, : len(x)], mask[b, : len(x)] = torch.tensor(list(x)), 1
-    return ids, mask
+    return ids.to(device), mask.to(device)
+
+
+def model_device(model) -> torch.device:
+    """Where `model` computes (its input embedding's device): batches go there."""
+    return model.get_input_embeddings().weight.device
 
 
 def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -68,9 +75,9 @@ def score_pairs(
     want_states: bool = False,
     advance: Advance = None,
 ) -> PassResult:
-    """Summed response NLL per pair (+ routing-position states), right-padded batches; NaN
-    (and zero states) for a skipped (None) pair."""
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    """Summed response NLL per pair (+ routing-position states), right-padded batches on the
+    model's device; NaN (and zero states) for a skipped (None) pair. Results are float32 on the CPU."""
+    decoder, head, device = model.get_decoder(), model.get_output_embeddings(), model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n = len(pairs)
     loss = torch.full((n,), float("nan"))
@@ -83,7 +90,7 @@ def score_pairs(
     order = list(scored)
     for part in _batches([len(p) + len(r) for p, r in scored.values()], batch_size):
         batch = [order[j] for j in part]
-        ids, mask = right_pad([scored[i][0] + scored[i][1] for i in batch], pad)  # (B, T), (B, T)
+        ids, mask = right_pad([scored[i][0] + scored[i][1] for i in batch], pad, device)  # (B, T), (B, T)
         h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
 
         # positions P-1 .. P+R-2 predict the response tokens P .. P+R-1
@@ -95,17 +102,17 @@ def score_pairs(
             rows += [b] * r
             cols += range(p - 1, p + r - 1)
             targets += scored[i][1]
-        h_resp = h[rows, cols]  # (M, C)
+        h_resp = h[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (M, C)
         logits = head(h_resp).float()  # (M, V)
-        nll = F.cross_entropy(logits, torch.tensor(targets), reduction="none")  # (M,)
-        per_example = torch.zeros(len(batch)).index_add_(0, torch.tensor(rows), nll)  # (B,)
-        loss[batch] = per_example
+        nll = F.cross_entropy(logits, torch.tensor(targets, device=device), reduction="none")  # (M,)
+        per_example = torch.zeros(len(batch), device=device).index_add_(0, torch.tensor(rows, device=device), nll)
+        loss[batch] = per_example.cpu()  # (B,)
 
         if states is not None:
-            first = torch.tensor([rows.index(b) for b in range(len(batch))])  # routing position row
-            states.hidden[batch] = h_resp[first].float()  # (B, C)
-            states.lse[batch] = torch.logsumexp(logits[first], dim=-1)  # (B,)
-            states.top[batch] = logits[first].max(dim=-1).values  # (B,)
+            first = torch.tensor([rows.index(b) for b in range(len(batch))], device=device)  # routing position row
+            states.hidden[batch] = h_resp[first].float().cpu()  # (B, C)
+            states.lse[batch] = torch.logsumexp(logits[first], dim=-1).cpu()  # (B,)
+            states.top[batch] = logits[first].max(dim=-1).values.cpu()  # (B,)
         if advance:
             advance(len(batch))
     return PassResult(loss=loss, states=states)
@@ -115,19 +122,21 @@ def score_pairs(
 def routing_states(
     model, tokenizer, queries: Sequence[str], *, batch_size: int = 16, advance: Advance = None
 ) -> RoutingStates:
-    """The routing states of each query, without responses."""
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    """The routing states of each query, without responses: batches on the model's device, results
+    float32 on the CPU."""
+    decoder, head, device = model.get_decoder(), model.get_output_embeddings(), model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     prompts = [routing_prompt_ids(tokenizer, q)[0][-MAX_TOKENS:] for q in queries]
     n, c = len(prompts), model.config.hidden_size
     hidden, lse, top = torch.zeros(n, c), torch.zeros(n), torch.zeros(n)
     for batch in _batches([len(p) for p in prompts], batch_size):
-        ids, mask = right_pad([prompts[i] for i in batch], pad)  # (B, T), (B, T)
+        ids, mask = right_pad([prompts[i] for i in batch], pad, device)  # (B, T), (B, T)
         h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
-        last = torch.tensor([len(prompts[i]) - 1 for i in batch])
-        h_route = h[torch.arange(len(batch)), last].float()  # (B, C)
-        word = head(h_route.to(h.dtype)).float()  # (B, V)
-        hidden[batch], lse[batch], top[batch] = h_route, torch.logsumexp(word, dim=-1), word.max(dim=-1).values
+        last = torch.tensor([len(prompts[i]) - 1 for i in batch], device=device)
+        h_route = h[torch.arange(len(batch), device=device), last]  # (B, C) in the model's dtype
+        word = head(h_route).float()  # (B, V)
+        hidden[batch] = h_route.float().cpu()
+        lse[batch], top[batch] = torch.logsumexp(word, dim=-1).cpu(), word.max(dim=-1).values.cpu()  # (B,), (B,)
         if advance:
             advance(len(batch))
     return RoutingStates(hidden, lse, top)

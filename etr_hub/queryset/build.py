@@ -110,9 +110,12 @@ def expert_cache_key(ref: ModelRef, meta_fingerprint: str) -> str:
     return sha256_bytes(json.dumps(parts, sort_keys=True).encode())
 
 
-def _loss_key(model_key: str, max_tokens: int) -> str:
-    """The loss cache key: another row limit cuts other rows, so it keys other losses."""
-    return model_key if max_tokens == MAX_TOKENS else sha256_bytes(f"{model_key}:max_tokens={max_tokens}".encode())
+def _loss_key(model_key: str, max_tokens: int, dtype: str = "float32") -> str:
+    """The loss cache key: another row limit cuts other rows, another dtype rounds otherwise, so
+    each keys other losses (the defaults keep the keys of before)."""
+    if max_tokens != MAX_TOKENS:
+        model_key = sha256_bytes(f"{model_key}:max_tokens={max_tokens}".encode())
+    return model_key if dtype == "float32" else sha256_bytes(f"{model_key}:dtype={dtype}".encode())
 
 
 def _row_limit(loaded, max_tokens: int) -> int:
@@ -130,7 +133,7 @@ def meta_pass(
 
     fp = session.meta_row.fingerprint
     cache = LossCache(session.registry.settings.cache_dir)
-    cached = cache.get(_loss_key(fp, max_tokens), dataset.sha256)
+    cached = cache.get(_loss_key(fp, max_tokens, session.dtype), dataset.sha256)
     if cached is not None:
         return cached
     meta = session.meta
@@ -149,7 +152,7 @@ def meta_pass(
     if kept:
         session.states.put([query_key(queries[i]) for i in kept], RoutingStates(*(t[kept] for t in result.states)))
     session.cache_mean_row()
-    cache.put(_loss_key(fp, max_tokens), dataset.sha256, result.loss)
+    cache.put(_loss_key(fp, max_tokens, session.dtype), dataset.sha256, result.loss)
     return result.loss
 
 
@@ -165,7 +168,7 @@ def expert_pass(
     from etr_hub.models.chat import has_chat_template
     from etr_hub.models.scoring import encode_pairs, score_pairs
 
-    key = _loss_key(expert_cache_key(ref, session.meta_row.fingerprint), max_tokens)
+    key = _loss_key(expert_cache_key(ref, session.meta_row.fingerprint), max_tokens, session.dtype)
     cache = LossCache(session.registry.settings.cache_dir)
     cached = cache.get(key, dataset.sha256)
     if cached is not None:
@@ -194,16 +197,19 @@ def build_query_set(
     progress: ProgressFactory = no_progress,
     status: Status = None,
     session: ModelSession | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> BuildResult:
     """Score `spec.data` with the meta model and the expert, select the query set by `rule`, record it.
 
     Rows longer than `max_tokens` (prompt + response, or the model's context if smaller) have
     their response cut; a row whose prompt alone does not fit is skipped and reported.
-    Pass a `session` to reuse already loaded models across builds (recipes, benchmarks)."""
+    Pass a `session` to reuse already loaded models across builds (recipes, benchmarks), or
+    `device` / `dtype` for where a new one runs them (models/device.py)."""
     ref = _model_ref(spec.expert)
     versus = [_model_ref(v) for v in spec.versus]
     dataset = read_dataset(spec.data)
-    session = session or ModelSession(registry, status)
+    session = session or ModelSession(registry, status, device=device, dtype=dtype)
     warnings: list[str] = []
     scores = _score(session, spec, ref, versus, dataset, progress, warnings)
     kept, skipped = _rows_that_fit(scores.gap, dataset, spec.max_tokens, warnings)

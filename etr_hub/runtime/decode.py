@@ -4,6 +4,11 @@ The meta model's next-token distribution is softmax([W_V; W_E] h) (eq. 1). Only 
 position's hidden state h is needed per step, so the expert logits cost one (1, C) @ (C, N)
 matmul next to the LM head's (1, C) @ (C, V). Index i < V is a word token, V + k is expert k.
 Expert tokens are never fed back: when one wins, the caller hands the answer to that expert.
+
+Precision: the meta model runs in its dtype on its device; W_E stays float32 there, and the
+routing choice compares float32 logits (the word logits upcast from the LM head's). A bfloat16
+expert logit would round to 1/8 at 20: close calls between a word and an expert would then be
+decided by rounding, and an expert row trained in float32 would fire where it was not trained to.
 """
 
 from __future__ import annotations
@@ -22,12 +27,12 @@ from etr_hub.routing.math import routable_logits
 def next_token_logits(
     word: torch.Tensor, expert: torch.Tensor | None, blocked: torch.Tensor | None = None, min_p: float = 0.0
 ) -> torch.Tensor:
-    """[W_V h; W_E h + b] for one position (b: the operator's biases, already added), with blocked and
-    non-finite experts at -inf, and experts whose probability is under `min_p` too."""
-    word = word.reshape(-1)  # (V,)
+    """[W_V h; W_E h + b] for one position, float32 (b: the operator's biases, already added), with
+    blocked and non-finite experts at -inf, and experts whose probability is under `min_p` too."""
+    word = word.reshape(-1).float()  # (V,)
     if expert is None or expert.numel() == 0:
         return word
-    expert = routable_logits(expert.reshape(-1).to(word.dtype))  # (N,)
+    expert = routable_logits(expert.reshape(-1).float())  # (N,)
     if blocked is not None:
         expert = expert.masked_fill(blocked, NEG_INF)  # (N,)
     if min_p > 0:
@@ -97,9 +102,9 @@ class RoutedDecoder:
         in_window = self.route_window is None or self.steps < self.route_window
         w_e_t = self.w_e_t if in_window else None  # (C, N) or None: experts compete here or not
         self.steps += 1
-        expert = h @ w_e_t if w_e_t is not None else None  # (1, C) @ (C, N) -> (1, N)
+        expert = h.to(w_e_t.dtype) @ w_e_t if w_e_t is not None else None  # (1, C) @ (C, N) -> (1, N)
         if expert is not None and self.bias is not None:
-            expert = expert + self.bias.to(expert.dtype)  # (1, N) calibrated logits
+            expert = expert + self.bias.to(expert.device, expert.dtype)  # (1, N) calibrated logits
         if expert is not None and not bool(torch.isfinite(expert).all()):
             bad = set(torch.nonzero(~torch.isfinite(expert.reshape(-1))).reshape(-1).tolist()) - self.unroutable
             self.unroutable |= bad
@@ -126,14 +131,17 @@ class RoutedDecoder:
     def block(self, expert: int) -> None:
         """Never pick this expert again in this answer (it failed)."""
         if self.blocked is None:
-            self.blocked = torch.zeros(self.n_experts, dtype=torch.bool)
+            self.blocked = torch.zeros(self.n_experts, dtype=torch.bool, device=self._device())
         self.blocked[expert] = True
 
     def cool(self, expert: int) -> None:
         """Out of routing for this answer because it is cooling down (its logit -inf, as if absent)."""
         if self.cooling is None:
-            self.cooling = torch.zeros(self.n_experts, dtype=torch.bool)
+            self.cooling = torch.zeros(self.n_experts, dtype=torch.bool, device=self._device())
         self.cooling[expert] = True
+
+    def _device(self) -> torch.device:
+        return self.w_e_t.device if self.w_e_t is not None else torch.device("cpu")
 
     def _out(self) -> torch.Tensor | None:
         if self.cooling is None:

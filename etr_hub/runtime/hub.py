@@ -47,9 +47,12 @@ class Hub:
         self.skipped: list[tuple[str, str]] = assembly.skipped
         self.pool = pool
         self.status = status
-        dtype = next(meta.model.parameters()).dtype
-        self.w_e_t = assembly.w_e.to(dtype).T.contiguous()  # (C, N): W_E transposed, one matmul per step
-        self.bias: torch.Tensor = assembly.bias  # (N,) the operator's calibration, added to the expert logits
+        device = meta.model.get_input_embeddings().weight.device
+        # (C, N): W_E transposed, one matmul per step; float32 on the meta model's device (decode.py says why)
+        self.w_e_t = assembly.w_e.float().T.contiguous().to(device)
+        self.bias: torch.Tensor = assembly.bias.to(
+            device
+        )  # (N,) the operator's calibration, added to the expert logits
         self.min_p: float = float(meta_row.min_p)  # an expert token needs p >= min_p to take over
         self.fallback = "meta"  # a cooling expert's question: the meta model's, or "next-expert"
         self.eos = eos_ids(meta.model, meta.tokenizer)
@@ -71,6 +74,8 @@ class Hub:
         cooldown_s: float = DEFAULT_COOLDOWN_S,
         min_p: float | None = None,
         fallback: str = "meta",
+        device: str | None = None,
+        dtype: str | None = None,
     ) -> Hub:
         """Load the registry's meta model (or use `meta`, an already loaded LoadedModel of it) and
         assemble W_E from the enabled experts that fit it.
@@ -82,7 +87,9 @@ class Hub:
         `min_p`: the minimum probability an expert token needs to take over (None: the registry's,
         set by `etr-hub expert tune --min-p`).
         `fallback`: who takes a question whose expert is cooling down: "meta" (the meta model) or
-        "next-expert" (the next-best token, which may be another expert)."""
+        "next-expert" (the next-best token, which may be another expert).
+        `device` / `dtype`: where the meta model loads (models/device.py; None: ETR_HUB_DEVICE /
+        ETR_HUB_DTYPE, else auto); its experts and W_E follow it. A given `meta` stays where it is."""
         health = HealthPolicy(failures_before_cooldown, cooldown_s).check()
         check_min_p(min_p)
         if fallback not in FALLBACKS:
@@ -92,8 +99,9 @@ class Hub:
         registry = registry or Registry.open()
         meta_row = registry.require_meta()
         if meta is None:
-            meta = load_causal_lm(ModelRef.model_validate(meta_row.reference), status=status, role="meta")
-        fingerprint = meta_fingerprint(meta.model)
+            ref = ModelRef.model_validate(meta_row.reference)  # device and dtype are checked before it loads
+            meta = load_causal_lm(ref, device=device, dtype=dtype, status=status, role="meta", fingerprint=True)
+        fingerprint = meta.fingerprint or meta_fingerprint(meta.model)
         if fingerprint != meta_row.fingerprint:
             raise EtrHubError(
                 f"the meta model at {meta_row.display} is not the one the registry recorded (fingerprint changed)",
@@ -204,9 +212,10 @@ class Hub:
         with torch.inference_mode():
             h = runner.feed(ids)  # (1, C)
             word = runner.word_logits(h).reshape(-1).float()  # (V,)
-            raw = (h @ self.w_e_t).reshape(-1).float()  # (N,)
-        p_word, p_expert, z = eq1_probabilities(word, raw, self.bias)  # (V,), (N,), (N,) calibrated
-        _, p_raw, _ = eq1_probabilities(word, raw, torch.zeros_like(self.bias))  # (N,) as the provider trained it
+            raw = (h.float() @ self.w_e_t).reshape(-1)  # (N,)
+        bias = self.bias.to(raw.device)  # (N,)
+        p_word, p_expert, z = eq1_probabilities(word, raw, bias)  # (V,), (N,), (N,) calibrated
+        _, p_raw, _ = eq1_probabilities(word, raw, torch.zeros_like(bias))  # (N,) as the provider trained it
         experts = sorted(
             (
                 ExpertScore(

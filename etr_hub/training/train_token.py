@@ -78,13 +78,18 @@ def train_token(
     progress: ProgressFactory = no_progress,
     status: Status = None,
     session: ModelSession | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> TrainResult:
     """Train `name`'s token on its query set (default: the one named `name`) with the registered
-    experts frozen, write the bundle and register it. Pass a `session` to reuse loaded models."""
+    experts frozen, write the bundle and register it. Pass a `session` to reuse loaded models, or
+    `device` / `dtype` for where a new one runs the meta model's pass (models/device.py); the row
+    itself is optimised in float32 on the CPU over the cached states (training/optimize.py: one
+    thread beats many for its thousands of tiny steps), so it is the same on any device."""
     t0 = time.perf_counter()
     bundle = _with_defaults(registry, name, bundle)
     _check_before_training(registry, name, cfg, bundle)
-    session = session or ModelSession(registry, status)
+    session = session or ModelSession(registry, status, device=device, dtype=dtype)
     qs = _query_set(registry, query_set or name, session.meta_row.fingerprint)
     data = _training_set(registry, name, qs, session.meta_row, word_negatives)
     hidden, lse, _ = session.routing_states(data.queries, progress)

@@ -3,7 +3,8 @@
 Each expert keeps the keys/values of the last prompt it was handed (a prefix cache, at most
 PREFIX_CACHE_TOKENS positions, counted in its memory): the next hand-over recomputes only what
 differs, e.g. the user's question but not the shared system prompt, or only the new turn of
-a conversation the expert answered before.
+a conversation the expert answered before. An expert runs where the meta model runs, in its
+dtype (models/device.py): one --device and --dtype place them all.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from etr_hub.generation.runner import CausalRunner
 from etr_hub.generation.sampling import Sampling
 from etr_hub.generation.text import Detokenizer
 from etr_hub.models.chat import routing_prompt_ids, to_ids
+from etr_hub.models.device import placement_of
 from etr_hub.models.loading import load_causal_lm
 
 PREFIX_CACHE_TOKENS = 512
@@ -38,8 +40,11 @@ class LocalBackend(ExpertBackend):
         self._prefix: Any = None  # a CausalRunner holding the last prompt's keys/values
 
     def load(self) -> None:
+        device, dtype = placement_of(self.meta.model)  # where the meta model is
         try:
-            self.loaded = load_causal_lm(self.spec.ref, meta=self.meta, role=f"expert '{self.spec.name}'")
+            self.loaded = load_causal_lm(
+                self.spec.ref, meta=self.meta, device=device, dtype=dtype, role=f"expert '{self.spec.name}'"
+            )
         except EtrHubError as exc:
             raise ExpertError(exc.problem, exc.fix) from None
         model, tokenizer = self.loaded.model, self.loaded.tokenizer
