@@ -266,9 +266,10 @@ def test_in_bfloat16_the_eval_runs_its_own_passes_cached_apart(world, expected, 
     root = registered.settings.cache_dir
     assert {p.name for p in (root / "states").iterdir()} == {fp[:32], f"{fp[:32]}-bfloat16"}
     keys = [query_key(q) for q in expected["queries"]]
-    h32, _, missing32 = StateCache(root, fp).get(keys)
-    h16, _, missing16 = StateCache(root, fp, "bfloat16").get(keys)
-    assert missing32 == missing16 == [] and h32 is not None and h16 is not None
+    s32, missing32 = StateCache(root, fp).get(keys)
+    s16, missing16 = StateCache(root, fp, "bfloat16").get(keys)
+    assert missing32 == missing16 == [] and s32 is not None and s16 is not None
+    h32, h16 = s32.hidden, s16.hidden
     assert not torch.equal(h32, h16) and torch.allclose(h32, h16, rtol=0.05, atol=0.05)  # its own, rounded pass
 
 
