@@ -338,18 +338,20 @@ def test_on_cuda_the_batched_passes_match_the_cpu(tiny):
     queries = [QUESTION[0]["content"], OTHER[0]["content"], "what about the comet 7?"]
     on_cpu = ModelSession(tiny.registry, device="cpu", dtype="float32")
     on_gpu = ModelSession(tiny.registry, device="cuda", dtype="float32")
-    h_cpu, lse_cpu = on_cpu.routing_states(queries)
+    h_cpu, lse_cpu, top_cpu = on_cpu.routing_states(queries)
     on_gpu.states.dir = on_gpu.states.dir.with_name("gpu-pass")  # compute, not read the CPU's cache
-    h_gpu, lse_gpu = on_gpu.routing_states(queries)
+    h_gpu, lse_gpu, top_gpu = on_gpu.routing_states(queries)
     assert h_gpu.device.type == "cpu"  # cached and trained on as float32 CPU tensors
     assert torch.allclose(h_cpu, h_gpu, atol=1e-3) and torch.allclose(lse_cpu, lse_gpu, atol=1e-3)
+    assert torch.allclose(top_cpu, top_gpu, atol=1e-3)
     assert placement_of(on_gpu.meta.model) == ("cuda:0", "float32")
     pairs = encode_pairs(on_cpu.meta.tokenizer, queries, ["the sky holds a star", "fine, thanks", "it orbits"])
     cpu_pass = score_pairs(on_cpu.meta.model, on_cpu.meta.tokenizer, pairs, want_states=True)
     gpu_pass = score_pairs(on_gpu.meta.model, on_gpu.meta.tokenizer, pairs, want_states=True)
     assert gpu_pass.loss.device.type == "cpu" and torch.allclose(cpu_pass.loss, gpu_pass.loss, rtol=1e-3, atol=1e-3)
-    assert gpu_pass.hidden is not None and cpu_pass.hidden is not None
-    assert torch.allclose(cpu_pass.hidden, gpu_pass.hidden, atol=1e-3)
+    assert gpu_pass.states is not None and cpu_pass.states is not None
+    for cpu_t, gpu_t in zip(cpu_pass.states, gpu_pass.states):  # hidden, lse, top
+        assert torch.allclose(cpu_t, gpu_t, atol=1e-3)
 
 
 @cuda
