@@ -17,6 +17,7 @@ FLAGS = {
     "data_dir": "--data-dir",
     "epochs": "--epochs",
     "failures_before_cooldown": "--failures-before-cooldown",
+    "force": "--force",
     "label": "--label",
     "label_field": "--label-field",
     "lr": "--lr",
