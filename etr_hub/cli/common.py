@@ -16,7 +16,7 @@ def open_registry():
 
 def open_hub(*, quiet: bool = False, memory_budget_mb: int | None = None, plain_note: bool = True, **health: Any):
     """Hub.open() for a command: a spinner on stderr unless `quiet`, each skipped expert a warning.
-    `health`: Hub.open's failures_before_cooldown / cooldown_s."""
+    `health`: Hub.open's failures_before_cooldown / cooldown_s (and meta_url / meta_model / meta_export: a router)."""
     from etr_hub.runtime import Hub
 
     if quiet:

@@ -32,9 +32,10 @@ import torch
 
 from etr_hub.errors import EtrHubError
 from etr_hub.models.fingerprint import output_embedding
+from etr_hub.runtime.engine import EXPORT_FILE, EXPORT_FORMAT, read_export_manifest
 
-EXPORT_FILE = "etr_hub_export.json"
-EXPORT_FORMAT = "etr-hub-meta-export"
+__all__ = ["EXPORT_FILE", "ExportResult", "export_meta", "read_export_manifest"]
+
 EXPORT_VERSION = 1
 
 
@@ -269,21 +270,3 @@ def _check_tokens(folder: Path, result: ExportResult) -> None:
                 f"the exported tokenizer encodes {t.token} as {ids}, not [{t.token_id}]",
                 "report it: this meta model's tokenizer cannot carry expert tokens",
             )
-
-
-def read_export_manifest(folder: Path | str) -> dict[str, Any]:
-    """`etr_hub_export.json` of an exported checkpoint (the folder, or the file itself)."""
-    path = Path(folder).expanduser()
-    path = path / EXPORT_FILE if path.is_dir() else path
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise EtrHubError(
-            f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}",
-            "point to the folder `etr-hub export meta OUT` wrote",
-        ) from None
-    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT or not isinstance(data.get("experts"), list):
-        raise EtrHubError(
-            f"{path} is not an etr-hub meta export", "point to the folder `etr-hub export meta OUT` wrote"
-        )
-    return data
