@@ -231,7 +231,7 @@ def read_router_export(folder: Any) -> RouterExport:
         tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True, trust_remote_code=False)
         config = json.loads((root / "config.json").read_text(encoding="utf-8"))
         generation = (
-            GenerationConfig.from_pretrained(str(root), local_files_only=True)
+            GenerationConfig.from_pretrained(str(root), local_files_only=True, trust_remote_code=False)
             if (root / "generation_config.json").is_file()
             else GenerationConfig()
         )
