@@ -2,10 +2,11 @@
 
     python docs/make_scaling_out_svg.py        # rewrites docs/scaling-out.svg (no dependencies)
 
-Clients reach hub replicas through a load balancer. Each replica runs `etr-hub serve`: the meta
-model stays in the replica (routing needs its hidden states), and so do small local/LoRA experts.
-All replicas share one PostgreSQL registry (and the store of token files); big experts run on
-vLLM (one base model, many LoRA experts) or any OpenAI-compatible server.
+Clients reach stateless routers through a load balancer. Each router runs `etr-hub serve
+--meta-url`: it holds no model weights; the meta model runs in an engine serving the checkpoint
+`etr-hub export meta` wrote (its expert tokens baked in), which batches every router's requests.
+All routers share one PostgreSQL registry (and the store of token files); experts run on vLLM
+(one base model, many LoRA experts) or any OpenAI-compatible server.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def drawing() -> str:
         markers(),
         f'<rect width="{W}" height="{H}" fill="white"/>',
         f'<text x="{W / 2}" y="30" text-anchor="middle" font-size="18" font-weight="bold" fill="{INK}">'
-        "etr-hub scaled out</text>",
+        "etr-hub scaled out: stateless routers, engines that batch, one registry</text>",
     ]
     # clients and the load balancer
     parts.append(box(30, 60, 190, 60, CLIENT, EDGE["client"], "OpenAI clients", ["openai SDK, curl, apps"]))
@@ -105,12 +106,12 @@ def drawing() -> str:
                 125,
                 HUB,
                 EDGE["hub"],
-                f"hub replica {i + 1}: etr-hub serve",
+                f"router {i + 1}: etr-hub serve --meta-url",
                 [
-                    "meta model + expert-token rows W_E",
-                    "(routing needs the meta hidden states)",
-                    "small local / LoRA experts in-process",
-                    "fair queue: 429 + Retry-After when full",
+                    "no model weights (tokenizer, names)",
+                    "reads the routing token the meta",
+                    "engine emits; hands over the turn",
+                    "many requests at once; 429 when full",
                 ],
             )
         )
@@ -150,27 +151,28 @@ def drawing() -> str:
         )
     engines = [
         (
-            60,
-            125,
-            "vLLM (GPU)",
-            [
-                "vllm serve BASE --enable-lora",
-                "--lora-modules astronomy=… law=…",
-                "one base model, many LoRA experts,",
-                "batched for all hub replicas",
-            ],
+            55,
+            110,
+            "meta engine: vLLM (GPU)",
+            ["vllm serve ./meta-etr (the export)", "head [W_V; W_E]: <|expert:NAME|>", "batches all routers' requests"],
         ),
-        (235, 95, "vLLM (GPU)", ["a fully fine-tuned expert", "vllm serve ORG/EXPERT"]),
-        (355, 95, "any OpenAI-compatible server", ["SGLang, llama.cpp server,", "another etr-hub serve"]),
+        (
+            185,
+            110,
+            "expert engine: vLLM (GPU)",
+            ["vllm serve BASE --enable-lora", "--lora-modules astronomy=… law=…", "many LoRA experts, batched"],
+        ),
+        (315, 95, "any OpenAI-compatible server", ["SGLang, TGI, llama.cpp server,", "transformers serve"]),
     ]
     for y, h, title, lines in engines:
         parts.append(box(690, y, 260, h, ENGINE, EDGE["engine"], title, lines))
         mid = min(max(y + h / 2, ys[0] + 62), ys[-1] + 62)
         parts.append(arrow(bus, mid, 688, y + h / 2, EDGE["engine"]))
     for y, note in [
-        (478, "POST /v1/completions when an expert token wins;"),
-        (493, "an expert that fails → the meta model finishes,"),
-        (508, "and the route record says fell_back"),
+        (440, "an expert token at the routing position →"),
+        (455, "that expert continues the turn (/v1/completions);"),
+        (470, "one that fails → the meta engine finishes,"),
+        (485, "and the route record says fell_back"),
     ]:
         parts.append(f'<text x="820" y="{y}" text-anchor="middle" font-size="11" fill="{EDGE["engine"]}">{note}</text>')
     parts.append("</svg>")

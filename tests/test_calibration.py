@@ -232,3 +232,16 @@ def test_tuning_one_expert_moves_only_what_the_numbers_predict(world):
     assert r.returncode == 0, r.stderr
     predicted = {x["name"]: (x["recall"], x["false_fire"]) for x in json.loads(r.stdout)["after"]}
     assert _measured(_winners(texts), spans, everyday) == predicted
+
+
+def test_a_router_refuses_calibration_it_cannot_apply(registry, tuned_hub, tmp_path):
+    """In front of an engine the token is the engine's pick: a bias or min_p would be silently ignored."""
+    from etr_hub.errors import EtrHubError
+    from etr_hub.runtime import Hub
+
+    registry.set_bias("astronomy", -2.0)
+    with pytest.raises(EtrHubError, match=r"calibration \(bias on astronomy -2\) cannot be applied by a router"):
+        Hub.open(registry, meta_url="http://127.0.0.1:9/v1", meta_export=tmp_path)
+    registry.set_bias("astronomy", 0.0)
+    with pytest.raises(EtrHubError, match=r"calibration \(min_p 0.3\)"):
+        Hub.open(registry, meta_url="http://127.0.0.1:9/v1", meta_export=tmp_path, min_p=0.3)

@@ -16,7 +16,8 @@ def open_registry():
 
 def open_hub(*, quiet: bool = False, memory_budget_mb: int | None = None, plain_note: bool = True, **options: Any):
     """Hub.open() for a command: a spinner on stderr unless `quiet`, each skipped expert a warning.
-    `options`: Hub.open's min_p, device / dtype, failures_before_cooldown / cooldown_s."""
+    `options`: Hub.open's min_p, fallback, device / dtype, failures_before_cooldown / cooldown_s (and meta_url /
+    meta_model / meta_export: a router)."""
     from etr_hub.runtime import Hub
 
     if quiet:

@@ -92,7 +92,7 @@ def _root(
 
 
 def _register() -> None:
-    from etr_hub.cli import chat, expert, explain, init, query_set, serve, train, tune
+    from etr_hub.cli import chat, expert, explain, export, init, query_set, serve, train, tune
     from etr_hub.cli import eval as eval_cli
 
     app.command("init")(init.init)
@@ -102,6 +102,9 @@ def _register() -> None:
         query_set.app, name="query-set", help="Build expert query sets (where the expert beats the meta model)."
     )
     app.command("train-token")(train.train_token)
+    app.add_typer(
+        export.app, name="export", help="Export the meta model with its expert tokens for an inference engine."
+    )
     app.command("chat")(chat.chat)
     app.command("explain")(explain.explain)
     app.command("serve")(serve.serve)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -95,6 +96,27 @@ FailuresBeforeCooldown = Annotated[
         help="A remote expert that fails this many times in a row leaves routing for --cooldown-s (3).",
     ),
 ]
+MetaUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--meta-url",
+        help=(
+            "Route only: the meta model runs in an OpenAI-compatible engine at this /v1 URL, serving the checkpoint "
+            "`etr-hub export meta` wrote (this server then holds no model weights). Needs --meta-export."
+        ),
+    ),
+]
+MetaModel = Annotated[
+    str | None,
+    typer.Option("--meta-model", help="The engine's name for the exported checkpoint (default: the one it lists)."),
+]
+MetaExport = Annotated[
+    Path | None,
+    typer.Option(
+        "--meta-export",
+        help="The folder `etr-hub export meta` wrote (its etr_hub_export.json and tokenizer; weights not needed).",
+    ),
+]
 CooldownS = Annotated[
     float,
     typer.Option("--cooldown-s", help="Seconds a failing remote expert stays out of routing before a probe (30)."),
@@ -129,6 +151,9 @@ def serve(
     fallback: FallbackOption = Fallback.meta,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
+    meta_url: MetaUrl = None,
+    meta_model: MetaModel = None,
+    meta_export: MetaExport = None,
 ) -> None:
     """Serve the meta model and its experts over the OpenAI API (POST /v1/chat/completions, /v1/completions, GET /v1/models)."""  # noqa: E501 - one line: rich help keeps a docstring's line breaks
     from etr_hub.backends.health import HealthPolicy
@@ -155,15 +180,14 @@ def serve(
     health: dict[str, Any] = {"failures_before_cooldown": failures_before_cooldown, "cooldown_s": cooldown_s}
     HealthPolicy(**health).check()  # before the slow part
     check_port_free(config.host, config.port)
-    hub = open_hub(
-        memory_budget_mb=memory_budget_mb,
-        plain_note=False,
-        min_p=min_p,
-        fallback=fallback.value,
-        device=device,
-        dtype=dtype,
-        **health,
-    )
+    if meta_url is None and (meta_model is not None or meta_export is not None):
+        raise typer.BadParameter("--meta-model and --meta-export go with --meta-url", param_hint="--meta-url")
+    options: dict[str, Any] = {**health, "min_p": min_p, "fallback": fallback.value}
+    if meta_url is not None:
+        options.update(meta_url=meta_url, meta_model=meta_model, meta_export=meta_export)
+    else:
+        options.update(device=device, dtype=dtype)
+    hub = open_hub(memory_budget_mb=memory_budget_mb, plain_note=False, **options)
     _announce(hub, config)
     from etr_hub.config import settings
 

@@ -7,7 +7,7 @@ the meta model finishes it, the route record says `fell_back`, and the caller ge
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -108,9 +108,11 @@ def answer(
     expert: str | None,
     routed: bool,
     notes: list[str],
+    decode: Callable[[Answer, bool], Iterator[Event]] | None = None,
 ) -> Iterator[Event]:
     """The answer's events, ending with Done: `expert` (if named) writes first, then the meta model
-    decodes, handing over to an expert whose token wins (when `routed`)."""
+    decodes, handing over to an expert whose token wins (when `routed`). `decode`: the meta model's
+    part (default meta_decoding, in this process; a router's runs in an engine, runtime/router.py)."""
     ans = Answer(
         hub, prompt_ids, handoff, opts, ChatResult("", None, prompt_tokens=len(prompt_ids)), TextStream(opts.stop)
     )
@@ -119,7 +121,7 @@ def answer(
     if expert is not None:
         yield from requested_expert(ans, expert)
     if ans.finish is None:
-        yield from meta_decoding(ans, routed)
+        yield from (decode or meta_decoding)(ans, routed)
     for piece, source in ans.stream.finish():
         yield TextDelta(piece, source)
     ans.result.text, ans.result.completion_tokens = ans.stream.text, ans.used

@@ -60,6 +60,7 @@ class Hub:
         self.sampling = sampling_defaults(meta.model)  # what None means for temperature, top_p, repetition_penalty
         self.route_window: int | None = 1
         self.keep_layer: int | None = None  # decoder layer whose input the meta runner keeps (LoRA experts)
+        self.decode: Any = None  # the meta model's part of an answer: None in this process (a router's: the engine)
 
     @classmethod
     def open(
@@ -76,6 +77,9 @@ class Hub:
         fallback: str = "meta",
         device: str | None = None,
         dtype: str | None = None,
+        meta_url: str | None = None,
+        meta_model: str | None = None,
+        meta_export: Any = None,
     ) -> Hub:
         """Load the registry's meta model (or use `meta`, an already loaded LoadedModel of it) and
         assemble W_E from the enabled experts that fit it.
@@ -89,7 +93,10 @@ class Hub:
         `fallback`: who takes a question whose expert is cooling down: "meta" (the meta model) or
         "next-expert" (the next-best token, which may be another expert).
         `device` / `dtype`: where the meta model loads (models/device.py; None: ETR_HUB_DEVICE /
-        ETR_HUB_DTYPE, else auto); its experts and W_E follow it. A given `meta` stays where it is."""
+        ETR_HUB_DTYPE, else auto); its experts and W_E follow it. A given `meta` stays where it is.
+        `meta_url` (with `meta_export`, the folder `etr-hub export meta` wrote, and optionally
+        `meta_model`): a router holding no weights, the meta model served by an OpenAI-compatible
+        engine at that URL (RouterHub, runtime/engine.py)."""
         health = HealthPolicy(failures_before_cooldown, cooldown_s).check()
         check_min_p(min_p)
         if fallback not in FALLBACKS:
@@ -97,6 +104,13 @@ class Hub:
                 f"`fallback` must be one of {', '.join(FALLBACKS)} (got {fallback!r})", "pass `fallback=meta`"
             )
         registry = registry or Registry.open()
+        if meta_url is not None:
+            check_uncalibrated(registry, min_p)
+            router = RouterHub.connect(
+                registry, meta_url, meta_model, meta_export, status, memory_budget_mb, route_window, health
+            )
+            router.fallback = fallback
+            return router
         meta_row = registry.require_meta()
         if meta is None:
             ref = ModelRef.model_validate(meta_row.reference)  # device and dtype are checked before it loads
@@ -147,7 +161,7 @@ class Hub:
             messages, opts.max_new_tokens, opts.max_prompt_tokens
         )
         handoff = Handoff(messages=messages, meta_tokenizer=self.meta.tokenizer)
-        events = answer(self, ids, handoff, opts, expert=expert, routed=expert is None, notes=notes)
+        events = answer(self, ids, handoff, opts, expert=expert, routed=expert is None, notes=notes, decode=self.decode)
         return events if stream else _collect(events)
 
     def complete(
@@ -173,6 +187,7 @@ class Hub:
             expert=expert,
             routed=False,
             notes=notes,
+            decode=self.decode,
         )
         return events if stream else _collect(events)
 
@@ -299,6 +314,76 @@ class Hub:
         return ids, notes, min(max_new, self.context - len(ids))
 
 
+class RouterHub(Hub):
+    """`Hub.open(meta_url=…)`: the meta model runs in an engine serving the exported checkpoint; this
+    process holds its tokenizer, W_E's names and the experts (runtime/router.py). Several answers
+    run at once (`parallel`, the server's worker threads): the engine batches them."""
+
+    parallel = 64
+
+    def __init__(self, registry: Any, engine: Any, meta: Any, assembly: Any, pool: Any, export: Any, status: Any):
+        from etr_hub.runtime.router import engine_decoding
+
+        self.registry, self.engine, self.meta, self.pool, self.status = registry, engine, meta, pool, status
+        self.meta_name = f"{engine.model} at {engine.where.removeprefix('the meta engine at ')}"
+        self.experts, self.skipped = assembly.experts, assembly.skipped
+        self.w_e_t = torch.zeros(int(assembly.w_e.shape[1]), 0)  # (C, 0): the rows live in the engine
+        ids = {e["name"]: int(e["token_id"]) for e in export.manifest["experts"]}
+        self.expert_tokens = {f"<|expert:{e.name}|>": k for k, e in enumerate(self.experts)}  # text -> k
+        self.expert_token_ids = sorted(ids.values())
+        self.eos, self.context, self.sampling = frozenset(), export.context, export.sampling
+        self.route_window, self.keep_layer, self.decode = 1, None, engine_decoding
+        self.bias, self.min_p, self.fallback = torch.zeros(len(self.experts)), 0.0, "meta"  # check_uncalibrated
+
+    @classmethod
+    def connect(
+        cls, registry: Any, url: str, model: Any, folder: Any, status: Any, budget_mb: Any, window: Any, health: Any
+    ) -> RouterHub:
+        from etr_hub.runtime.engine import MetaEngine, check_export, read_router_export
+        from etr_hub.runtime.router import LazyMeta, LockedPool
+
+        meta_row = registry.require_meta()
+        export = read_router_export(folder)
+        assembly = assemble(registry, fingerprint=meta_row.fingerprint, hidden_size=meta_row.hidden_size)
+        sha = {e.name: e.token_sha256 for e in registry.list_experts(enabled_only=True)}
+        routed = [(e.name, e.version, sha[e.name]) for e in assembly.experts]
+        check_export(export.manifest, meta_row.fingerprint, routed)
+        engine = MetaEngine(url, model)
+        try:
+            if status is not None:
+                status(f"checking {engine.where}")
+            engine.check_model()
+            engine.check_tokens([f"<|expert:{e.name}|>" for e in assembly.experts])
+        except BaseException:
+            engine.close()
+            raise
+        meta = LazyMeta(export.tokenizer, lambda: Hub.open(registry, status=status).meta)
+        budget = None if budget_mb is None else int(budget_mb * 2**20)
+        pool = ExpertPool(assembly.specs, meta, budget_bytes=budget, status=status, health=health)
+        hub = cls(registry, engine, meta, assembly, LockedPool(pool), export, status)
+        hub.route_window = window
+        return hub
+
+    def close(self) -> None:
+        self.pool.close()
+        self.engine.close()
+
+    def _options(self, settings: RequestSettings) -> _Options:
+        from dataclasses import asdict
+
+        from etr_hub.runtime.router import EngineOptions
+
+        opts = super()._options(settings)
+        given = frozenset(k for k in ("temperature", "top_p") if settings.get(k) is not None)
+        return EngineOptions(**asdict(opts), explicit=given)
+
+    def explain(self, text: str, *, top: int = 10) -> Explanation:
+        raise EtrHubError(
+            "explain needs the meta model's hidden states, which an engine does not expose",
+            "run `etr-hub explain` on a hub that loads the meta model (without `meta_url`)",
+        )
+
+
 def _collect(events: Iterator[Event]) -> ChatResult:
     for event in events:
         if isinstance(event, Done):
@@ -325,3 +410,17 @@ def check_min_p(min_p: float | None) -> None:
 
     if min_p is not None and not (math.isfinite(min_p) and 0 <= min_p <= 1):
         raise EtrHubError(f"`min_p` must be a probability between 0 and 1 (got {min_p:g})", "pass e.g. `min_p=0.3`")
+
+
+def check_uncalibrated(registry: Any, min_p: float | None) -> None:
+    """A router cannot apply the operator's calibration: the engine picks the token from its own logits
+    (no per-expert bias, no probabilities to hold against min_p). Refuse rather than route otherwise."""
+    meta_min_p = registry.require_meta().min_p if min_p is None else min_p
+    biased = [f"{e.name} {e.bias:+g}" for e in registry.list_experts(enabled_only=True) if e.bias]
+    if biased or meta_min_p:
+        what = ", ".join([*(f"bias on {b}" for b in biased), *([f"min_p {meta_min_p:g}"] if meta_min_p else [])])
+        raise EtrHubError(
+            f"the registry's routing calibration ({what}) cannot be applied by a router in front of an engine",
+            "reset it (`etr-hub expert tune NAME --bias 0`, `etr-hub expert tune --min-p 0`), "
+            "or serve without `meta_url`",
+        )

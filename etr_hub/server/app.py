@@ -45,7 +45,7 @@ class Service:
     def __init__(self, hub: Any, config: ServerConfig):
         self.hub = hub
         self.config = config
-        self.worker = HubWorker(hub, config.max_queue)
+        self.worker = HubWorker(hub, config.max_queue, threads=getattr(hub, "parallel", 1))
         self.experts = {e.name: e for e in hub.experts}
         self.created = p.now()
         self.metrics = Metrics(self, log_prompts=config.log_prompts)

@@ -99,7 +99,7 @@ class _HubState(Collector):
         worker = self.service.worker
         yield GaugeMetricFamily("etr_hub_queue_depth", "Requests waiting for the meta model", value=len(worker.queue))
         yield GaugeMetricFamily(
-            "etr_hub_requests_running", "Requests the worker is answering now", value=int(worker.running is not None)
+            "etr_hub_requests_running", "Requests the worker is answering now", value=len(worker.active)
         )
         loaded = _loaded_experts(getattr(self.service.hub, "pool", None))
         yield GaugeMetricFamily("etr_hub_experts_loaded", "Experts whose model is loaded", value=len(loaded))

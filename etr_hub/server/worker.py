@@ -131,25 +131,37 @@ class FairQueue:
 
 
 class HubWorker:
-    def __init__(self, hub: Any, capacity: int):
+    """`threads` workers take jobs from the queue: 1 for a Hub (not thread-safe); a router's
+    (RouterHub.parallel) answer many at once, its engine batching them."""
+
+    def __init__(self, hub: Any, capacity: int, threads: int = 1):
         self.hub = hub
         self.queue = FairQueue(capacity)
-        self.running: Job | None = None
+        self.active: set[Job] = set()
         self.stats = {"completed": 0, "failed": 0, "cancelled": 0, "rejected": 0}
         self._mean_s = 1.0  # moving average of one job's duration, for Retry-After
-        self._thread = threading.Thread(target=self._loop, name="etr-hub-worker", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"etr-hub-worker-{i}", daemon=True) for i in range(threads)
+        ]
+        self._thread = self._threads[0]
+
+    @property
+    def running(self) -> Job | None:
+        return next(iter(set(self.active)), None)
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float = 10) -> None:
         for job in self.queue.close():
             job.emit(Failed(503, "the server is shutting down"))
             job.emit(END)
-        if self.running is not None:
-            self.running.cancelled.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        for job in set(self.active):
+            job.cancelled.set()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout)
 
     def submit(self, job: Job) -> None:
         if not self._thread.is_alive():
@@ -177,12 +189,12 @@ class HubWorker:
             if job.cancelled.is_set():
                 self.stats["cancelled"] += 1
                 continue
-            self.running = job
+            self.active.add(job)
             started = job.started = time.monotonic()
             try:
                 self._run(job)
             finally:
-                self.running = None
+                self.active.discard(job)
                 job.emit(END)
             self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - started)
 
@@ -198,7 +210,7 @@ class HubWorker:
                 events.close()  # stops decoding (and a remote expert's stream) at once
         except EtrHubError as exc:
             self.stats["failed"] += 1
-            job.emit(Failed(400, str(exc)))
+            job.emit(Failed(getattr(exc, "http_status", 400), str(exc)))  # a router's failed engine: 502
             return
         except Exception:  # a bug: logged here with its traceback, a plain 500 for the client
             log.exception("internal error while answering a request")
