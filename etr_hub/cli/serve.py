@@ -180,18 +180,27 @@ def serve(
     health: dict[str, Any] = {"failures_before_cooldown": failures_before_cooldown, "cooldown_s": cooldown_s}
     HealthPolicy(**health).check()  # before the slow part
     check_port_free(config.host, config.port)
-    if meta_url is None and (meta_model is not None or meta_export is not None):
-        raise typer.BadParameter("--meta-model and --meta-export go with --meta-url", param_hint="--meta-url")
-    options: dict[str, Any] = {**health, "min_p": min_p, "fallback": fallback.value}
-    if meta_url is not None:
-        options.update(meta_url=meta_url, meta_model=meta_model, meta_export=meta_export)
-    else:
-        options.update(device=device, dtype=dtype)
-    hub = open_hub(memory_budget_mb=memory_budget_mb, plain_note=False, **options)
+    where = _meta_placement(meta_url, meta_model, meta_export, device, dtype)
+    hub = open_hub(
+        memory_budget_mb=memory_budget_mb, plain_note=False, min_p=min_p, fallback=fallback.value, **health, **where
+    )
     _announce(hub, config)
     from etr_hub.config import settings
 
     run(hub, config, log_level=log_level.value, home=settings().home)  # `expert list` finds it in home/servers
+
+
+def _meta_placement(meta_url, meta_model, meta_export, device, dtype) -> dict[str, Any]:
+    """Where the meta model runs: in this process (--device/--dtype) or in an engine (--meta-url)."""
+    if meta_url is None and (meta_model is not None or meta_export is not None):
+        raise typer.BadParameter("--meta-model and --meta-export go with --meta-url", param_hint="--meta-url")
+    if meta_url is None:
+        return {"device": device, "dtype": dtype}
+    if device is not None or dtype is not None:
+        raise typer.BadParameter(
+            "the engine at --meta-url holds the meta model: drop --device/--dtype", param_hint="--device"
+        )
+    return {"meta_url": meta_url, "meta_model": meta_model, "meta_export": meta_export}
 
 
 def _require_web_stack() -> None:

@@ -98,11 +98,7 @@ class Hub:
         `meta_model`): a router holding no weights, the meta model served by an OpenAI-compatible
         engine at that URL (RouterHub, runtime/engine.py)."""
         health = HealthPolicy(failures_before_cooldown, cooldown_s).check()
-        check_min_p(min_p)
-        if fallback not in FALLBACKS:
-            raise EtrHubError(
-                f"`fallback` must be one of {', '.join(FALLBACKS)} (got {fallback!r})", "pass `fallback=meta`"
-            )
+        check_routing_options(min_p, fallback)
         registry = registry or Registry.open()
         if meta_url is not None:
             check_uncalibrated(registry, min_p)
@@ -112,15 +108,7 @@ class Hub:
             router.fallback = fallback
             return router
         meta_row = registry.require_meta()
-        if meta is None:
-            ref = ModelRef.model_validate(meta_row.reference)  # device and dtype are checked before it loads
-            meta = load_causal_lm(ref, device=device, dtype=dtype, status=status, role="meta", fingerprint=True)
-        fingerprint = meta.fingerprint or meta_fingerprint(meta.model)
-        if fingerprint != meta_row.fingerprint:
-            raise EtrHubError(
-                f"the meta model at {meta_row.display} is not the one the registry recorded (fingerprint changed)",
-                "re-run `etr-hub init --meta REF` with the original model, or retrain the experts",
-            )
+        meta, fingerprint = _checked_meta(meta_row, meta, device, dtype, status)
         w_v = output_embedding(meta.model)  # (V, C)
         hidden = int(w_v.shape[1])
         if status is not None:
@@ -384,6 +372,20 @@ class RouterHub(Hub):
         )
 
 
+def _checked_meta(meta_row: Any, meta: Any, device: str | None, dtype: str | None, status: Any) -> tuple[Any, str]:
+    """The registry's meta model (loaded unless given) and its fingerprint, which must be the recorded one."""
+    if meta is None:
+        ref = ModelRef.model_validate(meta_row.reference)  # device and dtype are checked before it loads
+        meta = load_causal_lm(ref, device=device, dtype=dtype, status=status, role="meta", fingerprint=True)
+    fingerprint = meta.fingerprint or meta_fingerprint(meta.model)
+    if fingerprint != meta_row.fingerprint:
+        raise EtrHubError(
+            f"the meta model at {meta_row.display} is not the one the registry recorded (fingerprint changed)",
+            "re-run `etr-hub init --meta REF` with the original model, or retrain the experts",
+        )
+    return meta, fingerprint
+
+
 def _collect(events: Iterator[Event]) -> ChatResult:
     for event in events:
         if isinstance(event, Done):
@@ -405,11 +407,15 @@ def eq1_probabilities(
     return torch.exp(word - lse), torch.exp(z - lse), z
 
 
-def check_min_p(min_p: float | None) -> None:
+def check_routing_options(min_p: float | None, fallback: str) -> None:
     import math
 
     if min_p is not None and not (math.isfinite(min_p) and 0 <= min_p <= 1):
         raise EtrHubError(f"`min_p` must be a probability between 0 and 1 (got {min_p:g})", "pass e.g. `min_p=0.3`")
+    if fallback not in FALLBACKS:
+        raise EtrHubError(
+            f"`fallback` must be one of {', '.join(FALLBACKS)} (got {fallback!r})", "pass `fallback=meta`"
+        )
 
 
 def check_uncalibrated(registry: Any, min_p: float | None) -> None:
