@@ -95,17 +95,28 @@ def levels(url: str, request: dict, concurrency: list[int], total: int) -> list[
     return rows
 
 
-def paired(calls: dict, reps: int, numerator: str, denominator: str) -> float:
-    """median over `reps` runs, in alternating order, of time(numerator) / time(denominator)."""
+def paired(calls: dict, reps: int, numerator: str, denominator: str, per_token: bool = False) -> float:
+    """median over `reps` runs, in alternating order, of time(numerator) / time(denominator); `per_token`:
+    each call returns its completion tokens and the times are per token (the two may answer at
+    different lengths: an engine's own stopping rules are not the hub's)."""
     ratios = []
     for rep in range(reps):
         times = {}
         for which in list(calls) if rep % 2 == 0 else list(calls)[::-1]:
             begin = time.perf_counter()
-            calls[which]()
-            times[which] = time.perf_counter() - begin
+            tokens = calls[which]()
+            times[which] = (time.perf_counter() - begin) / (max(1, tokens) if per_token else 1)
         ratios.append(times[numerator] / times[denominator])
     return statistics.median(ratios)
+
+
+def streamed(client, request: dict) -> int:
+    """One streamed chat answer, read to the end; its completion tokens."""
+    tokens = 0
+    for chunk in client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True}):
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+    return tokens
 
 
 def export_for_router(home: Path, env: dict) -> Path:
@@ -222,15 +233,16 @@ def router(args, exe, exported, home, env, request, concurrency, procs) -> dict:
     via.chat.completions.create(**request)
     rows = levels(url, request, concurrency, args.requests)
     ratio = paired(
-        {
-            "router": lambda: via.chat.completions.create(**request),
-            "engine": lambda: direct.chat.completions.create(**engine_request),
-        },
+        {"router": lambda: streamed(via, request), "engine": lambda: streamed(direct, engine_request)},
         args.reps,
         "router",
         "engine",
+        per_token=True,
     )
-    print(f"router overhead: router + engine / engine alone (one request, median of {args.reps}): {ratio:.3f}")
+    print(
+        f"router overhead: router + engine / engine alone, both streamed, time per completion token "
+        f"(one request, median of {args.reps}): {ratio:.3f}"
+    )
     return {"(b) router + engine (CB)": rows}
 
 
