@@ -115,11 +115,16 @@ def admission_winners(
     w_all = torch.cat([w_e.float(), row.float().reshape(1, -1)], dim=0)  # (N + 1, C)
     b_all = torch.cat([bias.float(), torch.tensor([float(row_bias)])])  # (N + 1,)
     z = calibrated_logits(h, w_all, b_all)  # (B, N + 1)
-    before = winners_from_logits(z[:, :-1], top, lse_v, min_p)  # (B,)
-    if min_p > 0:  # the new token changes every probability: decide again
-        return before, winners_from_logits(z, top, lse_v, min_p)
-    rival = torch.maximum(z[:, :-1].max(dim=-1).values, top.float()) if w_e.shape[0] else top.float()  # (B,)
-    return before, torch.where(z[:, -1] > rival, w_e.shape[0] + 1, before)  # (B,), (B,): ties stay
+    if min_p > 0:  # the new token changes every probability: decide both from scratch
+        return winners_from_logits(z[:, :-1], top, lse_v, min_p), winners_from_logits(z, top, lse_v, min_p)
+    n, top = w_e.shape[0], top.float()
+    if n:
+        best, idx = z[:, :-1].max(dim=-1)  # (B,), (B,) the registered experts' best
+        before = torch.where(best > top, idx + 1, WORD)  # (B,)
+        rival = torch.maximum(best, top)  # (B,)
+    else:
+        before, rival = torch.zeros_like(top, dtype=torch.long), top
+    return before, torch.where(z[:, -1] > rival, n + 1, before)  # (B,), (B,): a tie stays with the earlier
 
 
 def expert_token_loss(h: torch.Tensor, lse_v: torch.Tensor, w_e: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
