@@ -233,15 +233,17 @@ def router(args, exe, exported, home, env, request, concurrency, procs) -> dict:
     via.chat.completions.create(**request)
     rows = levels(url, request, concurrency, args.requests)
     ratio = paired(
-        {"router": lambda: streamed(via, request), "engine": lambda: streamed(direct, engine_request)},
+        # the same body both ways (no repetition_penalty of the request's own): the same answer, the same length
+        {"router": lambda: streamed(via, plain), "engine": lambda: streamed(direct, engine_request)},
         args.reps,
         "router",
         "engine",
         per_token=True,
     )
+    lengths = f"{streamed(via, plain)} vs {streamed(direct, engine_request)} completion tokens"
     print(
         f"router overhead: router + engine / engine alone, both streamed, time per completion token "
-        f"(one request, median of {args.reps}): {ratio:.3f}"
+        f"(one request, median of {args.reps}; {lengths}): {ratio:.3f}"
     )
     return {"(b) router + engine (CB)": rows}
 
