@@ -41,7 +41,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 QUESTION = [{"role": "user", "content": "Explain briefly how the planets of the solar system formed."}]
-EVERYDAY = [{"role": "user", "content": "Tell me a fun fact about dogs."}]  # the meta model answers it itself
+EVERYDAY = [{"role": "user", "content": "Write a short poem about the sea."}]  # answered by the meta model alone,
+# greedy, with no expert token in its first 32 tokens (an engine without logit_bias would cut the answer there)
 ROOT = Path(__file__).resolve().parents[1]
 
 
