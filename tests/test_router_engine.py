@@ -36,6 +36,9 @@ from tests.runtime_support import (
 
 ROUTED = [{"role": "user", "content": "tell me about the stars"}]
 PLAIN = [{"role": "user", "content": "hello there"}]
+LATER = [
+    {"role": "user", "content": "what about the moon"}
+]  # the expert token loses at the routing position, wins at 3
 GREEDY = {"temperature": 0, "repetition_penalty": 1.0, "max_new_tokens": 10}
 REPLY = " the remote expert speaks"
 
@@ -47,7 +50,9 @@ def free_port() -> int:
 
 
 def solved_row(meta_path: Path) -> torch.Tensor:
-    """(1, C): logit above every word's at ROUTED's routing position, -100 along PLAIN's greedy answer."""
+    """(1, C): logit above every word's at ROUTED's routing position, -100 along PLAIN's greedy answer, and
+    for LATER -100 at the routing position but above every word where its greedy answer's 4th token is read
+    (served raw, the engine emits the expert token there; the hub's routing window ignores it)."""
     from etr_hub.generation.modelinfo import eos_ids
     from etr_hub.models.chat import routing_prompt_ids
     from etr_hub.models.loading import load_causal_lm
@@ -58,9 +63,14 @@ def solved_row(meta_path: Path) -> torch.Tensor:
     answer = greedy_no_cache(meta.model, p, GREEDY["max_new_tokens"] + 2, set(eos_ids(meta.model, meta.tokenizer)))
     h_q = routing_states(meta.model, q)[-1:]  # (1, C)
     h_p = routing_states(meta.model, p + answer)[len(p) - 1 :]  # (T, C): every position PLAIN's answer is read at
-    top_word = float((h_q.float() @ meta.model.get_output_embeddings().weight.T).max())
-    a = torch.cat([h_q, h_p])  # (1 + T, C)
-    b = torch.tensor([top_word + 30.0] + [-100.0] * len(h_p), dtype=a.dtype)
+    w_v = meta.model.get_output_embeddings().weight.T.double()  # (C, V)
+    top_word = float((h_q @ w_v).max())
+    lp = routing_prompt_ids(meta.tokenizer, LATER)[0]
+    later = greedy_no_cache(meta.model, lp, 4, set())
+    h_l = routing_states(meta.model, lp + later)[len(lp) - 1 :]  # (5, C): h_l[j] emits later[j]
+    a = torch.cat([h_q, h_p, h_l[:1], h_l[3:4]])  # (1 + T + 2, C)
+    later_top = float((h_l[3:4] @ w_v).max())
+    b = torch.tensor([top_word + 30.0] + [-100.0] * len(h_p) + [-100.0, later_top + 30.0], dtype=a.dtype)
     return torch.linalg.lstsq(a, b.unsqueeze(1)).solution.T.float()  # (1, C)
 
 
@@ -153,6 +163,28 @@ def test_router_matches_the_in_process_hub(world, registry):
     finally:
         hub.close()
         router.close()
+
+
+def test_an_expert_token_after_the_routing_window_does_not_cut_the_answer(world, registry):
+    """Served raw the engine emits the expert token at LATER's 4th token; the router's answer is still the
+    in-process hub's whole answer (expert tokens suppressed after the routing position), with no warning."""
+    from etr_hub.runtime import Hub
+
+    raw = httpx.post(
+        f"{world.url}/chat/completions",
+        json={"model": world.model, "messages": LATER, "max_tokens": 6, "temperature": 0},
+        timeout=60,
+    ).json()["choices"][0]["message"]["content"]
+    assert "<|expert:astronomy|>" in raw, raw  # the case is real: the engine's own answer holds the token
+    populate(registry, world)
+    hub, router = Hub.open(), open_router(world)
+    try:
+        here, there = hub.chat(LATER, **GREEDY), router.chat(LATER, **GREEDY)
+    finally:
+        hub.close()
+        router.close()
+    assert here.route == [] and there.route == [] and not there.warnings, there.warnings
+    assert there.text == here.text.rstrip("\ufffd") and len(there.text) > len(raw.split("<|expert:")[0])
 
 
 def test_router_falls_back_to_the_engine_when_the_expert_fails(world, registry):

@@ -71,13 +71,45 @@ class ExpertTokenReader:
 
 # -- the engine's part of an answer ----------------------------------------------------------------
 def engine_decoding(ans: Answer, routed: bool) -> Iterator[Event]:
-    """The engine's meta model writes the answer: routed (a chat completion whose first tokens may
-    be an expert's), or not (a text completion with every expert token suppressed)."""
-    if routed and ans.handoff.messages is not None and not ans.answer_ids and not ans.stream.text:
+    """The engine's meta model writes the answer. Routed, with a routing window: a short request of
+    `route_window` tokens decides the route, then (no expert token there) the answer is a chat
+    completion with every expert token suppressed from its first token — served raw, a small meta
+    model emits expert tokens mid-answer, and an engine that ignores logit_bias on /v1/completions
+    (transformers serve) could not continue after a cut. Otherwise a continuation."""
+    hub: Any = ans.hub  # a RouterHub
+    first = routed and ans.handoff.messages is not None and not ans.answer_ids and not ans.stream.text
+    if first and hub.route_window is None:  # experts compete at every position: one stream, cut where one wins
         body = {**sampling_body(ans), "messages": ans.handoff.messages, "stream_options": {"include_usage": True}}
         yield from relay(ans, "/chat/completions", body, window=True)
-    else:
-        yield from continuation(ans)
+        return
+    if first:
+        hit, before = routing_probe(ans)
+        if hit is not None:  # the route: what came before its token (within the window) is the meta model's
+            yield from ans.deltas(before, "meta")
+            written = ans.meta_ids(before)
+            ans.answer_ids += written
+            ans.used += len(written)
+            yield from engine_hand_over(ans, hit)
+            return
+    yield from continuation(ans)
+
+
+def routing_probe(ans: Answer) -> tuple[int | None, str]:
+    """The first `route_window` tokens of the engine's answer: (expert index, the text before its token) or
+    (None, the text); nothing is shown, the answer request writes it again."""
+    hub: Any = ans.hub  # a RouterHub
+    body = {**sampling_body(ans), "messages": ans.handoff.messages, "max_tokens": hub.route_window}
+    reader, before = ExpertTokenReader(hub.expert_tokens), ""
+    pieces = hub.engine.stream("/chat/completions", body)
+    try:
+        for piece in pieces:
+            for item in reader.push(piece.text):
+                if isinstance(item, int):
+                    return item, before
+                before += item
+    finally:
+        pieces.close()  # the engine stops generating
+    return None, before + reader.flush()
 
 
 def continuation(ans: Answer) -> Iterator[Event]:
