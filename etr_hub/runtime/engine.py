@@ -18,7 +18,7 @@ files are all the router reads from it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,7 +132,7 @@ class MetaEngine:
             raise EngineError(f"{self.where} sent no JSON for {method} {path}", _fix_url()) from None
 
     # -- generation -----------------------------------------------------------------------------
-    def stream(self, path: str, body: dict[str, Any]) -> Iterator[Piece]:
+    def stream(self, path: str, body: dict[str, Any]) -> Generator[Piece]:
         """POST `path` (/chat/completions or /completions) with stream=True; the deltas as Pieces.
         Closing the iterator closes the connection (an engine then stops generating)."""
         import httpx

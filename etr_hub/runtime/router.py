@@ -16,8 +16,9 @@ local expert answers one request at a time.
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,15 +84,42 @@ def engine_decoding(ans: Answer, routed: bool) -> Iterator[Event]:
         yield from relay(ans, "/chat/completions", body, window=True)
         return
     if first:
-        hit, before = routing_probe(ans)
-        if hit is not None:  # the route: what came before its token (within the window) is the meta model's
-            yield from ans.deltas(before, "meta")
-            written = ans.meta_ids(before)
-            ans.answer_ids += written
-            ans.used += len(written)
-            yield from engine_hand_over(ans, hit)
-            return
+        yield from routed_answer(ans)
+        return
     yield from continuation(ans)
+
+
+def routed_answer(ans: Answer) -> Iterator[Event]:
+    """The answer request (every expert token suppressed) starts first and the routing request runs while
+    it decodes, so the engine batches the two; its text is held until the route is known."""
+    hub: Any = ans.hub  # a RouterHub
+    bias = {str(i): SUPPRESS for i in hub.expert_token_ids}
+    body = {**sampling_body(ans), "messages": ans.handoff.messages, "logit_bias": bias}
+    pieces = hub.engine.stream("/chat/completions", body)
+    ahead = list(itertools.islice(pieces, 1))  # the request is in the engine now (its first piece read)
+    try:
+        hit, before = routing_probe(ans)
+    except BaseException:
+        pieces.close()
+        raise
+    if hit is None:
+        yield from relay(ans, "/chat/completions", body, window=False, pieces=_resumed(ahead, pieces))
+        return
+    pieces.close()  # the route: the engine stops the meta model's answer
+    yield from ans.deltas(before, "meta")  # what came before its token, within the window
+    written = ans.meta_ids(before)
+    ans.answer_ids += written
+    ans.used += len(written)
+    yield from engine_hand_over(ans, hit)
+
+
+def _resumed(ahead: list[Piece], pieces: Generator[Piece]) -> Generator[Piece]:
+    """`pieces` after the ones already read; closing it closes the request."""
+    try:
+        yield from ahead
+        yield from pieces
+    finally:
+        pieces.close()
 
 
 def routing_probe(ans: Answer) -> tuple[int | None, str]:
@@ -130,12 +158,15 @@ def continuation(ans: Answer) -> Iterator[Event]:
         yield from relay(ans, "/completions", body, window=False)
 
 
-def relay(ans: Answer, path: str, body: dict[str, Any], *, window: bool) -> Iterator[Event]:
-    """Stream the engine's text through; act on the first expert token (route it, or cut there)."""
+def relay(
+    ans: Answer, path: str, body: dict[str, Any], *, window: bool, pieces: Generator[Piece] | None = None
+) -> Iterator[Event]:
+    """Stream the engine's text through (`pieces`: a request already started); act on the first expert
+    token (route it, or cut there)."""
     hub: Any = ans.hub  # a RouterHub
     reader = ExpertTokenReader(hub.expert_tokens)
     meta_text, tokens, finish, hit = "", None, None, None
-    pieces = hub.engine.stream(path, body)
+    pieces = pieces if pieces is not None else hub.engine.stream(path, body)
     try:
         for piece in pieces:
             tokens, finish = piece.completion_tokens or tokens, piece.finish or finish
