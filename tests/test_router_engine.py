@@ -157,7 +157,7 @@ def test_router_matches_the_in_process_hub(world, registry):
         events = list(router.chat(ROUTED, stream=True, **GREEDY))
         assert isinstance(events[0], Switch) and events[0].switch.expert == "astronomy"
         assert "".join(e.text for e in events if isinstance(e, TextDelta)) == REPLY
-        assert router.meta._model is None  # the router never loaded the meta model's weights
+        assert router.meta._loaded is None  # the router never loaded the meta model's weights
         with pytest.raises(EtrHubError, match="hidden states"):
             router.explain("why?")
     finally:
@@ -185,6 +185,35 @@ def test_an_expert_token_after_the_routing_window_does_not_cut_the_answer(world,
         router.close()
     assert here.route == [] and there.route == [] and not there.warnings, there.warnings
     assert there.text == here.text.rstrip("\ufffd") and len(there.text) > len(raw.split("<|expert:")[0])
+
+
+def test_a_lora_expert_runs_in_the_router_on_the_meta_model(world, registry, tmp_path):
+    """A LoRA expert needs the meta model's weights: the router loads them (once) and the expert answers
+    exactly as in the in-process hub."""
+    from etr_hub.registry.meta import register_meta_model
+    from etr_hub.runtime import Hub
+    from tests.tiny_models import make_tiny_lora
+
+    meta_row = register_meta_model(registry, ModelRef(kind="local", path=str(world.meta)))
+    adapter = make_tiny_lora(world.meta, tmp_path / "adapter", seed=3)
+    add_expert(
+        registry,
+        "astronomy",
+        world.row,
+        ModelRef(kind="peft", path="adapter"),
+        fingerprint=meta_row.fingerprint,
+        hidden=32,
+        adapter=adapter,
+    )
+    hub, router = Hub.open(), open_router(world)
+    try:
+        here, there = hub.chat(ROUTED, **GREEDY), router.chat(ROUTED, **GREEDY)
+        assert router.meta._loaded is not None  # loaded for the adapter
+    finally:
+        hub.close()
+        router.close()
+    assert there.expert == here.expert == "astronomy" and not there.route[0].fell_back, there.warnings
+    assert there.text == here.text and not there.warnings
 
 
 def test_router_falls_back_to_the_engine_when_the_expert_fails(world, registry):

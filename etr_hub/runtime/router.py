@@ -256,15 +256,24 @@ class LazyMeta:
     def __init__(self, tokenizer: Any, load: Any):
         self.tokenizer = tokenizer
         self._load = load
-        self._model: Any = None
+        self._loaded: Any = None  # the LoadedModel, once an expert needs it
         self._lock = threading.Lock()
 
     @property
-    def model(self) -> Any:
+    def loaded(self) -> Any:
         with self._lock:
-            if self._model is None:
-                self._model = self._load().model
-            return self._model
+            if self._loaded is None:
+                self._loaded = self._load()
+            return self._loaded
+
+    @property
+    def model(self) -> Any:
+        return self.loaded.model
+
+    def __getattr__(self, name: str) -> Any:  # ref, fingerprint…: what a LoRA expert reads of its base
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.loaded, name)
 
 
 class LockedPool:
