@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from etr_hub.eval.answers import gold_value, is_correct
-from recipes.skills.tasks import GENERATORS, SKILLS, generate, split_of
+from recipes.skills.tasks import GENERATORS, SKILLS, arithmetic_response, generate, insertion_lines, places, split_of
 
 
 @pytest.mark.parametrize("skill", SKILLS)
@@ -54,3 +54,39 @@ def test_sorting_and_conversions_are_right():
         form, n = r["key"].split(":")
         expected = {"to_bin": format(int(n), "b"), "to_hex": format(int(n), "X")}.get(form, n)
         assert r["answer"] == expected
+
+
+@pytest.mark.parametrize(
+    "n,text",
+    [
+        (7, "7 = 7 ones"),
+        (377, "377 = 3 hundreds, 7 tens, 7 ones"),
+        (22140, "22140 = 2 ten-thousands, 2 thousands, 1 hundreds, 4 tens, 0 ones"),
+    ],
+)
+def test_numbers_are_written_by_place(n, text):
+    assert places(n) == text
+
+
+def test_each_column_names_its_place_and_reads_the_right_digits():
+    lines = arithmetic_response("sub", 4821, 377)[0].splitlines()
+    assert lines[3:7] == [
+        "ones: 1 - 7: borrow, 11 - 7 = 4 -> 4",
+        "tens: 2 - 1 - 7: borrow, 11 - 7 = 4 -> 44",
+        "hundreds: 8 - 1 - 3 = 4 -> 444",
+        "thousands: 4 - 0 = 4 -> 4444",
+    ]
+
+
+@pytest.mark.parametrize(
+    "nums,desc,last",
+    [
+        ([50, 25, 2, 70], False, "70 -> 2, 25, 50, 70"),
+        ([50, 25, 2, 70], True, "70 -> 70, 50, 25, 2"),
+        ([3, -3, 3, 0], False, "0 -> -3, 0, 3, 3"),
+    ],
+)
+def test_insertion_lines_keep_the_list_ordered(nums, desc, last):
+    lines = insertion_lines(nums, desc)
+    assert len(lines) == len(nums) and lines[-1] == last
+    assert lines[0] == f"{nums[0]} -> {nums[0]}"

@@ -1,4 +1,5 @@
-"""The six shipped MMLU experts in plugins/: complete, valid bundles that `expert add` accepts."""
+"""The shipped experts in plugins/ (six MMLU subjects and the skill experts): complete, valid
+bundles that `expert add` accepts, one after another in one registry."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ from pathlib import Path
 import pytest
 
 from etr_hub.eval.mmlu import MMLU_EXPERT_SUBJECTS
+from recipes.skills.tasks import SKILLS
 
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
-SHIPPED = [s for s in MMLU_EXPERT_SUBJECTS if (PLUGINS / s / "expert.json").is_file()]  # a missing one fails below
+FAMILIES = {"mmlu": list(MMLU_EXPERT_SUBJECTS), "skills": list(SKILLS)}
+ALL = FAMILIES["mmlu"] + FAMILIES["skills"]
+SHIPPED = [s for s in ALL if (PLUGINS / s / "expert.json").is_file()]  # a missing one fails below
+MMLU = [s for s in SHIPPED if s in FAMILIES["mmlu"]]
 
 
-def test_all_six_are_shipped():
-    assert list(MMLU_EXPERT_SUBJECTS) == SHIPPED
+def test_the_six_mmlu_experts_and_only_known_experts_are_shipped():
+    assert FAMILIES["mmlu"] == MMLU
+    assert SHIPPED[len(MMLU) :], "no skill expert is shipped"
+    assert sorted(p.name for p in PLUGINS.iterdir() if p.is_dir()) == sorted(SHIPPED)
 
 
 @pytest.mark.parametrize("subject", SHIPPED)
@@ -45,12 +52,22 @@ def test_bundle_is_complete_and_its_hashes_match(subject):
     ).exists()  # not a local path: etr-hub reads it as "on the meta model"
 
 
-def test_shipped_files_are_small():
-    total = sum(p.stat().st_size for s in SHIPPED for p in (PLUGINS / s).rglob("*") if p.is_file())
-    assert total < 8 * 2**20
+@pytest.mark.parametrize("family,limit_mb", [("mmlu", 8), ("skills", 24)])
+def test_shipped_files_are_small(family, limit_mb):
+    total = sum(p.stat().st_size for s in FAMILIES[family] for p in (PLUGINS / s).rglob("*") if p.is_file())
+    assert 0 < total < limit_mb * 2**20
 
 
-def test_expert_add_accepts_all_six(registry):
+@pytest.mark.parametrize("skill", [s for s in SHIPPED if s in FAMILIES["skills"]])
+def test_skill_query_sets_were_chosen_by_the_loss_gap_rule(skill):
+    """The paper's rule (loss gap > τ) on one mixed pool, no labels used to choose: the label only measures purity."""
+    qs = json.loads((PLUGINS / skill / "expert.json").read_text())["query_set"]
+    assert qs["selection_rule"] == "loss_meta - loss_expert > tau" and qs["tau"] > 0
+    assert qs["label"] == skill and qs["purity"] >= 0.9
+    assert qs["source"]["n_pairs"] > qs["size"] >= 40  # chosen from a larger pool
+
+
+def test_expert_add_accepts_all_of_them(registry):
     m = json.loads((PLUGINS / SHIPPED[0] / "expert.json").read_text())["meta"]
     registry.register_meta(
         reference={"kind": "embedded", "name": "smollm2-135m-instruct"},
@@ -62,14 +79,18 @@ def test_expert_add_accepts_all_six(registry):
     for subject in SHIPPED:
         row = registry.add_expert(PLUGINS / subject)
         assert row.label == subject
-    assert sorted(e.name for e in registry.list_experts(enabled_only=True)) == SHIPPED
+    assert sorted(e.name for e in registry.list_experts(enabled_only=True)) == sorted(SHIPPED)
 
 
 def test_shipped_adapters_leave_the_lower_layers_alone():
-    """Adapted in the last 8 of 30 layers only, so a switch continues the meta model's cache
-    below them (generation/shared_prefix.py) instead of recomputing the prompt in every layer."""
+    """MMLU experts adapt the last 8 of 30 layers, skills the last 16, so a switch continues the
+    meta model's cache below them (generation/shared_prefix.py) instead of recomputing the prompt
+    in every layer."""
     from etr_hub.backends import ExpertSpec, meta_layer_to_keep
     from etr_hub.models.refs import ModelRef
 
-    specs = [ExpertSpec(s, ModelRef(kind="peft", path=str(PLUGINS / s / "adapter"))) for s in SHIPPED]
-    assert meta_layer_to_keep(specs) == 22
+    def specs(names):
+        return [ExpertSpec(s, ModelRef(kind="peft", path=str(PLUGINS / s / "adapter"))) for s in names]
+
+    assert meta_layer_to_keep(specs(MMLU)) == 22
+    assert meta_layer_to_keep(specs(SHIPPED)) == (14 if len(SHIPPED) > len(MMLU) else 22)

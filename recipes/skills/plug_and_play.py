@@ -1,0 +1,98 @@
+r"""Measure the skills table and plug-and-play across the two families of shipped experts.
+
+    python recipes/skills/plug_and_play.py [--work .work/skills] [--mmlu-work .work/mmlu]
+
+Every step is the project's own commands, in fresh registries (`WORK/pnp/<home>`) that share one
+cache folder with build.py's registry (WORK/home/cache), so a forward pass or a generation is paid
+once across them:
+
+ - `skills`: the shipped skill bundles added with `expert add`; `eval tasks` (all baselines,
+   the plot) -> WORK/eval_skills.json, docs/skills.png. Then the six MMLU bundles are added after
+   them (the reverse order) -> `eval tasks` and `eval mmlu` with all of them.
+ - `mmlu`: the six MMLU bundles added -> `eval mmlu` with six experts. Then the skills join the
+   way a provider adds one: `query-set build` (the paper's rule over the same mixed pool, with
+   build.py's adapters, so its loss passes come from the cache) and `train-token` in this
+   registry, with the six MMLU tokens frozen and their query sets as negatives -> `eval tasks`,
+   `eval mmlu` with all of them.
+
+`recipes/skills/report.py` prints the README's tables from the JSON files written here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from etr_hub.eval.mmlu import MMLU_EXPERT_SUBJECTS as MMLU
+from recipes.mmlu_experts.build import etr_hub, run, train_token_args
+from recipes.skills.build import DESCRIPTIONS, TAU
+from recipes.skills.tasks import SKILLS
+
+
+def fresh_home(work: Path, name: str, cli: str, log: list[dict]) -> Path:
+    """A new registry under WORK/pnp/NAME whose cache is build.py's (WORK/home/cache)."""
+    home = work / "pnp" / name
+    if home.exists():
+        shutil.rmtree(home)  # the cache inside is a link: rmtree removes the link, not the cache
+    (work / "home" / "cache").mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True)
+    (home / "cache").symlink_to(work / "home" / "cache")
+    run([cli, "init"], home, log)
+    return home
+
+
+def save(report: dict | None, path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2))
+    print(f"wrote {path}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=ROOT / ".work" / "skills")
+    ap.add_argument("--mmlu-work", type=Path, default=ROOT / ".work" / "mmlu")
+    ap.add_argument("--plugins", type=Path, default=ROOT / "plugins")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    work, cli, log = args.work.resolve(), etr_hub(), []
+    dev = args.mmlu_work.resolve() / "dev_eval"
+    if not dev.is_dir():  # the MMLU recipe's development-evaluation split (data only, seconds)
+        recipe = [sys.executable, str(ROOT / "recipes" / "mmlu_experts" / "build.py"), "--work", str(args.mmlu_work)]
+        data = ["--data", str(ROOT.parent / "shared" / "data" / "mmlu"), "--seed", str(args.seed)]
+        subprocess.run([*recipe, *data, "--data-only"], check=True)
+    tasks = [cli, "eval", "tasks", "--data", str(work / "eval.jsonl"), "--json"]
+    mmlu = [cli, "eval", "mmlu", "--data-dir", str(dev), "--json"]
+    plugins = args.plugins.resolve()
+    skills = [s for s in SKILLS if (plugins / s / "expert.json").is_file()]  # the shipped ones
+
+    # skills first (the shipped tokens), then the six MMLU experts
+    home = fresh_home(work, "skills", cli, log)
+    run([cli, "expert", "add", *(str(plugins / s) for s in skills), "--no-report"], home, log)
+    save(run([*tasks, "--plot", str(ROOT / "docs" / "skills.png")], home, log), work / "eval_skills.json")
+    run([cli, "expert", "add", *(str(plugins / s) for s in MMLU), "--no-report"], home, log)
+    save(run([*tasks, "--no-baselines"], home, log), work / "eval_tasks_all_skills_first.json")
+    save(run([*mmlu, "--no-baselines"], home, log), work / "eval_mmlu_all_skills_first.json")
+
+    # the six MMLU experts first, then each skill built and trained in this registry
+    home = fresh_home(work, "mmlu", cli, log)
+    run([cli, "expert", "add", *(str(plugins / s) for s in MMLU), "--no-report"], home, log)
+    save(run([*mmlu, "--no-baselines"], home, log), work / "eval_mmlu_six.json")
+    for skill in skills:
+        build = [cli, "query-set", "build", skill, "--expert", str(work / "adapters" / skill)]  # as build.py did
+        pool = ["--data", str(work / "pool.jsonl"), "--tau", str(TAU), "--label", skill, "--size", "100"]
+        run([*build, *pool, "--seed", str(args.seed), "--batch-size", "8", "--json"], home, log)
+        out = work / "pnp" / "bundles" / skill
+        run(train_token_args(cli, skill, args.seed, DESCRIPTIONS[skill], out), home, log)
+    save(run([*tasks, "--no-baselines"], home, log), work / "eval_tasks_all_mmlu_first.json")
+    save(run([*mmlu, "--no-baselines"], home, log), work / "eval_mmlu_all_mmlu_first.json")
+    (work / "pnp" / "log.json").write_text(json.dumps(log, indent=2))
+
+
+if __name__ == "__main__":
+    main()
