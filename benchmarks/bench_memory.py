@@ -113,15 +113,13 @@ def parent(source: Path, work: Path, args) -> None:
 
 
 def add_plugins(registry, n: int, console) -> list[str]:
-    """Register the first n shipped LoRA bundles of plugins/ that fit the meta model; [] unless all n do."""
+    """Register the first n shipped MMLU LoRA bundles of plugins/; [] unless all n are there."""
     from etr_hub.errors import EtrHubError
+    from etr_hub.eval.mmlu import MMLU_EXPERT_SUBJECTS
 
-    root = Path(__file__).resolve().parent.parent / "plugins"
-    folders = (
-        sorted(p for p in root.glob("*") if (p / "expert.json").is_file() and (p / "adapter").is_dir())[:n]
-        if root.is_dir()
-        else []
-    )
+    root = Path(__file__).resolve().parent.parent / "plugins"  # the MMLU experts: r=8 q/v, as the README's figure
+    shipped = [root / s for s in MMLU_EXPERT_SUBJECTS]
+    folders = [p for p in shipped if (p / "expert.json").is_file() and (p / "adapter").is_dir()][:n]
     if len(folders) < n:
         console.print(f"plugins/ has {len(folders)} LoRA bundles, not {n}: using random adapters")
         return []
