@@ -1,4 +1,4 @@
-"""Rebuild the four shipped skill experts (plugins/<skill>/), seeded, with the paper's own query-set rule.
+"""Build the skill experts (plugins/<skill>/), seeded, with the paper's own query-set rule.
 
     python recipes/skills/build.py [--seed 0] [--work .work/skills] [--device cpu|cuda] [--skills arithmetic,roman]
 
@@ -176,7 +176,7 @@ def model_card(skill: str, manifest: dict, build: dict, skills: list[str]) -> st
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="Rebuild the four shipped skill experts.")
+    ap = argparse.ArgumentParser(description="Build the skill experts (--skills) into plugins/.")
     ap.add_argument("--work", type=Path, default=ROOT / ".work" / "skills")
     ap.add_argument("--plugins", type=Path, default=ROOT / "plugins")
     ap.add_argument("--mmlu", type=Path, default=ROOT.parent / "shared" / "data" / "mmlu")

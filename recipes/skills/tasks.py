@@ -1,4 +1,4 @@
-"""Generated skill questions and tutor-style answers for the four shipped skill experts.
+"""Generated skill questions and tutor-style answers for the four skill experts.
 
     python recipes/skills/tasks.py --out .work/skills/data --seed 0
 
