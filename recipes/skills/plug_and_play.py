@@ -1,6 +1,6 @@
 r"""Measure the skills table and plug-and-play across the two families of shipped experts.
 
-    python recipes/skills/plug_and_play.py [--work .work/skills] [--mmlu-work .work/mmlu]
+    python recipes/skills/plug_and_play.py [--work .work/skills] [--mmlu-work .work/mmlu] [--part all|skills|mmlu]
 
 Every step is the project's own commands, in fresh registries (`WORK/pnp/<home>`) that share one
 cache folder with build.py's registry (WORK/home/cache), so a forward pass or a generation is paid
@@ -25,6 +25,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,45 +54,76 @@ def save(report: dict | None, path: Path) -> None:
     print(f"wrote {path}", flush=True)
 
 
+@dataclass
+class Run:
+    """What both registration orders share: the folders, the console script, the commands, the log."""
+
+    work: Path
+    cli: str
+    plugins: Path
+    skills: list[str]
+    tasks: list[str]
+    mmlu: list[str]
+    seed: int
+    log: list[dict] = field(default_factory=list)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=ROOT / ".work" / "skills")
     ap.add_argument("--mmlu-work", type=Path, default=ROOT / ".work" / "mmlu")
     ap.add_argument("--plugins", type=Path, default=ROOT / "plugins")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--part",
+        choices=["all", "skills", "mmlu"],
+        default="all",
+        help="only the skills-first registry (the skills table, the plot) or only the MMLU-first one",
+    )
     args = ap.parse_args()
-    work, cli, log = args.work.resolve(), etr_hub(), []
+    work, cli = args.work.resolve(), etr_hub()
     dev = args.mmlu_work.resolve() / "dev_eval"
     if not dev.is_dir():  # the MMLU recipe's development-evaluation split (data only, seconds)
         recipe = [sys.executable, str(ROOT / "recipes" / "mmlu_experts" / "build.py"), "--work", str(args.mmlu_work)]
         data = ["--data", str(ROOT.parent / "shared" / "data" / "mmlu"), "--seed", str(args.seed)]
         subprocess.run([*recipe, *data, "--data-only"], check=True)
-    tasks = [cli, "eval", "tasks", "--data", str(work / "eval.jsonl"), "--json"]
+    # 400 new tokens: the longest worked answer (a 3-digit by 2-digit product) is ~390
+    tasks = [cli, "eval", "tasks", "--data", str(work / "eval.jsonl"), "--max-new-tokens", "400", "--json"]
     mmlu = [cli, "eval", "mmlu", "--data-dir", str(dev), "--json"]
     plugins = args.plugins.resolve()
     skills = [s for s in SKILLS if (plugins / s / "expert.json").is_file()]  # the shipped ones
 
-    # skills first (the shipped tokens), then the six MMLU experts
-    home = fresh_home(work, "skills", cli, log)
-    run([cli, "expert", "add", *(str(plugins / s) for s in skills), "--no-report"], home, log)
-    save(run([*tasks, "--plot", str(ROOT / "docs" / "skills.png")], home, log), work / "eval_skills.json")
-    run([cli, "expert", "add", *(str(plugins / s) for s in MMLU), "--no-report"], home, log)
-    save(run([*tasks, "--no-baselines"], home, log), work / "eval_tasks_all_skills_first.json")
-    save(run([*mmlu, "--no-baselines"], home, log), work / "eval_mmlu_all_skills_first.json")
+    r = Run(work, cli, plugins, skills, tasks, mmlu, args.seed)
+    if args.part in ("all", "skills"):
+        skills_first(r)
+    if args.part in ("all", "mmlu"):
+        mmlu_first(r)
+    (work / "pnp" / f"log_{args.part}.json").write_text(json.dumps(r.log, indent=2))
 
-    # the six MMLU experts first, then each skill built and trained in this registry
-    home = fresh_home(work, "mmlu", cli, log)
-    run([cli, "expert", "add", *(str(plugins / s) for s in MMLU), "--no-report"], home, log)
-    save(run([*mmlu, "--no-baselines"], home, log), work / "eval_mmlu_six.json")
-    for skill in skills:
-        build = [cli, "query-set", "build", skill, "--expert", str(work / "adapters" / skill)]  # as build.py did
-        pool = ["--data", str(work / "pool.jsonl"), "--tau", str(TAU), "--label", skill, "--size", "100"]
-        run([*build, *pool, "--seed", str(args.seed), "--batch-size", "8", "--json"], home, log)
-        out = work / "pnp" / "bundles" / skill
-        run(train_token_args(cli, skill, args.seed, DESCRIPTIONS[skill], out), home, log)
-    save(run([*tasks, "--no-baselines"], home, log), work / "eval_tasks_all_mmlu_first.json")
-    save(run([*mmlu, "--no-baselines"], home, log), work / "eval_mmlu_all_mmlu_first.json")
-    (work / "pnp" / "log.json").write_text(json.dumps(log, indent=2))
+
+def skills_first(r: Run) -> None:
+    """The shipped skill tokens added first (the skills table and the plot), then the six MMLU experts."""
+    home = fresh_home(r.work, "skills", r.cli, r.log)
+    run([r.cli, "expert", "add", *(str(r.plugins / s) for s in r.skills), "--no-report"], home, r.log)
+    save(run([*r.tasks, "--plot", str(ROOT / "docs" / "skills.png")], home, r.log), r.work / "eval_skills.json")
+    run([r.cli, "expert", "add", *(str(r.plugins / s) for s in MMLU), "--no-report"], home, r.log)
+    save(run([*r.tasks, "--no-baselines"], home, r.log), r.work / "eval_tasks_all_skills_first.json")
+    save(run([*r.mmlu, "--no-baselines"], home, r.log), r.work / "eval_mmlu_all_skills_first.json")
+
+
+def mmlu_first(r: Run) -> None:
+    """The six MMLU experts first, then each skill's query set built and its token trained in this registry."""
+    home = fresh_home(r.work, "mmlu", r.cli, r.log)
+    run([r.cli, "expert", "add", *(str(r.plugins / s) for s in MMLU), "--no-report"], home, r.log)
+    save(run([*r.mmlu, "--no-baselines"], home, r.log), r.work / "eval_mmlu_six.json")
+    for skill in r.skills:
+        build = [r.cli, "query-set", "build", skill, "--expert", str(r.work / "adapters" / skill)]  # as build.py did
+        pool = ["--data", str(r.work / "pool.jsonl"), "--tau", str(TAU), "--label", skill, "--size", "100"]
+        run([*build, *pool, "--seed", str(r.seed), "--batch-size", "8", "--json"], home, r.log)
+        out = r.work / "pnp" / "bundles" / skill
+        run(train_token_args(r.cli, skill, r.seed, DESCRIPTIONS[skill], out), home, r.log)
+    save(run([*r.tasks, "--no-baselines"], home, r.log), r.work / "eval_tasks_all_mmlu_first.json")
+    save(run([*r.mmlu, "--no-baselines"], home, r.log), r.work / "eval_mmlu_all_mmlu_first.json")
 
 
 if __name__ == "__main__":
