@@ -52,12 +52,13 @@ LORA = {
     "lr": 2e-3,
     "batch_size": 16,
 }
-# over 6,000 training rows each; arithmetic's cosine schedule ends where its run stops (220 steps)
-EPOCHS = {"arithmetic": 220 * 16 / 6000, "sorting": 1.6, "roman": 1.6, "base_conversion": 1.6}
-# steps run of the 600 scheduled (a CPU budget; resumable, so a larger number continues a run):
-# Roman was at 98/100 exact at 350; a step costs ~10-18 s on 2 CPU cores with these long worked answers
+# steps run (a CPU budget; resumable, so a larger number continues a run): Roman was at 98/100 exact at 350
+# of 600 scheduled; a step costs ~10-19 s on 2 CPU cores with these long worked answers
 STOP_AFTER = {"arithmetic": 220, "roman": 350, "sorting": 350, "base_conversion": 200}
 SIZES = {"train": 6000, "pool": 60, "eval": 100}
+# epochs over the training rows: 600 scheduled steps, except arithmetic's cosine, which ends where its run stops
+EPOCHS = {s: 600 * LORA["batch_size"] / SIZES["train"] for s in STOP_AFTER}
+EPOCHS["arithmetic"] = STOP_AFTER["arithmetic"] * LORA["batch_size"] / SIZES["train"]
 MMLU_DISTRACTORS = 120
 TAU = 10.0  # nats, summed over the response: the worked answers are long, so expertise shows as tens of nats
 
@@ -158,6 +159,13 @@ def train_adapter(skill: str, work: Path, args) -> None:
     subprocess.run(cmd, check=True)
 
 
+def query_set_args(cli: str, skill: str, work: Path, seed: int) -> list[str]:
+    """`etr-hub query-set build` by the paper's rule over the one mixed pool, with the skill's adapter."""
+    build = [cli, "query-set", "build", skill, "--expert", str(work / "adapters" / skill)]
+    pool = ["--data", str(work / "pool.jsonl"), "--tau", str(TAU), "--label", skill, "--size", "100"]
+    return [*build, *pool, "--seed", str(seed), "--batch-size", "8", "--json"]
+
+
 def model_card(skill: str, manifest: dict, build: dict, skills: list[str]) -> str:
     qs, tr = manifest.get("query_set", {}), manifest.get("training", {})
     return f"""# {skill} expert (skills)
@@ -212,33 +220,7 @@ def main() -> None:
         log.append({"cmd": f"train_lora.py {skill}", "seconds": round(time.perf_counter() - t0, 1)})
     pool = [json.loads(line) for line in (work / "pool_base.jsonl").read_text().splitlines() if line.strip()]
     write_jsonl(work / "pool.jsonl", pool + everyday_rows(work, home))
-    builds = {}
-    for skill in skills:
-        builds[skill] = run(
-            [
-                cli,
-                "query-set",
-                "build",
-                skill,
-                "--expert",
-                str(work / "adapters" / skill),
-                "--data",
-                str(work / "pool.jsonl"),
-                "--tau",
-                str(TAU),
-                "--label",
-                skill,
-                "--size",
-                "100",
-                "--seed",
-                str(args.seed),
-                "--batch-size",
-                "8",
-                "--json",
-            ],
-            home,
-            log,
-        )
+    builds = {skill: run(query_set_args(cli, skill, work, args.seed), home, log) for skill in skills}
     # train-token freezes every registered token and learns against its query set: start from the six shipped
     # MMLU experts only (their query sets become negatives, so a skill token learns not to take their questions)
     for expert in run([cli, "expert", "list", "--json"], home, log) or []:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from etr_hub.eval.mmlu import MMLU_EXPERT_SUBJECTS as MMLU
 from recipes.mmlu_experts.build import etr_hub, run, train_token_args
-from recipes.skills.build import DESCRIPTIONS, TAU
+from recipes.skills.build import DESCRIPTIONS, query_set_args
 from recipes.skills.tasks import SKILLS
 
 
@@ -117,9 +117,7 @@ def mmlu_first(r: Run) -> None:
     run([r.cli, "expert", "add", *(str(r.plugins / s) for s in MMLU), "--no-report"], home, r.log)
     save(run([*r.mmlu, "--no-baselines"], home, r.log), r.work / "eval_mmlu_six.json")
     for skill in r.skills:
-        build = [r.cli, "query-set", "build", skill, "--expert", str(r.work / "adapters" / skill)]  # as build.py did
-        pool = ["--data", str(r.work / "pool.jsonl"), "--tau", str(TAU), "--label", skill, "--size", "100"]
-        run([*build, *pool, "--seed", str(r.seed), "--batch-size", "8", "--json"], home, r.log)
+        run(query_set_args(r.cli, skill, r.work, r.seed), home, r.log)  # as build.py did
         out = r.work / "pnp" / "bundles" / skill
         run(train_token_args(r.cli, skill, r.seed, DESCRIPTIONS[skill], out), home, r.log)
     save(run([*r.tasks, "--no-baselines"], home, r.log), r.work / "eval_tasks_all_mmlu_first.json")

@@ -98,7 +98,8 @@ def plug_and_play(work: Path, skills4: dict) -> None:
     for name, key in runs.items():
         t, m = load(work, f"eval_tasks_all_{key}.json"), load(work, f"eval_mmlu_all_{key}.json")
         if not skills <= set(t["experts"]):  # an earlier run, with fewer skill experts: do not mix it in
-            print(f"| {name} | not measured with {', '.join(sorted(skills))} (`plug_and_play.py --part {key[:-6]}`) |")
+            part = key.removesuffix("_first")
+            print(f"| {name} | not measured with {', '.join(sorted(skills))} (`plug_and_play.py --part {part}`) |")
             continue
         dt = 100 * (skills4["routing_accuracy"] - t["routing_accuracy"])
         dm = 100 * (six["routing_accuracy"] - m["routing_accuracy"])
