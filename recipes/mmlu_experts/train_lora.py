@@ -48,6 +48,11 @@ def main() -> None:
         action="store_true",
         help="continue from OUT's adapter and train_state.json (same data and settings)",
     )
+    ap.add_argument(
+        "--init-adapter",
+        type=Path,
+        help="start from this finished adapter's weights (a further phase with its own schedule)",
+    )
     args = ap.parse_args()
 
     import torch
@@ -84,12 +89,15 @@ def main() -> None:
     )
     start = 0
     state_file = args.out / "train_state.json"
-    if args.resume and state_file.exists():  # weights from the last save; the data order is replayed below
+    resuming = args.resume and state_file.exists()  # weights from the last save; the data order is replayed below
+    init = args.out if resuming else args.init_adapter
+    if init is not None:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(
-            model, {k: v.float() for k, v in load_file(args.out / "adapter_model.safetensors").items()}
+            model, {k: v.float() for k, v in load_file(init / "adapter_model.safetensors").items()}
         )
+    if resuming:
         start = json.loads(state_file.read_text())["step"]
     model.to(args.device)
     decoder, head = model.get_base_model().get_decoder(), model.get_base_model().get_output_embeddings()
