@@ -6,7 +6,8 @@ Steps (each uses the project's own commands; only the LoRA fine-tuning is a scri
  1. data: recipes/skills/tasks.py writes each skill's train / pool / eval rows (disjoint by
     problem; eval also in phrasings held out of training) and WORK/eval.jsonl for `eval tasks`.
  2. LoRA: recipes/mmlu_experts/train_lora.py per skill -> WORK/adapters/<skill> (resumable:
-    an interrupted run continues from its last save with the same command).
+    an interrupted run continues from its last save with the same command); a skill in SECOND_PHASE
+    trains WORK/adapters/<skill>.phase1 first and continues from it with a schedule of its own.
  3. one mixed pool, no labels used for selection: the four skills' pool questions with their
     worked answers, MMLU questions of other subjects with their answers, and the project's
     everyday training prompts answered by the meta model itself (greedy) - a provider's
