@@ -57,9 +57,15 @@ LORA = {
 # of 600 scheduled; a step costs ~10-19 s on 2 CPU cores with these long worked answers
 STOP_AFTER = {"arithmetic": 220, "roman": 350, "sorting": 350, "base_conversion": 200}
 SIZES = {"train": 6000, "pool": 60, "eval": 100}
+
+
 # epochs over the training rows: 600 scheduled steps, except arithmetic's cosine, which ends where its run stops
-EPOCHS = {s: 600 * LORA["batch_size"] / SIZES["train"] for s in STOP_AFTER}
-EPOCHS["arithmetic"] = STOP_AFTER["arithmetic"] * LORA["batch_size"] / SIZES["train"]
+def epochs_for(steps: int) -> float:
+    return steps * LORA["batch_size"] / SIZES["train"]
+
+
+EPOCHS = {s: epochs_for(600) for s in STOP_AFTER}
+EPOCHS["arithmetic"] = epochs_for(STOP_AFTER["arithmetic"])
 # then a second phase from that adapter, with its own cosine (peak lr, steps) and data order (seed + 1):
 # arithmetic's first 220 steps ended at 78/100 exact, its misses borrow slips and product digits
 SECOND_PHASE = {"arithmetic": {"lr": 1e-3, "steps": 160}}
@@ -123,19 +129,25 @@ def everyday_rows(work: Path, home: Path) -> list[dict]:
 
 def train_adapter(skill: str, work: Path, args) -> None:
     out = work / "adapters" / skill
-    if (out / "adapter_model.safetensors").exists() and not (out / "train_state.json").exists() and not args.fresh:
-        return  # finished earlier
+    if finished(out) and not args.fresh:
+        return
     first = work / "adapters" / f"{skill}.phase1" if skill in SECOND_PHASE else out
     if args.fresh:
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(first, ignore_errors=True)
-    if not (first / "adapter_model.safetensors").exists() or (first / "train_state.json").exists():
+    if not finished(first):
         lora_run(skill, work, first, LORA["lr"], EPOCHS[skill], STOP_AFTER[skill], args.seed, args.device)
     if skill in SECOND_PHASE:
         phase = SECOND_PHASE[skill]
-        epochs = phase["steps"] * LORA["batch_size"] / SIZES["train"]
         init = ["--init-adapter", str(first)]
-        lora_run(skill, work, out, phase["lr"], epochs, phase["steps"], args.seed + 1, args.device, init)
+        lora_run(
+            skill, work, out, phase["lr"], epochs_for(phase["steps"]), phase["steps"], args.seed + 1, args.device, init
+        )
+
+
+def finished(adapter: Path) -> bool:
+    """Trained to its last step (an interrupted run leaves train_state.json to resume from)."""
+    return (adapter / "adapter_model.safetensors").exists() and not (adapter / "train_state.json").exists()
 
 
 def lora_run(skill, work, out, lr, epochs, stop_after, seed, device, extra=()) -> None:
