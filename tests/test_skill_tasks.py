@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 
 from etr_hub.eval.answers import gold_value, is_correct
-from recipes.skills.tasks import GENERATORS, SKILLS, arithmetic_response, generate, insertion_lines, places, split_of
+from recipes.skills.tasks import (
+    GENERATORS,
+    SKILLS,
+    arithmetic_response,
+    generate,
+    group_words,
+    insertion_lines,
+    places,
+    split_of,
+)
 
 
 @pytest.mark.parametrize("skill", SKILLS)
@@ -90,3 +99,57 @@ def test_insertion_lines_keep_the_list_ordered(nums, desc, last):
     lines = insertion_lines(nums, desc)
     assert len(lines) == len(nums) and lines[-1] == last
     assert lines[0] == f"{nums[0]} -> {nums[0]}"
+
+
+@pytest.mark.parametrize(
+    "n,hyphen,british_and,words",
+    [
+        (7, "-", False, "seven"),
+        (15, "-", False, "fifteen"),
+        (40, "-", False, "forty"),
+        (21, "-", False, "twenty-one"),
+        (99, " ", False, "ninety nine"),
+        (100, "-", True, "one hundred"),
+        (305, "-", True, "three hundred and five"),
+        (305, "-", False, "three hundred five"),
+        (870, "-", False, "eight hundred seventy"),
+        (999, "-", True, "nine hundred and ninety-nine"),
+    ],
+)
+def test_number_words_groups(n, hyphen, british_and, words):
+    assert group_words(n, {"hyphen": hyphen, "and": british_and}) == words
+
+
+def _read_words(text: str) -> int:
+    """An independent reader of English number words (the test's own, not the generator's)."""
+    small = {
+        w: i
+        for i, w in enumerate(
+            ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+        )
+    }
+    small |= {"thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18}
+    small |= {"nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70}
+    small |= {"eighty": 80, "ninety": 90}
+    total = group = 0
+    for word in text.lower().replace("-", " ").replace(",", " ").split():
+        if word == "and":
+            continue
+        if word == "hundred":
+            group *= 100
+        elif word == "thousand":
+            total, group = total + group * 1000, 0
+        else:
+            group += small[word]
+    return total + group
+
+
+def test_number_words_say_their_answer():
+    rows = generate("number_words", "train", 400, seed=5)
+    for r in rows:
+        words = r["response"].rsplit("\nSo ", 1)[1].rsplit(" is ", 1)[0]
+        assert words in r["query"]  # the reply names the number as the question wrote it
+        assert _read_words(words) == int(r["answer"]) == int(r["key"].split(":")[1])
+        assert 0 <= int(r["answer"]) <= 999_999 and not any(c.isdigit() for c in r["query"])
+    assert {len(r["answer"]) for r in rows} >= {2, 3, 4, 5, 6}
+    assert any(" and " in r["query"] for r in rows) and any("-" in r["query"] for r in rows)

@@ -8,7 +8,7 @@ Steps (each uses the project's own commands; only the LoRA fine-tuning is a scri
  2. LoRA: recipes/mmlu_experts/train_lora.py per skill -> WORK/adapters/<skill> (resumable:
     an interrupted run continues from its last save with the same command); a skill in SECOND_PHASE
     trains WORK/adapters/<skill>.phase1 first and continues from it with a schedule of its own.
- 3. one mixed pool, no labels used for selection: the four skills' pool questions with their
+ 3. one mixed pool, no labels used for selection: the skills' pool questions (all five generated skills) with their
     worked answers, MMLU questions of other subjects with their answers, and the project's
     everyday training prompts answered by the meta model itself (greedy) - a provider's
     style-matched control, so that answering in one's own words is no "expertise".
@@ -44,6 +44,7 @@ DESCRIPTIONS = {
     "sorting": "Sorting: puts 4 to 10 integers (negatives too) in ascending or descending order.",
     "roman": "Roman numerals: converts integers from 1 to 3999 to Roman numerals and Roman numerals back to integers.",
     "base_conversion": "Base conversion: decimal to and from binary (0-1023) and hexadecimal (0-65535).",
+    "number_words": "Number words: writes numbers given in words (zero to 999,999) as plain digits.",
 }
 LORA = {
     "r": 16,
@@ -55,7 +56,7 @@ LORA = {
 }
 # steps run (a CPU budget; resumable, so a larger number continues a run): Roman was at 98/100 exact at 350
 # of 600 scheduled; a step costs ~10-19 s on 2 CPU cores with these long worked answers
-STOP_AFTER = {"arithmetic": 220, "roman": 350, "sorting": 350, "base_conversion": 200}
+STOP_AFTER = {"arithmetic": 220, "roman": 350, "sorting": 220, "base_conversion": 200, "number_words": 250}
 SIZES = {"train": 6000, "pool": 60, "eval": 100}
 
 
@@ -66,6 +67,8 @@ def epochs_for(steps: int) -> float:
 
 EPOCHS = {s: epochs_for(600) for s in STOP_AFTER}
 EPOCHS["arithmetic"] = epochs_for(STOP_AFTER["arithmetic"])
+EPOCHS["sorting"] = epochs_for(STOP_AFTER["sorting"])
+EPOCHS["number_words"] = epochs_for(STOP_AFTER["number_words"])
 # then a second phase from that adapter, with its own cosine (peak lr, steps) and data order (seed + 1):
 # arithmetic's first 220 steps ended at 78/100 exact, its misses borrow slips and product digits
 SECOND_PHASE = {"arithmetic": {"lr": 1e-3, "steps": 160}}
@@ -190,7 +193,7 @@ def model_card(skill: str, manifest: dict, build: dict, skills: list[str]) -> st
   {LORA["batch_size"]} ({STOP_AFTER[skill] * LORA["batch_size"]:,} examples seen),
   lr {LORA["lr"]:g}{second_phase(skill)}.
 - **Query set:** {qs.get("size")} queries chosen by the paper's rule (loss gap > τ = {TAU:g} nats) from one mixed
-  pool of the four skills' questions, MMLU questions and everyday prompts; purity {build.get("purity")}.
+  pool of the five generated skills' questions, MMLU questions and everyday prompts; purity {build.get("purity")}.
 - **Expert token:** trained with `etr-hub train-token` ({tr.get("epochs")} epochs, {tr.get("stopped")}) in a registry
   holding {", ".join(tr.get("negatives") or []) or "no other expert"} (their query sets as negatives).
 - **Evaluation:** see the README's "Skill experts" (`etr-hub eval tasks`).

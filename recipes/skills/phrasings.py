@@ -199,3 +199,24 @@ BASE_TEMPLATES: dict[str, list[str]] = {
         "Read the hex number {h} as a decimal.",
     ],
 }
+
+NUMBER_WORDS_TEMPLATES: dict[str, list[str]] = {
+    "from_words": [
+        "What is {w} in digits?",
+        "write {w} as a number",
+        "How do you write {w} in numerals?",
+        'Could you please convert "{w}" to digits?',
+        "{w} in numbers?",
+        "The cheque says {w}. What number is that?",
+        "Please write {w} using digits.",
+        "what number is {w}",
+        "I need {w} written as a number for a form, thanks!",
+        "Turn '{w}' into digits, please.",
+        "Convert the words {w} to a number.",
+        "Hey, how would I type {w} with digits?",
+        "My grandma wrote {w} in her letter; what's that as a number?",
+        "Can you give me the numeric form of {w}?",
+        "what's {w} in figures",
+        "Type {w} as a plain number, please.",
+    ],
+}

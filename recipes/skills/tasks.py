@@ -1,4 +1,6 @@
-"""Generated skill questions and tutor-style answers for the four skill experts.
+"""Generated skill questions and tutor-style answers for the skill experts: the four the project set
+out to build (arithmetic, sorting, Roman numerals, base conversion) and number words, which
+replaces the two that missed their target.
 
     python recipes/skills/tasks.py --out .work/skills/data --seed 0
 
@@ -28,9 +30,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repository root holds `recipes`
 
 from etr_hub.eval.answers import ROMAN_VALUES, to_roman
-from recipes.skills.phrasings import ARITHMETIC_TEMPLATES, BASE_TEMPLATES, ROMAN_TEMPLATES, SORTING_TEMPLATES
+from recipes.skills.phrasings import (
+    ARITHMETIC_TEMPLATES,
+    BASE_TEMPLATES,
+    NUMBER_WORDS_TEMPLATES,
+    ROMAN_TEMPLATES,
+    SORTING_TEMPLATES,
+)
 
-SKILLS = ("arithmetic", "sorting", "roman", "base_conversion")
+SKILLS = ("arithmetic", "sorting", "roman", "base_conversion", "number_words")
 SPLITS = {"train": range(0, 80), "pool": range(80, 90), "eval": range(90, 100)}  # % of problem-key hashes
 HELD_OUT = 3  # templates per skill kept out of training phrasings
 
@@ -315,11 +323,61 @@ def sample_base_conversion(rng: random.Random) -> Problem:
     return Problem(f"from_hex:{n}", {"h": shown}, "integer", str(n), response, form)
 
 
+# ---------------------------------------------------------------- number words -> numerals
+ONES = (  # noqa: SIM905
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen"
+).split()
+TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()  # noqa: SIM905
+
+
+def group_words(n: int, style: dict) -> str:
+    """1-999 in words: `eight hundred (and) twenty-one`, hyphenated or not, British `and` or not."""
+    hundreds, rest = divmod(n, 100)
+    words = [f"{ONES[hundreds]} hundred"] if hundreds else []
+    if rest:
+        tens, ones = divmod(rest, 10)
+        low = ONES[rest] if rest < 20 else TENS[tens] + (style["hyphen"] + ONES[ones] if ones else "")
+        words.append(("and " if style["and"] and hundreds else "") + low)
+    return " ".join(words)
+
+
+def _group_line(n: int, text: str) -> str:
+    """One group of up to three digits read off its words: `eight hundred twenty-one = 8 hundreds + 21 = 821`."""
+    hundreds, rest = divmod(n, 100)
+    return f"{text} = {hundreds} hundreds + {rest} = {n}" if hundreds else f"{text} = {n}"
+
+
+def sample_number_words(rng: random.Random) -> Problem:
+    """A number in words (0-999,999) as people write it, to plain digits, one group of three at a time."""
+    digits = rng.choices([2, 3, 4, 5, 6], weights=[1, 2, 3, 2, 2])[0]  # mostly the long ones people ask about
+    n = rng.randint(10 ** (digits - 1) if digits > 2 else 0, 10**digits - 1)
+    style = {"hyphen": "-" if rng.random() < 0.8 else " ", "and": rng.random() < 0.3}
+    thousands, rest = divmod(n, 1000)
+    high, low = group_words(thousands, style), group_words(rest, style)
+    if n == 0:
+        text, lines = "zero", ["zero = 0"]
+    elif not thousands:
+        text, lines = low, [_group_line(rest, low)]
+    else:
+        joint = ", " if rest and rng.random() < 0.15 else " "
+        joint += "and " if style["and"] and 0 < rest < 100 else ""
+        text = f"{high} thousand" + (joint + low if rest else "")
+        lines = [f"thousands: {_group_line(thousands, high)}"]
+        lines.append(f"the rest: {_group_line(rest, low)}, three digits: {rest:03d}" if rest else "the rest: 000")
+        lines.append(f"{thousands} thousand, {rest:03d} -> {n}")
+    if rng.random() < 0.2:
+        text = text[0].upper() + text[1:]
+    response = "\n".join(lines) + f"\nSo {text} is {n}."
+    return Problem(f"words:{n}", {"w": text}, "integer", str(n), response, "from_words")
+
+
 GENERATORS: dict[str, tuple[Callable[[random.Random], Problem], dict[str, list[str]]]] = {
     "arithmetic": (sample_arithmetic, ARITHMETIC_TEMPLATES),
     "sorting": (sample_sorting, SORTING_TEMPLATES),
     "roman": (sample_roman, ROMAN_TEMPLATES),
     "base_conversion": (sample_base_conversion, BASE_TEMPLATES),
+    "number_words": (sample_number_words, NUMBER_WORDS_TEMPLATES),
 }
 
 
@@ -373,7 +431,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="Write train/pool/eval JSONL for the four skills.")
+    ap = argparse.ArgumentParser(description="Write train/pool/eval JSONL for every skill.")
     ap.add_argument("--out", type=Path, default=Path(".work/skills/data"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train", type=int, default=4000, help="training rows per skill")
