@@ -55,7 +55,7 @@ LORA = {
     "batch_size": 16,
 }
 # steps run (a CPU budget; resumable, so a larger number continues a run): Roman was at 98/100 exact at 350
-# of 600 scheduled; a step costs ~10-19 s on 2 CPU cores with these long worked answers
+# of 600 scheduled; a step costs ~10-19 s on 2 CPU cores with these long worked answers (number words: ~6 s)
 STOP_AFTER = {"arithmetic": 220, "roman": 350, "sorting": 220, "base_conversion": 200, "number_words": 250}
 SIZES = {"train": 6000, "pool": 60, "eval": 100}
 
