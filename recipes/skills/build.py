@@ -166,9 +166,12 @@ def lora_run(skill, work, out, lr, epochs, stop_after, seed, device, extra=()) -
     subprocess.run(cmd, check=True)
 
 
-def query_set_args(cli: str, skill: str, work: Path, seed: int) -> list[str]:
-    """`etr-hub query-set build` by the paper's rule over the one mixed pool, with the skill's adapter."""
+def query_set_args(cli: str, skill: str, work: Path, seed: int, others: list[str]) -> list[str]:
+    """`etr-hub query-set build` by the paper's rule over the one mixed pool, with the skill's adapter; the gap is
+    taken against the best of the meta model and the other skill adapters (`--versus`), so that a short worked
+    answer every adapter predicts well (`nine = 9`) goes to none of them but the one that knows it best."""
     build = [cli, "query-set", "build", skill, "--expert", str(work / "adapters" / skill)]
+    build += [arg for other in others for arg in ("--versus", str(work / "adapters" / other))]
     pool = ["--data", str(work / "pool.jsonl"), "--tau", str(TAU), "--label", skill, "--size", "100"]
     return [*build, *pool, "--seed", str(seed), "--batch-size", "8", "--json"]
 
@@ -192,8 +195,9 @@ def model_card(skill: str, manifest: dict, build: dict, skills: list[str]) -> st
   worked, tutor-style format that ends with the result stated once; {STOP_AFTER[skill]} steps of batch
   {LORA["batch_size"]} ({STOP_AFTER[skill] * LORA["batch_size"]:,} examples seen),
   lr {LORA["lr"]:g}{second_phase(skill)}.
-- **Query set:** {qs.get("size")} queries chosen by the paper's rule (loss gap > τ = {TAU:g} nats) from one mixed
-  pool of the five generated skills' questions, MMLU questions and everyday prompts; purity {build.get("purity")}.
+- **Query set:** {qs.get("size")} queries chosen by the paper's rule (loss gap > τ = {TAU:g} nats,
+  against the better of the meta model and the other skill experts built with it) from one mixed pool of
+  the five generated skills' questions, MMLU questions and everyday prompts; purity {build.get("purity")}.
 - **Expert token:** trained with `etr-hub train-token` ({tr.get("epochs")} epochs, {tr.get("stopped")}) in a registry
   holding {", ".join(tr.get("negatives") or []) or "no other expert"} (their query sets as negatives).
 - **Evaluation:** see the README's "Skill experts" (`etr-hub eval tasks`).
@@ -235,7 +239,10 @@ def main() -> None:
         log.append({"cmd": f"train_lora.py {skill}", "seconds": round(time.perf_counter() - t0, 1)})
     pool = [json.loads(line) for line in (work / "pool_base.jsonl").read_text().splitlines() if line.strip()]
     write_jsonl(work / "pool.jsonl", pool + everyday_rows(work, home))
-    builds = {skill: run(query_set_args(cli, skill, work, args.seed), home, log) for skill in skills}
+    builds = {
+        skill: run(query_set_args(cli, skill, work, args.seed, [s for s in skills if s != skill]), home, log)
+        for skill in skills
+    }
     # train-token freezes every registered token and learns against its query set: start from the six shipped
     # MMLU experts only (their query sets become negatives, so a skill token learns not to take their questions)
     for expert in run([cli, "expert", "list", "--json"], home, log) or []:
