@@ -62,7 +62,10 @@ def test_shipped_files_are_small(family, limit_mb):
 def test_skill_query_sets_were_chosen_by_the_loss_gap_rule(skill):
     """The paper's rule (loss gap > τ) on one mixed pool, no labels used to choose: the label only measures purity."""
     qs = json.loads((PLUGINS / skill / "expert.json").read_text())["query_set"]
-    assert qs["selection_rule"] == "loss_meta - loss_expert > tau" and qs["tau"] > 0
+    # the gap is taken against the better of the meta model and the other shipped skill experts (`--versus`)
+    rule, others = qs["selection_rule"], [s for s in SHIPPED[len(MMLU) :] if s != skill]
+    assert rule.startswith("min(loss_meta, ") and rule.endswith(") - loss_expert > tau") and qs["tau"] > 0
+    assert all(f"/{other} (on meta)]" in rule for other in others), rule
     assert qs["label"] == skill and qs["purity"] >= 0.9
     assert qs["source"]["n_pairs"] > qs["size"] >= 40  # chosen from a larger pool
 
