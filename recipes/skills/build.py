@@ -12,8 +12,10 @@ Steps (each uses the project's own commands; only the LoRA fine-tuning is a scri
     worked answers, MMLU questions of other subjects with their answers, and the project's
     everyday training prompts answered by the meta model itself (greedy) - a provider's
     style-matched control, so that answering in one's own words is no "expertise".
- 4. paper rule: `etr-hub query-set build S --data pool.jsonl --tau T` (loss gap > τ, eq. 3),
-    the label used only to report purity; then `etr-hub train-token S` one after another and
+ 4. paper rule: `etr-hub query-set build S --data pool.jsonl --tau T --versus OTHER...` (loss gap > τ,
+    eq. 3, against the better of the meta model and the other skills' adapters, so that a short worked
+    answer several adapters predict well is no one's expertise but the best one's), the label used only
+    to report purity; then `etr-hub train-token S` one after another and
     `etr-hub expert export S plugins/S` with a model card. The tokens are trained in a registry that
     holds the six shipped MMLU experts, whose query sets are negatives: either family may join first.
 """
