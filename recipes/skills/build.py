@@ -62,15 +62,13 @@ STOP_AFTER = {"arithmetic": 220, "roman": 350, "sorting": 220, "base_conversion"
 SIZES = {"train": 6000, "pool": 60, "eval": 100}
 
 
-# epochs over the training rows: 600 scheduled steps, except arithmetic's cosine, which ends where its run stops
+# epochs over the training rows: 600 scheduled steps, or a cosine that ends where the run stops (COSINE_ENDS_AT_STOP)
 def epochs_for(steps: int) -> float:
     return steps * LORA["batch_size"] / SIZES["train"]
 
 
-EPOCHS = {s: epochs_for(600) for s in STOP_AFTER}
-EPOCHS["arithmetic"] = epochs_for(STOP_AFTER["arithmetic"])
-EPOCHS["sorting"] = epochs_for(STOP_AFTER["sorting"])
-EPOCHS["number_words"] = epochs_for(STOP_AFTER["number_words"])
+COSINE_ENDS_AT_STOP = {"arithmetic", "sorting", "number_words"}  # the others keep Roman's 600-step schedule
+EPOCHS = {s: epochs_for(STOP_AFTER[s] if s in COSINE_ENDS_AT_STOP else 600) for s in STOP_AFTER}
 # then a second phase from that adapter, with its own cosine (peak lr, steps) and data order (seed + 1):
 # arithmetic's first 220 steps ended at 78/100 exact, its misses borrow slips and product digits
 SECOND_PHASE = {"arithmetic": {"lr": 1e-3, "steps": 160}}
@@ -168,12 +166,12 @@ def lora_run(skill, work, out, lr, epochs, stop_after, seed, device, extra=()) -
     subprocess.run(cmd, check=True)
 
 
-def query_set_args(cli: str, skill: str, work: Path, seed: int, others: list[str]) -> list[str]:
+def query_set_args(cli: str, skill: str, work: Path, seed: int, skills: list[str]) -> list[str]:
     """`etr-hub query-set build` by the paper's rule over the one mixed pool, with the skill's adapter; the gap is
     taken against the best of the meta model and the other skill adapters (`--versus`), so that a short worked
     answer every adapter predicts well (`nine = 9`) goes to none of them but the one that knows it best."""
     build = [cli, "query-set", "build", skill, "--expert", str(work / "adapters" / skill)]
-    build += [arg for other in others for arg in ("--versus", str(work / "adapters" / other))]
+    build += [arg for other in skills if other != skill for arg in ("--versus", str(work / "adapters" / other))]
     pool = ["--data", str(work / "pool.jsonl"), "--tau", str(TAU), "--label", skill, "--size", "100"]
     return [*build, *pool, "--seed", str(seed), "--batch-size", "8", "--json"]
 
@@ -241,10 +239,7 @@ def main() -> None:
         log.append({"cmd": f"train_lora.py {skill}", "seconds": round(time.perf_counter() - t0, 1)})
     pool = [json.loads(line) for line in (work / "pool_base.jsonl").read_text().splitlines() if line.strip()]
     write_jsonl(work / "pool.jsonl", pool + everyday_rows(work, home))
-    builds = {
-        skill: run(query_set_args(cli, skill, work, args.seed, [s for s in skills if s != skill]), home, log)
-        for skill in skills
-    }
+    builds = {skill: run(query_set_args(cli, skill, work, args.seed, skills), home, log) for skill in skills}
     # train-token freezes every registered token and learns against its query set: start from the six shipped
     # MMLU experts only (their query sets become negatives, so a skill token learns not to take their questions)
     for expert in run([cli, "expert", "list", "--json"], home, log) or []:

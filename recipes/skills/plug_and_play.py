@@ -117,8 +117,7 @@ def mmlu_first(r: Run) -> None:
     run([r.cli, "expert", "add", *(str(r.plugins / s) for s in MMLU), "--no-report"], home, r.log)
     save(run([*r.mmlu, "--no-baselines"], home, r.log), r.work / "eval_mmlu_six.json")
     for skill in r.skills:
-        others = [s for s in r.skills if s != skill]
-        run(query_set_args(r.cli, skill, r.work, r.seed, others), home, r.log)  # as build.py did
+        run(query_set_args(r.cli, skill, r.work, r.seed, r.skills), home, r.log)  # as build.py did
         out = r.work / "pnp" / "bundles" / skill
         run(train_token_args(r.cli, skill, r.seed, DESCRIPTIONS[skill], out), home, r.log)
     save(run([*r.tasks, "--no-baselines"], home, r.log), r.work / "eval_tasks_all_mmlu_first.json")
