@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from etr_hub.bundle.io import write_token_bundle
-from etr_hub.bundle.manifest import MetaInfo
+from etr_hub.bundle.manifest import MetaInfo, Sampling
 from etr_hub.models.refs import ModelRef
 from tests.tiny_models import make_tiny_llama
 
@@ -47,8 +47,10 @@ def add_expert(
     adapter: Path | None = None,
     vocab: int = 272,
     allow_env: tuple[str, ...] = (),
+    sampling: dict | None = None,
 ):
-    """Write a bundle whose token is `row` (1, hidden) and register it (`allow_env`: as --allow-env)."""
+    """Write a bundle whose token is `row` (1, hidden) and register it (`allow_env`: as --allow-env;
+    `sampling`: the manifest's declared decoding)."""
     files = {}
     if adapter is not None:
         files["adapter"] = adapter
@@ -64,6 +66,7 @@ def add_expert(
             label=name,
             expert=expert,
             meta=MetaInfo(reference="tiny", hidden_size=hidden, vocab_size=vocab, fingerprint=fingerprint),
+            **({"sampling": Sampling(**sampling)} if sampling else {}),
         )
         return registry.add_expert(bundle, allow_env=allow_env)
 

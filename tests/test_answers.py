@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from etr_hub.eval.answers import extract, gold_value, infer_kind, is_correct, roman_value
+from etr_hub.eval.answers import extract, gold_value, infer_kind, is_correct, roman_value, words_value
 
+W48213 = "forty-eight thousand two hundred thirteen"
 CASES = [
     # (kind, reply, gold, counts?)
     ("integer", "So 4821 - 377 = 4444.", "4444", True),
@@ -48,6 +49,16 @@ CASES = [
     ("hex", "The hex value is FF", "FF", True),
     ("hex", "47 in hex is 2E", "2F", False),
     ("hex", "I would add a face here", "FACE", False),  # lower-case words are not hex
+    ("words", "So 48213 in words is forty-eight thousand two hundred thirteen.", W48213, True),
+    ("words", "48,213 is Forty Eight Thousand, Two Hundred and Thirteen", W48213, True),
+    ("words", "You would write: **nine thousand eighteen**.", "nine thousand eighteen", True),
+    ("words", "In words: zero", "zero", True),
+    ("words", "18 = eighteen\nSo 9018 in words is nine thousand eighteen dollars", "nine thousand eighteen", True),
+    ("words", "So 9018 in words is nine thousand eighty.", "nine thousand eighteen", False),
+    ("words", "48213 in words is 48,213.", W48213, False),  # digits are no words
+    ("words", "It is two hundred hundred", "two hundred", False),  # no well-formed number
+    ("words", "The answer is one, two", "one", False),
+    ("words", "It is forty-eight thousand", W48213, False),  # one group missing
 ]
 
 
@@ -65,6 +76,7 @@ def test_extraction_rule(kind, reply, gold, counts):
         ("2F", "hex"),
         ("101101", "integer"),
         ("7", "integer"),
+        ("forty-eight thousand, two hundred", "words"),
     ],
 )
 def test_kind_is_inferred_from_the_gold_answer(answer, kind):
@@ -81,6 +93,8 @@ def test_kind_is_inferred_from_the_gold_answer(answer, kind):
         ("2f", "hex"),
         ("0b101", "binary"),
         ("12", "words"),
+        ("Twelve", "words"),  # gold words are lower case
+        ("twelve hundred", "words"),
     ],
 )
 def test_invalid_gold_answers_are_refused(answer, kind):
@@ -98,3 +112,10 @@ def test_roman_values_round_trip():
 def test_no_candidate_is_no_answer():
     assert extract("I cannot help with that.", "integer") is None
     assert extract("", "roman") is None
+
+
+def test_words_values_round_trip():
+    from recipes.skills.generators.number_to_words import canonical_words
+
+    assert all(words_value(canonical_words(n)) == n for n in range(0, 1_000_000, 7))
+    assert words_value("and five") is None and words_value("one thousand thousand") is None

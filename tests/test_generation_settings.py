@@ -240,7 +240,8 @@ def test_sampling_defaults_come_from_the_model(models, tmp_path, config, embedde
     )
 
 
-def test_hub_uses_the_models_defaults_when_none_are_given(models, registry, tmp_path):
+def sampling_meta(models, registry, tmp_path):
+    """The tiny meta model with a generation_config that recommends sampling and a repetition penalty."""
     import shutil
 
     path = shutil.copytree(models.meta_path, tmp_path / "model")
@@ -264,10 +265,46 @@ def test_hub_uses_the_models_defaults_when_none_are_given(models, registry, tmp_
         hidden_size=32,
         vocab_size=272,
     )
-    h = Hub.open(registry, meta=meta)
+    return meta
+
+
+def test_hub_uses_the_models_defaults_when_none_are_given(models, registry, tmp_path):
+    h = Hub.open(registry, meta=sampling_meta(models, registry, tmp_path))
     assert (h.sampling.temperature, h.sampling.top_p, h.sampling.repetition_penalty) == (0.9, 0.8, 1.4)
     default = h.chat(QUESTION, max_new_tokens=16, seed=11).text
     assert (
         default == h.chat(QUESTION, max_new_tokens=16, seed=11, temperature=0.9, top_p=0.8, repetition_penalty=1.4).text
     )
     assert default != h.chat(QUESTION, max_new_tokens=16, seed=11, temperature=0).text
+
+
+def test_an_experts_declared_decoding_applies_unless_the_request_sets_its_own(models, registry, tmp_path):
+    """A skill bundle declares greedy decoding (manifest `sampling`): under the meta model's sampling defaults
+    its answer is the greedy one whatever the seed; a request's own temperature still wins."""
+    meta = sampling_meta(models, registry, tmp_path)
+    prompt = routing_prompt_ids(meta.tokenizer, QUESTION)[0]
+    row = row_winning_at(routing_states(meta.model, prompt)[len(prompt) - 1 :], 0)
+    expert = ModelRef(kind="local", path=str(models.expert_path))
+    add_expert(registry, "skill", row, expert, fingerprint=models.fp, hidden=32, sampling={"temperature": 0.0})
+    h = Hub.open(registry, meta=meta)
+    default = {seed: h.chat(QUESTION, max_new_tokens=16, seed=seed) for seed in (1, 2, 3)}
+    assert all([(s.expert, s.token_index) for s in r.route] == [("skill", 0)] for r in default.values())
+    assert len({r.text for r in default.values()}) == 1  # greedy: the seed does not matter
+    # the bundle set no repetition penalty: the meta model's (1.4) still applies to the expert
+    assert default[1].text == h.chat(QUESTION, max_new_tokens=16, temperature=0, repetition_penalty=1.4).text
+    assert default[1].text != h.chat(QUESTION, max_new_tokens=16, temperature=0, repetition_penalty=1.0).text
+    own = {h.chat(QUESTION, max_new_tokens=16, seed=seed, temperature=0.9).text for seed in (1, 2, 3)}
+    assert len(own) > 1  # the request's temperature wins over the bundle's
+
+
+@pytest.mark.parametrize(
+    "field,value", [("temperature", -0.1), ("temperature", float("nan")), ("top_p", 0.0), ("repetition_penalty", 0.0)]
+)
+def test_a_bundles_declared_decoding_is_validated(field, value):
+    from pydantic import ValidationError
+
+    from etr_hub.bundle.manifest import Sampling
+
+    with pytest.raises(ValidationError):
+        Sampling(**{field: value})
+    assert Sampling(temperature=0.0).declared() == {"temperature": 0.0}

@@ -105,6 +105,10 @@ def test_versus_and_top_select_expertise_over_a_shared_style(world):
     assert versus.returncode == 0, versus.stderr
     out = json.loads(versus.stdout)
     assert out["purity"] == 1.0 and out["purity"] >= plain["purity"]
+    # provenance names the versus models by folder, never by the builder's absolute path
+    law, cooking = world["expert:law"], world["expert:cooking"]
+    assert f":{Path(law).name}]" in out["selection_rule"] and f":{Path(cooking).name}]" in out["selection_rule"]
+    assert str(law) not in out["selection_rule"] and str(cooking) not in out["selection_rule"]
 
 
 def test_labelled_route_through_the_console_script(world):

@@ -1,4 +1,4 @@
-"""The skill-question generator (recipes/skills/tasks.py): deterministic by seed, disjoint splits,
+"""The skill-question generator (recipes/skills/tasks.py, generators/): deterministic by seed, disjoint splits,
 many phrasings, and worked answers whose stated result is the gold answer under the eval's rule."""
 
 from __future__ import annotations
@@ -6,16 +6,12 @@ from __future__ import annotations
 import pytest
 
 from etr_hub.eval.answers import gold_value, is_correct
-from recipes.skills.tasks import (
-    GENERATORS,
-    SKILLS,
-    arithmetic_response,
-    generate,
-    group_words,
-    insertion_lines,
-    places,
-    split_of,
-)
+from recipes.skills.generators.arithmetic import arithmetic_response
+from recipes.skills.generators.common import places
+from recipes.skills.generators.number_to_words import canonical_words
+from recipes.skills.generators.number_words import group_words
+from recipes.skills.generators.sorting import insertion_lines
+from recipes.skills.tasks import GENERATORS, SKILLS, generate, split_of
 
 
 @pytest.mark.parametrize("skill", SKILLS)
@@ -153,3 +149,37 @@ def test_number_words_say_their_answer():
         assert 0 <= int(r["answer"]) <= 999_999 and not any(c.isdigit() for c in r["query"])
     assert {len(r["answer"]) for r in rows} >= {2, 3, 4, 5, 6}
     assert any(" and " in r["query"] for r in rows) and any("-" in r["query"] for r in rows)
+
+
+@pytest.mark.parametrize(
+    "n,words",
+    [
+        (0, "zero"),
+        (13, "thirteen"),
+        (40, "forty"),
+        (305, "three hundred five"),
+        (9018, "nine thousand eighteen"),
+        (48000, "forty-eight thousand"),
+        (48213, "forty-eight thousand two hundred thirteen"),
+        (999999, "nine hundred ninety-nine thousand nine hundred ninety-nine"),
+    ],
+)
+def test_numbers_in_words_as_a_cheque_writes_them(n, words):
+    assert canonical_words(n) == words
+
+
+def test_number_to_words_replies_find_the_thousands_by_place_and_say_the_answer():
+    rows = generate("number_to_words", "train", 400, seed=5)
+    for r in rows:
+        n = int(r["key"].split(":")[1])
+        assert _read_words(r["answer"]) == n and 0 <= n <= 999_999  # the test's own reader, not the generator's
+        assert r["response"].endswith(f"\nSo {n} in words is {r['answer']}.")
+        assert f"{n:,}" in r["query"] or str(n) in r["query"]
+        if n >= 1000:  # the thousands group is read off the number written by place
+            assert r["response"].splitlines()[:2] == [
+                places(n),
+                f"= {n // 1000} thousand" + (f" + {n % 1000}" if n % 1000 else ""),
+            ]
+    assert {len(str(int(r["key"].split(":")[1]))) for r in rows} >= {2, 3, 4, 5, 6}
+    big = [(int(r["key"].split(":")[1]), r["query"]) for r in rows if int(r["key"].split(":")[1]) >= 1000]
+    assert any(f"{n:,}" in q for n, q in big) and any(f"{n:,}" not in q for n, q in big)  # separators, sometimes

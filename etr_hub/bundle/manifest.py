@@ -97,6 +97,18 @@ class TrainingInfo(Strict):
     word_negatives: Count = 0  # general prompts labelled "a word token" (teach the token not to fire on small talk)
 
 
+class Sampling(Strict):
+    """How the expert's answers are meant to be decoded when the caller sets nothing itself (a skill
+    expert declares greedy: its accuracy was measured so). Unset fields: the meta model's recommendation."""
+
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
+
+    def declared(self) -> dict[str, float]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class Manifest(Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: Slug
@@ -110,6 +122,7 @@ class Manifest(Strict):
     token: TokenInfo
     query_set: QuerySetInfo | None = None
     training: TrainingInfo | None = None
+    sampling: Sampling | None = None
     model_card: RelPath | None = None
     etr_hub_version: Annotated[str, Field(max_length=64)] = __version__
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))

@@ -369,6 +369,7 @@ def show(name: Ref, json_out: Annotated[bool, json_option("Print the full manife
             f"{qs.get('size', '-')} queries, τ={qs.get('tau')}, rule: {qs.get('selection_rule', '-')}" if qs else "-",
         ),
         ("training", f"{tr.get('epochs')} epochs, lr {tr.get('lr')}, final loss {tr.get('final_loss')}" if tr else "-"),
+        ("decoding", _sampling_text(m.get("sampling") or {})),
         ("token file", str(reg.abspath(row.token_path))),
         ("created", m.get("created_at", "-")),
     ]:
@@ -378,6 +379,12 @@ def show(name: Ref, json_out: Annotated[bool, json_option("Print the full manife
         _show_report(row.admission, out)
     else:
         out.print("no admission report (added with --no-report, or before reports existed)")
+
+
+def _sampling_text(sampling: dict) -> str:
+    """The bundle's declared decoding, as chat and serve apply it where a request sets nothing itself."""
+    declared = ", ".join(f"{k} {v:g}" for k, v in sampling.items() if v is not None)
+    return (declared + " (the bundle's; a request's own settings win)") if declared else "the meta model's defaults"
 
 
 @app.command("remove")

@@ -132,6 +132,7 @@ def _summary(name: str, res: Any) -> dict[str, Any]:
     return {
         "name": name,
         "rule": res.rule,
+        "selection_rule": res.info["selection_rule"],
         "tau": res.tau,
         "size": len(res.selected),
         "dataset": res.dataset.name,

@@ -15,13 +15,17 @@ Candidates, tolerant of how people and models write them, strict about the value
 - binary: 0s and 1s with an optional `0b` prefix; compared by value (leading zeros allowed).
 - hex: hex digits with an optional `0x` prefix, either case, compared by value; a word of
   letters only counts when it is upper case (`FF`), prefixed, or the first word after a marker.
+- words: a number from 0 to 999,999 in English words, compared by value: hyphens or spaces
+  (`forty-eight`, `forty eight`), any case, a comma after `thousand`, a British `and` after
+  `hundred` or `thousand`. A run of number words that is no well-formed number (`two hundred
+  hundred`, `one, two`) is no candidate; digits are no answer of this kind.
 """
 
 from __future__ import annotations
 
 import re
 
-KINDS = ("integer", "integer_list", "roman", "binary", "hex")
+KINDS = ("integer", "integer_list", "roman", "binary", "hex", "words")
 
 _MARKER = re.compile(r"(?:answer|result)\s*(?:is|:)|=|\bis\b", re.IGNORECASE)
 _INT = r"[-−]?(?:\d{1,3}(?:,\d{3})+|\d+)"
@@ -30,6 +34,13 @@ _LIST = re.compile(rf"(?<![\w.-]){_INT}(?:(?:\s*[,;]\s*|\s+and\s+|\s+){_INT})+(?
 _ROMAN_WORD = re.compile(r"(?<![\w])[IVXLCDM]+(?![\w])")
 _BINARY = re.compile(r"(?<![\w])(?:0[bB])?[01]+(?![\w])")
 _HEX = re.compile(r"(?<![\w])(?:0[xX])?[0-9A-Fa-f]+(?![\w])")
+ONES = (  # noqa: SIM905
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen"
+).split()
+TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()  # noqa: SIM905
+_WORD = "(?:" + "|".join([*ONES, *TENS[2:], "hundred", "thousand"]) + ")"
+_WORDS = re.compile(rf"(?<![\w-]){_WORD}(?:(?:[ \t-]+|,[ \t]*|[ \t]+and[ \t]+){_WORD})*(?![\w-])", re.IGNORECASE)
 ROMAN_VALUES = [
     (1000, "M"),
     (900, "CM"),
@@ -62,6 +73,37 @@ def roman_value(text: str) -> int | None:
         while text.startswith(symbol, i):
             total, i = total + value, i + len(symbol)
     return total if i == len(text) and 0 < total < 4000 and to_roman(total) == text else None
+
+
+def _group_value(words: list[str]) -> int | None:
+    """1-999 from its words (`two hundred thirteen`), else None."""
+    value = 0
+    if len(words) >= 2 and words[1] == "hundred" and words[0] in ONES[1:10]:
+        value, words = 100 * ONES.index(words[0]), words[2:]
+    if words and words[0] in TENS[2:]:
+        value, words = value + 10 * TENS.index(words[0]), words[1:]
+        if words and words[0] in ONES[1:10]:
+            value, words = value + ONES.index(words[0]), words[1:]
+    elif words and words[0] in ONES[1:]:
+        value, words = value + ONES.index(words[0]), words[1:]
+    return value if value and not words else None
+
+
+def words_value(text: str) -> int | None:
+    """The value of a number written in words (0-999,999), else None: the `words` kind's rule."""
+    words = re.findall(r"[a-z]+", text.lower())
+    if any(w == "and" and (i == 0 or words[i - 1] not in ("hundred", "thousand")) for i, w in enumerate(words)):
+        return None  # a British `and` follows `hundred` or `thousand`, nothing else
+    words = [w for w in words if w != "and"]
+    if words == ["zero"]:
+        return 0
+    if words.count("thousand") > 1:
+        return None
+    if "thousand" not in words:
+        return _group_value(words)
+    at = words.index("thousand")
+    high, low = _group_value(words[:at]), _group_value(words[at + 1 :]) if words[at + 1 :] else 0
+    return None if high is None or low is None else high * 1000 + low
 
 
 def _int(text: str) -> int:
@@ -99,6 +141,8 @@ def _candidates(reply: str, kind: str) -> list[tuple[int, int, object]]:
                 if digits == "A" and re.match(r"\s+[a-z]", reply[m.end() :]):
                     continue  # the article
                 found.append((m.start(), m.end(), int(digits, 16)))
+    elif kind == "words":
+        found = [(m.start(), m.end(), v) for m in _WORDS.finditer(reply) if (v := words_value(m.group())) is not None]
     else:
         raise ValueError(f"unknown answer kind {kind!r}; expected one of {', '.join(KINDS)}")
     return found
@@ -133,12 +177,15 @@ def gold_value(answer: str, kind: str) -> object:
         return int(text, 2)
     if kind == "hex" and re.fullmatch(r"[0-9A-F]+", text):
         return int(text, 16)
+    if kind == "words" and re.fullmatch(r"[a-z ,-]+", text) and words_value(text) is not None:
+        return words_value(text)
     formats = {
         "integer": "digits with an optional minus, e.g. -1234",
         "integer_list": "integers joined by ', ', e.g. -3, 5, 12",
         "roman": "a canonical Roman numeral in capitals, e.g. MCMXC",
         "binary": "0s and 1s, e.g. 101101",
         "hex": "hex digits in capitals, no prefix, e.g. 2F",
+        "words": "a number from zero to 999,999 in lower-case English words, e.g. forty-eight thousand two hundred",
     }
     if kind not in formats:
         raise ValueError(f"unknown answer kind {kind!r} (expected one of {', '.join(KINDS)})")
@@ -146,8 +193,10 @@ def gold_value(answer: str, kind: str) -> object:
 
 
 def infer_kind(answer: str) -> str:
-    """The kind of a gold answer that names none: list, Roman, hex (has A–F), else integer."""
+    """The kind of a gold answer that names none: words, list, Roman, hex (has A–F), else integer."""
     text = answer.strip()
+    if re.fullmatch(r"[a-z ,-]+", text) and words_value(text) is not None:
+        return "words"
     if "," in text:
         return "integer_list"
     if re.fullmatch(r"[IVXLCDM]+", text):

@@ -373,11 +373,19 @@ def _rows(result: BuildResult, label_field: str, scores: Scores) -> list[dict]:
     return rows
 
 
+def _provenance(ref: ModelRef) -> str:
+    """A `--versus` model as a bundle may carry it: a local model by its folder's name (`peft:arithmetic`), not
+    the builder's absolute path, which means nothing to the operator and tells them about the builder's disk."""
+    if ref.path and ref.kind in ("local", "peft", "gguf"):
+        return f"{ref.kind}:{Path(ref.path).name}"
+    return ref.display()
+
+
 def _rule_text(rule: SelectionRule, versus: list[ModelRef]) -> str:
     """The selection rule as the manifest records it."""
     if rule.rule == "labelled":
         return f"{rule.label_field} == '{rule.label}'"
     baseline = (
-        "min(" + ", ".join(["loss_meta"] + [f"loss[{v.display()}]" for v in versus]) + ")" if versus else "loss_meta"
+        "min(" + ", ".join(["loss_meta"] + [f"loss[{_provenance(v)}]" for v in versus]) + ")" if versus else "loss_meta"
     )
     return f"{baseline} - loss_expert > tau" + ("; largest gaps first" if rule.pick == "top" else "")

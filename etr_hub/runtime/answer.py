@@ -19,7 +19,7 @@ from etr_hub.generation.sampling import Sampling
 from etr_hub.generation.text import Detokenizer, TextStream
 from etr_hub.models.chat import to_ids
 from etr_hub.runtime.decode import RoutedDecoder
-from etr_hub.runtime.options import Options
+from etr_hub.runtime.options import Options, expert_sampling
 from etr_hub.runtime.types import (
     ChatResult,
     Done,
@@ -242,14 +242,16 @@ def run_expert(ans: Answer, name: str, switch: RouteSwitch, budget: int) -> Gene
 def stream_expert(ans: Answer, name: str, budget: int, turn: ExpertTurn) -> Iterator[Event]:
     """The expert's chunks as text deltas, gathered into `turn` as they come (it may fail midway)."""
     o = ans.opts
+    declared = next((e.sampling for e in ans.hub.experts if e.name == name), {})
+    s = expert_sampling(o, declared)  # the caller's settings, else the bundle's, else the meta model's
     settings = GenSettings(
         budget,
-        o.temperature,
-        o.top_p,
+        s["temperature"],
+        s["top_p"],
         o.seed,
         o.stop,
         o.ignore_eos,
-        o.repetition_penalty,
+        s["repetition_penalty"],
         o.presence_penalty,
         o.frequency_penalty,
     )

@@ -44,7 +44,7 @@ def assemble(registry: Registry, *, fingerprint: str, hidden_size: int, max_row_
     rows, biases, experts, specs, skipped = [], [], [], {}, []
     for expert in registry.list_experts(enabled_only=True):
         try:
-            row, ref = _admit(registry, expert, fingerprint, hidden_size, max_row_norm)
+            row, ref, manifest = _admit(registry, expert, fingerprint, hidden_size, max_row_norm)
         except _Skip as skip:
             skipped.append((expert.name, str(skip)))
             continue
@@ -60,6 +60,7 @@ def assemble(registry: Registry, *, fingerprint: str, hidden_size: int, max_row_
                 expert.label,
                 expert.description,
                 float(expert.bias),
+                manifest.sampling.declared() if manifest.sampling else {},
             )
         )
     bias = torch.tensor(biases, dtype=torch.float32)  # (N,)
@@ -72,7 +73,7 @@ class _Skip(Exception):
 
 def _admit(
     registry: Registry, expert: Expert, fingerprint: str, hidden_size: int, max_row_norm: float | None
-) -> tuple[torch.Tensor, ModelRef]:
+) -> tuple[torch.Tensor, ModelRef, Manifest]:
     if expert.meta_fingerprint != fingerprint:
         raise _Skip(
             f"trained against meta model {expert.meta_fingerprint[:12]}…, this one is {fingerprint[:12]}… "
@@ -109,7 +110,7 @@ def _admit(
         ref.path and (registry.abspath(expert.adapter_path or "") / "adapter_config.json").is_file()
     ):
         raise _Skip("its adapter folder is missing from the store — re-add the bundle")
-    return row.float(), ref
+    return row.float(), ref, manifest
 
 
 def _manifest(expert: Expert) -> Manifest:

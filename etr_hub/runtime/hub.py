@@ -29,7 +29,7 @@ from etr_hub.registry import Registry
 from etr_hub.routing.math import max_row_norm, routable_logits
 from etr_hub.runtime.answer import answer
 from etr_hub.runtime.assembly import assemble
-from etr_hub.runtime.options import Messages, RequestSettings, check_messages, check_prompt
+from etr_hub.runtime.options import EXPERT_SAMPLING, Messages, RequestSettings, check_messages, check_prompt
 from etr_hub.runtime.options import Options as _Options
 from etr_hub.runtime.types import ChatResult, Done, Event, ExpertScore, Explanation, WordScore
 
@@ -203,6 +203,7 @@ class Hub:
             presence_penalty=settings.get("presence_penalty", 0.0),
             frequency_penalty=settings.get("frequency_penalty", 0.0),
             max_prompt_tokens=settings.get("max_prompt_tokens"),
+            explicit=frozenset(k for k in EXPERT_SAMPLING if settings.get(k) is not None),
         ).check()
 
     def explain(self, text: str, *, top: int = 10) -> Explanation:
@@ -355,15 +356,6 @@ class RouterHub(Hub):
     def close(self) -> None:
         self.pool.close()
         self.engine.close()
-
-    def _options(self, settings: RequestSettings) -> _Options:
-        from dataclasses import asdict
-
-        from etr_hub.runtime.router import EngineOptions
-
-        opts = super()._options(settings)
-        given = frozenset(k for k in ("temperature", "top_p") if settings.get(k) is not None)
-        return EngineOptions(**asdict(opts), explicit=given)
 
     def explain(self, text: str, *, top: int = 10) -> Explanation:
         raise EtrHubError(

@@ -42,6 +42,7 @@ class Options:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     max_prompt_tokens: int | None = None
+    explicit: frozenset[str] = frozenset()  # the sampling settings the caller set itself (the rest are defaults)
 
     def check(self) -> Options:
         if self.max_new_tokens < 1:
@@ -70,6 +71,15 @@ class Options:
                 "pass e.g. `max_prompt_tokens=400`",
             )
         return self
+
+
+EXPERT_SAMPLING = ("temperature", "top_p", "repetition_penalty")
+
+
+def expert_sampling(opts: Options, declared: Mapping[str, float]) -> dict[str, float]:
+    """An expert's decoding: what the caller set itself, else what the expert's bundle declares (a skill
+    expert: greedy, as it was measured), else the meta model's recommendation that `opts` holds."""
+    return {k: getattr(opts, k) if k in opts.explicit else declared.get(k, getattr(opts, k)) for k in EXPERT_SAMPLING}
 
 
 def check_settings(

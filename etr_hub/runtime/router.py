@@ -26,18 +26,10 @@ from etr_hub.backends.base import Handoff, render_prompt_text
 from etr_hub.backends.remote.backend import MAX_STOPS
 from etr_hub.runtime.answer import Answer, run_expert
 from etr_hub.runtime.engine import SUPPRESS, EngineError, Piece
-from etr_hub.runtime.options import Options
 from etr_hub.runtime.types import Event, RouteSwitch
 
 
 @dataclass
-class EngineOptions(Options):
-    """Options plus which sampling settings the request set itself: only those go to the engine
-    (the rest is the exported generation config's, which holds the hub's recommendation)."""
-
-    explicit: frozenset[str] = frozenset()
-
-
 class ExpertTokenReader:
     """Streamed text split into word text and expert tokens; text that may still become an expert
     token (a prefix of one, at the end of what arrived) is held back until it cannot."""
@@ -228,7 +220,7 @@ def sampling_body(ans: Answer) -> dict[str, Any]:
     """The request's own sampling settings, as OpenAI's fields (repetition_penalty, only when it is not
     the exported generation config's, and ignore_eos: vLLM/SGLang's extensions), with the tokens left as max_tokens."""
     o = ans.opts
-    explicit = o.explicit if isinstance(o, EngineOptions) else frozenset()
+    explicit = o.explicit
     body: dict[str, Any] = {"max_tokens": max(1, o.max_new_tokens - ans.used)}
     for name in ("temperature", "top_p"):
         if name in explicit:
@@ -320,4 +312,4 @@ class _OneAtATime:
         return getattr(self.backend, name)
 
 
-__all__ = ["EngineError", "EngineOptions", "ExpertTokenReader", "LazyMeta", "LockedPool", "Piece", "engine_decoding"]
+__all__ = ["EngineError", "ExpertTokenReader", "LazyMeta", "LockedPool", "Piece", "engine_decoding"]

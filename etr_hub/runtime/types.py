@@ -20,6 +20,7 @@ class ExpertInfo:
     label: str | None = None
     description: str = ""
     bias: float = 0.0  # the operator's calibration on its routing logit
+    sampling: dict[str, float] = field(default_factory=dict)  # its bundle's declared decoding (manifest `sampling`)
 
 
 @dataclass

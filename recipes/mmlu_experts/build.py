@@ -202,8 +202,9 @@ def model_card(subject: str, manifest: dict, split_counts: dict, route: str, lor
 """
 
 
-def add_model_card(bundle_dir: Path, text: str) -> None:
-    """Put the card in the exported bundle and name it in the manifest (the token is untouched)."""
+def add_model_card(bundle_dir: Path, text: str, sampling: dict | None = None) -> None:
+    """Put the card in the exported bundle and name it in the manifest, with the expert's declared decoding
+    (`sampling`) if given (the token is untouched)."""
     from etr_hub.bundle import load_bundle, write_bundle
 
     bundle = load_bundle(bundle_dir)
@@ -219,7 +220,12 @@ def add_model_card(bundle_dir: Path, text: str) -> None:
     shutil.rmtree(staged, ignore_errors=True)
     shutil.copytree(bundle_dir, staged)
     files = {rel: staged / rel if rel != "README.md" else tmp_card for rel in files}
-    write_bundle(bundle_dir, bundle.manifest.model_copy(update={"model_card": "README.md"}), files, replace=True)
+    update: dict = {"model_card": "README.md"}
+    if sampling is not None:
+        from etr_hub.bundle.manifest import Sampling
+
+        update["sampling"] = Sampling(**sampling)
+    write_bundle(bundle_dir, bundle.manifest.model_copy(update=update), files, replace=True)
     shutil.rmtree(staged, ignore_errors=True)
     tmp_card.unlink()
 

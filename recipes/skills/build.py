@@ -8,7 +8,7 @@ Steps (each uses the project's own commands; only the LoRA fine-tuning is a scri
  2. LoRA: recipes/mmlu_experts/train_lora.py per skill -> WORK/adapters/<skill> (resumable:
     an interrupted run continues from its last save with the same command); a skill in SECOND_PHASE
     trains WORK/adapters/<skill>.phase1 first and continues from it with a schedule of its own.
- 3. one mixed pool, no labels used for selection: the skills' pool questions (all five generated skills) with their
+ 3. one mixed pool, no labels used for selection: the skills' pool questions (all the generated skills) with their
     worked answers, MMLU questions of other subjects with their answers, and the project's
     everyday training prompts answered by the meta model itself (greedy) - a provider's
     style-matched control, so that answering in one's own words is no "expertise".
@@ -47,6 +47,9 @@ DESCRIPTIONS = {
     "roman": "Roman numerals: converts integers from 1 to 3999 to Roman numerals and Roman numerals back to integers.",
     "base_conversion": "Base conversion: decimal to and from binary (0-1023) and hexadecimal (0-65535).",
     "number_words": "Number words: writes numbers given in words (zero to 999,999) as plain digits.",
+    "number_to_words": (
+        "Numbers to words: writes a number given in digits (0 to 999,999) out in English words, as on a cheque."
+    ),
 }
 LORA = {
     "r": 16,
@@ -58,7 +61,14 @@ LORA = {
 }
 # steps run (a CPU budget; resumable, so a larger number continues a run): Roman was at 98/100 exact at 350
 # of 600 scheduled; a step costs ~10-19 s on 2 CPU cores with these long worked answers (number words: ~6 s)
-STOP_AFTER = {"arithmetic": 220, "roman": 350, "sorting": 220, "base_conversion": 200, "number_words": 250}
+STOP_AFTER = {
+    "arithmetic": 220,
+    "roman": 350,
+    "sorting": 220,
+    "base_conversion": 200,
+    "number_words": 250,
+    "number_to_words": 250,
+}
 SIZES = {"train": 6000, "pool": 60, "eval": 100}
 
 
@@ -67,11 +77,21 @@ def epochs_for(steps: int) -> float:
     return steps * LORA["batch_size"] / SIZES["train"]
 
 
-COSINE_ENDS_AT_STOP = {"arithmetic", "sorting", "number_words"}  # the others keep Roman's 600-step schedule
+COSINE_ENDS_AT_STOP = {
+    "arithmetic",
+    "sorting",
+    "number_words",
+    "number_to_words",
+}  # the others keep Roman's 600-step schedule
 EPOCHS = {s: epochs_for(STOP_AFTER[s] if s in COSINE_ENDS_AT_STOP else 600) for s in STOP_AFTER}
-# then a second phase from that adapter, with its own cosine (peak lr, steps) and data order (seed + 1):
-# arithmetic's first 220 steps ended at 78/100 exact, its misses borrow slips and product digits
-SECOND_PHASE = {"arithmetic": {"lr": 1e-3, "steps": 160}}
+# then later phases, each from the previous phase's adapter with its own cosine (peak lr, steps) and data order
+# (seed + phase - 1); `fresh`: on newly generated training problems (generator seed + phase - 1; the train split,
+# so never an eval problem). Arithmetic's first 220 steps ended at 78/100 exact (misses: borrow slips and product
+# digits), 160 more at 88/100, and 100 more on the same problems at lr 5e-4 fell back to 84/100.
+LATER_PHASES = {"arithmetic": [{"lr": 1e-3, "steps": 160}, {"lr": 1e-3, "steps": 150, "fresh": True}]}
+# the decoding each skill bundle declares (manifest `sampling`): greedy with no repetition penalty, as `eval tasks`
+# measured it; a worked answer repeats its digits, and sampling or a penalty changes them (4821 - 377: 4524 / 4244)
+SAMPLING = {"temperature": 0.0, "repetition_penalty": 1.0}
 MMLU_DISTRACTORS = 120
 TAU = 10.0  # nats, summed over the response: the worked answers are long, so expertise shows as tens of nats
 
@@ -130,22 +150,31 @@ def everyday_rows(work: Path, home: Path) -> list[dict]:
     return rows
 
 
+def phase_dirs(skill: str, work: Path) -> list[Path]:
+    """Where each phase's adapter goes: WORK/adapters/<skill>.phase<i>, the last one WORK/adapters/<skill>."""
+    later = len(LATER_PHASES.get(skill, []))
+    return [work / "adapters" / f"{skill}.phase{i}" for i in range(1, later + 1)] + [work / "adapters" / skill]
+
+
 def train_adapter(skill: str, work: Path, args) -> None:
-    out = work / "adapters" / skill
-    if finished(out) and not args.fresh:
+    dirs = phase_dirs(skill, work)
+    if finished(dirs[-1]) and not args.fresh:
         return
-    first = work / "adapters" / f"{skill}.phase1" if skill in SECOND_PHASE else out
     if args.fresh:
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.rmtree(first, ignore_errors=True)
-    if not finished(first):
-        lora_run(skill, work, first, LORA["lr"], EPOCHS[skill], STOP_AFTER[skill], args.seed, args.device)
-    if skill in SECOND_PHASE:
-        phase = SECOND_PHASE[skill]
-        init = ["--init-adapter", str(first)]
-        lora_run(
-            skill, work, out, phase["lr"], epochs_for(phase["steps"]), phase["steps"], args.seed + 1, args.device, init
-        )
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+    data = work / "data" / "train" / f"{skill}.jsonl"
+    if not finished(dirs[0]):
+        lora_run(data, dirs[0], LORA["lr"], EPOCHS[skill], STOP_AFTER[skill], args.seed, args.device)
+    for i, phase in enumerate(LATER_PHASES.get(skill, []), start=2):
+        if finished(dirs[i - 1]):
+            continue
+        if phase.get("fresh"):
+            data = work / "data" / "train" / f"{skill}.phase{i}.jsonl"
+            write_jsonl(data, generate(skill, "train", SIZES["train"], args.seed + i - 1))
+        init = ["--init-adapter", str(dirs[i - 2])]
+        steps, seed = phase["steps"], args.seed + i - 1
+        lora_run(data, dirs[i - 1], phase["lr"], epochs_for(steps), steps, seed, args.device, init)
 
 
 def finished(adapter: Path) -> bool:
@@ -153,10 +182,10 @@ def finished(adapter: Path) -> bool:
     return (adapter / "adapter_model.safetensors").exists() and not (adapter / "train_state.json").exists()
 
 
-def lora_run(skill, work, out, lr, epochs, stop_after, seed, device, extra=()) -> None:
-    """One resumable train_lora.py run: a cosine schedule over `epochs` that stops after `stop_after` steps."""
+def lora_run(data, out, lr, epochs, stop_after, seed, device, extra=()) -> None:
+    """One resumable train_lora.py run on `data`: a cosine over `epochs` that stops after `stop_after` steps."""
     cmd = [sys.executable, str(ROOT / "recipes" / "mmlu_experts" / "train_lora.py")]
-    cmd += ["--data", str(work / "data" / "train" / f"{skill}.jsonl"), "--out", str(out)]
+    cmd += ["--data", str(data), "--out", str(out)]
     cmd += ["--r", str(LORA["r"]), "--alpha", str(LORA["alpha"]), "--targets", LORA["targets"]]
     cmd += ["--top-layers", str(LORA["top_layers"]), "--lr", str(lr), "--batch-size", str(LORA["batch_size"])]
     cmd += ["--epochs", str(epochs), "--seed", str(seed), "--device", device, "--save-every", "25", "--resume"]
@@ -176,11 +205,12 @@ def query_set_args(cli: str, skill: str, work: Path, seed: int, skills: list[str
     return [*build, *pool, "--seed", str(seed), "--batch-size", "8", "--json"]
 
 
-def second_phase(skill: str) -> str:
-    if skill not in SECOND_PHASE:
-        return ""
-    phase = SECOND_PHASE[skill]
-    return f" (then {phase['steps']} more steps from that adapter with a fresh cosine, lr {phase['lr']:g})"
+def later_phases(skill: str) -> str:
+    return "".join(
+        f" (then {p['steps']} more steps from that adapter with a fresh cosine from lr {p['lr']:g}"
+        + (", on newly generated problems)" if p.get("fresh") else ")")
+        for p in LATER_PHASES.get(skill, [])
+    )
 
 
 def model_card(skill: str, manifest: dict, build: dict, skills: list[str]) -> str:
@@ -194,12 +224,14 @@ def model_card(skill: str, manifest: dict, build: dict, skills: list[str]) -> st
 - **Training data:** {SIZES["train"]:,} generated questions (`recipes/skills/tasks.py`, seeded), each answered in one
   worked, tutor-style format that ends with the result stated once; {STOP_AFTER[skill]} steps of batch
   {LORA["batch_size"]} ({STOP_AFTER[skill] * LORA["batch_size"]:,} examples seen),
-  lr {LORA["lr"]:g}{second_phase(skill)}.
+  lr {LORA["lr"]:g}{later_phases(skill)}.
 - **Query set:** {qs.get("size")} queries chosen by the paper's rule (loss gap > τ = {TAU:g} nats,
   against the better of the meta model and the other skill experts built with it) from one mixed pool of
-  the five generated skills' questions, MMLU questions and everyday prompts; purity {build.get("purity")}.
+  the {len(SKILLS)} generated skills' questions, MMLU questions and everyday prompts; purity {build.get("purity")}.
 - **Expert token:** trained with `etr-hub train-token` ({tr.get("epochs")} epochs, {tr.get("stopped")}) in a registry
   holding {", ".join(tr.get("negatives") or []) or "no other expert"} (their query sets as negatives).
+- **Decoding:** the manifest declares greedy decoding with no repetition penalty (`sampling`), as it was measured;
+  chat and serve use it unless a request sets its own.
 - **Evaluation:** see the README's "Skill experts" (`etr-hub eval tasks`).
 - **Base model:** SmolLM2-135M-Instruct, Apache-2.0. **Data:** generated by this project, Apache-2.0.
 - **Rebuild:** `python recipes/skills/build.py --seed 0 --skills {",".join(skills)}`
@@ -250,7 +282,7 @@ def main() -> None:
         dest = args.plugins / skill
         run([cli, "expert", "export", skill, str(dest), "--replace"], home, log)
         manifest = json.loads((dest / "expert.json").read_text())
-        add_model_card(dest, model_card(skill, manifest, builds[skill] or {}, skills))
+        add_model_card(dest, model_card(skill, manifest, builds[skill] or {}, skills), sampling=SAMPLING)
     summary = {
         "seed": args.seed,
         "data": counts,

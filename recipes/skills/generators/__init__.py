@@ -1,0 +1,19 @@
+"""One module per skill: `sample(rng) -> Problem` (a random problem, its canonical key, gold answer and
+worked reply) and `TEMPLATES` (how people ask, per question form; at least 12 each). A skill is registered
+in one line below.
+
+The last `tasks.HELD_OUT` phrasings of each list are used only for evaluation questions, so the eval
+measures wording the experts never trained on: add new phrasings at the end of a list's training part."""
+
+from __future__ import annotations
+
+from recipes.skills.generators import arithmetic, base_conversion, number_to_words, number_words, roman, sorting
+
+GENERATORS = {
+    "arithmetic": (arithmetic.sample, arithmetic.TEMPLATES),
+    "sorting": (sorting.sample, sorting.TEMPLATES),
+    "roman": (roman.sample, roman.TEMPLATES),
+    "base_conversion": (base_conversion.sample, base_conversion.TEMPLATES),
+    "number_words": (number_words.sample, number_words.TEMPLATES),
+    "number_to_words": (number_to_words.sample, number_to_words.TEMPLATES),
+}

@@ -1,0 +1,195 @@
+"""Arithmetic: +, − of integers up to 4 digits, × of up to 3-digit by 2-digit integers, worked column by column."""
+
+from __future__ import annotations
+
+import random
+
+from recipes.skills.generators.common import PLACES, Problem, places
+
+TEMPLATES: dict[str, list[str]] = {
+    "add": [
+        "What is {a} + {b}?",
+        "what's {a}+{b}",
+        "Calculate {a} plus {b}.",
+        "{a} + {b} = ?",
+        "Could you please add {a} and {b} for me?",
+        "What do you get when you add {b} to {a}?",
+        "Quick question: {a} plus {b}?",
+        "Find the sum of {a} and {b}.",
+        "I need {a} + {b}, thanks!",
+        "Compute {a} + {b}",
+        "Hey, what's {a} and {b} added together?",
+        "Please work out {a} plus {b}.",
+        "Add {b} to {a}, please.",
+        "What is {a} increased by {b}?",
+        "What's the total of {a} and {b}?",
+        "Can you tell me what {a} plus {b} is?",
+        "{a} plus {b} is what?",
+        "If you add {b} to {a}, what do you get?",
+        "How much is {a} + {b}?",
+        "Add {a} to {b}.",
+        "Sum {a} and {b} please",
+    ],
+    "sub": [
+        "What is {a} - {b}?",
+        "what's {a}-{b}",
+        "Calculate {a} minus {b}.",
+        "{a} - {b} = ?",
+        "Could you please subtract {b} from {a}?",
+        "What is {a} take away {b}?",
+        "Quick question: {a} minus {b}?",
+        "Find the difference {a} - {b}.",
+        "I need {a} - {b}, thanks!",
+        "Compute {a} - {b}",
+        "Hey, what's {a} take away {b}?",
+        "Please work out {a} minus {b}.",
+        "Subtract {b} from {a}.",
+        "subtract {b} from {a} pls",
+        "If you take {b} from {a}, what's left?",
+        "What is {b} subtracted from {a}?",
+        "Deduct {b} from {a}, please.",
+        "Remove {b} from {a}: what remains?",
+        "What is {a} less {b}?",
+        "Reduce {a} by {b}.",
+        "Can you tell me what {a} minus {b} is?",
+        "Starting from {a}, take away {b}.",
+        "Take {b} off {a}.",
+        "How much is {a} - {b}?",
+        "Take {b} away from {a}.",
+        "What do you get if you subtract {b} from {a}?",
+    ],
+    "mul": [
+        "What is {a} * {b}?",
+        "what's {a}x{b}",
+        "Calculate {a} times {b}.",
+        "{a} × {b} = ?",
+        "Could you please multiply {a} by {b}?",
+        "What is {a} multiplied by {b}?",
+        "Quick question: {a} times {b}?",
+        "Find the product of {a} and {b}.",
+        "I need {a} * {b}, thanks!",
+        "Compute {a} x {b}",
+        "Hey, what's {a} times {b}?",
+        "Please work out {a} × {b}.",
+        "What do you get when you multiply {a} by {b}?",
+        "Can you tell me what {a} times {b} is?",
+        "{a} multiplied by {b} equals?",
+        "Work out the product {a} × {b}, please.",
+        "How much is {a} times {b}?",
+        "Multiply {a} and {b}.",
+        "What's the product of {a} and {b}?",
+    ],
+}
+
+
+def _digit(n: int, i: int) -> int:
+    return n // 10**i % 10
+
+
+def _add_columns(x: int, y: int) -> tuple[list[str], int]:
+    """Column addition of non-negative x + y, ones first, each line growing the partial result."""
+    lines, carry, partial = [places(x), places(y)], 0, ""
+    for i in range(max(len(str(x)), len(str(y)))):
+        a, b = _digit(x, i), _digit(y, i)
+        s = a + b + carry
+        terms = f"{a} + {b}" + (f" + {carry}" if carry else "")
+        partial = str(s % 10) + partial
+        carry = s // 10
+        lines.append(f"{PLACES[i]}: {terms} = {s}" + (", carry 1" if carry else "") + f" -> {partial}")
+    if carry:
+        partial = "1" + partial
+        lines.append(f"carry 1 -> {partial}")
+    return lines, int(partial)
+
+
+def _sub_columns(x: int, y: int) -> tuple[list[str], int]:
+    """Column subtraction of x - y with x >= y >= 0, ones first, borrowing."""
+    lines, borrow, partial = [places(x), places(y)], 0, ""
+    for i in range(len(str(x))):
+        a, b = _digit(x, i), _digit(y, i)
+        top = a - borrow
+        left = f"{a} - {borrow} - {b}" if borrow else f"{a} - {b}"
+        if top < b:
+            d, borrow = top + 10 - b, 1
+            line = f"{left}: borrow, {top + 10} - {b} = {d}"
+        else:
+            d, borrow = top - b, 0
+            line = f"{left} = {d}"
+        partial = str(d) + partial
+        lines.append(f"{PLACES[i]}: {line} -> {partial}")
+    return lines, int(partial)
+
+
+def _mul_digit(x: int, d: int) -> tuple[str, int]:
+    """x times one digit d, ones first, on one line (x's places are written above it)."""
+    parts, carry, partial = [], 0, ""
+    for i in range(len(str(x))):
+        p = _digit(x, i) * d + carry
+        parts.append(f"{PLACES[i]} {_digit(x, i)} x {d}" + (f" + {carry}" if carry else "") + f" = {p}")
+        partial = str(p % 10) + partial
+        carry = p // 10
+    if carry:
+        partial = str(carry) + partial
+    return "; ".join(parts) + f" -> {int(partial)}", int(partial)
+
+
+def arithmetic_response(op: str, a: int, b: int) -> tuple[str, int]:
+    sym = {"add": "+", "sub": "-", "mul": "x"}[op]
+    value = {"add": a + b, "sub": a - b, "mul": a * b}[op]
+    head = f"{a} {sym} {b}"
+    lines: list[str] = []
+    if op == "mul":
+        x, y = abs(a), abs(b)
+        if (a < 0) != (b < 0):
+            lines.append(f"{head} = -({x} x {y})")
+        elif a < 0:
+            lines.append(f"{head} = {x} x {y}")
+        lines += [f"{x} x {y}:", places(x)]
+        if y < 10:
+            line, _ = _mul_digit(x, y)
+            lines.append(f"{x} x {y}: {line}")
+        else:
+            tens, ones = divmod(y, 10)
+            lines.append(f"{places(y)}, so {x} x {y} = {x} x {ones} + {x} x {tens * 10}")
+            l1, p1 = _mul_digit(x, ones)
+            l2, p2 = _mul_digit(x, tens)
+            lines.append(f"{x} x {ones}: {l1}")
+            lines.append(f"{x} x {tens}: {l2}, so {x} x {tens * 10} = {p2 * 10}")
+            cols, _ = _add_columns(p1, p2 * 10)
+            lines.append(f"{p1} + {p2 * 10}:")
+            lines += cols
+    else:
+        # reduce to one column operation on magnitudes: x + y, or x - y with x >= y
+        sa, sb = a, (b if op == "add" else -b)  # a + sb
+        if sa >= 0 and sb >= 0:
+            kind, x, y, neg = "add", sa, sb, False
+        elif sa < 0 and sb < 0:
+            kind, x, y, neg = "add", -sa, -sb, True
+        else:
+            pos, negv = (sa, -sb) if sa >= 0 else (sb, -sa)
+            kind, x, y, neg = ("sub", pos, negv, False) if pos >= negv else ("sub", negv, pos, True)
+        plain = f"{x} {'+' if kind == 'add' else '-'} {y}"
+        if not (op == "add" and a >= 0 and b >= 0) and not (op == "sub" and a >= b >= 0):
+            lines.append(f"{head} = -({plain})" if neg else f"{head} = {plain}")
+        cols, _ = (_add_columns if kind == "add" else _sub_columns)(x, y)
+        lines.append(f"{plain}:")
+        lines += cols
+    lines.append(f"So {head} = {value}.")
+    return "\n".join(lines), value
+
+
+def sample(rng: random.Random) -> Problem:
+    op = rng.choices(["add", "sub", "mul"], weights=[3, 3, 4])[0]
+    if op == "mul":
+        a = rng.randint(2, 999) if rng.random() < 0.8 else rng.randint(2, 99)
+        b = rng.randint(2, 99) if rng.random() < 0.85 else rng.randint(2, 9)
+        if rng.random() < 0.1:
+            a, b = (-a, b) if rng.random() < 0.5 else (a, -b)
+    else:
+        digits = rng.choice([1, 2, 2, 3, 3, 4, 4, 4])
+        a = rng.randint(10 ** (digits - 1), 10**digits - 1)
+        b = rng.randint(1, 10 ** rng.choice([1, 2, 3, 4]) - 1)
+        if rng.random() < 0.15:
+            a, b = (-a, b) if rng.random() < 0.6 else (a, -b)
+    response, value = arithmetic_response(op, a, b)
+    return Problem(f"{op}:{a}:{b}", {"a": a, "b": b}, "integer", str(value), response, op)
