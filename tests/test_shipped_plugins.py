@@ -65,9 +65,17 @@ def test_skill_query_sets_were_chosen_by_the_loss_gap_rule(skill):
     # the gap is taken against the better of the meta model and the other shipped skill experts (`--versus`)
     rule, others = qs["selection_rule"], [s for s in SHIPPED[len(MMLU) :] if s != skill]
     assert rule.startswith("min(loss_meta, ") and rule.endswith(") - loss_expert > tau") and qs["tau"] > 0
-    assert all(f"/{other} (on meta)]" in rule for other in others), rule
+    assert all(f"loss[peft:{other}]" in rule for other in others) and "/" not in rule, rule  # no builder paths
     assert qs["label"] == skill and qs["purity"] >= 0.9
     assert qs["source"]["n_pairs"] > qs["size"] >= 40  # chosen from a larger pool
+
+
+@pytest.mark.parametrize("skill", [s for s in SHIPPED if s in FAMILIES["skills"]])
+def test_skill_bundles_declare_the_decoding_they_were_measured_with(skill):
+    from etr_hub.bundle import load_bundle
+
+    sampling = load_bundle(PLUGINS / skill).manifest.sampling
+    assert sampling is not None and sampling.declared() == {"temperature": 0.0, "repetition_penalty": 1.0}
 
 
 def test_expert_add_accepts_all_of_them(registry):
