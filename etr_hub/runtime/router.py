@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from etr_hub.backends.base import Handoff, render_prompt_text
@@ -29,7 +28,6 @@ from etr_hub.runtime.engine import SUPPRESS, EngineError, Piece
 from etr_hub.runtime.types import Event, RouteSwitch
 
 
-@dataclass
 class ExpertTokenReader:
     """Streamed text split into word text and expert tokens; text that may still become an expert
     token (a prefix of one, at the end of what arrived) is held back until it cannot."""
@@ -220,10 +218,9 @@ def sampling_body(ans: Answer) -> dict[str, Any]:
     """The request's own sampling settings, as OpenAI's fields (repetition_penalty, only when it is not
     the exported generation config's, and ignore_eos: vLLM/SGLang's extensions), with the tokens left as max_tokens."""
     o = ans.opts
-    explicit = o.explicit
     body: dict[str, Any] = {"max_tokens": max(1, o.max_new_tokens - ans.used)}
     for name in ("temperature", "top_p"):
-        if name in explicit:
+        if name in o.explicit:
             body[name] = getattr(o, name)
     hub: Any = ans.hub  # a RouterHub
     if o.repetition_penalty != hub.sampling.repetition_penalty:  # the engine applies the export's own
