@@ -50,6 +50,19 @@ def test_arithmetic_values_are_right():
         assert abs(a) < 10_000 and abs(b) < 10_000 and (op != "mul" or (abs(a) < 1000 and abs(b) < 100))
 
 
+def test_focus_sampler_draws_only_its_kind_and_keeps_the_split():
+    rows = generate("arithmetic", "train", 200, seed=3, focus="unequal_lengths")
+    assert rows != generate("arithmetic", "train", 200, seed=3)
+    for r in rows:
+        op, a, b = r["key"].split(":")
+        assert op in ("add", "sub") and len(a) != len(b) and split_of(r["key"]) == "train"
+        assert int(r["answer"]) == (int(a) + int(b) if op == "add" else int(a) - int(b))
+        assert is_correct(r["response"], r["answer"], r["kind"])
+    assert {r["key"] for r in generate("arithmetic", "eval", 40, seed=3, focus="unequal_lengths")}.isdisjoint(
+        r["key"] for r in rows
+    )
+
+
 def test_sorting_and_conversions_are_right():
     for r in generate("sorting", "train", 200, seed=5):
         nums = [int(x) for x in r["key"].split(":")[2].split(",")]

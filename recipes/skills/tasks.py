@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repository root holds `recipes`
 
-from recipes.skills.generators import GENERATORS
+from recipes.skills.generators import FOCUS, GENERATORS
 from recipes.skills.generators.common import Problem, fmt
 from recipes.skills.generators.sorting import list_text
 
@@ -57,10 +57,12 @@ def render(problem: Problem, template: str, rng: random.Random) -> str:
     return template.format(**s)
 
 
-def generate(skill: str, split: str, count: int, seed: int) -> list[dict]:
-    """`count` rows of one skill in one split: {query, response, answer, task, kind, label, key}."""
+def generate(skill: str, split: str, count: int, seed: int, focus: str | None = None) -> list[dict]:
+    """`count` rows of one skill in one split: {query, response, answer, task, kind, label, key}; `focus` draws
+    the problems from one of the skill's FOCUS samplers instead (same split by key, so still never an eval one)."""
     sample, templates = GENERATORS[skill]
-    rng = random.Random(f"{skill}:{split}:{seed}")
+    sample = FOCUS[focus] if focus else sample
+    rng = random.Random(f"{skill}:{split}:{seed}" + (f":{focus}" if focus else ""))
     rows, seen = [], set()
     tries = 0
     while len(rows) < count:

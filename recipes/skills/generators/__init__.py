@@ -17,3 +17,5 @@ GENERATORS = {
     "number_words": (number_words.sample, number_words.TEMPLATES),
     "number_to_words": (number_to_words.sample, number_to_words.TEMPLATES),
 }
+# samplers that weight one kind of problem up, for a later training phase (build.py's LATER_PHASES `focus`)
+FOCUS = {"unequal_lengths": arithmetic.sample_unequal_lengths}
