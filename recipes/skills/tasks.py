@@ -61,7 +61,7 @@ def generate(skill: str, split: str, count: int, seed: int, focus: str | None = 
     """`count` rows of one skill in one split: {query, response, answer, task, kind, label, key}; `focus` draws
     the problems from one of the skill's FOCUS samplers instead (same split by key, so still never an eval one)."""
     sample, templates = GENERATORS[skill]
-    sample = FOCUS[focus] if focus else sample
+    sample = FOCUS[skill][focus] if focus else sample
     rng = random.Random(f"{skill}:{split}:{seed}" + (f":{focus}" if focus else ""))
     rows, seen = [], set()
     tries = 0

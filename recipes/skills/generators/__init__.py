@@ -18,4 +18,4 @@ GENERATORS = {
     "number_to_words": (number_to_words.sample, number_to_words.TEMPLATES),
 }
 # samplers that weight one kind of problem up, for a later training phase (build.py's LATER_PHASES `focus`)
-FOCUS = {"unequal_lengths": arithmetic.sample_unequal_lengths}
+FOCUS = {"arithmetic": {"unequal_lengths": arithmetic.sample_unequal_lengths}}

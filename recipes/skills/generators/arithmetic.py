@@ -178,6 +178,11 @@ def arithmetic_response(op: str, a: int, b: int) -> tuple[str, int]:
     return "\n".join(lines), value
 
 
+def problem(op: str, a: int, b: int) -> Problem:
+    response, value = arithmetic_response(op, a, b)
+    return Problem(f"{op}:{a}:{b}", {"a": a, "b": b}, "integer", str(value), response, op)
+
+
 def sample(rng: random.Random) -> Problem:
     op = rng.choices(["add", "sub", "mul"], weights=[3, 3, 4])[0]
     if op == "mul":
@@ -191,8 +196,7 @@ def sample(rng: random.Random) -> Problem:
         b = rng.randint(1, 10 ** rng.choice([1, 2, 3, 4]) - 1)
         if rng.random() < 0.15:
             a, b = (-a, b) if rng.random() < 0.6 else (a, -b)
-    response, value = arithmetic_response(op, a, b)
-    return Problem(f"{op}:{a}:{b}", {"a": a, "b": b}, "integer", str(value), response, op)
+    return problem(op, a, b)
 
 
 def sample_unequal_lengths(rng: random.Random) -> Problem:
@@ -206,5 +210,4 @@ def sample_unequal_lengths(rng: random.Random) -> Problem:
     b = rng.randint(10 ** (short_digits - 1), 10**short_digits - 1)
     if rng.random() < 0.3:
         a, b = b, a
-    response, value = arithmetic_response(op, a, b)
-    return Problem(f"{op}:{a}:{b}", {"a": a, "b": b}, "integer", str(value), response, op)
+    return problem(op, a, b)
