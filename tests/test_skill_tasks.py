@@ -11,7 +11,7 @@ from recipes.skills.generators.common import places
 from recipes.skills.generators.number_to_words import canonical_words
 from recipes.skills.generators.number_words import group_words
 from recipes.skills.generators.sorting import insertion_lines
-from recipes.skills.tasks import GENERATORS, SKILLS, generate, split_of
+from recipes.skills.tasks import GENERATORS, GREETINGS, LEAD_INS, SKILLS, generate, split_of
 
 
 @pytest.mark.parametrize("skill", SKILLS)
@@ -61,6 +61,22 @@ def test_focus_sampler_draws_only_its_kind_and_keeps_the_split():
     assert {r["key"] for r in generate("arithmetic", "eval", 40, seed=3, focus="unequal_lengths")}.isdisjoint(
         r["key"] for r in rows
     )
+
+
+def test_wrapped_queries_pad_the_training_phrasings_and_keep_problems_and_answers():
+    plain = generate("number_to_words", "train", 200, seed=1)
+    wrapped = generate("number_to_words", "train", 200, seed=1, wrapped=True)
+    assert wrapped == generate("number_to_words", "train", 200, seed=1, wrapped=True) and wrapped != plain
+    _, templates = GENERATORS["number_to_words"]
+    held_out = [t.split("{n}") for t in templates["to_words"][-3:]]
+    for r in wrapped:
+        assert split_of(r["key"]) == "train" and is_correct(r["response"], r["answer"], r["kind"])
+        first_word = r["query"].split(" ", 1)[0].strip("!,.").lower()
+        assert r["query"].startswith(LEAD_INS) or first_word in GREETINGS
+        n = r["key"].split(":")[1]
+        assert n in r["query"].replace(",", "")  # the number as asked, whatever the padding
+        # never a held-out phrasing: padding goes around a training phrasing, not in place of one
+        assert not any(r["query"].lower().endswith(tail.lower()) and head in r["query"] for head, tail in held_out)
 
 
 def test_sorting_and_conversions_are_right():

@@ -98,7 +98,11 @@ LATER_PHASES = {
         {"lr": 1e-3, "steps": 160},
         {"lr": 1e-3, "steps": 150, "fresh": True},
         {"lr": 1e-3, "steps": 100, "fresh": True, "focus": "unequal_lengths"},
-    ]
+    ],
+    # 250 steps learned the style (pool split 60/60) but misread every number in one held-out phrasing (eval
+    # 75/100, all 25 misses `Hey, type N as words please` -> 591 for 9,301); half the fresh problems get a
+    # greeting and a sign-off around the training phrasings (tasks.wrap), the held-out phrasings untouched
+    "number_to_words": [{"lr": 1e-3, "steps": 100, "fresh": True, "wrapped": True}],
 }
 # the decoding each skill bundle declares (manifest `sampling`): greedy with no repetition penalty, as `eval tasks`
 # measured it; a worked answer repeats its digits, and sampling or a penalty changes them (4821 - 377: 4524 / 4244)
@@ -189,11 +193,13 @@ def train_adapter(skill: str, work: Path, args) -> None:
 
 
 def phase_rows(skill: str, phase: dict, seed: int) -> list[dict]:
-    """A fresh phase's training rows: newly generated problems, half of them from the phase's `focus` sampler."""
-    if not phase.get("focus"):
+    """A fresh phase's training rows: newly generated problems, half of them from the phase's `focus` sampler
+    or with `wrapped` queries (tasks.wrap)."""
+    variant = {"focus": phase.get("focus"), "wrapped": phase.get("wrapped", False)}
+    if not any(variant.values()):
         return generate(skill, "train", SIZES["train"], seed)
     half = SIZES["train"] // 2
-    mixed = generate(skill, "train", half, seed) + generate(skill, "train", half, seed, focus=phase["focus"])
+    mixed = generate(skill, "train", half, seed) + generate(skill, "train", half, seed, **variant)
     random.Random(seed).shuffle(mixed)
     return mixed
 
@@ -231,6 +237,7 @@ def later_phases(skill: str) -> str:
         f"; then {p['steps']} more steps from that adapter with a fresh cosine from lr {p['lr']:g}"
         + (", on newly generated problems" if p.get("fresh") else "")
         + (f" (half of them drawn by the `{p['focus']}` sampler)" if p.get("focus") else "")
+        + (" (half of them asked with a greeting and a sign-off around the phrasing)" if p.get("wrapped") else "")
         for p in LATER_PHASES.get(skill, [])
     )
 

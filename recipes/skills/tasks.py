@@ -41,6 +41,37 @@ def split_of(key: str) -> str:
     return next(name for name, r in SPLITS.items() if bucket in r)
 
 
+# greetings and sign-offs people put around a request, for a later training phase (build.py's `wrapped`): a small
+# adapter ties its skill to the wordings it saw ("Hey, type 9,301 as words please" made number_to_words read 591)
+LEAD_INS = (
+    "Hey, ",
+    "hey ",
+    "Hi! ",
+    "Hello, ",
+    "Hi there. ",
+    "Quick question: ",
+    "OK so ",
+    "Sorry to bother you, ",
+    "Good morning! ",
+    "yo ",
+    "Excuse me, ",
+    "One more thing: ",
+    "Hmm, ",
+    "Dear assistant, ",
+)
+GREETINGS = {"hi", "hey", "hello"}  # a phrasing that starts with one gets no lead-in
+SIGN_OFFS = ("", "", " please", " Please.", " thanks", " Thanks!", " thank you :)", " Cheers.", " ty", " asap")
+
+
+def wrap(query: str, rng: random.Random) -> str:
+    """A query as a person might pad it: a greeting or lead-in before it unless it has one (the request's first
+    letter lowered, as one types mid-sentence), and a sign-off after it most of the time."""
+    greeted = query.split(" ", 1)[0].strip("!,.").lower() in GREETINGS
+    lead = "" if greeted else rng.choice(LEAD_INS)
+    body = query[0].lower() + query[1:] if query[:1].isalpha() and not query.startswith("I ") else query
+    return lead + body + rng.choice(SIGN_OFFS)
+
+
 SEPARATORS = {"to_hex": 0.2, "to_words": 0.3}  # how often a form's number is typed with thousands separators
 
 
@@ -57,12 +88,15 @@ def render(problem: Problem, template: str, rng: random.Random) -> str:
     return template.format(**s)
 
 
-def generate(skill: str, split: str, count: int, seed: int, focus: str | None = None) -> list[dict]:
+def generate(
+    skill: str, split: str, count: int, seed: int, focus: str | None = None, wrapped: bool = False
+) -> list[dict]:
     """`count` rows of one skill in one split: {query, response, answer, task, kind, label, key}; `focus` draws
-    the problems from one of the skill's FOCUS samplers instead (same split by key, so still never an eval one)."""
+    the problems from one of the skill's FOCUS samplers instead (same split by key, so still never an eval one);
+    `wrapped` pads each query with a lead-in and a sign-off (`wrap`)."""
     sample, templates = GENERATORS[skill]
     sample = FOCUS[skill][focus] if focus else sample
-    rng = random.Random(f"{skill}:{split}:{seed}" + (f":{focus}" if focus else ""))
+    rng = random.Random(f"{skill}:{split}:{seed}" + (f":{focus}" if focus else "") + (":wrapped" if wrapped else ""))
     rows, seen = [], set()
     tries = 0
     while len(rows) < count:
@@ -76,6 +110,7 @@ def generate(skill: str, split: str, count: int, seed: int, focus: str | None = 
         family = templates[p.form]
         usable = family[-HELD_OUT:] if split == "eval" else family[:-HELD_OUT]
         query = render(p, rng.choice(usable), rng)
+        query = wrap(query, rng) if wrapped else query
         rows.append(
             {
                 "query": query,
