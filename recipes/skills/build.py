@@ -102,6 +102,7 @@ LATER_PHASES = {
     # 250 steps learned the style (pool split 60/60) but misread every number in one held-out phrasing (eval
     # 75/100, all 25 misses `Hey, type N as words please` -> 591 for 9,301); half the fresh problems get a
     # greeting and a sign-off around the training phrasings (tasks.wrap), the held-out phrasings untouched
+    # -> 84/100, 15 of 16 misses still that phrasing; 100 more such steps (seed 2) fell back to 80/100
     "number_to_words": [{"lr": 1e-3, "steps": 100, "fresh": True, "wrapped": True}],
 }
 # the decoding each skill bundle declares (manifest `sampling`): greedy with no repetition penalty, as `eval tasks`
