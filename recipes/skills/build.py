@@ -99,7 +99,7 @@ LATER_PHASES = {
         {"lr": 1e-3, "steps": 150, "fresh": True},
         {"lr": 1e-3, "steps": 100, "fresh": True, "focus": "unequal_lengths"},
     ],
-    # 250 steps learned the style (pool split 60/60) but misread every number in one held-out phrasing (eval
+    # 250 steps learned the style (pool split 60/60) but misread the number in one held-out phrasing (eval
     # 75/100, all 25 misses `Hey, type N as words please` -> 591 for 9,301); half the fresh problems get a
     # greeting and a sign-off around the training phrasings (tasks.wrap), the held-out phrasings untouched
     # -> 84/100, 15 of 16 misses still that phrasing; 100 more such steps (seed 2) fell back to 80/100
