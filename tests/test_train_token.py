@@ -121,3 +121,59 @@ def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, case):
     assert "no query set" in errors[0]
     assert Registry.open().list_experts() == []
     assert not any(settings().bundles_dir.glob("*")) if settings().bundles_dir.exists() else True
+
+
+def test_negatives_file_joins_the_word_negatives_and_changes_the_row(world, tmp_path):
+    from etr_hub.registry import Registry
+
+    init_world(world)
+    build_labelled(world, "astronomy")
+    plain = train("astronomy", "--version", "1.0.0", "--out", str(tmp_path / "plain"))
+    prompts = ["Sort 5, -3, 12, 0 from smallest to largest.", "What is 1011 in binary?", "Reverse the word planet."]
+    negatives = tmp_path / "negatives.jsonl"
+    negatives.write_text("".join(json.dumps({"query": q}) + "\n" for q in prompts))
+    s = train("astronomy", "--version", "1.0.1", "--out", str(tmp_path / "neg"), "--negatives", str(negatives))
+    assert s["negatives"] == plain["negatives"] + 3
+    reg = Registry.open()
+    m = reg.get_expert("astronomy@1.0.1").manifest
+    assert m["training"]["word_negatives"] == 80 + 3
+    assert s["token_sha256"] != plain["token_sha256"]  # the prompts entered the objective
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "does not exist"),
+        ("", "holds no prompts"),
+        ('{"query": "fine"}\n{"prompt": "no query key"}\n', ":2 has no non-empty 'query'"),
+        ('{"query": "fine"}\nnot json\n', ":2 is not JSON"),
+    ],
+)
+def test_bad_negatives_file_is_one_line_and_writes_nothing(world, tmp_path, content, message):
+    from etr_hub.registry import Registry
+
+    init_world(world)
+    build_labelled(world, "astronomy")
+    path = tmp_path / "negatives.jsonl"
+    if content is not None:
+        path.write_text(content)
+    r = invoke("train-token", "astronomy", "--negatives", str(path), "--out", str(tmp_path / "bundle"))
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 5 and len(errors) == 1 and message in errors[0] and "Traceback" not in r.stderr, r.stderr
+    assert Registry.open().list_experts() == [] and not (tmp_path / "bundle").exists()
+
+
+def test_a_registered_bundles_token_retrains_in_another_registry(world, tmp_path, monkeypatch):
+    """An operator retrains a bundle's token where its query set came in the bundle (the adapter named relative
+    to the bundle): the new bundle ships the registered copy of that adapter, byte for byte."""
+    from etr_hub.store import tree_listing, tree_sha256
+
+    init_world(world)
+    build_labelled(world, "astronomy")
+    first = train("astronomy", "--version", "1.0.0", "--out", str(tmp_path / "first"))
+    monkeypatch.setenv("ETR_HUB_HOME", str(tmp_path / "other-home"))
+    init_world(world)
+    assert invoke("expert", "add", first["bundle"], "--no-report").returncode == 0
+    again = train("astronomy", "--version", "1.0.1", "--out", str(tmp_path / "again"))
+    adapters = [tree_sha256(tree_listing(Path(b, "adapter"))) for b in (first["bundle"], again["bundle"])]
+    assert adapters[0] == adapters[1]

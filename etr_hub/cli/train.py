@@ -45,6 +45,15 @@ WordNegatives = Annotated[
     ),
 ]
 
+Negatives = Annotated[
+    Path | None,
+    typer.Option(
+        "--negatives",
+        help="JSONL of prompts ('query') the token must leave to the meta model, e.g. requests no registered expert "
+        "can answer; trained as negatives like the everyday prompts.",
+    ),
+]
+
 
 def train_token(
     name: Name,
@@ -62,6 +71,7 @@ def train_token(
     provider: Provider = None,
     replace: Replace = False,
     word_negatives: WordNegatives = True,
+    negatives: Negatives = None,
     json_out: JsonOption = False,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
@@ -87,6 +97,7 @@ def train_token(
             cfg=cfg,
             bundle=bundle,
             word_negatives=word_negatives,
+            negatives=negatives,
             progress=bars,
             status=None if json_out else note,
             device=device,

@@ -14,7 +14,8 @@ import torch
 from etr_hub.bundle import Bundle, Manifest
 from etr_hub.bundle.io import write_token_bundle
 from etr_hub.bundle.manifest import MetaInfo, QuerySetInfo, TrainingInfo
-from etr_hub.errors import EtrHubError
+from etr_hub.errors import DataError, EtrHubError
+from etr_hub.jsonl import query_column
 from etr_hub.models.refs import ModelRef
 from etr_hub.registry import Registry
 from etr_hub.registry.tables import Expert, MetaModel, QuerySet
@@ -75,6 +76,7 @@ def train_token(
     cfg: TrainSettings = PAPER,
     bundle: BundleInfo = BundleInfo(),
     word_negatives: bool = True,
+    negatives: Path | None = None,
     progress: ProgressFactory = no_progress,
     status: Status = None,
     session: ModelSession | None = None,
@@ -85,18 +87,23 @@ def train_token(
     experts frozen, write the bundle and register it. Pass a `session` to reuse loaded models, or
     `device` / `dtype` for where a new one runs the meta model's pass (models/device.py); the row
     itself is optimised in float32 on the CPU over the cached states (training/optimize.py: one
-    thread beats many for its thousands of tiny steps), so it is the same on any device."""
+    thread beats many for its thousands of tiny steps), so it is the same on any device. `negatives`: a JSONL
+    file of prompts ('query') the token must leave to the meta model, e.g. requests for skills no registered
+    expert has; trained as the everyday prompts are."""
     t0 = time.perf_counter()
     bundle = _with_defaults(registry, name, bundle)
     _check_before_training(registry, name, cfg, bundle)
+    extra = _read_negatives(negatives) if negatives is not None else []
     session = session or ModelSession(registry, status, device=device, dtype=dtype)
     qs = _query_set(registry, query_set or name, session.meta_row.fingerprint)
-    data = _training_set(registry, name, qs, session.meta_row, word_negatives)
+    adapter = _adapter_source(registry, qs)  # before training: a missing adapter fails now, not after it
+    data = _training_set(registry, name, qs, session.meta_row, word_negatives, extra)
     hidden, lse, _ = session.routing_states(data.queries, progress)
     features = cached_features(hidden, lse)
     outcome = train_rows(features, len(data.queries), data.target, data.w_frozen, session.mean_row(), cfg)
     _check_trained(outcome, hidden, cfg)
-    written = _write(registry, name, qs, session.meta_row, _training_info(outcome, cfg, data), outcome.row, bundle)
+    info = _training_info(outcome, cfg, data)
+    written = _write(registry, name, qs, adapter, session.meta_row, info, outcome.row, bundle)
     expert = registry.add_expert(written, replace=bundle.replace)
     return TrainResult(
         bundle=written,
@@ -137,9 +144,21 @@ def _query_set(registry: Registry, name: str, meta_fingerprint: str) -> QuerySet
     return qs
 
 
-def _training_set(registry: Registry, name: str, qs: QuerySet, meta: MetaModel, word_negatives: bool) -> TrainingSet:
+def _read_negatives(path: Path) -> list[str]:
+    """--negatives: the 'query' of every line (a line without one is a DataError naming it)."""
+    if not Path(path).is_file():
+        raise DataError(f"--negatives {path} does not exist", 'pass a JSONL file with one {"query": …} per line')
+    prompts = query_column(path, f"--negatives {path}")
+    if not prompts:
+        raise DataError(f"--negatives {path} holds no prompts", 'write one {"query": …} object per line')
+    return prompts
+
+
+def _training_set(
+    registry: Registry, name: str, qs: QuerySet, meta: MetaModel, word_negatives: bool, extra: list[str] = ()
+) -> TrainingSet:
     """The expert's queries, the registered experts' query sets as negatives labelled with their
-    own (frozen) tokens, and with `word_negatives` the everyday prompts, where a word should win."""
+    own (frozen) tokens, and with `word_negatives` the everyday prompts and `extra`, where a word should win."""
     others = [
         e for e in registry.list_experts(enabled_only=True) if e.name != name and e.meta_fingerprint == meta.fingerprint
     ]
@@ -154,7 +173,7 @@ def _training_set(registry: Registry, name: str, qs: QuerySet, meta: MetaModel, 
             negatives = query_set_queries(registry, other_qs)
             queries += negatives
             targets += [1 + k] * len(negatives)
-    general = read_general_prompts(split="train") if word_negatives else []
+    general = (read_general_prompts(split="train") if word_negatives else []) + list(extra)
     queries += general
     targets += [WORD] * len(general)
     return TrainingSet(queries, torch.tensor(targets), w_frozen, [e.name for e in others], len(general))
@@ -229,10 +248,29 @@ def _training_info(outcome: TrainOutcome, cfg: TrainSettings, data: TrainingSet)
     )
 
 
+def _adapter_source(registry: Registry, qs: QuerySet) -> Path | None:
+    """The adapter the new bundle ships (None for a full model): a registered expert's stored copy where the query
+    set came with that expert (a bundle's query set names its adapter relative to the bundle), else the path that
+    `query-set build` was given."""
+    ref = ModelRef.model_validate(qs.expert_ref)
+    if ref.kind != "peft" or not ref.path:
+        return None
+    path = ref.path
+    stored = [e.adapter_path for e in registry.list_experts() if e.query_set_id == qs.id and e.adapter_path]
+    source = registry.abspath(stored[0]) if stored else Path(path)
+    if not source.is_dir():
+        raise EtrHubError(
+            f"the adapter of query set '{qs.name}' ({path}) is not there any more",
+            f"rebuild the query set: `etr-hub query-set build {qs.name} --expert ADAPTER_DIR --data FILE.jsonl`",
+        )
+    return source
+
+
 def _write(
     registry: Registry,
     name: str,
     qs: QuerySet,
+    adapter: Path | None,
     meta: MetaModel,
     training: TrainingInfo,
     row: torch.Tensor,
@@ -240,8 +278,8 @@ def _write(
 ) -> Bundle:
     ref = ModelRef.model_validate(qs.expert_ref)
     files: dict[str, Path] = {"query_set.jsonl": registry.abspath(qs.store_path)}
-    if ref.kind == "peft" and ref.path:
-        files["adapter"] = Path(ref.path)
+    if adapter is not None:
+        files["adapter"] = adapter
         ref = ref.model_copy(update={"path": "adapter"})  # the bundle carries the adapter
     assert bundle.out is not None and bundle.version is not None  # _with_defaults
     return write_token_bundle(
