@@ -177,3 +177,20 @@ def test_a_registered_bundles_token_retrains_in_another_registry(world, tmp_path
     again = train("astronomy", "--version", "1.0.1", "--out", str(tmp_path / "again"))
     adapters = [tree_sha256(tree_listing(Path(b, "adapter"))) for b in (first["bundle"], again["bundle"])]
     assert adapters[0] == adapters[1]
+
+
+def test_an_adapter_gone_since_the_query_set_was_built_is_one_line_before_training(world, tmp_path):
+    import shutil
+
+    from etr_hub.registry import Registry
+
+    init_world(world)
+    adapter = tmp_path / "astronomy-adapter"
+    shutil.copytree(world["expert:astronomy"], adapter)
+    build = ("query-set", "build", "astronomy", "--expert", str(adapter), "--data", str(world["data"]))
+    assert invoke(*build, "--rule", "labelled", "--label", "astronomy", "--size", "20").returncode == 0
+    shutil.rmtree(adapter)
+    r = invoke("train-token", "astronomy", "--out", str(tmp_path / "bundle"))
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 1 and len(errors) == 1 and "is not there any more" in errors[0], r.stderr
+    assert Registry.open().list_experts() == [] and not (tmp_path / "bundle").exists()

@@ -249,15 +249,14 @@ def _training_info(outcome: TrainOutcome, cfg: TrainSettings, data: TrainingSet)
 
 
 def _adapter_source(registry: Registry, qs: QuerySet) -> Path | None:
-    """The adapter the new bundle ships (None for a full model): a registered expert's stored copy where the query
-    set came with that expert (a bundle's query set names its adapter relative to the bundle), else the path that
-    `query-set build` was given."""
+    """The adapter the new bundle ships (None for a full model): the absolute path `query-set build` recorded, or,
+    for a query set that came in a bundle (its adapter named relative to the bundle), the registry's stored copy."""
     ref = ModelRef.model_validate(qs.expert_ref)
     if ref.kind != "peft" or not ref.path:
         return None
     path = ref.path
     stored = [e.adapter_path for e in registry.list_experts() if e.query_set_id == qs.id and e.adapter_path]
-    source = registry.abspath(stored[0]) if stored else Path(path)
+    source = Path(path) if Path(path).is_absolute() or not stored else registry.abspath(stored[0])
     if not source.is_dir():
         raise EtrHubError(
             f"the adapter of query set '{qs.name}' ({path}) is not there any more",
