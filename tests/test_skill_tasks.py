@@ -11,7 +11,7 @@ from recipes.skills.generators.common import places
 from recipes.skills.generators.number_to_words import canonical_words
 from recipes.skills.generators.number_words import group_words
 from recipes.skills.generators.sorting import insertion_lines
-from recipes.skills.tasks import GENERATORS, GREETINGS, LEAD_INS, SKILLS, generate, split_of
+from recipes.skills.tasks import GENERATORS, GREETINGS, HELD_OUT, LEAD_INS, SKILLS, generate, split_of
 
 
 @pytest.mark.parametrize("skill", SKILLS)
@@ -68,7 +68,7 @@ def test_wrapped_queries_pad_the_training_phrasings_and_keep_problems_and_answer
     wrapped = generate("number_to_words", "train", 200, seed=1, wrapped=True)
     assert wrapped == generate("number_to_words", "train", 200, seed=1, wrapped=True) and wrapped != plain
     _, templates = GENERATORS["number_to_words"]
-    held_out = [t.split("{n}") for t in templates["to_words"][-3:]]
+    held_out = [t.split("{n}") for t in templates["to_words"][-HELD_OUT:]]
     for r in wrapped:
         assert split_of(r["key"]) == "train" and is_correct(r["response"], r["answer"], r["kind"])
         first_word = r["query"].split(" ", 1)[0].strip("!,.").lower()

@@ -155,7 +155,7 @@ def _read_negatives(path: Path) -> list[str]:
 
 
 def _training_set(
-    registry: Registry, name: str, qs: QuerySet, meta: MetaModel, word_negatives: bool, extra: list[str] | None = None
+    registry: Registry, name: str, qs: QuerySet, meta: MetaModel, word_negatives: bool, extra: list[str]
 ) -> TrainingSet:
     """The expert's queries, the registered experts' query sets as negatives labelled with their
     own (frozen) tokens, and with `word_negatives` the everyday prompts and `extra`, where a word should win."""
@@ -173,7 +173,7 @@ def _training_set(
             negatives = query_set_queries(registry, other_qs)
             queries += negatives
             targets += [1 + k] * len(negatives)
-    general = (read_general_prompts(split="train") if word_negatives else []) + (extra or [])
+    general = (read_general_prompts(split="train") if word_negatives else []) + extra
     queries += general
     targets += [WORD] * len(general)
     return TrainingSet(queries, torch.tensor(targets), w_frozen, [e.name for e in others], len(general))
