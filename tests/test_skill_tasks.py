@@ -79,6 +79,23 @@ def test_wrapped_queries_pad_the_training_phrasings_and_keep_problems_and_answer
         assert not any(r["query"].lower().endswith(tail.lower()) and head in r["query"] for head, tail in held_out)
 
 
+def test_composed_queries_ask_for_the_same_problems_in_wordings_the_eval_never_uses():
+    rows = generate("number_to_words", "train", 300, seed=1, composed=True)
+    assert rows == generate("number_to_words", "train", 300, seed=1, composed=True)
+    assert rows != generate("number_to_words", "train", 300, seed=1, wrapped=True)
+    _, templates = GENERATORS["number_to_words"]
+    held_out = " ".join(templates["to_words"][-HELD_OUT:]).lower()
+    assert len({r["query"].replace(r["key"].split(":")[1], "N") for r in rows}) > 150  # many shapes, not a few
+    for r in rows:
+        assert split_of(r["key"]) == "train" and is_correct(r["response"], r["answer"], r["kind"])
+        assert r["key"].split(":")[1] in r["query"].replace(",", "")
+        # the held-out phrasings' own words never appear, so the eval still measures unseen wording
+        assert not any(w in r["query"].lower() for w in ("type", "express", "as words", "written in words"))
+        assert "type" in held_out and "express" in held_out
+    with pytest.raises(ValueError, match="held-out"):
+        generate("number_to_words", "eval", 10, seed=1, composed=True)
+
+
 def test_sorting_and_conversions_are_right():
     for r in generate("sorting", "train", 200, seed=5):
         nums = [int(x) for x in r["key"].split(":")[2].split(",")]

@@ -103,7 +103,10 @@ LATER_PHASES = {
     # 75/100, all 25 misses `Hey, type N as words please` -> 591 for 9,301); half the fresh problems get a
     # greeting and a sign-off around the training phrasings (tasks.wrap), the held-out phrasings untouched
     # -> 84/100, 15 of 16 misses still that phrasing; 100 more such steps (seed 2) fell back to 80/100
-    "number_to_words": [{"lr": 1e-3, "steps": 100, "fresh": True, "wrapped": True}],
+    "number_to_words": [
+        {"lr": 1e-3, "steps": 100, "fresh": True, "wrapped": True},
+        {"lr": 1e-3, "steps": 100, "fresh": True, "composed": True},
+    ],
 }
 # the decoding each skill bundle declares (manifest `sampling`): greedy with no repetition penalty, as `eval tasks`
 # measured it; a worked answer repeats its digits, and sampling or a penalty changes them (4821 - 377: 4524 / 4244)
@@ -194,9 +197,9 @@ def train_adapter(skill: str, work: Path, args) -> None:
 
 
 def phase_rows(skill: str, phase: dict, seed: int) -> list[dict]:
-    """A fresh phase's training rows: newly generated problems, half of them from the phase's `focus` sampler
-    or with `wrapped` queries (tasks.wrap)."""
-    variant = {"focus": phase.get("focus"), "wrapped": phase.get("wrapped", False)}
+    """A fresh phase's training rows: newly generated problems, half of them from the phase's `focus` sampler,
+    with `wrapped` queries (tasks.wrap) or in `composed` phrasings (generators.COMPOSED)."""
+    variant = {k: phase.get(k) for k in ("focus", "wrapped", "composed") if phase.get(k)}
     if not any(variant.values()):
         return generate(skill, "train", SIZES["train"], seed)
     half = SIZES["train"] // 2
@@ -239,6 +242,7 @@ def later_phases(skill: str) -> str:
         + (", on newly generated problems" if p.get("fresh") else "")
         + (f" (half of them drawn by the `{p['focus']}` sampler)" if p.get("focus") else "")
         + (" (half of them asked with a greeting and a sign-off around the phrasing)" if p.get("wrapped") else "")
+        + (" (half of them asked in phrasings composed from parts)" if p.get("composed") else "")
         for p in LATER_PHASES.get(skill, [])
     )
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repository root holds `recipes`
 
-from recipes.skills.generators import FOCUS, GENERATORS
+from recipes.skills.generators import COMPOSED, FOCUS, GENERATORS
 from recipes.skills.generators.common import Problem, fmt
 from recipes.skills.generators.sorting import list_text
 
@@ -89,14 +89,24 @@ def render(problem: Problem, template: str, rng: random.Random) -> str:
 
 
 def generate(
-    skill: str, split: str, count: int, seed: int, focus: str | None = None, wrapped: bool = False
+    skill: str,
+    split: str,
+    count: int,
+    seed: int,
+    focus: str | None = None,
+    wrapped: bool = False,
+    composed: bool = False,
 ) -> list[dict]:
     """`count` rows of one skill in one split: {query, response, answer, task, kind, label, key}; `focus` draws
     the problems from one of the skill's FOCUS samplers instead (same split by key, so still never an eval one);
-    `wrapped` pads each query with a lead-in and a sign-off (`wrap`)."""
+    `wrapped` pads each query with a lead-in and a sign-off (`wrap`); `composed` asks in a phrasing composed from
+    parts (generators.COMPOSED; training only), half of them wrapped."""
+    if composed and split == "eval":
+        raise ValueError("composed phrasings are for training: eval asks in the held-out templates")
     sample, templates = GENERATORS[skill]
     sample = FOCUS[skill][focus] if focus else sample
-    rng = random.Random(f"{skill}:{split}:{seed}" + (f":{focus}" if focus else "") + (":wrapped" if wrapped else ""))
+    variant = (f":{focus}" if focus else "") + (":wrapped" if wrapped else "") + (":composed" if composed else "")
+    rng = random.Random(f"{skill}:{split}:{seed}{variant}")
     rows, seen = [], set()
     tries = 0
     while len(rows) < count:
@@ -109,8 +119,8 @@ def generate(
         seen.add(p.key)
         family = templates[p.form]
         usable = family[-HELD_OUT:] if split == "eval" else family[:-HELD_OUT]
-        query = render(p, rng.choice(usable), rng)
-        query = wrap(query, rng) if wrapped else query
+        query = render(p, COMPOSED[skill](rng) if composed else rng.choice(usable), rng)
+        query = wrap(query, rng) if wrapped or (composed and rng.random() < 0.5) else query
         rows.append(
             {
                 "query": query,

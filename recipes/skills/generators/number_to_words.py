@@ -46,6 +46,72 @@ TEMPLATES: dict[str, list[str]] = {
 }
 
 
+# phrasings composed from parts, for a later training phase (build.py's LATER_PHASES `composed`): a small adapter
+# copied its number wrongly under one held-out wording (`Hey, type 724 as words please` -> 524), so it sees many
+# shapes of request around the number. The parts leave out the held-out phrasings' words (`type`, `express`,
+# `as words`, `written in words`), so that the eval still measures wording it never saw.
+ASKS = (
+    "write",
+    "write out",
+    "spell out",
+    "spell",
+    "put",
+    "turn",
+    "convert",
+    "change",
+    "give me",
+    "show me",
+    "say",
+    "translate",
+    "jot down",
+    "print",
+    "render",
+    "read out",
+)
+POLITE = ("", "", "", "please ", "can you ", "could you ", "would you ", "can u ", "I need you to ", "help me ")
+OBJECTS = ("{n}", "{n}", "{n}", "the number {n}", "the amount {n}", "the figure {n}", "this number, {n},", "my {n}")
+MANNERS = (
+    "in words",
+    "in words",
+    "in English words",
+    "in full words",
+    "into words",
+    "in letters",
+    "in word form",
+    "in plain English",
+    "in written-out form",
+    "longhand",
+    "out in full",
+    "for a cheque",
+    "for a check",
+    "the way you'd say it",
+)
+QUESTIONS = (
+    "what is {n} {manner}",
+    "what's {n} {manner}",
+    "how do I write {n} {manner}",
+    "how would you write {n} {manner}",
+    "how do you say {n} {manner}",
+    "what does {n} look like {manner}",
+    "{n} {manner}",
+    "{n}, {manner}",
+)
+ENDS = ("", ".", "?", "!", " please", ", please.", " thanks", " - thanks!", " pls", ", cheers")
+
+
+def composed_template(rng: random.Random) -> str:
+    """A request for {n} in words composed from parts: an imperative (`could you spell out the amount {n} in
+    letters, please.`) or a question (`what's {n} in word form?`), as people type them."""
+    manner = rng.choice(MANNERS)
+    if rng.random() < 0.6:
+        obj = rng.choice(OBJECTS)
+        text = f"{rng.choice(POLITE)}{rng.choice(ASKS)} {obj} {manner}"
+    else:
+        text = rng.choice(QUESTIONS).replace("{manner}", manner)
+    text += rng.choice(ENDS)
+    return text[0].upper() + text[1:] if rng.random() < 0.6 else text
+
+
 def canonical_words(n: int) -> str:
     """0-999,999 in words as a cheque writes it: hyphenated tens, no `and`, no comma."""
     style = {"hyphen": "-", "and": False}
