@@ -3,6 +3,8 @@ many phrasings, and worked answers whose stated result is the gold answer under 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from etr_hub.eval.answers import gold_value, is_correct
@@ -12,6 +14,8 @@ from recipes.skills.generators.number_to_words import canonical_words
 from recipes.skills.generators.number_words import group_words
 from recipes.skills.generators.sorting import insertion_lines
 from recipes.skills.tasks import GENERATORS, GREETINGS, HELD_OUT, LEAD_INS, SKILLS, generate, split_of
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("skill", SKILLS)
@@ -229,3 +233,29 @@ def test_number_to_words_replies_find_the_thousands_by_place_and_say_the_answer(
     assert {len(str(int(r["key"].split(":")[1]))) for r in rows} >= {2, 3, 4, 5, 6}
     big = [(int(r["key"].split(":")[1]), r["query"]) for r in rows if int(r["key"].split(":")[1]) >= 1000]
     assert any(f"{n:,}" in q for n, q in big) and any(f"{n:,}" not in q for n, q in big)  # separators, sometimes
+
+
+def test_rephrase_reasks_the_same_problems_in_new_wordings():
+    from recipes.skills.probe import rephrase
+
+    rows = generate("number_to_words", "eval", 12, seed=0)
+    templates = (ROOT / "recipes" / "skills" / "phrasings" / "number_to_words.txt").read_text().splitlines()
+    asked = rephrase(rows, templates)
+    assert [r["answer"] for r in asked] == [r["answer"] for r in rows]
+    for i, (r, a) in enumerate(zip(rows, asked)):
+        n = r["key"].split(":")[1]
+        assert a["query"].replace(",", "") == templates[i % len(templates)].format(n=n).replace(",", "")
+    _, own = GENERATORS["number_to_words"]
+    assert not set(templates) & set(own["to_words"])  # wordings the generator never uses
+
+
+def test_provider_negatives_are_valid_and_never_an_everyday_eval_prompt():
+    from etr_hub.session import read_general_prompts
+    from etr_hub.training.train_token import _read_negatives
+    from recipes.skills.build import NEGATIVES
+
+    held_out = {q.lower() for q in read_general_prompts(split="eval")}
+    for skill, path in NEGATIVES.items():
+        queries = _read_negatives(path)
+        assert skill in SKILLS and len(queries) == len(set(queries)) >= 20
+        assert not held_out & {q.lower() for q in queries}  # the false-fire check stays unseen

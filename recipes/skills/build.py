@@ -111,6 +111,9 @@ LATER_PHASES = {
 # the decoding each skill bundle declares (manifest `sampling`): greedy with no repetition penalty, as `eval tasks`
 # measured it; a worked answer repeats its digits, and sampling or a penalty changes them (4821 - 377: 4524 / 4244)
 SAMPLING = {"temperature": 0.0, "repetition_penalty": 1.0}
+# `train-token --negatives`: requests that look like a skill's and are not, written by its provider. The digits ->
+# words token, trained on `Write N in words`-style queries, otherwise took an everyday `Write …` request (1 of 30)
+NEGATIVES = {"number_to_words": ROOT / "recipes" / "skills" / "negatives" / "number_to_words.jsonl"}
 MMLU_DISTRACTORS = 120
 TAU = 10.0  # nats, summed over the response: the worked answers are long, so expertise shows as tens of nats
 
@@ -236,6 +239,12 @@ def query_set_args(cli: str, skill: str, work: Path, seed: int, skills: list[str
     return [*build, *pool, "--seed", str(seed), "--batch-size", "8", "--json"]
 
 
+def skill_token_args(cli: str, skill: str, seed: int, out: Path) -> list[str]:
+    """`etr-hub train-token SKILL` as the shipped skill bundles are trained, with the skill's NEGATIVES if any."""
+    negatives = ["--negatives", str(NEGATIVES[skill])] if skill in NEGATIVES else []
+    return [*train_token_args(cli, skill, seed, DESCRIPTIONS[skill], out), *negatives]
+
+
 def later_phases(skill: str) -> str:
     return "".join(
         f"; then {p['steps']} more steps from that adapter with a fresh cosine from lr {p['lr']:g}"
@@ -247,8 +256,15 @@ def later_phases(skill: str) -> str:
     )
 
 
+def extra_negatives(skill: str) -> str:
+    if skill not in NEGATIVES:
+        return ""
+    n = sum(1 for line in NEGATIVES[skill].read_text().splitlines() if line.strip())
+    return f", and {n} look-alike requests as negatives (`--negatives {NEGATIVES[skill].relative_to(ROOT)}`)"
+
+
 def model_card(skill: str, manifest: dict, build: dict, skills: list[str]) -> str:
-    qs, tr = manifest.get("query_set", {}), manifest.get("training", {})
+    qs, tr, negs = manifest.get("query_set", {}), manifest.get("training", {}), extra_negatives(skill)
     return f"""# {skill} expert (skills)
 
 {DESCRIPTIONS[skill]}
@@ -263,7 +279,7 @@ def model_card(skill: str, manifest: dict, build: dict, skills: list[str]) -> st
   against the better of the meta model and the other skill experts built with it) from one mixed pool of
   the {len(SKILLS)} generated skills' questions, MMLU questions and everyday prompts; purity {build.get("purity")}.
 - **Expert token:** trained with `etr-hub train-token` ({tr.get("epochs")} epochs, {tr.get("stopped")}) in a registry
-  holding {", ".join(tr.get("negatives") or []) or "no other expert"} (their query sets as negatives).
+  holding {", ".join(tr.get("negatives") or []) or "no other expert"} (their query sets as negatives){negs}.
 - **Decoding:** the manifest declares greedy decoding with no repetition penalty (`sampling`), as it was measured;
   chat and serve use it unless a request sets its own.
 - **Evaluation:** see the README's "Skill experts" (`etr-hub eval tasks`).
@@ -312,7 +328,7 @@ def main() -> None:
         run([cli, "expert", "remove", expert["name"], "--yes"], home, log)
     run([cli, "expert", "add", *(str(args.plugins / s) for s in MMLU_EXPERT_SUBJECTS), "--no-report"], home, log)
     for skill in skills:
-        run(train_token_args(cli, skill, args.seed, DESCRIPTIONS[skill], work / "bundles" / skill), home, log)
+        run(skill_token_args(cli, skill, args.seed, work / "bundles" / skill), home, log)
         dest = args.plugins / skill
         run([cli, "expert", "export", skill, str(dest), "--replace"], home, log)
         manifest = json.loads((dest / "expert.json").read_text())

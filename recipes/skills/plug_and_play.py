@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from etr_hub.eval.mmlu import MMLU_EXPERT_SUBJECTS as MMLU
-from recipes.mmlu_experts.build import etr_hub, run, train_token_args
-from recipes.skills.build import DESCRIPTIONS, query_set_args
+from recipes.mmlu_experts.build import etr_hub, run
+from recipes.skills.build import query_set_args, skill_token_args
 from recipes.skills.tasks import SKILLS
 
 
@@ -119,7 +119,7 @@ def mmlu_first(r: Run) -> None:
     for skill in r.skills:
         run(query_set_args(r.cli, skill, r.work, r.seed, r.skills), home, r.log)  # as build.py did
         out = r.work / "pnp" / "bundles" / skill
-        run(train_token_args(r.cli, skill, r.seed, DESCRIPTIONS[skill], out), home, r.log)
+        run(skill_token_args(r.cli, skill, r.seed, out), home, r.log)
     save(run([*r.tasks, "--no-baselines"], home, r.log), r.work / "eval_tasks_all_mmlu_first.json")
     save(run([*r.mmlu, "--no-baselines"], home, r.log), r.work / "eval_mmlu_all_mmlu_first.json")
 
