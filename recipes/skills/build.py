@@ -102,7 +102,9 @@ LATER_PHASES = {
     # 250 steps learned the style (pool split 60/60) but misread the number in one held-out phrasing (eval
     # 75/100, all 25 misses `Hey, type N as words please` -> 591 for 9,301); half the fresh problems get a
     # greeting and a sign-off around the training phrasings (tasks.wrap), the held-out phrasings untouched
-    # -> 84/100, 15 of 16 misses still that phrasing; 100 more such steps (seed 2) fell back to 80/100
+    # -> 84/100, 15 of 16 misses still that phrasing; 100 more such steps (seed 2) fell back to 80/100. Then half
+    # in phrasings composed from parts, none with the held-out phrasings' words -> 86/100 (all 14 misses that one
+    # phrasing) and 99/100 in six wordings written after training (probe.py --phrasings)
     "number_to_words": [
         {"lr": 1e-3, "steps": 100, "fresh": True, "wrapped": True},
         {"lr": 1e-3, "steps": 100, "fresh": True, "composed": True},
