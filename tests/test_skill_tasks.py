@@ -259,3 +259,13 @@ def test_provider_negatives_are_valid_and_never_an_everyday_eval_prompt():
         queries = _read_negatives(path)
         assert skill in SKILLS and len(queries) == len(set(queries)) >= 20
         assert not held_out & {q.lower() for q in queries}  # the false-fire check stays unseen
+
+
+def test_a_later_phase_mixes_half_plain_half_variant_rows(monkeypatch):
+    from recipes.skills import build
+
+    monkeypatch.setitem(build.SIZES, "train", 40)
+    assert build.phase_rows("number_to_words", {"fresh": True}, 3) == generate("number_to_words", "train", 40, 3)
+    mixed = build.phase_rows("number_to_words", {"fresh": True, "composed": True}, 3)
+    composed = {r["query"] for r in generate("number_to_words", "train", 20, 3, composed=True)}
+    assert len(mixed) == 40 and sum(r["query"] in composed for r in mixed) == 20

@@ -205,7 +205,7 @@ def phase_rows(skill: str, phase: dict, seed: int) -> list[dict]:
     """A fresh phase's training rows: newly generated problems, half of them from the phase's `focus` sampler,
     with `wrapped` queries (tasks.wrap) or in `composed` phrasings (generators.COMPOSED)."""
     variant = {k: phase.get(k) for k in ("focus", "wrapped", "composed") if phase.get(k)}
-    if not any(variant.values()):
+    if not variant:
         return generate(skill, "train", SIZES["train"], seed)
     half = SIZES["train"] // 2
     mixed = generate(skill, "train", half, seed) + generate(skill, "train", half, seed, **variant)
