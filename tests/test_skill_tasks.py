@@ -269,3 +269,15 @@ def test_a_later_phase_mixes_half_plain_half_variant_rows(monkeypatch):
     mixed = build.phase_rows("number_to_words", {"fresh": True, "composed": True}, 3)
     composed = {r["query"] for r in generate("number_to_words", "train", 20, 3, composed=True)}
     assert len(mixed) == 40 and sum(r["query"] in composed for r in mixed) == 20
+
+
+def test_composed_pool_adds_other_pool_problems_in_composed_wordings_only_where_a_composer_exists():
+    from recipes.skills.build import SIZES, composed_pool
+
+    plain = generate("number_to_words", "pool", SIZES["pool"], seed=0)
+    extra = composed_pool("number_to_words", plain, seed=0)
+    assert len(extra) == SIZES["pool"] and extra == composed_pool("number_to_words", plain, seed=0)
+    keys = {f"to_words:{r['response'].split(' ', 1)[0]}" for r in extra}
+    assert not keys & {r["key"] for r in plain} and all(split_of(k) == "pool" for k in keys)
+    assert all(r["label"] == "number_to_words" for r in extra)
+    assert composed_pool("roman", generate("roman", "pool", 10, seed=0), seed=0) == []
