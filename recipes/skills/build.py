@@ -6,12 +6,12 @@ Steps (each uses the project's own commands; only the LoRA fine-tuning is a scri
  1. data: recipes/skills/tasks.py writes each skill's train / pool / eval rows (disjoint by
     problem; eval also in phrasings held out of training) and WORK/eval.jsonl for `eval tasks`.
  2. LoRA: recipes/mmlu_experts/train_lora.py per skill -> WORK/adapters/<skill> (resumable:
-    an interrupted run continues from its last save with the same command); a skill in SECOND_PHASE
-    trains WORK/adapters/<skill>.phase1 first and continues from it with a schedule of its own.
- 3. one mixed pool, no labels used for selection: the skills' pool questions (all the generated skills) with their
-    worked answers, MMLU questions of other subjects with their answers, and the project's
-    everyday training prompts answered by the meta model itself (greedy) - a provider's
-    style-matched control, so that answering in one's own words is no "expertise".
+    an interrupted run continues from its last save with the same command); a skill in LATER_PHASES
+    trains WORK/adapters/<skill>.phase1 … first and continues from each with a schedule of its own.
+ 3. one mixed pool, no labels used for selection: the skills' pool questions (all the generated skills; a skill with
+    a composer also in composed phrasings, `composed_pool`) with their worked answers, MMLU questions of other
+    subjects with their answers, and the project's everyday training prompts answered by the meta model itself
+    (greedy) - a provider's style-matched control, so that answering in one's own words is no "expertise".
  4. paper rule: `etr-hub query-set build S --data pool.jsonl --tau T --versus OTHER...` (loss gap > τ,
     eq. 3, against the better of the meta model and the other skills' adapters, so that a short worked
     answer several adapters predict well is no one's expertise but the best one's), the label used only
