@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from etr_hub.eval.mmlu import MMLU_EXPERT_SUBJECTS
+from etr_hub.jsonl import query_column
 from recipes.mmlu_experts.build import add_model_card, etr_hub, run, train_token_args, write_jsonl
 from recipes.skills.generators import COMPOSED
 from recipes.skills.tasks import SKILLS, generate
@@ -276,7 +277,7 @@ def later_phases(skill: str) -> str:
 def extra_negatives(skill: str) -> str:
     if skill not in NEGATIVES:
         return ""
-    n = sum(1 for line in NEGATIVES[skill].read_text().splitlines() if line.strip())
+    n = len(query_column(NEGATIVES[skill]))  # as train-token reads them
     return f", and {n} look-alike requests as negatives (`--negatives {NEGATIVES[skill].relative_to(ROOT)}`)"
 
 
