@@ -68,10 +68,11 @@ def _accuracy_panel(bx, report: dict) -> None:
     if mmlu:
         bx.axhline(0.25, color="grey", linestyle=":", linewidth=1, label="chance (25%)")
     bx.set_xticks(list(xs), [s.replace("_", "\n") for s in subjects], fontsize=8)
-    bx.set_ylim(0, 1)
+    bx.set_ylim(0, 1.14)  # headroom: the legend sits above bars that reach 100%
+    bx.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     bx.set_ylabel("answer accuracy (letter scoring)" if mmlu else "answer accuracy (exact match, greedy)")
     b = report["baselines"]
     bx.set_title(
         f"answers: meta {b['meta']['accuracy']:.1%}, ETR {report['accuracy']:.1%}, oracle {b['oracle']['accuracy']:.1%}"
     )
-    bx.legend(fontsize=8, loc="upper right")
+    bx.legend(fontsize=8, loc="upper center", ncol=4, frameon=False)

@@ -106,10 +106,14 @@ LATER_PHASES = {
     # greeting and a sign-off around the training phrasings (tasks.wrap), the held-out phrasings untouched
     # -> 84/100, 15 of 16 misses still that phrasing; 100 more such steps (seed 2) fell back to 80/100. Then half
     # in phrasings composed from parts, none with the held-out phrasings' words -> 86/100 (all 14 misses that one
-    # phrasing) and 99/100 in six wordings written after training (probe.py --phrasings)
+    # phrasing) and 99/100 in six wordings written after training (probe.py --phrasings). The held-out miss was
+    # the verb: `Hey, type 724 …` -> 524, `Hey, write 724 …` right; half the composed imperatives with a typing verb
+    # (`typed`, so that eval phrasing's verb is no longer unseen) -> 100/100, and 119/120 in 40 wordings written
+    # blind by someone who never saw the templates (118/120 before; phrasings/number_to_words_blind.txt)
     "number_to_words": [
         {"lr": 1e-3, "steps": 100, "fresh": True, "wrapped": True},
         {"lr": 1e-3, "steps": 100, "fresh": True, "composed": True},
+        {"lr": 5e-4, "steps": 100, "fresh": True, "composed": True, "typed": True},
     ],
 }
 # the decoding each skill bundle declares (manifest `sampling`): greedy with no repetition penalty, as `eval tasks`
@@ -220,7 +224,7 @@ def train_adapter(skill: str, work: Path, args) -> None:
 def phase_rows(skill: str, phase: dict, seed: int) -> list[dict]:
     """A fresh phase's training rows: newly generated problems, half of them from the phase's `focus` sampler,
     with `wrapped` queries (tasks.wrap) or in `composed` phrasings (generators.COMPOSED)."""
-    variant = {k: phase.get(k) for k in ("focus", "wrapped", "composed") if phase.get(k)}
+    variant = {k: phase.get(k) for k in ("focus", "wrapped", "composed", "typed") if phase.get(k)}
     if not variant:
         return generate(skill, "train", SIZES["train"], seed)
     half = SIZES["train"] // 2
@@ -269,7 +273,9 @@ def later_phases(skill: str) -> str:
         + (", on newly generated problems" if p.get("fresh") else "")
         + (f" (half of them drawn by the `{p['focus']}` sampler)" if p.get("focus") else "")
         + (" (half of them asked with a greeting and a sign-off around the phrasing)" if p.get("wrapped") else "")
-        + (" (half of them asked in phrasings composed from parts)" if p.get("composed") else "")
+        + (" (half of them asked in phrasings composed from parts" if p.get("composed") else "")
+        + (", half of those with a typing verb" if p.get("typed") else "")
+        + (")" if p.get("composed") else "")
         for p in LATER_PHASES.get(skill, [])
     )
 

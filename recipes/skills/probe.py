@@ -7,7 +7,8 @@ before any token exists: the oracle-expert figure of `etr-hub eval tasks`, strai
 Greedy, batched (`etr_hub.eval.tasks.generate_greedy`), scored with the eval's extraction rules.
 Without --adapter it scores the meta model alone. `--phrasings FILE` (one template with `{n}` per line) re-asks
 each row's number (the last field of its key, e.g. `to_words:4932`) in those wordings, in turn: new wording for
-the same problems, e.g. recipes/skills/phrasings/number_to_words.txt, written after the adapter was trained.
+the same problems, e.g. recipes/skills/phrasings/number_to_words.txt, written after the adapter was trained, or
+number_to_words_blind.txt, 40 wordings written by someone who never saw the generator's templates.
 """
 
 from __future__ import annotations

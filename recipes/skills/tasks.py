@@ -96,16 +96,21 @@ def generate(
     focus: str | None = None,
     wrapped: bool = False,
     composed: bool = False,
+    typed: bool = False,
 ) -> list[dict]:
     """`count` rows of one skill in one split: {query, response, answer, task, kind, label, key}; `focus` draws
     the problems from one of the skill's FOCUS samplers instead (same split by key, so still never an eval one);
     `wrapped` pads each query with a lead-in and a sign-off (`wrap`); `composed` asks in a phrasing composed from
-    parts (generators.COMPOSED; training only), half of them wrapped."""
+    parts (generators.COMPOSED; training only), half of them wrapped; `typed` (with `composed`) asks half its
+    imperatives with a typing verb."""
+    if typed and not composed:
+        raise ValueError("typed phrasings are composed ones: pass composed=True as well")
     if composed and split == "eval":
         raise ValueError("composed phrasings are for training: eval asks in the held-out templates")
     sample, templates = GENERATORS[skill]
     sample = FOCUS[skill][focus] if focus else sample
     variant = (f":{focus}" if focus else "") + (":wrapped" if wrapped else "") + (":composed" if composed else "")
+    variant += ":typed" if typed else ""
     rng = random.Random(f"{skill}:{split}:{seed}{variant}")
     rows, seen = [], set()
     tries = 0
@@ -119,7 +124,7 @@ def generate(
         seen.add(p.key)
         family = templates[p.form]
         usable = family[-HELD_OUT:] if split == "eval" else family[:-HELD_OUT]
-        query = render(p, COMPOSED[skill](rng) if composed else rng.choice(usable), rng)
+        query = render(p, COMPOSED[skill](rng, typed) if composed else rng.choice(usable), rng)
         query = wrap(query, rng) if wrapped or (composed and rng.random() < 0.5) else query
         rows.append(
             {

