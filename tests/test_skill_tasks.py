@@ -67,6 +67,15 @@ def test_focus_sampler_draws_only_its_kind_and_keeps_the_split():
     )
 
 
+def test_products_focus_draws_two_or_three_digit_by_two_digit_products_with_right_worked_answers():
+    rows = generate("arithmetic", "train", 200, seed=3, focus="products")
+    for r in rows:
+        op, a, b = r["key"].split(":")
+        assert op == "mul" and 10 <= int(a) <= 999 and 10 <= int(b) <= 99 and split_of(r["key"]) == "train"
+        assert int(r["answer"]) == int(a) * int(b) and is_correct(r["response"], r["answer"], r["kind"])
+    assert sum(len(r["key"].split(":")[1]) == 3 for r in rows) > 120  # mostly 3-digit by 2-digit
+
+
 def test_wrapped_queries_pad_the_training_phrasings_and_keep_problems_and_answers():
     plain = generate("number_to_words", "train", 200, seed=1)
     wrapped = generate("number_to_words", "train", 200, seed=1, wrapped=True)
@@ -260,7 +269,7 @@ def test_rephrase_reasks_the_same_problems_in_new_wordings(phrasings, shared):
     rows = generate("number_to_words", "eval", 12, seed=0)
     templates = (ROOT / "recipes" / "skills" / "phrasings" / phrasings).read_text().splitlines()
     assert all(t.count("{n}") == 1 and t.count("{") == 1 for t in templates)
-    asked = rephrase(rows, templates)
+    asked = rephrase(rows, {None: templates})
     assert [r["answer"] for r in asked] == [r["answer"] for r in rows]
     for i, (r, a) in enumerate(zip(rows, asked)):
         n = r["key"].split(":")[1]
@@ -268,6 +277,53 @@ def test_rephrase_reasks_the_same_problems_in_new_wordings(phrasings, shared):
     _, own = GENERATORS["number_to_words"]
     norm = {t.lower().strip(" .?!") for t in own["to_words"]}
     assert sum(t.lower().strip(" .?!") in norm for t in templates) == shared  # the rest: wordings it never uses
+
+
+def test_rephrase_fills_each_question_form_from_its_key_and_leaves_out_forms_without_a_wording(tmp_path):
+    from recipes.skills.generators.roman import to_roman
+    from recipes.skills.probe import read_phrasings, rephrase
+
+    (tmp_path / "sub.txt").write_text("take {b} away from {a}\n\nhow much is {a} less {b}\n")
+    (tmp_path / "from.txt").write_text("what number is {r}?\n")
+    rows = generate("arithmetic", "eval", 60, seed=0) + generate("roman", "eval", 20, seed=0)
+    asked = rephrase(rows, read_phrasings([f"sub={tmp_path / 'sub.txt'}", f"from_roman={tmp_path / 'from.txt'}"]))
+    forms = {r["key"].split(":")[0] for r in asked}
+    assert forms == {"sub", "from_roman"} and len(asked) == sum(r["key"].split(":")[0] in forms for r in rows)
+    subs = [r for r in asked if r["key"].startswith("sub:")]
+    assert subs[0]["query"].startswith("take ") and subs[1]["query"].startswith("how much is ")  # blank lines skipped
+    for r in asked:
+        form, *fields = r["key"].split(":")
+        q = r["query"].replace(",", "")
+        if form == "sub":
+            a, b = fields
+            assert q in (f"take {b} away from {a}", f"how much is {a} less {b}") and int(r["answer"]) == int(a) - int(b)
+        else:
+            assert q == f"what number is {to_roman(int(fields[0]))}?" and r["answer"] == fields[0]
+
+
+@pytest.mark.parametrize(
+    "name, key, placeholders",
+    [
+        ("arithmetic_add", "add:4821:377", {"a", "b"}),
+        ("arithmetic_sub", "sub:4821:377", {"a", "b"}),
+        ("arithmetic_mul", "mul:482:37", {"a", "b"}),
+        ("roman_to", "to_roman:1994", {"n"}),
+        ("roman_from", "from_roman:1994", {"r"}),
+        ("number_words", "words:4932", {"w"}),
+    ],
+)
+def test_blind_wordings_each_ask_once_for_their_forms_problem(name, key, placeholders):
+    from recipes.skills.probe import slots
+
+    lines = (ROOT / "recipes" / "skills" / "phrasings" / f"{name}_blind.txt").read_text().splitlines()
+    assert len(lines) == len(set(lines)) == 20
+    values = slots(key, 1)
+    for line in lines:
+        used = {k for k in values if "{" + k + "}" in line}
+        assert (
+            used == placeholders and all(line.count("{" + k + "}") == 1 for k in used) and line.count("{") == len(used)
+        )
+        assert line.format(**values)
 
 
 def test_provider_negatives_are_valid_and_never_an_everyday_eval_prompt():

@@ -18,6 +18,11 @@ GENERATORS = {
     "number_to_words": (number_to_words.sample, number_to_words.TEMPLATES),
 }
 # samplers that weight one kind of problem up, for a later training phase (build.py's LATER_PHASES `focus`)
-FOCUS = {"arithmetic": {"unequal_lengths": arithmetic.sample_unequal_lengths}}
+FOCUS = {
+    "arithmetic": {
+        "unequal_lengths": arithmetic.sample_unequal_lengths,
+        "products": arithmetic.sample_products,
+    }
+}
 # phrasings composed from parts (`composer(rng, typed) -> template`), for later phases (LATER_PHASES `composed`)
 COMPOSED = {"number_to_words": number_to_words.composed_template}

@@ -211,3 +211,11 @@ def sample_unequal_lengths(rng: random.Random) -> Problem:
     if rng.random() < 0.3:
         a, b = b, a
     return problem(op, a, b)
+
+
+def sample_products(rng: random.Random) -> Problem:
+    """A product of a 2- or 3-digit number by a 2-digit one (525 x 28), the form the shipped adapter gets wrong most
+    (seed-7 eval questions: 32 of 46 products right in its own held-out phrasings, against 70 of 74 sums and
+    differences), mostly a slip in one digit's partial product or in adding the two partial products."""
+    a = rng.randint(100, 999) if rng.random() < 0.8 else rng.randint(10, 99)
+    return problem("mul", a, rng.randint(10, 99))
