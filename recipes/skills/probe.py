@@ -27,6 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from etr_hub.eval.answers import to_roman
+from recipes.skills.generators.number_to_words import canonical_words
+
 
 def typed(n: int, i: int, separators: bool = True) -> str:
     """A number as people type it: with thousands separators every third time."""
@@ -36,9 +39,6 @@ def typed(n: int, i: int, separators: bool = True) -> str:
 def slots(key: str, i: int) -> dict[str, str]:
     """The placeholders a new wording may use, from a row's canonical key (`add:4821:377`, `to_words:4932`,
     `to_roman:1994`, `from_roman:1994`, `words:4932`): {a} {b}, {n}, {r} (the numeral), {w} (the number in words)."""
-    from recipes.skills.generators.number_to_words import canonical_words
-    from recipes.skills.generators.roman import to_roman
-
     form, *fields = key.split(":")
     if form in ("add", "sub", "mul"):
         return {"a": typed(int(fields[0]), i), "b": typed(int(fields[1]), i + 1)}
