@@ -3,6 +3,7 @@ many phrasings, and worked answers whose stated result is the gold answer under 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,43 @@ def test_products_focus_draws_two_or_three_digit_by_two_digit_products_with_righ
         assert op == "mul" and 10 <= int(a) <= 999 and 10 <= int(b) <= 99 and split_of(r["key"]) == "train"
         assert int(r["answer"]) == int(a) * int(b) and is_correct(r["response"], r["answer"], r["kind"])
     assert sum(len(r["key"].split(":")[1]) == 3 for r in rows) > 120  # mostly 3-digit by 2-digit
+
+
+@pytest.mark.parametrize(
+    "carry_apart, line",
+    [
+        (True, "525 x 8: ones 5 x 8 = 40; tens 2 x 8 = 16, 16 + 4 = 20; hundreds 5 x 8 = 40, 40 + 2 = 42 -> 4200"),
+        (False, "525 x 8: ones 5 x 8 = 40; tens 2 x 8 + 4 = 20; hundreds 5 x 8 + 2 = 42 -> 4200"),
+    ],
+)
+def test_a_partial_product_adds_each_carry_after_the_places_product_or_fused_into_it(carry_apart, line):
+    response, value = arithmetic_response("mul", 525, 28, carry_apart)
+    assert line in response.splitlines() and value == 14700 and response.endswith("So 525 x 28 = 14700.")
+    # a place with no carry is one product either way
+    assert "525 x 2: ones 5 x 2 = 10; tens 2 x 2" in response
+
+
+def test_another_style_answers_the_same_problems_and_changes_only_products_with_a_carry():
+    from recipes.skills.generators import STYLE_NOTES, STYLES
+
+    rows = generate("arithmetic", "train", 120, seed=2)
+    apart = generate("arithmetic", "train", 120, seed=2, style="carry_apart")
+    assert [(r["key"], r["query"], r["answer"]) for r in rows] == [(r["key"], r["query"], r["answer"]) for r in apart]
+    for r, c in zip(rows, apart):
+        written_apart = re.search(r"= (\d+), \1 \+ \d = ", c["response"])  # `6 x 8 = 48, 48 + 3 = 51`
+        assert (r["response"] != c["response"]) == bool(written_apart) and (not written_apart or r["key"][:4] == "mul:")
+        assert not re.search(r"= (\d+), \1 \+ ", r["response"]) and is_correct(c["response"], c["answer"], c["kind"])
+    assert sum(r["response"] != c["response"] for r, c in zip(rows, apart)) > 20
+    assert {name for styles in STYLES.values() for name in styles} <= set(STYLE_NOTES)  # the model card says each
+
+
+@pytest.mark.parametrize("first", [1, 2])
+def test_product_shapes_focus_draws_every_shape_the_skill_covers(first):
+    rows = generate("arithmetic", "train", 300, seed=4, focus="product_shapes")
+    shapes = {tuple(len(x.lstrip("-")) for x in r["key"].split(":")[1:]) for r in rows}
+    assert {(1, 2), (2, 1), (2, 2), (3, 1), (3, 2)} == shapes and all(r["key"].startswith("mul:") for r in rows)
+    assert sum(len(r["key"].split(":")[1].lstrip("-")) == first for r in rows) > 40
+    assert all(int(r["answer"]) == int(r["key"].split(":")[1]) * int(r["key"].split(":")[2]) for r in rows)
 
 
 def test_wrapped_queries_pad_the_training_phrasings_and_keep_problems_and_answers():
@@ -301,6 +339,14 @@ def test_rephrase_fills_each_question_form_from_its_key_and_leaves_out_forms_wit
             assert q == f"what number is {to_roman(int(fields[0]))}?" and r["answer"] == fields[0]
 
 
+def test_probe_tallies_right_and_asked_per_question_form():
+    from recipes.skills.probe import by_form
+
+    rows = [{"key": k} for k in ("add:1:2", "mul:3:4", "add:5:6", "to_roman:7", "mul:8:9")]
+    assert by_form(rows, [True, False, True, True, False]) == {"add": [2, 2], "mul": [0, 2], "to_roman": [1, 1]}
+    assert by_form([], []) == {}
+
+
 @pytest.mark.parametrize(
     "name, key, placeholders",
     [
@@ -346,6 +392,12 @@ def test_a_later_phase_mixes_half_plain_half_variant_rows(monkeypatch):
     mixed = build.phase_rows("number_to_words", {"fresh": True, "composed": True}, 3)
     composed = {r["query"] for r in generate("number_to_words", "train", 20, 3, composed=True)}
     assert len(mixed) == 40 and sum(r["query"] in composed for r in mixed) == 20
+    # a phase's style answers both halves in it
+    styled = build.phase_rows("arithmetic", {"fresh": True, "focus": "products", "style": "carry_apart"}, 3)
+    apart = generate("arithmetic", "train", 20, 3, style="carry_apart") + generate(
+        "arithmetic", "train", 20, 3, focus="products", style="carry_apart"
+    )
+    assert sorted(r["response"] for r in styled) == sorted(r["response"] for r in apart)
 
 
 def test_composed_pool_adds_other_pool_problems_in_composed_wordings_only_where_a_composer_exists():

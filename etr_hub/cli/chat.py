@@ -17,6 +17,7 @@ from etr_hub.cli.flags import as_flags
 from etr_hub.cli.options import DeviceOption, DtypeOption, MemoryBudgetOption, MinPOption, json_option, seed_option
 from etr_hub.cli.output import clean, err, lit, note, print_json, safe, warn
 from etr_hub.errors import EtrHubError
+from etr_hub.runtime.options import DEFAULT_MAX_NEW_TOKENS
 
 HELP = (
     "/experts  list the experts · /route  show the last route record · /reset  forget the conversation · /exit  leave"
@@ -71,7 +72,7 @@ Expert = Annotated[str | None, typer.Option("--expert", help="Let this expert an
 def chat(
     once: Once = None,
     json_out: ChatJson = False,
-    max_new_tokens: MaxNewTokens = 256,
+    max_new_tokens: MaxNewTokens = DEFAULT_MAX_NEW_TOKENS,
     temperature: Temperature = None,
     top_p: TopP = None,
     repetition_penalty: RepetitionPenalty = None,

@@ -11,6 +11,7 @@ from etr_hub.cli.common import open_registry
 from etr_hub.cli.options import DeviceOption, DtypeOption, JsonOption, map_option, plot_option, seed_option
 from etr_hub.cli.output import note, out, print_json, safe, warn
 from etr_hub.errors import EtrHubError
+from etr_hub.runtime.options import DEFAULT_MAX_NEW_TOKENS
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -101,7 +102,7 @@ def tasks(
     plot: TaskPlot = None,
     general_prompts: GeneralPrompts = None,
     no_baselines: NoBaselines = False,
-    max_new_tokens: MaxNewTokens = 256,
+    max_new_tokens: MaxNewTokens = DEFAULT_MAX_NEW_TOKENS,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024)] = 8,
     seed: Annotated[int, seed_option("Seed of the random-expert baseline.")] = 0,
     json_out: JsonOption = False,

@@ -28,6 +28,7 @@ from etr_hub.eval.experts import NO_EXPERTS, ExpertEntry, experts_for, load_expe
 from etr_hub.eval.report import Routed, gap_closed, mean, per_group, per_group_meta
 from etr_hub.eval.run import EvalOptions, Evaluator
 from etr_hub.registry import Registry
+from etr_hub.runtime.options import DEFAULT_MAX_NEW_TOKENS
 from etr_hub.session import GENERAL_PROMPTS
 
 GEN_FORMAT = "greedy-chat-v1"  # part of every generation cache key
@@ -50,7 +51,7 @@ class TaskOptions:
     mapping: dict[str, str] = field(default_factory=dict)  # task -> expert name (--map)
     general_prompts: Path | None = GENERAL_PROMPTS
     batch_size: int = 8
-    max_new_tokens: int = 256
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     baselines: bool = True
     seed: int = 0
     device: str | None = None  # where the models run (models/device.py; None: ETR_HUB_DEVICE, else auto)

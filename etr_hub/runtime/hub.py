@@ -29,7 +29,14 @@ from etr_hub.registry import Registry
 from etr_hub.routing.math import max_row_norm, routable_logits
 from etr_hub.runtime.answer import answer
 from etr_hub.runtime.assembly import assemble
-from etr_hub.runtime.options import EXPERT_SAMPLING, Messages, RequestSettings, check_messages, check_prompt
+from etr_hub.runtime.options import (
+    DEFAULT_MAX_NEW_TOKENS,
+    EXPERT_SAMPLING,
+    Messages,
+    RequestSettings,
+    check_messages,
+    check_prompt,
+)
 from etr_hub.runtime.options import Options as _Options
 from etr_hub.runtime.types import ChatResult, Done, Event, ExpertScore, Explanation, WordScore
 
@@ -193,7 +200,7 @@ class Hub:
             raise TypeError(f"unexpected setting(s): {', '.join(unknown)}")
         d = self.sampling
         return _Options(
-            max_new_tokens=settings.get("max_new_tokens", 256),
+            max_new_tokens=settings.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS),
             temperature=_or(settings.get("temperature"), d.temperature),
             top_p=_or(settings.get("top_p"), d.top_p),
             stop=list(settings.get("stop") or []),

@@ -13,12 +13,14 @@ from etr_hub.jsonl import is_unicode
 ROLES = ("system", "user", "assistant")
 Messages = Sequence[Mapping[str, str]] | str
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+# room for a skill expert's worked answer before its result (a 3-digit by 2-digit product: up to ~390 tokens)
+DEFAULT_MAX_NEW_TOKENS = 512
 
 
 class RequestSettings(TypedDict, total=False):
     """What a caller may set on `Hub.chat` / `Hub.complete` (every key optional)."""
 
-    max_new_tokens: int  # default 256
+    max_new_tokens: int  # default DEFAULT_MAX_NEW_TOKENS
     temperature: float | None  # None: the meta model's recommendation; 0: greedy
     top_p: float | None
     stop: list[str] | None

@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from etr_hub.errors import EtrHubError
+from etr_hub.runtime.options import DEFAULT_MAX_NEW_TOKENS
 
 DEFAULT_MODEL_ID = "etr-hub"  # the generalist (meta model + experts, routed) in /v1/models
 
@@ -19,7 +20,7 @@ class ServerConfig:
     max_queue: int = 16  # requests waiting for the meta model (the running one not counted)
     max_body_bytes: int = 1 << 20
     max_tokens_limit: int = 2048  # the largest max_tokens a request may ask for
-    default_max_tokens: int = 256
+    default_max_tokens: int = DEFAULT_MAX_NEW_TOKENS
     max_prompt_tokens: int = 400  # longer prompts get 400 before they wait: one would hold the only worker
     cors_origins: tuple[str, ...] = ()
     model_id: str = DEFAULT_MODEL_ID

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from etr_hub.eval.mmlu import MMLU_EXPERT_SUBJECTS
 from etr_hub.jsonl import query_column
 from recipes.mmlu_experts.build import add_model_card, etr_hub, run, train_token_args, write_jsonl
-from recipes.skills.generators import COMPOSED
+from recipes.skills.generators import COMPOSED, STYLE_NOTES
 from recipes.skills.tasks import SKILLS, generate
 
 DESCRIPTIONS = {
@@ -223,12 +223,16 @@ def train_adapter(skill: str, work: Path, args) -> None:
 
 def phase_rows(skill: str, phase: dict, seed: int) -> list[dict]:
     """A fresh phase's training rows: newly generated problems, half of them from the phase's `focus` sampler,
-    with `wrapped` queries (tasks.wrap) or in `composed` phrasings (generators.COMPOSED)."""
+    with `wrapped` queries (tasks.wrap) or in `composed` phrasings (generators.COMPOSED), all answered in the
+    phase's `style` if it has one (generators.STYLES)."""
     variant = {k: phase.get(k) for k in ("focus", "wrapped", "composed", "typed") if phase.get(k)}
+    style = phase.get("style")
     if not variant:
-        return generate(skill, "train", SIZES["train"], seed)
+        return generate(skill, "train", SIZES["train"], seed, style=style)
     half = SIZES["train"] // 2
-    mixed = generate(skill, "train", half, seed) + generate(skill, "train", half, seed, **variant)
+    mixed = generate(skill, "train", half, seed, style=style) + generate(
+        skill, "train", half, seed, style=style, **variant
+    )
     random.Random(seed).shuffle(mixed)
     return mixed
 
@@ -276,6 +280,7 @@ def later_phases(skill: str) -> str:
         + (" (half of them asked in phrasings composed from parts" if p.get("composed") else "")
         + (", half of those with a typing verb" if p.get("typed") else "")
         + (")" if p.get("composed") else "")
+        + (f", answered in the `{p['style']}` style ({STYLE_NOTES[p['style']]})" if p.get("style") else "")
         for p in LATER_PHASES.get(skill, [])
     )
 

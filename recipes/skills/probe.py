@@ -70,6 +70,16 @@ def read_phrasings(specs: list[str]) -> dict[str | None, list[str]]:
     return out
 
 
+def by_form(rows: list[dict], ok: list[bool]) -> dict[str, list[int]]:
+    """[right, asked] per question form (the key's first field: add, sub, mul, to_roman …)."""
+    out: dict[str, list[int]] = {}
+    for r, good in zip(rows, ok):
+        tally = out.setdefault(r["key"].split(":")[0], [0, 0])
+        tally[0] += good
+        tally[1] += 1
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -120,6 +130,7 @@ def main() -> None:
                 "n": len(rows),
                 "exact_match": sum(ok) / len(rows),
                 "correct": sum(ok),
+                "by_form": by_form(rows, ok),
                 "seconds": round(time.perf_counter() - t0, 1),
             }
         )

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repository root holds `recipes`
 
-from recipes.skills.generators import COMPOSED, FOCUS, GENERATORS
+from recipes.skills.generators import COMPOSED, FOCUS, GENERATORS, STYLES
 from recipes.skills.generators.common import Problem, fmt
 from recipes.skills.generators.sorting import list_text
 
@@ -97,12 +97,14 @@ def generate(
     wrapped: bool = False,
     composed: bool = False,
     typed: bool = False,
+    style: str | None = None,
 ) -> list[dict]:
     """`count` rows of one skill in one split: {query, response, answer, task, kind, label, key}; `focus` draws
     the problems from one of the skill's FOCUS samplers instead (same split by key, so still never an eval one);
     `wrapped` pads each query with a lead-in and a sign-off (`wrap`); `composed` asks in a phrasing composed from
     parts (generators.COMPOSED; training only), half of them wrapped; `typed` (with `composed`) asks half its
-    imperatives with a typing verb."""
+    imperatives with a typing verb; `style` answers in another style (generators.STYLES; the same problems and
+    queries, only the responses change)."""
     if typed and not composed:
         raise ValueError("typed phrasings are composed ones: pass composed=True as well")
     if composed and split == "eval":
@@ -122,6 +124,7 @@ def generate(
         if p.key in seen or split_of(p.key) != split:
             continue
         seen.add(p.key)
+        p = STYLES[skill][style](p) if style else p
         family = templates[p.form]
         usable = family[-HELD_OUT:] if split == "eval" else family[:-HELD_OUT]
         query = render(p, COMPOSED[skill](rng, typed) if composed else rng.choice(usable), rng)

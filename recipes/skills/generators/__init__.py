@@ -22,7 +22,12 @@ FOCUS = {
     "arithmetic": {
         "unequal_lengths": arithmetic.sample_unequal_lengths,
         "products": arithmetic.sample_products,
+        "product_shapes": arithmetic.sample_product_shapes,
     }
 }
+# other answer styles (`style(problem) -> problem`, the same problem answered another way), for a training phase
+# (build.py's LATER_PHASES `style`), and what each one does
+STYLES = {"arithmetic": {"carry_apart": arithmetic.carry_apart}}
+STYLE_NOTES = {"carry_apart": "each place's product written before its carry is added, `6 x 8 = 48, 48 + 3 = 51`"}
 # phrasings composed from parts (`composer(rng, typed) -> template`), for later phases (LATER_PHASES `composed`)
 COMPOSED = {"number_to_words": number_to_words.composed_template}
