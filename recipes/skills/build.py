@@ -230,9 +230,7 @@ def phase_rows(skill: str, phase: dict, seed: int) -> list[dict]:
     if not variant:
         return generate(skill, "train", SIZES["train"], seed, style=style)
     half = SIZES["train"] // 2
-    mixed = generate(skill, "train", half, seed, style=style) + generate(
-        skill, "train", half, seed, style=style, **variant
-    )
+    mixed = [r for v in ({}, variant) for r in generate(skill, "train", half, seed, style=style, **v)]
     random.Random(seed).shuffle(mixed)
     return mixed
 
