@@ -3,6 +3,7 @@ many phrasings, and worked answers whose stated result is the gold answer under 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -112,6 +113,16 @@ def test_product_shapes_focus_draws_every_shape_the_skill_covers(first):
     assert {(1, 2), (2, 1), (2, 2), (3, 1), (3, 2)} == shapes and all(r["key"].startswith("mul:") for r in rows)
     assert sum(len(r["key"].split(":")[1].lstrip("-")) == first for r in rows) > 40
     assert all(int(r["answer"]) == int(r["key"].split(":")[1]) * int(r["key"].split(":")[2]) for r in rows)
+
+
+def test_every_form_focus_draws_unequal_sums_and_differences_and_products_of_every_shape_alike():
+    rows = generate("arithmetic", "train", 400, seed=5, focus="every_form")
+    ops = [r["key"].split(":")[0] for r in rows]
+    assert 150 < ops.count("mul") < 250 and {"add", "sub"} <= set(ops)
+    for r in rows:
+        op, a, b = r["key"].split(":")
+        assert op == "mul" or len(a.lstrip("-")) != len(b.lstrip("-"))
+        assert is_correct(r["response"], r["answer"], r["kind"])
 
 
 def test_wrapped_queries_pad_the_training_phrasings_and_keep_problems_and_answers():
@@ -410,3 +421,22 @@ def test_composed_pool_adds_other_pool_problems_in_composed_wordings_only_where_
     assert not keys & {r["key"] for r in plain} and all(split_of(k) == "pool" for k in keys)
     assert all(r["label"] == "number_to_words" for r in extra)
     assert composed_pool("roman", generate("roman", "pool", 10, seed=0), seed=0) == []
+
+
+MMLU = Path(__file__).resolve().parents[2] / "shared" / "data" / "mmlu"
+
+
+@pytest.mark.skipif(not MMLU.is_dir(), reason="needs ../shared/data/mmlu (prepare adds MMLU questions to the pool)")
+def test_pool_rows_are_answered_in_the_style_of_the_skills_last_phase(tmp_path, monkeypatch):
+    from recipes.skills import build
+
+    assert build.answer_style("arithmetic") == build.LATER_PHASES["arithmetic"][-1]["style"] == "carry_apart"
+    assert build.answer_style("roman") is None
+    monkeypatch.setattr(build, "SIZES", {"train": 4, "pool": 6, "eval": 3})
+    monkeypatch.setattr(build, "MMLU_DISTRACTORS", 2)
+    build.prepare(tmp_path, seed=0, mmlu=MMLU, skills=["arithmetic"])
+    pool = [json.loads(line) for line in (tmp_path / "pool_base.jsonl").read_text().splitlines()]
+    arithmetic = [r["response"] for r in pool if r["label"] == "arithmetic"]
+    assert arithmetic == [r["response"] for r in generate("arithmetic", "pool", 6, 0, style="carry_apart")]
+    train = [json.loads(line) for line in (tmp_path / "data" / "train" / "arithmetic.jsonl").read_text().splitlines()]
+    assert train == generate("arithmetic", "train", 4, 0)  # the first phase's data, in the generator's style

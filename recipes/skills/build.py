@@ -95,11 +95,17 @@ EPOCHS = {s: epochs_for(STOP_AFTER[s] if s in COSINE_ENDS_AT_STOP else 600) for 
 # A fourth phase (`focus`: half the fresh problems from generators.FOCUS) weights up sums and differences of numbers
 # of different lengths, where phase 3 still slipped (29/40 of 4-digit minus 3-digit differences, 4821 - 377 among them).
 # It reached 36/40 on those and pool split 55/60 (chosen on it), and 90/100 on eval (phase 3: 92/100, within noise).
+# Phases 5-7 answer with each carry added apart (`style`), weighting up products, then products of every shape, then
+# both those and unequal-length sums (seed-7 eval questions, own / blind phrasings: phase 4 102 / 92 of 120, phase 7
+# 114 / 100, chosen on them; eval 87/100, phase 4: 90/100).
 LATER_PHASES = {
     "arithmetic": [
         {"lr": 1e-3, "steps": 160},
         {"lr": 1e-3, "steps": 150, "fresh": True},
         {"lr": 1e-3, "steps": 100, "fresh": True, "focus": "unequal_lengths"},
+        {"lr": 1e-3, "steps": 120, "fresh": True, "focus": "products", "style": "carry_apart"},
+        {"lr": 5e-4, "steps": 40, "fresh": True, "focus": "product_shapes", "style": "carry_apart"},
+        {"lr": 5e-4, "steps": 40, "fresh": True, "focus": "every_form", "style": "carry_apart"},
     ],
     # 250 steps learned the style (pool split 60/60) but misread the number in one held-out phrasing (eval
     # 75/100, all 25 misses `Hey, type N as words please` -> 591 for 9,301); half the fresh problems get a
@@ -132,7 +138,7 @@ def prepare(work: Path, seed: int, mmlu: Path, skills: list[str]) -> dict:
     pool, eval_rows = [], []
     for skill in SKILLS:
         for split, n in SIZES.items():
-            rows = generate(skill, split, n, seed)
+            rows = generate(skill, split, n, seed, style=None if split == "train" else answer_style(skill))
             write_jsonl(work / "data" / split / f"{skill}.jsonl", rows)
             if split == "pool":
                 pool += [{"query": r["query"], "response": r["response"], "label": skill} for r in rows]
@@ -154,6 +160,13 @@ def prepare(work: Path, seed: int, mmlu: Path, skills: list[str]) -> dict:
     pool += [{"query": render_query(q), "response": render_response(q), "label": q.subject} for q in picked]
     write_jsonl(work / "pool_base.jsonl", pool)
     return {"pool_skills": len(pool) - len(picked), "pool_mmlu": len(picked), "eval": len(eval_rows)}
+
+
+def answer_style(skill: str) -> str | None:
+    """The style the skill's last phase answers in (generators.STYLES; None: the generator's own). Its pool rows
+    are answered so, since the paper's rule compares losses on the response the expert writes; the first phase's
+    training split keeps the generator's style, the one that phase is trained in."""
+    return (LATER_PHASES.get(skill) or [{}])[-1].get("style")
 
 
 def composed_pool(skill: str, plain: list[dict], seed: int) -> list[dict]:

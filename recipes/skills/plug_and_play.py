@@ -87,7 +87,7 @@ def main() -> None:
         recipe = [sys.executable, str(ROOT / "recipes" / "mmlu_experts" / "build.py"), "--work", str(args.mmlu_work)]
         data = ["--data", str(ROOT.parent / "shared" / "data" / "mmlu"), "--seed", str(args.seed)]
         subprocess.run([*recipe, *data, "--data-only"], check=True)
-    # 400 new tokens: the longest worked answer (a 3-digit by 2-digit product) is ~390
+    # 400 new tokens: the longest worked answer (a 3-digit by 2-digit product, each carry added apart) is ~395
     tasks = [cli, "eval", "tasks", "--data", str(work / "eval.jsonl"), "--max-new-tokens", "400", "--json"]
     mmlu = [cli, "eval", "mmlu", "--data-dir", str(dev), "--json"]
     plugins = args.plugins.resolve()

@@ -23,6 +23,7 @@ FOCUS = {
         "unequal_lengths": arithmetic.sample_unequal_lengths,
         "products": arithmetic.sample_products,
         "product_shapes": arithmetic.sample_product_shapes,
+        "every_form": arithmetic.sample_every_form,
     }
 }
 # other answer styles (`style(problem) -> problem`, the same problem answered another way), for a training phase

@@ -123,7 +123,8 @@ def _sub_columns(x: int, y: int) -> tuple[list[str], int]:
 def _mul_digit(x: int, d: int, carry_apart: bool = False) -> tuple[str, int]:
     """x times one digit d, ones first, on one line (x's places are written above it), each carry added in the same
     step as its place's product (`6 x 8 + 3 = 51`); with `carry_apart` the product is written first (`6 x 8 = 48,
-    48 + 3 = 51`): the fused step was where the shipped adapter slipped most (7 of 8 wrong products in a sample)."""
+    48 + 3 = 51`): the fused step was where the fourth phase's adapter slipped most (7 of 8 wrong products in a
+    sample)."""
     parts, carry, partial = [], 0, ""
     for i in range(len(str(x))):
         q = _digit(x, i) * d
@@ -194,8 +195,8 @@ def problem(op: str, a: int, b: int, carry_apart: bool = False) -> Problem:
 
 
 def carry_apart(p: Problem) -> Problem:
-    """The same problem answered with each place's product written before its carry is added (a style measured in
-    a training phase and not shipped: README, "On wordings written blind")."""
+    """The same problem answered with each place's product written before its carry is added: the style of the
+    arithmetic expert's last three training phases (README, "On wordings written blind")."""
     op, a, b = p.key.split(":")
     return problem(op, int(a), int(b), carry_apart=True)
 
@@ -231,8 +232,8 @@ def sample_unequal_lengths(rng: random.Random) -> Problem:
 
 
 def sample_products(rng: random.Random) -> Problem:
-    """A product of a 2- or 3-digit number by a 2-digit one (525 x 28), the form the shipped adapter gets wrong most
-    (seed-7 eval questions: 32 of 46 products right in its own held-out phrasings, against 70 of 74 sums and
+    """A product of a 2- or 3-digit number by a 2-digit one (525 x 28), the form the fourth phase's adapter got wrong
+    most (seed-7 eval questions: 32 of 46 products right in its own held-out phrasings, against 70 of 74 sums and
     differences), mostly a slip in one digit's partial product or in adding the two partial products."""
     a = rng.randint(100, 999) if rng.random() < 0.8 else rng.randint(10, 99)
     return problem("mul", a, rng.randint(10, 99))
@@ -247,3 +248,9 @@ def sample_product_shapes(rng: random.Random) -> Problem:
     if rng.random() < 0.1:
         a, b = (-a, b) if rng.random() < 0.5 else (a, -b)
     return problem("mul", a, b)
+
+
+def sample_every_form(rng: random.Random) -> Problem:
+    """Half a sum or difference of unequal lengths, half a product of any shape: after a phase on product shapes
+    alone, products rose (seed-7 own phrasings 35 -> 43 of 46) and differences fell (33 -> 31 of 36)."""
+    return sample_unequal_lengths(rng) if rng.random() < 0.5 else sample_product_shapes(rng)
