@@ -283,6 +283,7 @@ def skill_token_args(cli: str, skill: str, seed: int, out: Path) -> list[str]:
 
 
 def later_phases(skill: str) -> str:
+    phases = LATER_PHASES.get(skill, [])
     return "".join(
         f"; then {p['steps']} more steps from that adapter with a fresh cosine from lr {p['lr']:g}"
         + (", on newly generated problems" if p.get("fresh") else "")
@@ -291,8 +292,13 @@ def later_phases(skill: str) -> str:
         + (" (half of them asked in phrasings composed from parts" if p.get("composed") else "")
         + (", half of those with a typing verb" if p.get("typed") else "")
         + (")" if p.get("composed") else "")
-        + (f", answered in the `{p['style']}` style ({STYLE_NOTES[p['style']]})" if p.get("style") else "")
-        for p in LATER_PHASES.get(skill, [])
+        + (f", answered in the `{p['style']}` style" if p.get("style") else "")
+        + (
+            f" ({STYLE_NOTES[p['style']]})"
+            if p.get("style") and p["style"] not in [q.get("style") for q in phases[:i]]
+            else ""
+        )
+        for i, p in enumerate(phases)
     )
 
 
