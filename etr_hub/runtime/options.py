@@ -13,7 +13,7 @@ from etr_hub.jsonl import is_unicode
 ROLES = ("system", "user", "assistant")
 Messages = Sequence[Mapping[str, str]] | str
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
-# room for a skill expert's worked answer before its result (a 3-digit by 2-digit product: up to ~390 tokens)
+# room for a skill expert's worked answer before its result (a 3-digit by 2-digit product: up to ~410 tokens)
 DEFAULT_MAX_NEW_TOKENS = 512
 
 
