@@ -175,6 +175,46 @@ def test_typed_phrasings_ask_half_their_imperatives_with_a_typing_verb_and_are_o
         generate("number_to_words", "eval", 10, seed=1, composed=True, typed=True)
 
 
+def _shape(query: str, a: str, b: str) -> str:
+    """A query with its operands put back as <a> and <b>, lower case, as typed without separators."""
+    text = query.replace(",", "").lower()
+    for n, slot in ((a, "<a>"), (b, "<b>")):
+        text = re.sub(rf"(?<![\d-]){re.escape(n)}(?!\d)", slot, text, count=1)
+    return text
+
+
+def test_arithmetic_word_problems_ask_the_same_problem_and_only_count_what_can_be_counted():
+    from recipes.skills.generators.arithmetic import STORIES, TEMPLATES
+
+    def lowered(templates):
+        return [t.format(a="<a>", b="<b>").lower().rstrip("?.!") for t in templates]
+
+    for stories in STORIES.values():
+        assert len(stories) >= 7 and all(t.count("{a}") == t.count("{b}") == 1 for t in stories)
+    rows = generate("arithmetic", "train", 600, seed=2, composed=True, style="carry_apart")
+    assert rows == generate("arithmetic", "train", 600, seed=2, composed=True, style="carry_apart")
+    held_out = [h for family in TEMPLATES.values() for h in lowered(family[-HELD_OUT:])]
+    told = {form: 0 for form in STORIES}
+    for r in rows:
+        op, a, b = r["key"].split(":")
+        assert split_of(r["key"]) == "train" and is_correct(r["response"], r["answer"], r["kind"])
+        assert a in r["query"].replace(",", "") and b in r["query"].replace(",", "")
+        shape = _shape(r["query"], a, b)
+        assert not any(h in shape or h.replace("'", "") in shape for h in held_out)  # eval wording stays unseen
+        if a == b:
+            continue  # which slot is which can't be told from the text
+        for form, stories in STORIES.items():
+            if any(story in shape for story in lowered(stories)):
+                told[form] += 1
+                assert int(a) >= 0 and int(b) >= 0  # stories count things
+                # a difference below zero only in a story that can go negative (a balance, a temperature)
+                if op == "sub":
+                    assert form == "sub_signed" or (form == "sub" and int(a) >= int(b))
+                else:
+                    assert form == op
+    assert 250 < sum(told.values()) < 450 and min(told.values()) > 5, told  # two in three of the non-negative ones
+
+
 def test_sorting_and_conversions_are_right():
     for r in generate("sorting", "train", 200, seed=5):
         nums = [int(x) for x in r["key"].split(":")[2].split(",")]
@@ -437,6 +477,11 @@ def test_pool_rows_are_answered_in_the_style_of_the_skills_last_phase(tmp_path, 
     build.prepare(tmp_path, seed=0, mmlu=MMLU, skills=["arithmetic"])
     pool = [json.loads(line) for line in (tmp_path / "pool_base.jsonl").read_text().splitlines()]
     arithmetic = [r["response"] for r in pool if r["label"] == "arithmetic"]
-    assert arithmetic == [r["response"] for r in generate("arithmetic", "pool", 6, 0, style="carry_apart")]
+    plain = generate("arithmetic", "pool", 6, 0, style="carry_apart")
+    assert arithmetic[:6] == [r["response"] for r in plain]
+    # then as many in composed wordings (word problems), answered in that style too
+    keys = {r["key"] for r in plain}
+    composed = [r for r in generate("arithmetic", "pool", 12, 0, composed=True, style="carry_apart")]
+    assert arithmetic[6:] == [r["response"] for r in composed if r["key"] not in keys][:6]
     train = [json.loads(line) for line in (tmp_path / "data" / "train" / "arithmetic.jsonl").read_text().splitlines()]
     assert train == generate("arithmetic", "train", 4, 0)  # the first phase's data, in the generator's style

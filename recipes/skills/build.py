@@ -97,7 +97,9 @@ EPOCHS = {s: epochs_for(STOP_AFTER[s] if s in COSINE_ENDS_AT_STOP else 600) for 
 # It reached 36/40 on those and pool split 55/60 (chosen on it), and 90/100 on eval (phase 3: 92/100, within noise).
 # Phases 5-7 answer with each carry added apart (`style`), weighting up products, then products of every shape, then
 # both those and unequal-length sums (seed-7 eval questions, own / blind phrasings: phase 4 102 / 92 of 120, phase 7
-# 114 / 100, chosen on them; eval 87/100, phase 4: 90/100).
+# 114 / 100, chosen on them; eval 87/100, phase 4: 90/100). Phase 8 asks half its problems as word problems or typed
+# in a hurry (`composed`: generators.COMPOSED), where phase 7 misread the operation (seed 7 own / first blind set:
+# 110 / 108, chosen on them; second blind set, written after it: 94/120; eval 88/100).
 LATER_PHASES = {
     "arithmetic": [
         {"lr": 1e-3, "steps": 160},
@@ -106,6 +108,7 @@ LATER_PHASES = {
         {"lr": 1e-3, "steps": 120, "fresh": True, "focus": "products", "style": "carry_apart"},
         {"lr": 5e-4, "steps": 40, "fresh": True, "focus": "product_shapes", "style": "carry_apart"},
         {"lr": 5e-4, "steps": 40, "fresh": True, "focus": "every_form", "style": "carry_apart"},
+        {"lr": 5e-4, "steps": 40, "fresh": True, "composed": True, "style": "carry_apart"},
     ],
     # 250 steps learned the style (pool split 60/60) but misread the number in one held-out phrasing (eval
     # 75/100, all 25 misses `Hey, type N as words please` -> 591 for 9,301); half the fresh problems get a
@@ -177,7 +180,7 @@ def composed_pool(skill: str, plain: list[dict], seed: int) -> list[dict]:
     if skill not in COMPOSED:
         return []
     keys = {r["key"] for r in plain}
-    rows = generate(skill, "pool", 2 * SIZES["pool"], seed, composed=True)
+    rows = generate(skill, "pool", 2 * SIZES["pool"], seed, composed=True, style=answer_style(skill))
     fresh = [r for r in rows if r["key"] not in keys][: SIZES["pool"]]
     return [{"query": r["query"], "response": r["response"], "label": skill} for r in fresh]
 

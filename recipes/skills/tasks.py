@@ -28,12 +28,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repository root holds `recipes`
 
 from recipes.skills.generators import COMPOSED, FOCUS, GENERATORS, STYLES
-from recipes.skills.generators.common import Problem, fmt
+from recipes.skills.generators.common import HELD_OUT, Problem, fmt
 from recipes.skills.generators.sorting import list_text
 
 SKILLS = tuple(GENERATORS)
 SPLITS = {"train": range(0, 80), "pool": range(80, 90), "eval": range(90, 100)}  # % of problem-key hashes
-HELD_OUT = 3  # templates per skill kept out of training phrasings
 
 
 def split_of(key: str) -> str:
@@ -127,7 +126,7 @@ def generate(
         p = STYLES[skill][style](p) if style else p
         family = templates[p.form]
         usable = family[-HELD_OUT:] if split == "eval" else family[:-HELD_OUT]
-        query = render(p, COMPOSED[skill](rng, typed) if composed else rng.choice(usable), rng)
+        query = render(p, COMPOSED[skill](rng, p, typed) if composed else rng.choice(usable), rng)
         query = wrap(query, rng) if wrapped or (composed and rng.random() < 0.5) else query
         rows.append(
             {

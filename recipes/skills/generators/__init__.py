@@ -30,5 +30,5 @@ FOCUS = {
 # (build.py's LATER_PHASES `style`), and what each one does
 STYLES = {"arithmetic": {"carry_apart": arithmetic.carry_apart}}
 STYLE_NOTES = {"carry_apart": "each place's product written before its carry is added, `6 x 8 = 48, 48 + 3 = 51`"}
-# phrasings composed from parts (`composer(rng, typed) -> template`), for later phases (LATER_PHASES `composed`)
-COMPOSED = {"number_to_words": number_to_words.composed_template}
+# phrasings composed from parts (`composer(rng, problem, typed) -> template`), for later phases (`composed`)
+COMPOSED = {"arithmetic": arithmetic.composed_template, "number_to_words": number_to_words.composed_template}

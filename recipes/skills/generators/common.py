@@ -23,6 +23,8 @@ def fmt(n: int, rng: random.Random, sep_p: float = 0.3) -> str:
     return str(n)
 
 
+HELD_OUT = 3  # the last templates of each form: eval phrasings only, never trained on (tasks.generate)
+
 PLACES = ("ones", "tens", "hundreds", "thousands", "ten-thousands", "hundred-thousands")
 
 

@@ -106,10 +106,10 @@ ENDS = ("", ".", "?", "!", " please", ", please.", " thanks", " - thanks!", " pl
 TYPING = ("type", "type out", "type up", "key in", "tap out")
 
 
-def composed_template(rng: random.Random, typed: bool = False) -> str:
-    """A request for {n} in words composed from parts: an imperative (`could you spell out the amount {n} in
-    letters, please.`) or a question (`what's {n} in word form?`), as people type them; `typed`: half the
-    imperatives ask with a typing verb (`hey, type 724 in words`)."""
+def composed_template(rng: random.Random, problem: Problem, typed: bool = False) -> str:
+    """A request for {n} in words (for any `problem` of the skill) composed from parts: an imperative (`could you
+    spell out the amount {n} in letters, please.`) or a question (`what's {n} in word form?`), as people type them;
+    `typed`: half the imperatives ask with a typing verb (`hey, type 724 in words`)."""
     manner = rng.choice(MANNERS)
     if rng.random() < 0.6:
         obj = rng.choice(OBJECTS)
