@@ -2,7 +2,7 @@
 worked reply) and `TEMPLATES` (how people ask, per question form; at least 12 each). A skill is registered
 in one line below.
 
-The last `tasks.HELD_OUT` phrasings of each list are used only for evaluation questions, so the eval
+The last `common.HELD_OUT` phrasings of each list are used only for evaluation questions, so the eval
 measures wording the experts never trained on: add new phrasings at the end of a list's training part."""
 
 from __future__ import annotations
