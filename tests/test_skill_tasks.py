@@ -106,6 +106,79 @@ def test_another_style_answers_the_same_problems_and_changes_only_products_with_
     assert {name for styles in STYLES.values() for name in styles} <= set(STYLE_NOTES)  # the model card says each
 
 
+@pytest.mark.parametrize(
+    "x, y, line",
+    [
+        (7615, 7290, "thousands 7 = 7, hundreds 6 > 2, so 7615 > 7290"),
+        (6615, 7022, "thousands 6 < 7, so 6615 < 7022"),
+        (1984, 998, "thousands 1 > 0, so 1984 > 998"),  # a missing place reads as 0: no digits counted
+        (5, 12, "tens 0 < 1, so 5 < 12"),
+        (77, 77, "tens 7 = 7, ones 7 = 7, so 77 = 77"),
+        (5655, 5658, "thousands 5 = 5, hundreds 6 = 6, tens 5 = 5, ones 5 < 8, so 5655 < 5658"),
+    ],
+)
+def test_a_comparison_reads_both_numbers_by_place_and_decides_at_the_first_place_that_differs(x, y, line):
+    from recipes.skills.generators.arithmetic import comparison
+
+    assert comparison(x, y) == [places(x), places(y), line]
+
+
+@pytest.mark.parametrize(
+    "op, a, b, head",
+    [
+        (
+            "sub",
+            7615,
+            7290,
+            ["7615 - 7290:", places(7615), places(7290), "thousands 7 = 7, hundreds 6 > 2, so 7615 > 7290"],
+        ),
+        (
+            "sub",
+            6615,
+            7022,
+            [
+                "6615 - 7022:",
+                places(6615),
+                places(7022),
+                "thousands 6 < 7, so 6615 < 7022",
+                "6615 - 7022 = -(7022 - 6615)",
+            ],
+        ),
+        ("add", -12, 5, ["-12 + 5:", places(5), places(12), "tens 0 < 1, so 5 < 12", "-12 + 5 = -(12 - 5)"]),
+        ("add", 6070, -351, ["6070 + -351:", places(6070), places(351), "thousands 6 > 0, so 6070 > 351"]),
+    ],
+)
+def test_the_compared_style_states_the_question_then_compares_then_decides_the_sign(op, a, b, head):
+    plain, value = arithmetic_response(op, a, b, carry_apart=True)
+    compared, same = arithmetic_response(op, a, b, carry_apart=True, compare=True)
+    assert compared.splitlines()[: len(head)] == head and same == value
+    assert compared.splitlines()[-5:] == plain.splitlines()[-5:]  # the same columns and result
+    assert compared.count(places(max(abs(a), abs(b)))) == (2 if value < 0 else 1)  # places again only when swapped
+
+
+def test_the_compared_style_changes_only_differences():
+    plain = generate("arithmetic", "train", 300, seed=2, style="carry_apart")
+    compared = generate("arithmetic", "train", 300, seed=2, style="compared")
+    assert [(r["key"], r["query"]) for r in plain] == [(r["key"], r["query"]) for r in compared]
+    changed = 0
+    for p, c in zip(plain, compared):
+        sign = re.search(r", so \d+ ([<>=]) \d+$", c["response"], re.M)
+        assert (p["response"] != c["response"]) == bool(sign) and is_correct(c["response"], c["answer"], c["kind"])
+        if sign:  # a difference of magnitudes; its result is negative exactly when the positive part is smaller
+            changed += 1
+            assert (int(c["answer"]) < 0) == (sign.group(1) == "<") and not c["key"].startswith("mul:")
+    assert changed > 40
+
+
+def test_signs_focus_draws_differences_of_close_numbers_in_either_order():
+    rows = generate("arithmetic", "train", 400, seed=6, focus="signs", style="compared")
+    pairs = [tuple(int(v) for v in r["key"].split(":")[1:]) for r in rows]
+    close = [(a, b) for a, b in pairs if len(str(abs(a))) == len(str(abs(b))) > 1 and str(abs(a))[0] == str(abs(b))[0]]
+    assert len(close) > 100 and sum(a < b for a, b in pairs) > 120 and sum(a > b for a, b in pairs) > 120
+    assert all(is_correct(r["response"], r["answer"], r["kind"]) for r in rows)
+    assert sum(r["key"].startswith("sub:") for r in rows) > 320
+
+
 @pytest.mark.parametrize("first", [1, 2])
 def test_product_shapes_focus_draws_every_shape_the_skill_covers(first):
     rows = generate("arithmetic", "train", 300, seed=4, focus="product_shapes")
