@@ -112,7 +112,9 @@ LATER_PHASES = {
         # not shipped: 60 steps (lr 5e-4, seed 8) more, half `signs` in composed wordings, in a first `compared`
         # style that wrote the comparison before the question, by counting digits (`184 and 284 both have 4
         # digits; …`): seed-7 own phrasings 77/120 (phase 8: 110) - it compared and subtracted for sums and products
-        # too, and miscounted digits. `compared` now states the question first and compares by place.
+        # too, and miscounted digits. `compared` now states the question first and compares by place: the same 60
+        # steps -> 86/120 (+ 35/38, - 24/36, x 27/46): the held-out `What's the product of a and b?` read as a
+        # difference, comparisons misread (`thousands 1 > 9`); half the rows differences shifted its operations.
     ],
     # 250 steps learned the style (pool split 60/60) but misread the number in one held-out phrasing (eval
     # 75/100, all 25 misses `Hey, type N as words please` -> 591 for 9,301); half the fresh problems get a
