@@ -115,6 +115,8 @@ LATER_PHASES = {
         # too, and miscounted digits. `compared` now states the question first and compares by place: the same 60
         # steps -> 86/120 (+ 35/38, - 24/36, x 27/46): the held-out `What's the product of a and b?` read as a
         # difference, comparisons misread (`thousands 1 > 9`); half the rows differences shifted its operations.
+        # Without the focus (phase 8's own mix in `compared`, 60 steps): 103/120 (+ 32/38, - 27/36, x 44/46), the
+        # comparisons still misread (`thousands 6 > 9, so 6802 > 9833`) and sums with a short operand compared.
     ],
     # 250 steps learned the style (pool split 60/60) but misread the number in one held-out phrasing (eval
     # 75/100, all 25 misses `Hey, type N as words please` -> 591 for 9,301); half the fresh problems get a
