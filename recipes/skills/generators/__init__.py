@@ -32,8 +32,8 @@ FOCUS = {
 STYLES = {"arithmetic": {"carry_apart": arithmetic.carry_apart, "compared": arithmetic.compared}}
 STYLE_NOTES = {
     "carry_apart": "each place's product written before its carry is added, `6 x 8 = 48, 48 + 3 = 51`",
-    "compared": "carry_apart, and each difference's sign decided by a written comparison first "
-    "(`thousands 7 = 7, hundreds 6 > 2, so 7615 > 7290`)",
+    "compared": "carry_apart, and each difference's sign decided after the question by comparing the numbers by "
+    "place (`thousands 7 = 7, hundreds 6 > 2, so 7615 > 7290`)",
 }
 # phrasings composed from parts (`composer(rng, problem, typed) -> template`), for later phases (`composed`)
 COMPOSED = {"arithmetic": arithmetic.composed_template, "number_to_words": number_to_words.composed_template}

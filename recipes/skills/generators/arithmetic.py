@@ -215,17 +215,22 @@ def problem(op: str, a: int, b: int, carry_apart: bool = False, compare: bool = 
     return Problem(f"{op}:{a}:{b}", {"a": a, "b": b}, "integer", str(value), response, op)
 
 
+def _restyled(p: Problem, **style: bool) -> Problem:
+    """The same problem (read from its key) answered in another style."""
+    op, a, b = p.key.split(":")
+    return problem(op, int(a), int(b), **style)
+
+
 def carry_apart(p: Problem) -> Problem:
     """The same problem answered with each place's product written before its carry is added: the style of the
     arithmetic expert's last three training phases (README, "On wordings written blind")."""
-    op, a, b = p.key.split(":")
-    return problem(op, int(a), int(b), carry_apart=True)
+    return _restyled(p, carry_apart=True)
 
 
 def compared(p: Problem) -> Problem:
-    """`carry_apart`, and each difference's sign decided by a written comparison first (`comparison`)."""
-    op, a, b = p.key.split(":")
-    return problem(op, int(a), int(b), carry_apart=True, compare=True)
+    """`carry_apart`, and each difference's sign decided after the question by comparing the numbers by place
+    (`comparison`)."""
+    return _restyled(p, carry_apart=True, compare=True)
 
 
 def sample(rng: random.Random) -> Problem:
