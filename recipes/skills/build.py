@@ -100,6 +100,8 @@ EPOCHS = {s: epochs_for(STOP_AFTER[s] if s in COSINE_ENDS_AT_STOP else 600) for 
 # 114 / 100, chosen on them; eval 87/100, phase 4: 90/100). Phase 8 asks half its problems as word problems or typed
 # in a hurry (`composed`: generators.COMPOSED), where phase 7 misread the operation (seed 7 own / first blind set:
 # 110 / 108, chosen on them; second blind set, written after it: 94/120; eval 88/100).
+# Phase 9 is phase 8's mix again, 60 steps on new problems: seed 7 own 112/120 (shipped if >= 110, a rule fixed
+# before), second blind set 97/120, eval 95/100.
 LATER_PHASES = {
     "arithmetic": [
         {"lr": 1e-3, "steps": 160},
