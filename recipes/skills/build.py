@@ -111,7 +111,7 @@ LATER_PHASES = {
         {"lr": 5e-4, "steps": 40, "fresh": True, "focus": "product_shapes", "style": "carry_apart"},
         {"lr": 5e-4, "steps": 40, "fresh": True, "focus": "every_form", "style": "carry_apart"},
         {"lr": 5e-4, "steps": 40, "fresh": True, "composed": True, "style": "carry_apart"},
-        # phase 8's mix again on new problems, 60 steps: seed-7 own phrasings 112/120 (phase 8: 110), x 43/46 (41)
+        # phase 9: phase 8's mix again, 60 steps longer (above)
         {"lr": 5e-4, "steps": 60, "fresh": True, "composed": True, "style": "carry_apart"},
         # tried in its place, not shipped: 60 steps (lr 5e-4, seed 8), half `signs` in composed wordings, in a first
         # `compared` style that wrote the comparison before the question, by counting digits (`184 and 284 both have 4
