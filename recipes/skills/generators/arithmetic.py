@@ -223,7 +223,7 @@ def _restyled(p: Problem, **style: bool) -> Problem:
 
 def carry_apart(p: Problem) -> Problem:
     """The same problem answered with each place's product written before its carry is added: the style of the
-    arithmetic expert's last three training phases (README, "On wordings written blind")."""
+    arithmetic expert's training phases from the fifth on (README, "On wordings written blind")."""
     return _restyled(p, carry_apart=True)
 
 
