@@ -474,18 +474,18 @@ def test_probe_tallies_right_and_asked_per_question_form():
 @pytest.mark.parametrize(
     "name, key, placeholders",
     [
-        ("arithmetic_add", "add:4821:377", {"a", "b"}),
-        ("arithmetic_sub", "sub:4821:377", {"a", "b"}),
-        ("arithmetic_mul", "mul:482:37", {"a", "b"}),
-        ("roman_to", "to_roman:1994", {"n"}),
-        ("roman_from", "from_roman:1994", {"r"}),
-        ("number_words", "words:4932", {"w"}),
+        *[(f"arithmetic_add_blind{n}", "add:4821:377", {"a", "b"}) for n in ("", "2", "3")],
+        *[(f"arithmetic_sub_blind{n}", "sub:4821:377", {"a", "b"}) for n in ("", "2", "3")],
+        *[(f"arithmetic_mul_blind{n}", "mul:482:37", {"a", "b"}) for n in ("", "2", "3")],
+        ("roman_to_blind", "to_roman:1994", {"n"}),
+        ("roman_from_blind", "from_roman:1994", {"r"}),
+        ("number_words_blind", "words:4932", {"w"}),
     ],
 )
 def test_blind_wordings_each_ask_once_for_their_forms_problem(name, key, placeholders):
     from recipes.skills.probe import slots
 
-    lines = (ROOT / "recipes" / "skills" / "phrasings" / f"{name}_blind.txt").read_text().splitlines()
+    lines = (ROOT / "recipes" / "skills" / "phrasings" / f"{name}.txt").read_text().splitlines()
     assert len(lines) == len(set(lines)) == 20
     values = slots(key, 1)
     for line in lines:
